@@ -1,0 +1,136 @@
+// Bindings of the runtime: devices, the weight store, system information.
+#include <thread>
+
+#include "../nn/layers.h"
+#include "../runtime/device.h"
+#include "../runtime/weights.h"
+#include "common.h"
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+namespace sdcpp::bind {
+
+namespace {
+
+py::dict device_info_dict(const DeviceInfo& d) {
+    py::dict out;
+    out["name"] = d.name;
+    out["description"] = d.description;
+    out["backend"] = d.backend;
+    out["type"] = d.type;
+    out["memory_free"] = d.memory_free;
+    out["memory_total"] = d.memory_total;
+    return out;
+}
+
+// CPU features ggml's CPU backend was compiled with (x86 and ARM names as ggml reports them).
+py::dict compiled_cpu_features() {
+    py::dict f;
+    f["sse3"] = bool(ggml_cpu_has_sse3());
+    f["ssse3"] = bool(ggml_cpu_has_ssse3());
+    f["avx"] = bool(ggml_cpu_has_avx());
+    f["avx_vnni"] = bool(ggml_cpu_has_avx_vnni());
+    f["avx2"] = bool(ggml_cpu_has_avx2());
+    f["bmi2"] = bool(ggml_cpu_has_bmi2());
+    f["f16c"] = bool(ggml_cpu_has_f16c());
+    f["fma"] = bool(ggml_cpu_has_fma());
+    f["avx512"] = bool(ggml_cpu_has_avx512());
+    f["avx512_vbmi"] = bool(ggml_cpu_has_avx512_vbmi());
+    f["avx512_vnni"] = bool(ggml_cpu_has_avx512_vnni());
+    f["avx512_bf16"] = bool(ggml_cpu_has_avx512_bf16());
+    f["amx_int8"] = bool(ggml_cpu_has_amx_int8());
+    f["neon"] = bool(ggml_cpu_has_neon());
+    f["arm_fma"] = bool(ggml_cpu_has_arm_fma());
+    f["fp16_va"] = bool(ggml_cpu_has_fp16_va());
+    f["dotprod"] = bool(ggml_cpu_has_dotprod());
+    f["matmul_int8"] = bool(ggml_cpu_has_matmul_int8());
+    f["sve"] = bool(ggml_cpu_has_sve());
+    f["llamafile"] = bool(ggml_cpu_has_llamafile());
+    return f;
+}
+
+ggml_type array_type(const py::array& a, const std::string& name) {
+    if (py::isinstance<py::array_t<float>>(a)) return GGML_TYPE_F32;
+    if (a.dtype().kind() == 'f' && a.itemsize() == 2) return GGML_TYPE_F16;
+    // bfloat16 arrives as uint16 bit patterns (numpy has no bf16).
+    if (a.dtype().kind() == 'u' && a.itemsize() == 2) return GGML_TYPE_BF16;
+    throw InvalidArgument("weight '" + name + "': arrays must be float32, float16 or uint16 (bf16 bits), got " +
+                          std::string(py::str(a.dtype())));
+}
+
+}  // namespace
+
+void bind_runtime(py::module_& m) {
+    m.def("ggml_version", []() { return std::string(ggml_version()); });
+    m.def("ggml_commit", []() { return std::string(ggml_commit()); });
+    m.def("compiled_cpu_features", &compiled_cpu_features);
+    m.def("list_devices", []() {
+        py::list out;
+        for (const auto& d : Device::list()) out.append(device_info_dict(d));
+        return out;
+    });
+    m.def("set_attention_kernel", [](const std::string& k) {
+        if (k == "auto") nn::set_attention_kernel(nn::AttentionKernel::Auto);
+        else if (k == "mul_mat") nn::set_attention_kernel(nn::AttentionKernel::MulMat);
+        else if (k == "flash") nn::set_attention_kernel(nn::AttentionKernel::Flash);
+        else throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
+    });
+
+    py::class_<Device, DevicePtr>(m, "Device")
+        .def(py::init<const std::string&, int>(), py::arg("spec") = "auto", py::arg("threads") = 1)
+        .def_property_readonly("info", [](const Device& d) { return device_info_dict(d.info()); })
+        .def_property_readonly("is_cpu", &Device::is_cpu)
+        .def_property("threads", &Device::threads, &Device::set_threads);
+
+    py::class_<WeightStore, std::shared_ptr<WeightStore>>(m, "WeightStore")
+        .def(py::init<DevicePtr>(), py::arg("device"))
+        .def("declare",
+             [](WeightStore& s, const std::string& name, const std::vector<int64_t>& shape, const std::string& type) {
+                 s.declare(name, shape, parse_type(type));
+             },
+             py::arg("name"), py::arg("shape"), py::arg("type"))
+        .def("allocate", [](WeightStore& s) {
+            py::gil_scoped_release nogil;
+            s.allocate();
+        })
+        .def("set",
+             [](WeightStore& s, const std::string& name, py::array a) {
+                 const ggml_type src = array_type(a, name);
+                 // Non-contiguous views are copied into a contiguous buffer here.
+                 py::array c = py::array::ensure(a, py::array::c_style);
+                 if (!c) throw InvalidArgument("weight '" + name + "': cannot make the array contiguous");
+                 const auto shape = shape_of(c);
+                 const auto want = s.shape(name);
+                 if (shape != want) {
+                     std::string a_s, w_s;
+                     for (auto d : shape) a_s += std::to_string(d) + ",";
+                     for (auto d : want) w_s += std::to_string(d) + ",";
+                     throw InvalidArgument("weight '" + name + "': array shape (" + a_s + ") != declared (" + w_s + ")");
+                 }
+                 const void* data = c.data();
+                 const size_t n = static_cast<size_t>(c.size());
+                 py::gil_scoped_release nogil;
+                 s.set(name, data, src, n);
+             },
+             py::arg("name"), py::arg("array"))
+        .def("get",
+             [](const WeightStore& s, const std::string& name) {
+                 auto shape = s.shape(name);
+                 std::vector<float> v;
+                 {
+                     py::gil_scoped_release nogil;
+                     v = s.get_f32(name);
+                 }
+                 auto out = new_f32(shape);
+                 std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+                 return out;
+             })
+        .def("type", [](const WeightStore& s, const std::string& name) { return std::string(ggml_type_name(s.get(name)->type)); })
+        .def("shape", &WeightStore::shape)
+        .def("has", &WeightStore::has)
+        .def("names", &WeightStore::names)
+        .def_property_readonly("nbytes", &WeightStore::nbytes)
+        .def_property_readonly("allocated", &WeightStore::allocated);
+}
+
+}  // namespace sdcpp::bind

@@ -1,0 +1,124 @@
+#include "device.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "error.h"
+#include "ggml-cpu.h"
+
+namespace sdcpp {
+
+namespace {
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    return s;
+}
+
+const char* type_name(enum ggml_backend_dev_type t) {
+    switch (t) {
+        case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
+        case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
+        case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
+        default: return "accel";
+    }
+}
+
+DeviceInfo describe(ggml_backend_dev_t dev) {
+    DeviceInfo d;
+    d.name = ggml_backend_dev_name(dev);
+    d.description = ggml_backend_dev_description(dev);
+    d.backend = ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev));
+    d.type = type_name(ggml_backend_dev_type(dev));
+    ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
+    return d;
+}
+
+// Which CMake option brings each backend in, for the error message.
+std::string build_hint(const std::string& family) {
+    if (family == "cuda") return "rebuild sdcpp with CMAKE_ARGS=\"-DSD_CUDA=ON\" pip install sdcpp --no-binary sdcpp";
+    if (family == "vulkan") return "rebuild sdcpp with CMAKE_ARGS=\"-DSD_VULKAN=ON\" pip install sdcpp --no-binary sdcpp";
+    if (family == "metal") return "rebuild sdcpp with CMAKE_ARGS=\"-DSD_METAL=ON\" pip install sdcpp --no-binary sdcpp";
+    return "";
+}
+
+}  // namespace
+
+std::vector<DeviceInfo> Device::list() {
+    std::vector<DeviceInfo> out;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) out.push_back(describe(ggml_backend_dev_get(i)));
+    return out;
+}
+
+Device::Device(const std::string& spec_in, int n_threads) {
+    std::string spec = lower(spec_in);
+    std::string family = spec;
+    int index = 0;
+    auto colon = spec.find(':');
+    if (colon != std::string::npos) {
+        family = spec.substr(0, colon);
+        const std::string idx = spec.substr(colon + 1);
+        SD_CHECK(!idx.empty() && std::all_of(idx.begin(), idx.end(), ::isdigit),
+                 "device '" + spec_in + "': the index after ':' must be a number, e.g. 'cuda:1'");
+        index = std::stoi(idx);
+    }
+    static const char* known[] = {"auto", "cpu", "cuda", "vulkan", "metal"};
+    SD_CHECK(std::find(std::begin(known), std::end(known), family) != std::end(known),
+             "unknown device '" + spec_in + "': use auto, cpu, cuda, cuda:N, vulkan, vulkan:N or metal");
+
+    ggml_backend_dev_t cpu_dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu_dev) throw Error("ggml has no CPU backend in this build");
+
+    ggml_backend_dev_t chosen = nullptr;
+    if (family == "auto") {
+        chosen = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
+        if (!chosen) chosen = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
+        if (!chosen) chosen = cpu_dev;
+    } else if (family == "cpu") {
+        chosen = cpu_dev;
+    } else {
+        int seen = 0;
+        bool backend_present = false;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            if (lower(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))) != family) continue;
+            backend_present = true;
+            if (seen++ == index) { chosen = dev; break; }
+        }
+        if (!chosen) {
+            bool compiled = ggml_backend_reg_by_name(family == "cuda" ? "CUDA" : family == "vulkan" ? "Vulkan" : "Metal") != nullptr;
+            if (!compiled)
+                throw InvalidArgument("device '" + spec_in + "' is not available: this build of sdcpp has no " + family +
+                                      " backend; " + build_hint(family));
+            throw InvalidArgument("device '" + spec_in + "' is not available: the " + family + " backend found " +
+                                  std::to_string(seen) + " device(s)" + (backend_present ? "" : " (none)"));
+        }
+    }
+
+    cpu_ = ggml_backend_dev_init(cpu_dev, nullptr);
+    if (!cpu_) throw Error("failed to initialise the ggml CPU backend");
+    if (chosen == cpu_dev) {
+        backend_ = cpu_;
+    } else {
+        backend_ = ggml_backend_dev_init(chosen, nullptr);
+        if (!backend_) {
+            ggml_backend_free(cpu_);
+            throw Error("failed to initialise ggml device " + std::string(ggml_backend_dev_name(chosen)));
+        }
+    }
+    info_ = describe(chosen);
+    set_threads(n_threads);
+}
+
+Device::~Device() {
+    if (backend_ && backend_ != cpu_) ggml_backend_free(backend_);
+    if (cpu_) ggml_backend_free(cpu_);
+}
+
+void Device::set_threads(int n) {
+    SD_CHECK(n >= 1 && n <= 1024, "threads must be between 1 and 1024, got " + std::to_string(n));
+    n_threads_ = n;
+    ggml_backend_cpu_set_n_threads(cpu_, n);
+}
+
+}  // namespace sdcpp

@@ -1,0 +1,92 @@
+#include "graph.h"
+
+#include "error.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+
+namespace sdcpp {
+
+BuiltGraph::~BuiltGraph() {
+    if (ctx) ggml_free(ctx);
+}
+
+GraphRunner::GraphRunner(DevicePtr device, size_t max_nodes) : device_(std::move(device)), max_nodes_(max_nodes) {}
+
+GraphRunner::~GraphRunner() {
+    cache_.clear();
+    if (sched_) ggml_backend_sched_free(sched_);
+}
+
+void GraphRunner::ensure_sched() {
+    if (sched_) return;
+    std::vector<ggml_backend_t> backends;
+    backends.push_back(device_->backend());
+    if (!device_->is_cpu()) backends.push_back(device_->cpu());  // the CPU must come last
+    sched_ = ggml_backend_sched_new(backends.data(), nullptr, static_cast<int>(backends.size()), max_nodes_,
+                                    /*parallel=*/false, /*op_offload=*/true);
+    if (!sched_) throw Error("failed to create the ggml scheduler");
+}
+
+BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) {
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return *it->second;
+    auto g = std::make_unique<BuiltGraph>();
+    ggml_init_params params{};
+    params.mem_size = ggml_tensor_overhead() * max_nodes_ + ggml_graph_overhead_custom(max_nodes_, false);
+    params.no_alloc = true;
+    g->ctx = ggml_init(params);
+    if (!g->ctx) throw Error("ggml_init failed for a graph context");
+    g->graph = ggml_new_graph_custom(g->ctx, max_nodes_, false);
+    build(g->ctx, *g);
+    for (auto& kv : g->inputs) ggml_set_input(kv.second);
+    for (ggml_tensor* out : g->outputs) {
+        ggml_set_output(out);
+        ggml_build_forward_expand(g->graph, out);
+    }
+    // Keep a small number of shapes: each holds a context, and the scheduler's buffers grow
+    // to the largest graph seen anyway.
+    if (cache_.size() >= 8) cache_.erase(cache_.begin());
+    auto& ref = *g;
+    cache_[key] = std::move(g);
+    return ref;
+}
+
+void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& inputs) {
+    ensure_sched();
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, g.graph))
+        throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
+    for (auto& kv : g.inputs) {
+        auto it = inputs.find(kv.first);
+        if (it == inputs.end()) throw InvalidArgument("graph input '" + kv.first + "' was not provided");
+        ggml_backend_tensor_set(kv.second, it->second, 0, ggml_nbytes(kv.second));
+    }
+    ggml_backend_sched_set_eval_callback(sched_, nullptr, nullptr);
+    enum ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph);
+    if (st != GGML_STATUS_SUCCESS) throw Error(std::string("graph compute failed: ") + ggml_status_to_string(st));
+}
+
+void GraphRunner::read_output(const BuiltGraph& g, size_t i, float* dst) const {
+    SD_CHECK(i < g.outputs.size(), "no such graph output");
+    ggml_tensor* t = g.outputs[i];
+    SD_CHECK(t->type == GGML_TYPE_F32, "graph outputs must be f32");
+    ggml_backend_tensor_get(t, dst, 0, ggml_nbytes(t));
+}
+
+void GraphRunner::clear() {
+    cache_.clear();
+    if (sched_) {
+        ggml_backend_sched_free(sched_);
+        sched_ = nullptr;
+    }
+}
+
+size_t GraphRunner::compute_buffer_size() const {
+    if (!sched_) return 0;
+    size_t total = 0;
+    for (int i = 0; i < ggml_backend_sched_get_n_backends(sched_); ++i)
+        total += ggml_backend_sched_get_buffer_size(sched_, ggml_backend_sched_get_backend(sched_, i));
+    return total;
+}
+
+}  // namespace sdcpp

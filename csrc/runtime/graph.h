@@ -1,0 +1,56 @@
+// GraphRunner: builds a compute graph once per input shape, allocates it through ggml's
+// scheduler on the model's device (falling back to the CPU for ops the device lacks), caches
+// it, and runs it. Weights are never copied: graphs reference WeightStore tensors directly.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "device.h"
+#include "ggml.h"
+
+namespace sdcpp {
+
+// One built graph: its context, inputs by name, and outputs in order.
+struct BuiltGraph {
+    ggml_context* ctx = nullptr;
+    ggml_cgraph* graph = nullptr;
+    std::map<std::string, ggml_tensor*> inputs;
+    std::vector<ggml_tensor*> outputs;
+    ~BuiltGraph();
+};
+
+// A builder receives an empty no-alloc context and fills inputs/outputs of `g`.
+using GraphBuilder = std::function<void(ggml_context* ctx, BuiltGraph& g)>;
+
+class GraphRunner {
+   public:
+    GraphRunner(DevicePtr device, size_t max_nodes = 16384);
+    ~GraphRunner();
+    GraphRunner(const GraphRunner&) = delete;
+    GraphRunner& operator=(const GraphRunner&) = delete;
+
+    // The graph for `key` (a description of the input shapes), built on first use.
+    BuiltGraph& get(const std::string& key, const GraphBuilder& build);
+
+    // Allocate (reusing the scheduler's buffers), copy inputs, compute. Inputs are raw host
+    // bytes matching each input tensor exactly.
+    void run(BuiltGraph& g, const std::map<std::string, const void*>& inputs);
+    // Copy output i back to the host as float32 (outputs are f32 by construction).
+    void read_output(const BuiltGraph& g, size_t i, float* dst) const;
+
+    void clear();  // drop cached graphs and compute buffers (frees memory)
+    size_t compute_buffer_size() const;
+    const DevicePtr& device() const { return device_; }
+
+   private:
+    DevicePtr device_;
+    size_t max_nodes_;
+    ggml_backend_sched_t sched_ = nullptr;
+    std::map<std::string, std::unique_ptr<BuiltGraph>> cache_;
+    void ensure_sched();
+};
+
+}  // namespace sdcpp

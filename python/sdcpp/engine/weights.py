@@ -1,0 +1,92 @@
+"""Devices and weight stores: canonical tensors into ggml backend buffers.
+
+Python decides *what* (names, shapes, the storage type of each tensor); the native
+WeightStore does the copy and the f32 -> f16/bf16 conversion with the GIL released.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import numpy as np
+
+from .. import errors
+
+WEIGHT_TYPES = ("f32", "f16", "bf16")
+
+
+def native():
+    """The compiled extension, imported lazily so pure-Python parts work without it."""
+    try:
+        from .. import _core
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise errors.BackendError(
+            f"the sdcpp native extension is not built or failed to load ({exc}); reinstall with `pip install .`"
+        ) from exc
+    return _core
+
+
+def physical_cores() -> int:
+    """Physical cores (threads per core taken out); ggml gains nothing from SMT siblings."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as fh:
+            phys = core = None
+            for line in fh:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((phys, core))
+                    phys = core = None
+        if cores:
+            return max(1, min(len(cores), len(os.sched_getaffinity(0))))
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def open_device(device: str = "auto", threads: Optional[int] = None):
+    """A native Device; `threads` defaults to the physical core count."""
+    core = native()
+    try:
+        return core.Device(device, threads or physical_cores())
+    except ValueError as exc:
+        raise errors.InvalidArgumentError(str(exc)) from None
+
+
+def storage_type(name: str, shape: tuple[int, ...], weight_type: str) -> str:
+    """The ggml type a tensor is stored in: matrices and conv kernels take `weight_type`;
+    vectors (biases, norms), embeddings and tiny tensors stay f32 (they cost little and
+    ggml's element-wise ops want f32)."""
+    if weight_type not in WEIGHT_TYPES:
+        raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+    if len(shape) < 2 or "embedding" in name or "norm" in name:
+        return "f32"
+    return weight_type
+
+
+def _as_native_array(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.float32 or arr.dtype == np.float16:
+        return arr
+    if arr.dtype.kind in "fiub":
+        return arr.astype(np.float32)
+    raise errors.InvalidArgumentError(f"cannot store an array of dtype {arr.dtype}")
+
+
+def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
+                type_of: Callable[[str, tuple, str], str] = storage_type):
+    """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
+    one tensor at a time so peak host memory stays at one tensor."""
+    core = native()
+    store = core.WeightStore(device)
+    for name, value in tensors.items():
+        shape = tuple(int(d) for d in value.shape)
+        store.declare(name, list(shape), type_of(name, shape, weight_type))
+    store.allocate()
+    for name, value in tensors.items():
+        arr = value if isinstance(value, np.ndarray) else value.numpy()
+        store.set(name, _as_native_array(np.asarray(arr)))
+    return store
