@@ -5,4 +5,12 @@ from . import errors
 
 __version__ = "0.1.0"
 
-__all__ = ["errors", "__version__"]
+
+def system_info() -> dict:
+    """ggml version, backends/devices, CPU features compiled vs present, default threads."""
+    from .system import system_info as _system_info
+
+    return _system_info()
+
+
+__all__ = ["errors", "system_info", "__version__"]

@@ -1,0 +1,64 @@
+"""The `sdcpp` command. Exit codes: 0 success, 1 user error (one-line message), 2 usage."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Optional, Sequence
+
+from . import errors
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .system import format_system_info, system_info
+
+    info = system_info()
+    print(json.dumps(info, indent=2) if args.json else format_system_info(info))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .arch import inspect
+
+    info = inspect(args.model)
+    print(json.dumps(info.summary(), indent=2) if args.json else info.describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdcpp", description="Stable Diffusion on a native ggml engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="ggml version, backends, devices and CPU features")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("inspect", help="the architecture a checkpoint holds (no weights loaded)")
+    p.add_argument("model", help="a checkpoint file, a diffusers folder or a Hugging Face repo id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Generation commands (txt2img, img2img) register themselves here from their modules.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except errors.SdcppError as exc:
+        print(f"sdcpp: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sdcpp: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
