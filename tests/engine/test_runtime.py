@@ -1,0 +1,64 @@
+"""The native runtime: devices, weight storage conversions, errors (reference: torch's casts)."""
+import numpy as np
+import pytest
+import torch
+
+import sdcpp
+from sdcpp import errors
+from sdcpp.engine.weights import build_store, open_device
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return open_device("cpu", threads=2)
+
+
+@pytest.mark.parametrize("weight_type,torch_dtype", [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)])
+def test_store_conversion_matches_torch_cast(cpu, weight_type, torch_dtype):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((48, 20)) * 3).astype(np.float32)
+    store = build_store(cpu, {"m.weight": w, "m.bias": w[0]}, weight_type)
+    assert store.type("m.weight") == weight_type
+    assert store.type("m.bias") == "f32"  # vectors stay f32
+    expected = torch.from_numpy(w).to(torch_dtype).float().numpy()
+    np.testing.assert_array_equal(store.get("m.weight"), expected)
+    np.testing.assert_array_equal(store.get("m.bias"), w[0])
+
+
+def test_store_accepts_f16_and_noncontiguous_arrays(cpu):
+    base = np.arange(60, dtype=np.float32).reshape(6, 10)
+    view = base.T  # non-contiguous
+    half = base.astype(np.float16)
+    store = build_store(cpu, {"a.weight": view, "b.weight": half}, "f32")
+    np.testing.assert_array_equal(store.get("a.weight"), view)
+    np.testing.assert_array_equal(store.get("b.weight"), half.astype(np.float32))
+
+
+def test_store_shape_mismatch_is_a_value_error(cpu):
+    store = sdcpp.engine.weights.native().WeightStore(cpu)
+    store.declare("x.weight", [4, 4], "f32")
+    store.allocate()
+    with pytest.raises(ValueError, match="x.weight"):
+        store.set("x.weight", np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match="missing weight 'nope'"):
+        store.get("nope")
+
+
+def test_unknown_and_unavailable_devices_raise_typed_errors():
+    with pytest.raises(errors.InvalidArgumentError, match="unknown device"):
+        open_device("tpu")
+    with pytest.raises(errors.InvalidArgumentError, match="SD_CUDA=ON"):
+        open_device("cuda:0")
+    with pytest.raises(errors.InvalidArgumentError, match="SD_VULKAN=ON"):
+        open_device("vulkan")
+
+
+def test_system_info_reports_ggml_and_cpu():
+    info = sdcpp.system_info()
+    assert info["ggml_version"].startswith("0.")
+    assert "CPU" in info["backends"]
+    assert any(d["type"] == "cpu" for d in info["devices"])
+    assert info["default_threads"] >= 1
+    # The build this test runs against is native + llamafile (the README's install).
+    assert info["cpu_features_compiled"].get("llamafile")
+    assert info["warnings"] == [], info["warnings"]
