@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Generation commands (txt2img, img2img) register themselves here from their modules.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _generation_commands(sub: argparse._SubParsersAction) -> None:
+    from .cli_generate import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_generation_commands]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

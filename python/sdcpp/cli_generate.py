@@ -1,0 +1,96 @@
+"""`sdcpp txt2img` and `sdcpp img2img`, with stable-diffusion.cpp's familiar flags."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import errors
+from .pipeline import SAMPLERS, SCHEDULERS
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    """PATH[:SCALE] (a Windows drive colon is left alone)."""
+    path, sep, scale = text.rpartition(":")
+    if sep and path and not (len(path) == 1 and path.isalpha()):
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="checkpoint file, diffusers folder or Hugging Face repo id")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--sampler", "--sampling-method", dest="sampler", default="euler_a", choices=SAMPLERS)
+    p.add_argument("--scheduler", "--schedule", dest="scheduler", default="discrete", choices=SCHEDULERS)
+    p.add_argument("-s", "--seed", type=int, default=None, help="64-bit seed (random when omitted)")
+    p.add_argument("-b", "--batch", "--batch-count", dest="batch", type=int, default=1)
+    p.add_argument("--clip-skip", type=int, default=None)
+    p.add_argument("-o", "--output", default="output.png",
+                   help="PNG path; with a batch, _1, _2 ... are appended before the suffix")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, vulkan, metal")
+    p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=("f32", "f16", "bf16"))
+    p.add_argument("--vae", default=None, help="a separate VAE file or folder")
+    p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:SCALE]",
+                   help="apply a LoRA (repeatable)")
+    p.add_argument("--lora-dir", "--lora-model-dir", dest="lora_dir", default=None,
+                   help="folder searched for <lora:name:scale> tags in the prompt")
+    p.add_argument("--rng", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _outputs(path: str, n: int) -> list[Path]:
+    out = Path(path)
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.png'}") for i in range(n)]
+
+
+def _run(args: argparse.Namespace, mode: str) -> int:
+    from PIL import Image
+
+    from .outputs import save_png
+    from .pipeline import load
+
+    model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
+                 threads=args.threads, loras=args.lora or None)
+    if args.lora_dir and hasattr(model, "lora_dir"):
+        model.lora_dir = args.lora_dir
+    common = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, scheduler=args.scheduler,
+                  seed=args.seed, batch_size=args.batch, clip_skip=args.clip_skip, rng=args.rng,
+                  progress=not args.no_progress)
+    if mode == "txt2img":
+        images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height, **common)
+    else:
+        try:
+            init = Image.open(args.init_img)
+        except OSError as exc:
+            raise errors.InvalidArgumentError(f"cannot read the init image {args.init_img!r}: {exc}") from None
+        images = model.img2img(init, args.prompt, args.negative_prompt, strength=args.strength,
+                               resize=args.resize, **common)
+    for img, path in zip(images, _outputs(args.output, len(images))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(img, str(path))
+        print(path)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("txt2img", help="generate images from a prompt")
+    _add_common(p)
+    p.add_argument("-W", "--width", type=int, default=None)
+    p.add_argument("-H", "--height", type=int, default=None)
+    p.set_defaults(func=lambda a: _run(a, "txt2img"))
+
+    p = sub.add_parser("img2img", help="transform an image guided by a prompt")
+    _add_common(p)
+    p.add_argument("-i", "--init-img", required=True)
+    p.add_argument("--strength", type=float, default=0.75)
+    p.add_argument("--resize", action="store_true", help="resize the init image down to a multiple of 8")
+    p.set_defaults(func=lambda a: _run(a, "img2img"))

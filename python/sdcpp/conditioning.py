@@ -1,0 +1,90 @@
+"""Prompt -> U-Net conditioning for each family (A1111 prompt syntax, diffusers numerics).
+
+- sd1: CLIP-L hidden states after `layers` layers with the final LayerNorm (clip_skip 1 = all).
+- sd2: OpenCLIP-H penultimate layer + final LayerNorm (a diffusers folder already drops the
+  last layer, so its encoder runs whole).
+- sdxl (incl. SSD-1B, Vega): CLIP-L and OpenCLIP-bigG penultimate layers, no final LayerNorm,
+  concatenated on channels (768 + 1280); pooled = bigG's projected EOS state of the first chunk.
+  An empty negative prompt gives zeros (diffusers' force_zeros_for_empty_prompt).
+Long prompts are encoded in 77-token chunks and concatenated along the sequence (A1111).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import errors
+from .tokenizer import PAD_EOS, PAD_ZERO, apply_emphasis, encode_prompt_chunks
+
+
+@dataclass
+class Conditioning:
+    context: np.ndarray            # [1, 77k, D]
+    pooled: Optional[np.ndarray]   # [1, P] (sdxl) or None
+    loras: list                    # <lora:name:mult> tags found in the prompt
+
+
+@dataclass
+class EncoderSlot:
+    """One text encoder as the conditioner uses it."""
+    encoder: object                # sdcpp.engine.text.TextEncoder
+    num_layers: int
+    pad_id: int
+    final_norm: bool               # apply final LayerNorm to the returned hidden states
+    default_skip: int              # A1111 clip_skip used when the caller gives none
+
+
+class Conditioner:
+    def __init__(self, family: str, slots: Sequence[EncoderSlot], zero_empty_negative: bool):
+        self.family = family
+        self.slots = list(slots)
+        self.zero_empty_negative = zero_empty_negative
+
+    def _layers(self, slot: EncoderSlot, clip_skip: Optional[int]) -> int:
+        skip = slot.default_skip if clip_skip is None else int(clip_skip)
+        if skip < 1 or skip > slot.num_layers:
+            raise errors.InvalidArgumentError(
+                f"clip_skip must be between 1 and {slot.num_layers}, got {clip_skip}")
+        return max(1, slot.num_layers - (skip - 1))
+
+    def encode(self, prompt: str, clip_skip: Optional[int] = None, n_chunks: Optional[int] = None) -> Conditioning:
+        hidden_parts, pooled, loras = [], None, []
+        for i, slot in enumerate(self.slots):
+            chunks = encode_prompt_chunks(prompt, slot.pad_id)
+            loras = chunks.loras
+            ids, weights, eos = chunks.ids, chunks.weights, chunks.eos_index
+            if n_chunks is not None and len(ids) < n_chunks:  # pad with empty chunks (A1111)
+                empty = encode_prompt_chunks("", slot.pad_id)
+                extra = n_chunks - len(ids)
+                ids = np.concatenate([ids, np.repeat(empty.ids, extra, 0)])
+                weights = np.concatenate([weights, np.repeat(empty.weights, extra, 0)])
+                eos = np.concatenate([eos, np.repeat(empty.eos_index, extra, 0)])
+            hidden, pool = slot.encoder.encode(ids, layers=self._layers(slot, clip_skip),
+                                               final_norm=slot.final_norm, pooled_index=eos)
+            if not np.all(weights == 1.0):
+                hidden = apply_emphasis(hidden, weights)
+            hidden_parts.append(hidden.reshape(1, -1, hidden.shape[-1]))
+            if i == len(self.slots) - 1 and self.family == "sdxl":
+                pooled = pool[:1]
+        context = np.concatenate(hidden_parts, axis=-1).astype(np.float32)
+        return Conditioning(context, pooled, loras)
+
+    def n_chunks(self, prompt: str) -> int:
+        return len(encode_prompt_chunks(prompt, PAD_EOS).ids)
+
+    def encode_pair(self, prompt: str, negative: str, clip_skip: Optional[int]) -> tuple[Conditioning, Conditioning]:
+        n = max(self.n_chunks(prompt), self.n_chunks(negative))
+        cond = self.encode(prompt, clip_skip, n)
+        if self.zero_empty_negative and negative == "":
+            uncond = Conditioning(np.zeros_like(cond.context),
+                                  None if cond.pooled is None else np.zeros_like(cond.pooled), [])
+        else:
+            uncond = self.encode(negative, clip_skip, n)
+        return cond, uncond
+
+
+def default_pad(kind: str) -> int:
+    """CLIP-L pads with EOS; OpenCLIP (H, bigG) pads with 0."""
+    return PAD_EOS if kind == "clip-l" else PAD_ZERO

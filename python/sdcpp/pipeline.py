@@ -1,0 +1,355 @@
+"""`sdcpp.load(...)` and the Model it returns: txt2img / img2img.
+
+Python decides what (prompts, conditioning, schedule, outputs); the native engine does the
+heavy how (text encoders, U-Net, VAE, sampler updates). One Model serves any number of calls;
+calls on one Model from several threads are serialised by a lock (the native graphs and
+compute buffers of a model are shared state).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import errors
+from .conditioning import Conditioner, EncoderSlot, default_pad
+
+PathLike = Union[str, os.PathLike]
+Callback = Callable[[int, int, np.ndarray], Optional[bool]]
+
+SAMPLERS = ("euler", "euler_a", "heun", "dpm2", "dpm++2m", "dpm++2s_a", "lcm", "ddim_trailing", "ipndm")
+SCHEDULERS = ("discrete", "karras", "exponential", "ays", "sgm_uniform", "simple", "lcm")
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+_DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+
+
+def _storage_weight_type(tensors: dict) -> str:
+    """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
+    counts: dict[str, int] = {}
+    for name, rec in tensors.items():
+        if name.startswith("unet.") and len(rec.shape) >= 2:
+            counts[rec.dtype] = counts.get(rec.dtype, 0) + 1
+    dtype = max(counts, key=counts.get) if counts else "F32"
+    return {"F32": "f32", "F64": "f32", "F16": "f16", "BF16": "bf16"}.get(dtype, "f16")
+
+
+@dataclass
+class GenerationParams:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    sampler: str
+    scheduler: str
+    seed: int
+    batch_size: int
+    clip_skip: Optional[int]
+    strength: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+class Model:
+    """A loaded checkpoint. Build it with :func:`sdcpp.load`."""
+
+    def __init__(self, info, device, components: dict, weight_type: str, source: Path,
+                 prediction_type: str):
+        self.info = info
+        self.device = device
+        self.weight_type = weight_type
+        self.source = source
+        self.prediction_type = prediction_type
+        self._c = components
+        self._lock = threading.Lock()
+        self._model_hash: Optional[str] = None
+        self.family: str = info.family
+        self.vae_scale: float = float(info.vae["scaling_factor"])
+        slots = []
+        for enc, meta in zip(components["text_encoders"], info.text_encoders):
+            n = int(meta["layers"])
+            default_skip = 1
+            if info.family == "sdxl" or (info.family == "sd2" and n == 24):
+                default_skip = 2
+            slots.append(EncoderSlot(enc, n, int(meta.get("pad_id", default_pad(meta["kind"]))),
+                                     final_norm=info.family != "sdxl", default_skip=default_skip))
+        self.conditioner = Conditioner(info.family, slots, zero_empty_negative=info.family == "sdxl")
+
+    # ------------------------------------------------------------------ public API
+    def txt2img(self, prompt: str, negative_prompt: str = "", *, width: Optional[int] = None,
+                height: Optional[int] = None, steps: int = 20, cfg_scale: float = 7.0,
+                sampler: str = "euler_a", scheduler: str = "discrete", seed: Optional[int] = None,
+                batch_size: int = 1, clip_skip: Optional[int] = None, latents: Optional[np.ndarray] = None,
+                output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
+                progress: bool = False) -> list:
+        """Generate images from a prompt. Returns a list with one entry per image."""
+        size = _DEFAULT_SIZE[self.family]
+        width = size if width is None else width
+        height = size if height is None else height
+        if latents is not None:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.ndim != 4 or latents.shape[1] != 4:
+                raise errors.InvalidArgumentError(f"latents must be [batch, 4, h/8, w/8], got {latents.shape}")
+            if width is None or (latents.shape[2] * 8, latents.shape[3] * 8) != (height, width):
+                height, width = latents.shape[2] * 8, latents.shape[3] * 8
+            batch_size = latents.shape[0]
+        params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
+                              seed, batch_size, clip_skip, output_type, rng)
+        with self._lock:
+            final = self._run(params, latents, None, callback, rng, progress)
+            return self._outputs(final, params, output_type)
+
+    def img2img(self, image, prompt: str, negative_prompt: str = "", *, strength: float = 0.75,
+                steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
+                seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
+                output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
+                resize: bool = False, progress: bool = False) -> list:
+        """Transform an image (PIL, or float HxWx3 / 3xHxW array in [0, 1]) guided by a prompt."""
+        pixels = _image_to_array(image, resize)
+        height, width = pixels.shape[-2:]
+        if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
+            raise errors.InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+        params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
+                              seed, batch_size, clip_skip, output_type, rng)
+        params.strength = float(strength)
+        with self._lock:
+            final = self._run(params, None, pixels, callback, rng, progress)
+            return self._outputs(final, params, output_type)
+
+    def close(self) -> None:
+        """Free the native weights and buffers now (otherwise freed with the object)."""
+        self._c.clear()
+
+    @property
+    def model_hash(self) -> Optional[str]:
+        """A1111's short model hash (first 10 hex digits of the file's sha256); None for folders."""
+        if self._model_hash is None and self.source.is_file():
+            import hashlib
+            h = hashlib.sha256()
+            with open(self.source, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+            self._model_hash = h.hexdigest()[:10]
+        return self._model_hash
+
+    # ------------------------------------------------------------------ internals
+    def _params(self, prompt, negative, width, height, steps, cfg_scale, sampler, scheduler, seed,
+                batch_size, clip_skip, output_type, rng) -> GenerationParams:
+        if not isinstance(prompt, str):
+            raise errors.InvalidArgumentError(f"prompt must be a str, got {type(prompt).__name__}")
+        if not isinstance(negative, str):
+            raise errors.InvalidArgumentError(f"negative_prompt must be a str, got {type(negative).__name__}")
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
+                raise errors.InvalidArgumentError(f"{name} must be a positive multiple of 8, got {value!r}")
+        if not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise errors.InvalidArgumentError(f"steps must be an integer >= 1, got {steps!r}")
+        if not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale):
+            raise errors.InvalidArgumentError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        if sampler not in SAMPLERS:
+            raise errors.InvalidArgumentError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if scheduler not in SCHEDULERS:
+            raise errors.InvalidArgumentError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise errors.InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise errors.InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if rng not in ("cpu", "cuda"):
+            raise errors.InvalidArgumentError(f"rng must be 'cpu' or 'cuda', got {rng!r}")
+        if seed is None:
+            seed = secrets.randbits(63)
+        elif not isinstance(seed, (int, np.integer)) or not (-(2 ** 63) <= seed < 2 ** 64):
+            raise errors.InvalidArgumentError(f"seed must be a 64-bit integer, got {seed!r}")
+        _check_memory(self, int(batch_size), int(height), int(width), float(cfg_scale) != 1.0)
+        return GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
+                                sampler, scheduler, int(seed), int(batch_size), clip_skip)
+
+    def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
+        from .engine import sampling
+
+        gen = sampling.Generator(p.seed, rng)
+        cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+        sigmas = sampling.sigmas(p.scheduler, p.steps)
+        h, w = p.height // 8, p.width // 8
+        shape = (p.batch_size, 4, h, w)
+
+        if init_pixels is None:
+            noise = latents if latents is not None else gen.randn(shape)
+            x = noise.astype(np.float32) * np.float32(sigmas[0])
+        else:
+            # diffusers img2img: encode (sampling the posterior with the generator), scale, then
+            # start at the strength's point of the schedule with fresh noise.
+            moments = self._c["vae"].encode(np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0))
+            mean, logvar = np.split(moments, 2, axis=1)
+            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+            init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
+            t_start = p.steps - min(int(p.steps * p.strength), p.steps)
+            sigmas = sigmas[t_start:]
+            if len(sigmas) < 2:
+                return init.astype(np.float32)
+            x = (init + gen.randn(shape) * sigmas[0]).astype(np.float32)
+
+        denoise = self._denoiser(cond, uncond, p)
+        total = len(sigmas) - 1
+        bar = _progress_bar(total) if progress else None
+
+        def on_step(step: int, x_now: np.ndarray) -> bool:
+            if bar is not None:
+                bar.update(1)
+            if callback is not None and callback(step, total, x_now) is False:
+                return False
+            return True
+
+        try:
+            return sampling.sample(p.sampler, denoise, x, sigmas, gen, callback=on_step)
+        except KeyboardInterrupt:
+            raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _denoiser(self, cond, uncond, p: GenerationParams) -> Callable[[np.ndarray, float], np.ndarray]:
+        from .engine import sampling
+
+        unet = self._c["unet"]
+        use_cfg = p.cfg_scale != 1.0
+        b = p.batch_size
+        parts = [uncond, cond] if use_cfg else [cond]
+        context = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+        pooled = time_ids = None
+        if self.family == "sdxl":
+            pooled = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts])
+            ids = np.array([p.height, p.width, 0, 0, p.height, p.width], dtype=np.float32)
+            time_ids = np.repeat(ids[None], len(context), axis=0)
+        v_pred = self.prediction_type == "v_prediction"
+        g = np.float32(p.cfg_scale)
+
+        def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
+            sigma = float(sigma)
+            c_in = np.float32(1.0 / np.sqrt(sigma * sigma + 1.0))
+            t = np.full(len(context), sampling.sigma_to_t(sigma), dtype=np.float32)
+            x_in = np.concatenate([x] * len(parts)) * c_in
+            out = unet(x_in, t, context, text_embeds=pooled, time_ids=time_ids)
+            if use_cfg:
+                out_u, out_c = out[:b], out[b:]
+                out = out_u + g * (out_c - out_u)
+            if v_pred:
+                c_skip = 1.0 / (sigma * sigma + 1.0)
+                c_out = -sigma / np.sqrt(sigma * sigma + 1.0)
+                return (c_skip * x + c_out * out).astype(np.float32)
+            return (x - sigma * out).astype(np.float32)
+
+        return denoise
+
+    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str) -> list:
+        if output_type == "latent":
+            return [final[i] for i in range(final.shape[0])]
+        images = self._c["vae"].decode(final / np.float32(self.vae_scale))
+        images = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
+        if output_type == "np":
+            return [images[i] for i in range(images.shape[0])]
+        from .outputs import to_pil
+
+        return [to_pil(images[i], self._parameters_text(p, i)) for i in range(images.shape[0])]
+
+    def _parameters_text(self, p: GenerationParams, index: int) -> str:
+        from .outputs import a1111_parameters
+
+        return a1111_parameters(p, seed=p.seed, index=index, model_name=self.source.stem,
+                                model_hash=self.model_hash)
+
+
+def _progress_bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="step")
+
+
+def _image_to_array(image, resize: bool) -> np.ndarray:
+    """A PIL image or an array in [0, 1] -> float32 [3, H, W] in [0, 1], H and W multiples of 8."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        img = image.convert("RGB")
+        w, h = img.size
+        if (w % 8 or h % 8) and resize:
+            img = img.resize((max(8, w // 8 * 8), max(8, h // 8 * 8)), Image.LANCZOS)
+        arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    else:
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim != 3:
+            raise errors.InvalidArgumentError(f"image must be a PIL image or an HxWx3 / 3xHxW array, got shape {arr.shape}")
+        if arr.shape[-1] == 3 and arr.shape[0] != 3:
+            arr = arr.transpose(2, 0, 1)
+        if arr.shape[0] != 3:
+            raise errors.InvalidArgumentError(f"image must have 3 channels, got shape {arr.shape}")
+    h, w = arr.shape[1:]
+    if h % 8 or w % 8:
+        raise errors.InvalidArgumentError(
+            f"image size {w}x{h} is not a multiple of 8; resize it or pass resize=True")
+    return np.ascontiguousarray(arr)
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool) -> None:
+    """Refuse sizes whose activations cannot fit, before any work starts. The estimate covers
+    the largest buffers: self-attention scores at the first attention level and the VAE's
+    full-resolution activations."""
+    dev = model.device.info
+    avail = dev["memory_free"] if dev["type"] != "cpu" else _available_memory()
+    if not avail:
+        return
+    n = batch * (2 if cfg else 1)
+    unet = model.info.unet
+    tokens = (height // 8) * (width // 8)
+    levels = list(unet.get("down_block_types", []))
+    first_attn = next((i for i, t in enumerate(levels) if "CrossAttn" in t), None)
+    attn_bytes = 0
+    if first_attn is not None:
+        tokens_at = tokens // (4 ** first_attn)
+        heads = unet.get("num_attention_heads") or unet.get("attention_head_dim") or 8
+        heads = heads[first_attn] if isinstance(heads, (list, tuple)) else heads
+        attn_bytes = n * int(heads) * tokens_at * tokens_at * 4
+    vae_bytes = batch * height * width * 128 * 4 * 12  # a few full-res 128-channel maps + im2col
+    need = max(attn_bytes, vae_bytes)
+    if need > avail:
+        raise errors.InvalidArgumentError(
+            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory, "
+            f"more than the {avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch")
+
+
+# ---------------------------------------------------------------------- load
+def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
+         weight_type: Optional[str] = None, threads: Optional[int] = None,
+         prediction_type: Optional[str] = None, loras: Optional[Sequence] = None) -> Model:
+    """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
+
+    weight_type: "f32" | "f16" | "bf16"; default = the checkpoint's own storage type (fp8 -> f16).
+    """
+    from .loader import load_model
+
+    model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
+                       prediction_type=prediction_type)
+    if loras:
+        model.set_loras(list(loras))
+    return model
