@@ -54,6 +54,13 @@ BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) 
 void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& inputs) {
     ensure_sched();
     ggml_backend_sched_reset(sched_);
+    // A graph that ran before still points into the compute buffers as they were then; another
+    // graph may have grown (reallocated) them since, and ggml-alloc skips tensors whose data is
+    // set, so it would write into freed memory. Let ggml-alloc place every graph tensor afresh.
+    for (ggml_tensor* t = ggml_get_first_tensor(g.ctx); t; t = ggml_get_next_tensor(g.ctx, t)) {
+        t->data = nullptr;
+        t->buffer = nullptr;
+    }
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph))
         throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
     for (auto& kv : g.inputs) {
