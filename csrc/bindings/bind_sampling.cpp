@@ -113,7 +113,8 @@ void bind_sampling(py::module_& parent) {
 
     py::class_<NoiseSchedule>(m, "NoiseSchedule")
         .def(py::init(&NoiseSchedule::from_betas), py::arg("beta_start") = 0.00085, py::arg("beta_end") = 0.012,
-             py::arg("num_timesteps") = 1000, py::arg("beta_schedule") = "scaled_linear")
+             py::arg("num_timesteps") = 1000, py::arg("beta_schedule") = "scaled_linear",
+             py::arg("float32_alphas") = true)
         .def_static(
             "from_alphas_cumprod",
             [](py::array_t<double, py::array::c_style | py::array::forcecast> a) {

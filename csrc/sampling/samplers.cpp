@@ -122,10 +122,13 @@ SampleResult sample(const std::string& sampler, Denoiser& model, float* x, size_
             c.denoise(x, s, D);
             const float dt = static_cast<float>(down) - s;
             for (size_t k = 0; k < n; ++k) x[k] = x[k] + ((x[k] - D[k]) / s) * dt;
-            if (sigmas[i + 1] > 0 && up > 0) {
+            if (eta > 0) {
+                // diffusers draws on every step, the last one too (scaled by sigma_up = 0 there),
+                // so the generator ends where diffusers' does.
                 const float* z = c.draw_noise();
                 const float fu = static_cast<float>(up);
-                for (size_t k = 0; k < n; ++k) x[k] = x[k] + z[k] * fu;
+                if (sigmas[i + 1] > 0 && up > 0)
+                    for (size_t k = 0; k < n; ++k) x[k] = x[k] + z[k] * fu;
             }
             if (!after_step(i)) return result;
         }
@@ -244,6 +247,7 @@ SampleResult sample(const std::string& sampler, Denoiser& model, float* x, size_
             const float fs = sigmas[i];
             if (s1 == 0.0) {
                 std::copy(D, D + n, x);
+                if (eta > 0) c.draw_noise();  // diffusers draws (and multiplies by 0) on the last step
             } else if (eta == 0.0) {
                 const float f1 = sigmas[i + 1];
                 for (size_t k = 0; k < n; ++k) x[k] = D[k] + f1 * ((x[k] - D[k]) / fs);

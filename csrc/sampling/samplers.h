@@ -53,7 +53,9 @@ bool sampler_uses_noise(const std::string& sampler, const SamplerOptions& opts =
 int sampler_model_calls(const std::string& sampler, int steps);
 
 // Runs the sampler in place on x[0..n). Noise is drawn from rng with one randn(n) per noise
-// injection, in the order diffusers' schedulers draw it (after the model call of the step).
+// injection, in the order diffusers' schedulers draw it (after the model call of the step;
+// euler_a and ddim_trailing with eta > 0 also draw on the last step, as diffusers does, so the
+// generator ends in the same state; lcm draws on every step but the last).
 // Throws InvalidArgument for unknown names / bad sigmas / missing rng before any model call.
 SampleResult sample(const std::string& sampler, Denoiser& model, float* x, size_t n, const std::vector<float>& sigmas,
                     Rng* rng, const SamplerOptions& opts = {}, const StepCallback& callback = nullptr);

@@ -7,7 +7,8 @@
 
 namespace sdcpp::sampling {
 
-NoiseSchedule NoiseSchedule::from_betas(double beta_start, double beta_end, int T, const std::string& beta_schedule) {
+NoiseSchedule NoiseSchedule::from_betas(double beta_start, double beta_end, int T, const std::string& beta_schedule,
+                                        bool float32_alphas) {
     SD_CHECK(T >= 2, "num_timesteps must be >= 2");
     SD_CHECK(beta_start > 0 && beta_end > 0 && beta_start < 1 && beta_end < 1, "betas must lie in (0, 1)");
     std::vector<double> ac(T);
@@ -24,7 +25,7 @@ NoiseSchedule NoiseSchedule::from_betas(double beta_start, double beta_end, int 
             throw InvalidArgument("beta_schedule must be 'scaled_linear' or 'linear', got '" + beta_schedule + "'");
         }
         prod *= 1.0 - beta;
-        ac[t] = prod;
+        ac[t] = float32_alphas ? static_cast<double>(static_cast<float>(prod)) : prod;
     }
     return NoiseSchedule(std::move(ac));
 }

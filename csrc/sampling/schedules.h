@@ -10,9 +10,12 @@ namespace sdcpp::sampling {
 class NoiseSchedule {
 public:
     // beta_schedule: "scaled_linear" (SD: beta_t = (sqrt(b0) + t/(T-1) (sqrt(b1) - sqrt(b0)))^2)
-    // or "linear" (beta_t = b0 + t/(T-1) (b1 - b0)). Computed in double precision.
+    // or "linear" (beta_t = b0 + t/(T-1) (b1 - b0)), accumulated in double precision.
+    // float32_alphas rounds alphas_cumprod to float32, as the LDM checkpoints store it and as
+    // k-diffusion, A1111, ComfyUI (and, within a few ulp, diffusers) use it: this is what makes
+    // sigma_min 0.0291675 rather than the exact 0.0291672. Sigmas are then computed in double.
     static NoiseSchedule from_betas(double beta_start = 0.00085, double beta_end = 0.012, int num_timesteps = 1000,
-                                    const std::string& beta_schedule = "scaled_linear");
+                                    const std::string& beta_schedule = "scaled_linear", bool float32_alphas = true);
     explicit NoiseSchedule(std::vector<double> alphas_cumprod);
 
     int num_timesteps() const { return static_cast<int>(alphas_cumprod_.size()); }

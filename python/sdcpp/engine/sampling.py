@@ -130,10 +130,14 @@ def randn(shape, seed: int, rng: str = "cpu") -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def noise_schedule(beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000,
-                   beta_schedule: str = "scaled_linear"):
+                   beta_schedule: str = "scaled_linear", float32_alphas: bool = True):
     """The model's discrete noise schedule (SD1/SD2/SDXL defaults), as a native object with
-    ``sigmas``, ``alphas_cumprod``, ``sigma_min``, ``sigma_max``, ``sigma_to_t``, ``t_to_sigma``."""
-    return _call(_native().NoiseSchedule, float(beta_start), float(beta_end), int(num_timesteps), beta_schedule)
+    ``sigmas``, ``alphas_cumprod``, ``sigma_min``, ``sigma_max``, ``sigma_to_t``, ``t_to_sigma``.
+
+    alphas_cumprod is accumulated in float64 and (float32_alphas) rounded to float32, as LDM
+    checkpoints store it and k-diffusion/A1111/ComfyUI/diffusers use it (sigma_min 0.0291675)."""
+    return _call(_native().NoiseSchedule, float(beta_start), float(beta_end), int(num_timesteps), beta_schedule,
+                 bool(float32_alphas))
 
 
 def _schedule_or_default(ns):
