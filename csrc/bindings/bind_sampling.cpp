@@ -13,9 +13,10 @@ namespace {
 using namespace sdcpp::sampling;
 
 // A stateful generator shared between Python calls (randn and sample draw from it in turn).
+// The mutex is recursive: a Python denoiser may draw from the generator its sampler holds.
 struct PyGenerator {
     std::unique_ptr<Rng> rng;
-    std::mutex mutex;
+    std::recursive_mutex mutex;
     explicit PyGenerator(std::unique_ptr<Rng> r) : rng(std::move(r)) {}
 };
 
@@ -92,7 +93,7 @@ void bind_sampling(py::module_& parent) {
         .def_property_readonly("seed", [](PyGenerator& g) { return g.rng->seed(); })
         .def("clone",
              [](PyGenerator& g) {
-                 std::lock_guard<std::mutex> lock(g.mutex);
+                 std::lock_guard<std::recursive_mutex> lock(g.mutex);
                  return new PyGenerator(g.rng->clone());
              })
         .def(
@@ -104,7 +105,7 @@ void bind_sampling(py::module_& parent) {
                 float* p = out.mutable_data();
                 {
                     py::gil_scoped_release release;
-                    std::lock_guard<std::mutex> lock(g.mutex);
+                    std::lock_guard<std::recursive_mutex> lock(g.mutex);
                     g.rng->randn(p, n);
                 }
                 return out;
@@ -174,8 +175,8 @@ void bind_sampling(py::module_& parent) {
             SampleResult res;
             {
                 py::gil_scoped_release release;
-                std::unique_lock<std::mutex> lock;
-                if (generator) lock = std::unique_lock<std::mutex>(generator->mutex);
+                std::unique_lock<std::recursive_mutex> lock;
+                if (generator) lock = std::unique_lock<std::recursive_mutex>(generator->mutex);
                 res = sdcpp::sampling::sample(sampler, model, p, n, sig, generator ? generator->rng.get() : nullptr, opts,
                                               cb);
             }

@@ -432,6 +432,20 @@ def test_callback_and_cancel():
     assert info.value.steps_done == 2 and np.array_equal(info.value.latent, seen[-1])
 
 
+def test_denoiser_may_use_the_samplers_generator():
+    import threading
+
+    sig = S.sigmas("discrete", 3)
+    x, g = start_latent(2, sig[0])
+    D = k_denoiser()
+    out = []
+    th = threading.Thread(target=lambda: out.append(
+        S.sample("euler_a", lambda xs, s: D(xs, s) + 0 * g.randn(xs.shape), x, sig, g)), daemon=True)
+    th.start()
+    th.join(30)
+    assert out and out[0].shape == SHAPE, "sampling deadlocked"
+
+
 def test_denoiser_errors_propagate():
     sig = S.sigmas("discrete", 3)
     x = np.zeros(SHAPE, np.float32)
