@@ -23,7 +23,7 @@ PathLike = Union[str, os.PathLike]
 Callback = Callable[[int, int, np.ndarray], Optional[bool]]
 
 SAMPLERS = ("euler", "euler_a", "heun", "dpm2", "dpm++2m", "dpm++2s_a", "lcm", "ddim_trailing", "ipndm")
-SCHEDULERS = ("discrete", "karras", "exponential", "ays", "sgm_uniform", "simple", "lcm")
+SCHEDULERS = ("discrete", "karras", "exponential", "ays", "sgm_uniform", "simple", "lcm", "trailing")
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 _DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
@@ -160,12 +160,12 @@ class Model:
             raise errors.InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise errors.InvalidArgumentError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if rng not in ("cpu", "cuda"):
-            raise errors.InvalidArgumentError(f"rng must be 'cpu' or 'cuda', got {rng!r}")
+        if rng not in ("cpu", "cpu_scalar", "cuda"):
+            raise errors.InvalidArgumentError(f"rng must be 'cpu', 'cpu_scalar' or 'cuda', got {rng!r}")
         if seed is None:
             seed = secrets.randbits(63)
-        elif not isinstance(seed, (int, np.integer)) or not (-(2 ** 63) <= seed < 2 ** 64):
-            raise errors.InvalidArgumentError(f"seed must be a 64-bit integer, got {seed!r}")
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2 ** 64):
+            raise errors.InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         _check_memory(self, int(batch_size), int(height), int(width), float(cfg_scale) != 1.0)
         return GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
                                 sampler, scheduler, int(seed), int(batch_size), clip_skip)
@@ -175,7 +175,7 @@ class Model:
 
         gen = sampling.Generator(p.seed, rng)
         cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
-        sigmas = sampling.sigmas(p.scheduler, p.steps)
+        sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
         h, w = p.height // 8, p.width // 8
         shape = (p.batch_size, 4, h, w)
 
@@ -199,7 +199,7 @@ class Model:
         total = len(sigmas) - 1
         bar = _progress_bar(total) if progress else None
 
-        def on_step(step: int, x_now: np.ndarray) -> bool:
+        def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
             if bar is not None:
                 bar.update(1)
             if callback is not None and callback(step, total, x_now) is False:

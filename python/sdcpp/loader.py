@@ -1,0 +1,102 @@
+"""From a source to a ready Model: inspect, pick storage types, fill native weight stores.
+
+Each component (text encoders, U-Net, VAE) gets its own WeightStore so that one can be freed
+or swapped (a separate VAE, text encoders dropped after encoding) without touching the others.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from . import errors
+from .engine.weights import WEIGHT_TYPES, build_store, open_device, storage_type
+
+PathLike = Union[str, os.PathLike]
+
+
+def _vae_storage_type(name: str, shape: tuple, weight_type: str) -> str:
+    """The VAE keeps f32 weights by default: its activations overflow f16 (SDXL's famously so),
+    ggml's CPU matmul rounds activations to the weight type, and it is a small share of the
+    model (84M parameters). bf16 has f32's range, so a bf16 request is honoured."""
+    return storage_type(name, shape, "bf16" if weight_type == "bf16" else "f32")
+
+
+def _separate_vae(vae: PathLike) -> dict:
+    from .io import open_source
+    from .naming import canonicalize
+
+    names = canonicalize(open_source(vae))
+    tensors = {k: v for k, v in names.tensors.items() if k.startswith("vae.")}
+    if not tensors:
+        raise errors.UnknownArchitectureError("no VAE tensors found in the file given as vae=", file=vae)
+    return tensors
+
+
+def _default_weight_type(tensors: dict) -> str:
+    from .pipeline import _storage_weight_type
+
+    return _storage_weight_type(tensors)
+
+
+def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
+               weight_type: Optional[str] = None, threads: Optional[int] = None,
+               prediction_type: Optional[str] = None):
+    from .arch import inspect
+    from .engine.text import TextEncoder
+    from .engine.unet import UNet
+    from .engine.vae import VAE
+    from .pipeline import Model
+
+    if weight_type is not None and weight_type not in WEIGHT_TYPES:
+        raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+    if prediction_type not in (None, "epsilon", "v_prediction"):
+        raise errors.InvalidArgumentError(
+            f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise errors.InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
+
+    info = inspect(source)
+    tensors = dict(info.tensors)
+    if vae is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("vae.")}
+        tensors.update(_separate_vae(vae))
+        info = _replace_vae(info, tensors)
+    if info.vae is None:
+        raise errors.MissingTensorError("the checkpoint has no VAE; pass vae= with a VAE file or folder",
+                                        file=info.path)
+    if not info.text_encoders:
+        raise errors.MissingTensorError("the checkpoint has no text encoder", file=info.path)
+
+    dev = open_device(device, threads)
+    wt = weight_type or _default_weight_type(tensors)
+
+    def part(prefix: str, type_of=storage_type):
+        sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            return build_store(dev, sub, wt, type_of)
+        except ValueError as exc:
+            raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
+
+    encoders = []
+    for meta, cfg in zip(info.text_encoders, info.text_encoder_native_configs()):
+        prefix = meta["name"] + "."
+        encoders.append(TextEncoder(part(prefix), prefix, cfg))
+    components = {
+        "text_encoders": encoders,
+        "unet": UNet(part("unet."), info.unet_native_config()),
+        "vae": VAE(part("vae.", _vae_storage_type), info.vae_native_config()),
+    }
+    prediction = prediction_type or info.prediction_type or "epsilon"
+    return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
+
+
+def _replace_vae(info, tensors: dict):
+    """ModelInfo with its VAE description re-inferred from the replacement tensors."""
+    import dataclasses
+
+    from .arch import _Ctx, _vae
+
+    notes: list[str] = []
+    vae, _ = _vae(tensors, info.family, _Ctx(info.path, {k: k for k in tensors}), {}, notes)
+    return dataclasses.replace(info, tensors=tensors, vae=vae, notes=info.notes + notes)
