@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import errors
+from .arch import ModelInfo, inspect
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,4 @@ def system_info() -> dict:
     return _system_info()
 
 
-__all__ = ["errors", "system_info", "__version__"]
+__all__ = ["errors", "system_info", "__version__", "inspect", "ModelInfo"]

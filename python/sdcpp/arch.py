@@ -295,8 +295,9 @@ def _vae_layout(v: dict[str, TensorRecord], ctx: _Ctx) -> dict:
                 in_channels=_shape(v, "encoder.conv_in.weight", ctx, P)[1],
                 out_channels=_shape(v, "decoder.conv_out.weight", ctx, P)[0],
                 latent_channels=_shape(v, "decoder.conv_in.weight", ctx, P)[1],
-                mid_attention="encoder.mid_block.attentions.0.to_q.weight" in v,
-                use_quant_conv="quant_conv.weight" in v, use_post_quant_conv="post_quant_conv.weight" in v)
+                mid_attention=any(k.startswith("encoder.mid_block.attentions.0.") for k in v),
+                use_quant_conv=any(k.startswith("quant_conv.") for k in v),
+                use_post_quant_conv=any(k.startswith("post_quant_conv.") for k in v))
 
 
 def expected_vae_names(cfg: dict) -> dict[str, Optional[int]]:

@@ -1,0 +1,40 @@
+"""Shared pytest setup: the model-fixture factory (tests/fixtures) as session fixtures.
+
+    def test_something(model_fixtures):
+        fx = model_fixtures.get("sdxl")          # torch models + canonical reference tensors
+        path = fx.path("ldm")                    # file written once per session (lazily)
+        expected = fx.expected("ldm")            # {canonical name: numpy array}
+
+Families: ``fixtures.FAMILIES`` (sd1, sd2, sdxl, ssd-1b, vega, bk-sdm-base, bk-sdm-small,
+bk-sdm-tiny); formats: ``fixtures.FORMATS``. Files go to one temporary folder per test run;
+set ``SDCPP_FIXTURE_CACHE=<dir>`` to keep them between runs (a sub-folder per fixture-code
+version, so edits to tests/fixtures never reuse stale files).
+
+torch/diffusers are imported only when a test asks for the factory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+for p in (TESTS, TESTS.parent / "python"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+@pytest.fixture(scope="session")
+def model_fixtures(tmp_path_factory):
+    """The session's ``fixtures.FixtureFactory``."""
+    from fixtures import FixtureFactory, fixture_version
+
+    cache = os.environ.get("SDCPP_FIXTURE_CACHE")
+    if cache:
+        root = Path(cache).expanduser().resolve() / fixture_version()
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("sdcpp-models")
+    return FixtureFactory(root)
