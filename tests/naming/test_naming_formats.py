@@ -29,7 +29,7 @@ def test_canonical_tensors_equal_state_dicts(model_fixtures, family, fmt):
     assert bad == []
     assert set(names.origin) == set(names.tensors)
     if fmt in ("diffusers-bin", "ckpt"):      # the fixture really stores non-contiguous tensors
-        assert sum(not _contiguous(r) for r in names.tensors.values()) > len(names.tensors) // 4
+        assert sum(not _contiguous(r) for r in names.tensors.values()) > len(names.tensors) // 10
 
 
 def _contiguous(rec) -> bool:
