@@ -15,6 +15,7 @@ torch/diffusers are imported only when a test asks for the factory.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def model_fixtures(tmp_path_factory):
     if cache:
         root = Path(cache).expanduser().resolve() / fixture_version()
         root.mkdir(parents=True, exist_ok=True)
-    else:
-        root = tmp_path_factory.mktemp("sdcpp-models")
-    return FixtureFactory(root)
+        yield FixtureFactory(root)
+        return
+    root = tmp_path_factory.mktemp("sdcpp-models")
+    yield FixtureFactory(root)
+    shutil.rmtree(root, ignore_errors=True)      # ~1-2 GB when every family x format was written

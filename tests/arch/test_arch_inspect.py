@@ -4,6 +4,7 @@ from __future__ import annotations
 import types
 
 import pytest
+import torch
 
 import sdcpp
 from fixtures import FAMILIES, FORMATS, custom_spec
@@ -69,6 +70,11 @@ def check_against_models(info, fx) -> None:
     assert info.variant == spec.variant
     assert normalize_unet_config(info.unet) == normalize_unet_config(dict(fx.unet.config))
     assert info.unet["sample_size"] == fx.unet.config.sample_size
+    # the dict is a valid UNet2DConditionModel config that rebuilds the same tensors
+    from diffusers import UNet2DConditionModel
+    with torch.device("meta"):
+        rebuilt = UNet2DConditionModel(**info.unet)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in fx.unet.state_dict().items()}
     assert _native_view(info.unet_native_config()) == _diffusers_structure(fx.unet)
 
     assert len(info.text_encoders) == len(fx.text_encoders)

@@ -90,6 +90,9 @@ def test_real_size_configs_are_recovered(name):
     assert info.unknown == [] and info.notes == []
     assert normalize_unet_config(info.unet) == normalize_unet_config(cfg)
     assert info.unet["sample_size"] == cfg["sample_size"]
+    with torch.device("meta"):
+        rebuilt = UNet2DConditionModel(**info.unet)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in unet.state_dict().items()}
     if family == "sdxl":
         assert info.unet["addition_time_embed_dim"] == 256
         assert info.unet["projection_class_embeddings_input_dim"] == 2816
