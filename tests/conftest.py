@@ -6,7 +6,10 @@
         expected = fx.expected("ldm")            # {canonical name: numpy array}
 
 Families: ``fixtures.FAMILIES`` (sd1, sd2, sdxl, ssd-1b, vega, bk-sdm-base, bk-sdm-small,
-bk-sdm-tiny); formats: ``fixtures.FORMATS``. Files go to one temporary folder per test run;
+bk-sdm-tiny); formats: ``fixtures.FORMATS``; made-up layouts:
+``model_fixtures.get("my-layout", fixtures.custom_spec("my-layout", {"layers_per_block": 1}))``.
+``fx.unet`` / ``fx.vae`` / ``fx.text_encoders`` / ``fx.pipeline()`` are the live torch objects
+(eval mode) for parity tests; ``fx.ldm_state_dict()`` the single-file dict for variants. Files go to one temporary folder per test run;
 set ``SDCPP_FIXTURE_CACHE=<dir>`` to keep them between runs (a sub-folder per fixture-code
 version, so edits to tests/fixtures never reuse stale files).
 
