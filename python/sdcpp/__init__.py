@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import errors
 from .arch import ModelInfo, inspect
+from .pipeline import Model, load
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,4 @@ def system_info() -> dict:
     return _system_info()
 
 
-__all__ = ["errors", "system_info", "__version__", "inspect", "ModelInfo"]
+__all__ = ["errors", "system_info", "__version__", "inspect", "ModelInfo", "load", "Model"]
