@@ -96,13 +96,14 @@ void timestep_sinusoid(const float* t, int64_t n, int dim, bool flip, float shif
     for (int j = 0; j < half; ++j) {
         float e = neg_log * static_cast<float>(j);
         e = e / (static_cast<float>(half) - shift);
-        freq[j] = std::exp(e);
+        freq[j] = static_cast<float>(std::exp(static_cast<double>(e)));  // correctly rounded, as torch's exp
     }
     for (int64_t i = 0; i < n; ++i) {
         float* row = out + i * dim;
         for (int j = 0; j < half; ++j) {
             const float a = t[i] * freq[j];
-            const float s = std::sin(a), c = std::cos(a);
+            const float s = static_cast<float>(std::sin(static_cast<double>(a)));
+            const float c = static_cast<float>(std::cos(static_cast<double>(a)));
             row[j] = flip ? c : s;
             row[half + j] = flip ? s : c;
         }
