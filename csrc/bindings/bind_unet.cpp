@@ -1,8 +1,181 @@
-// Bindings of the unet part of the engine (filled in by its owner).
+// Bindings of the U-Net: sdcpp._core.UNet(store, config: dict).
+#include <optional>
+
+#include "../model/unet.h"
 #include "common.h"
 
 namespace sdcpp::bind {
 
-void bind_unet(py::module_& m) { (void)m; }
+namespace {
+
+// A config value with an error naming the key when it is missing or of the wrong type.
+template <typename T>
+T get(const py::dict& d, const char* key, const std::string& where) {
+    if (!d.contains(key) || d[key].is_none())
+        throw InvalidArgument("U-Net config: " + where + " is missing '" + key + "'");
+    try {
+        return d[key].cast<T>();
+    } catch (const py::cast_error&) {
+        throw InvalidArgument("U-Net config: " + where + "'" + key + "' has the wrong type (" +
+                              std::string(py::str(py::type::of(d[key]))) + ")");
+    }
+}
+
+py::dict as_dict(const py::handle& h, const std::string& what) {
+    if (!py::isinstance<py::dict>(h)) throw InvalidArgument("U-Net config: " + what + " must be a dict");
+    return py::reinterpret_borrow<py::dict>(h);
+}
+
+UNetBlockConfig parse_block(const py::handle& h, const std::string& where, const char* resample_key) {
+    py::dict d = as_dict(h, where);
+    UNetBlockConfig b;
+    b.resnets = get<int>(d, "resnets", where + " ");
+    b.depths = get<std::vector<int>>(d, "depths", where + " ");
+    b.heads = d.contains("heads") && !d["heads"].is_none() ? get<int>(d, "heads", where + " ") : 1;
+    b.resample = get<bool>(d, resample_key, where + " ");
+    return b;
+}
+
+UNetConfig parse_config(const py::dict& d) {
+    UNetConfig c;
+    const std::string top;
+    c.in_channels = get<int>(d, "in_channels", top);
+    c.out_channels = get<int>(d, "out_channels", top);
+    c.block_out_channels = get<std::vector<int>>(d, "block_out_channels", top);
+    c.norm_groups = get<int>(d, "norm_groups", top);
+    c.norm_eps = get<float>(d, "norm_eps", top);
+    c.time_proj_dim = get<int>(d, "time_proj_dim", top);
+    c.time_embed_dim = get<int>(d, "time_embed_dim", top);
+    c.flip_sin_to_cos = get<bool>(d, "flip_sin_to_cos", top);
+    c.freq_shift = get<float>(d, "freq_shift", top);
+    c.cross_attention_dim = get<int>(d, "cross_attention_dim", top);
+    c.use_linear_projection = get<bool>(d, "use_linear_projection", top);
+    auto blocks = [&](const char* key, const char* resample_key) {
+        if (!d.contains(key) || !py::isinstance<py::sequence>(d[key]) || py::isinstance<py::str>(d[key]))
+            throw InvalidArgument(std::string("U-Net config: '") + key + "' must be a list of block dicts");
+        std::vector<UNetBlockConfig> out;
+        size_t i = 0;
+        for (auto h : py::reinterpret_borrow<py::sequence>(d[key]))
+            out.push_back(parse_block(h, std::string(key) + "[" + std::to_string(i++) + "]", resample_key));
+        return out;
+    };
+    c.down = blocks("down", "downsample");
+    c.up = blocks("up", "upsample");
+    if (!d.contains("mid") || d["mid"].is_none()) {
+        c.mid_type = "none";
+    } else {
+        py::dict m = as_dict(d["mid"], "'mid'");
+        c.mid_type = get<std::string>(m, "type", "mid ");
+        if (c.mid_type == "cross_attn") {
+            c.mid_depth = get<int>(m, "depth", "mid ");
+            c.mid_heads = get<int>(m, "heads", "mid ");
+        }
+    }
+    if (d.contains("addition_embed") && !d["addition_embed"].is_none()) {
+        py::dict a = as_dict(d["addition_embed"], "'addition_embed'");
+        const auto type = get<std::string>(a, "type", "addition_embed ");
+        if (type != "text_time")
+            throw InvalidArgument("U-Net config: addition_embed type '" + type + "' is not supported (only 'text_time')");
+        c.add_time_dim = get<int>(a, "time_embed_dim", "addition_embed ");
+        c.add_in_dim = get<int>(a, "in_dim", "addition_embed ");
+    }
+    c.validate();
+    return c;
+}
+
+// A C-contiguous float32 view of `a` after checking dtype and shape (-1 = any).
+F32Array f32_input(const py::handle& h, const char* what, const std::vector<int64_t>& shape) {
+    if (!py::isinstance<py::array>(h)) throw InvalidArgument(std::string(what) + " must be a numpy array");
+    py::array a = py::reinterpret_borrow<py::array>(h);
+    if (!py::isinstance<py::array_t<float>>(a))
+        throw InvalidArgument(std::string(what) + " must be float32, got " + std::string(py::str(a.dtype())));
+    require_ndim(a, static_cast<int>(shape.size()), what);
+    for (size_t i = 0; i < shape.size(); ++i)
+        if (shape[i] >= 0 && a.shape(i) != shape[i])
+            throw InvalidArgument(std::string(what) + " has shape " + std::string(py::str(py::tuple(py::cast(shape_of(a))))) +
+                                  ": dimension " + std::to_string(i) + " must be " + std::to_string(shape[i]));
+    return F32Array::ensure(a);
+}
+
+AttnKernel parse_kernel(const std::string& k) {
+    if (k == "auto") return AttnKernel::Auto;
+    if (k == "mul_mat") return AttnKernel::MulMat;
+    if (k == "flash") return AttnKernel::Flash;
+    throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
+}
+
+const char* kernel_name(AttnKernel k) {
+    switch (k) {
+        case AttnKernel::MulMat: return "mul_mat";
+        case AttnKernel::Flash: return "flash";
+        default: return "auto";
+    }
+}
+
+}  // namespace
+
+void bind_unet(py::module_& m) {
+    py::class_<UNet, std::shared_ptr<UNet>>(m, "UNet")
+        .def(py::init([](std::shared_ptr<WeightStore> store, py::dict config) {
+                 UNetConfig cfg = parse_config(config);
+                 if (!store) throw InvalidArgument("U-Net: store is None");
+                 py::gil_scoped_release nogil;
+                 return std::make_shared<UNet>(std::shared_ptr<const WeightStore>(store), std::move(cfg));
+             }),
+             py::arg("store"), py::arg("config"))
+        .def(
+            "forward",
+            [](UNet& u, py::handle latent_h, py::handle t_h, py::handle ctx_h, py::handle text_h, py::handle ids_h) {
+                const auto& cfg = u.config();
+                F32Array latent = f32_input(latent_h, "latent", {-1, cfg.in_channels, -1, -1});
+                const int64_t B = latent.shape(0), H = latent.shape(2), W = latent.shape(3);
+                F32Array t = f32_input(t_h, "timestep", {B});
+                F32Array context = f32_input(ctx_h, "context", {B, -1, cfg.cross_attention_dim});
+                const int64_t L = context.shape(1);
+                std::optional<F32Array> text, ids;
+                if (!text_h.is_none()) text = f32_input(text_h, "text_embeds", {B, cfg.pooled_dim()});
+                if (!ids_h.is_none()) ids = f32_input(ids_h, "time_ids", {B, 6});
+                u.check_shapes(B, H, W, L, text.has_value(), ids.has_value());
+                F32Array out = new_f32({B, cfg.out_channels, H, W});
+                const float* pl = latent.data();
+                const float* pt = t.data();
+                const float* pc = context.data();
+                const float* ptext = text ? text->data() : nullptr;
+                const float* pids = ids ? ids->data() : nullptr;
+                float* po = out.mutable_data();
+                {
+                    py::gil_scoped_release nogil;
+                    u.forward(B, H, W, L, pl, pt, pc, ptext, pids, po);
+                }
+                return out;
+            },
+            py::arg("latent"), py::arg("timestep"), py::arg("context"), py::arg("text_embeds") = py::none(),
+            py::arg("time_ids") = py::none())
+        .def_property(
+            "attention",
+            [](const UNet& u) { return std::string(kernel_name(u.options().attention)); },
+            [](UNet& u, const std::string& k) {
+                UNetOptions o = u.options();
+                o.attention = parse_kernel(k);
+                u.set_options(o);
+            })
+        .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })
+        .def_property_readonly("unused_weights", &UNet::unused_weights)
+        .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)
+        .def_property_readonly("pooled_dim", [](const UNet& u) { return u.config().add_time_dim > 0 ? u.config().pooled_dim() : 0; })
+        .def_property_readonly("compute_buffer_size", &UNet::compute_buffer_size)
+        .def("graph_nodes", &UNet::graph_nodes, py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
+        .def("clear", &UNet::clear);
+    m.def("unet_timestep_embedding",
+          [](F32Array t, int dim, bool flip, float shift) {
+              require_ndim(t, 1, "timesteps");
+              if (dim < 1 || dim > 1 << 20) throw InvalidArgument("dim must be 1..2^20");
+              if (!(shift < dim / 2)) throw InvalidArgument("freq_shift must be smaller than dim / 2");
+              F32Array out = new_f32({static_cast<int64_t>(t.shape(0)), dim});
+              timestep_sinusoid(t.data(), t.shape(0), dim, flip, shift, out.mutable_data());
+              return out;
+          },
+          py::arg("timesteps"), py::arg("dim"), py::arg("flip_sin_to_cos") = true, py::arg("freq_shift") = 0.0f);
+}
 
 }  // namespace sdcpp::bind

@@ -1,0 +1,454 @@
+#include "unet.h"
+
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "../runtime/error.h"
+
+namespace sdcpp {
+
+// ------------------------------------------------------------------------------------------
+// config
+
+int UNetConfig::downsamplers() const {
+    int n = 0;
+    for (const auto& b : down) n += b.resample ? 1 : 0;
+    return n;
+}
+
+void UNetConfig::validate() const {
+    auto pos = [](int v, const char* what) {
+        SD_CHECK(v > 0, std::string("U-Net config: ") + what + " must be positive, got " + std::to_string(v));
+    };
+    pos(in_channels, "in_channels");
+    pos(out_channels, "out_channels");
+    pos(norm_groups, "norm_groups");
+    pos(time_proj_dim, "time_proj_dim");
+    pos(time_embed_dim, "time_embed_dim");
+    pos(cross_attention_dim, "cross_attention_dim");
+    SD_CHECK(norm_eps > 0.0f && std::isfinite(norm_eps), "U-Net config: norm_eps must be positive");
+    SD_CHECK(std::isfinite(freq_shift) && freq_shift < time_proj_dim / 2,
+             "U-Net config: freq_shift must be smaller than time_proj_dim / 2");
+    SD_CHECK(!block_out_channels.empty(), "U-Net config: block_out_channels is empty");
+    SD_CHECK(down.size() == block_out_channels.size(),
+             "U-Net config: 'down' must have one entry per block_out_channels entry");
+    SD_CHECK(up.size() == block_out_channels.size(),
+             "U-Net config: 'up' must have one entry per block_out_channels entry");
+    for (int c : block_out_channels) {
+        pos(c, "block_out_channels[i]");
+        SD_CHECK(c % norm_groups == 0, "U-Net config: block_out_channels " + std::to_string(c) +
+                                           " is not divisible by norm_groups " + std::to_string(norm_groups));
+    }
+    SD_CHECK(downsamplers() <= 6, "U-Net config: at most 6 downsamplers");
+    auto check_block = [&](const UNetBlockConfig& b, const std::string& where, int channels) {
+        SD_CHECK(b.resnets >= 1 && b.resnets <= 64, "U-Net config: " + where + ".resnets must be 1..64");
+        SD_CHECK(static_cast<int>(b.depths.size()) == b.resnets,
+                 "U-Net config: " + where + ".depths must have one entry per resnet");
+        bool attn = false;
+        for (int d : b.depths) {
+            SD_CHECK(d >= 0 && d <= 256, "U-Net config: " + where + ".depths entries must be 0..256");
+            attn = attn || d > 0;
+        }
+        if (attn) {
+            SD_CHECK(b.heads >= 1 && channels % b.heads == 0,
+                     "U-Net config: " + where + ".heads (" + std::to_string(b.heads) + ") must divide the channels (" +
+                         std::to_string(channels) + ")");
+        }
+    };
+    const size_t n = block_out_channels.size();
+    size_t skips = 1;
+    for (size_t i = 0; i < n; ++i) {
+        check_block(down[i], "down[" + std::to_string(i) + "]", block_out_channels[i]);
+        skips += down[i].resnets + (down[i].resample ? 1 : 0);
+    }
+    size_t pops = 0;
+    int ups = 0;
+    for (size_t i = 0; i < n; ++i) {
+        check_block(up[i], "up[" + std::to_string(i) + "]", block_out_channels[n - 1 - i]);
+        pops += up[i].resnets;
+        ups += up[i].resample ? 1 : 0;
+    }
+    SD_CHECK(skips == pops, "U-Net config: the up blocks take " + std::to_string(pops) +
+                                " skip connections but the down path makes " + std::to_string(skips));
+    SD_CHECK(ups == downsamplers(), "U-Net config: the number of upsamplers (" + std::to_string(ups) +
+                                        ") differs from the number of downsamplers (" + std::to_string(downsamplers()) + ")");
+    SD_CHECK(mid_type == "cross_attn" || mid_type == "resnet" || mid_type == "none",
+             "U-Net config: mid.type must be 'cross_attn', 'resnet' or 'none', got '" + mid_type + "'");
+    if (mid_type == "cross_attn") {
+        SD_CHECK(mid_depth >= 1 && mid_depth <= 256, "U-Net config: mid.depth must be 1..256");
+        SD_CHECK(mid_heads >= 1 && block_out_channels.back() % mid_heads == 0,
+                 "U-Net config: mid.heads must divide the last block's channels");
+    }
+    if (add_time_dim != 0) {
+        pos(add_time_dim, "addition_embed.time_embed_dim");
+        SD_CHECK(add_in_dim > 6 * add_time_dim,
+                 "U-Net config: addition_embed.in_dim must exceed 6 * addition_embed.time_embed_dim");
+    }
+}
+
+void timestep_sinusoid(const float* t, int64_t n, int dim, bool flip, float shift, float* out) {
+    // diffusers: exponent = -ln(10000) * arange(half) / (half - shift); emb = t * exp(exponent);
+    // [sin, cos] (or [cos, sin] when flipped); zero pad for odd dims. Float32 throughout.
+    const int half = dim / 2;
+    std::vector<float> freq(half);
+    const float neg_log = -static_cast<float>(std::log(10000.0));
+    for (int j = 0; j < half; ++j) {
+        float e = neg_log * static_cast<float>(j);
+        e = e / (static_cast<float>(half) - shift);
+        freq[j] = static_cast<float>(std::exp(static_cast<double>(e)));  // correctly rounded, as torch's exp
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        float* row = out + i * dim;
+        for (int j = 0; j < half; ++j) {
+            const float a = t[i] * freq[j];
+            const float s = static_cast<float>(std::sin(static_cast<double>(a)));
+            const float c = static_cast<float>(std::cos(static_cast<double>(a)));
+            row[j] = flip ? c : s;
+            row[half + j] = flip ? s : c;
+        }
+        if (dim % 2) row[dim - 1] = 0.0f;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The walk over the topology. With ctx == nullptr it only checks the weights (presence,
+// shapes, types) and tracks channel counts, so that every error is thrown before any ggml
+// call; with a context it builds the graph, repeating the same checks.
+
+struct UNet::Walk {
+    const WeightStore& s;
+    const UNetConfig& cfg;
+    ggml_context* ctx;  // nullptr: check only
+    AttnKernel attn = AttnKernel::MulMat;
+    std::set<std::string>* used = nullptr;  // names of the weights the walk touched
+
+    struct Act {
+        ggml_tensor* t = nullptr;
+        int64_t c = 0;
+    };
+
+    // --- weight checks -------------------------------------------------------------------
+    static std::string shape_str(const std::vector<int64_t>& v) {
+        std::string r = "(";
+        for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
+        return r + ")";
+    }
+    static std::string tensor_shape_str(const ggml_tensor* t) {
+        std::vector<int64_t> v;
+        int n = 4;
+        while (n > 1 && t->ne[n - 1] == 1) --n;
+        for (int i = n - 1; i >= 0; --i) v.push_back(t->ne[i]);
+        return shape_str(v);
+    }
+    // `shape` in numpy order; trailing-1 ggml dims compare equal.
+    static bool same_shape(const ggml_tensor* t, const std::vector<int64_t>& shape) {
+        int64_t ne[4] = {1, 1, 1, 1};
+        const size_t n = shape.size();
+        for (size_t i = 0; i < n; ++i) ne[i] = shape[n - 1 - i];
+        for (int i = 0; i < 4; ++i)
+            if (t->ne[i] != ne[i]) return false;
+        return true;
+    }
+    ggml_tensor* need(const std::string& name, const std::vector<int64_t>& shape) const {
+        ggml_tensor* t = s.find(name);
+        if (!t) throw InvalidArgument("U-Net: missing weight '" + name + "' (expected shape " + shape_str(shape) + ")");
+        if (used) used->insert(name);
+        if (!same_shape(t, shape))
+            throw InvalidArgument("U-Net: weight '" + name + "' has shape " + tensor_shape_str(t) + ", expected " +
+                                  shape_str(shape));
+        return t;
+    }
+    // A matrix used as mul_mat src0 with rows of `k` values (quantized rows must be whole blocks).
+    ggml_tensor* need_matrix(const std::string& name, const std::vector<int64_t>& shape, int64_t k) const {
+        ggml_tensor* t = need(name, shape);
+        if (k % ggml_blck_size(t->type) != 0)
+            throw InvalidArgument("U-Net: weight '" + name + "' of type " + ggml_type_name(t->type) +
+                                  " cannot be used (rows of " + std::to_string(k) + " values)");
+        return t;
+    }
+    ggml_tensor* need_vector(const std::string& name, int64_t n) const {
+        ggml_tensor* t = need(name, {n});
+        if (t->type != GGML_TYPE_F32)
+            throw InvalidArgument("U-Net: weight '" + name + "' must be stored as f32, got " + ggml_type_name(t->type));
+        return t;
+    }
+
+    // --- layers ----------------------------------------------------------------------------
+    ggml_tensor* linear(ggml_tensor* x, const std::string& p, int64_t in, int64_t out, bool bias) const {
+        ggml_tensor* w = need_matrix(p + ".weight", {out, in}, in);
+        ggml_tensor* b = bias ? need_vector(p + ".bias", out) : nullptr;
+        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+    }
+    // proj_in / proj_out: Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear.
+    ggml_tensor* projection(ggml_tensor* x, const std::string& p, int64_t c) const {
+        ggml_tensor* w = s.find(p + ".weight");
+        if (w && used) used->insert(p + ".weight");
+        const std::vector<int64_t> lin{c, c}, conv{c, c, 1, 1};
+        const bool as_conv = !cfg.use_linear_projection;
+        if (w && (same_shape(w, as_conv ? conv : lin) || same_shape(w, as_conv ? lin : conv))) {
+            // either layout works (some converters store the other one)
+        } else {
+            need(p + ".weight", as_conv ? conv : lin);  // throws with the expected shape
+        }
+        if (c % ggml_blck_size(w->type) != 0)
+            throw InvalidArgument("U-Net: weight '" + p + ".weight' of type " + ggml_type_name(w->type) +
+                                  " cannot be used (rows of " + std::to_string(c) + " values)");
+        ggml_tensor* b = need_vector(p + ".bias", c);
+        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+    }
+    Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
+        ggml_tensor* w = need_matrix(p + ".weight", {out, x.c, k, k}, k);
+        if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->type != GGML_TYPE_BF16)
+            throw InvalidArgument("U-Net: convolution weight '" + p + ".weight' must be f32, f16 or bf16, got " +
+                                  ggml_type_name(w->type));
+        ggml_tensor* b = need_vector(p + ".bias", out);
+        return {ctx ? unet_ops::conv2d(ctx, x.t, w, b, stride, pad) : nullptr, out};
+    }
+    ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps) const {
+        ggml_tensor* w = need_vector(p + ".weight", c);
+        ggml_tensor* b = need_vector(p + ".bias", c);
+        return ctx ? unet_ops::group_norm(ctx, x, w, b, cfg.norm_groups, eps) : nullptr;
+    }
+    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p, int64_t c) const {
+        ggml_tensor* w = need_vector(p + ".weight", c);
+        ggml_tensor* b = need_vector(p + ".bias", c);
+        return ctx ? unet_ops::layer_norm(ctx, x, w, b, 1e-5f) : nullptr;
+    }
+    ggml_tensor* silu(ggml_tensor* x) const { return ctx ? ggml_silu(ctx, x) : nullptr; }
+    ggml_tensor* add(ggml_tensor* a, ggml_tensor* b) const { return ctx ? ggml_add(ctx, a, b) : nullptr; }
+
+    // --- blocks ----------------------------------------------------------------------------
+    // ResnetBlock2D; temb_act = SiLU(time embedding) [E, N].
+    Act resnet(const Act& x, const std::string& p, int64_t out, ggml_tensor* temb_act) const {
+        const int64_t E = cfg.time_embed_dim;
+        if (x.c % cfg.norm_groups != 0)
+            throw InvalidArgument("U-Net: " + p + " input channels " + std::to_string(x.c) +
+                                  " are not divisible by norm_groups");
+        Act h{silu(group_norm(x.t, p + ".norm1", x.c, cfg.norm_eps)), x.c};
+        h = conv(h, p + ".conv1", out, 3, 1, 1);
+        ggml_tensor* t = linear(temb_act, p + ".time_emb_proj", E, out, true);  // [out, N]
+        if (ctx) h.t = ggml_add(ctx, h.t, ggml_reshape_4d(ctx, t, 1, 1, out, t->ne[1]));
+        h.t = silu(group_norm(h.t, p + ".norm2", out, cfg.norm_eps));
+        h = conv(h, p + ".conv2", out, 3, 1, 1);
+        Act sc = x;
+        if (x.c != out) sc = conv(x, p + ".conv_shortcut", out, 1, 1, 0);
+        return {add(sc.t, h.t), out};
+    }
+
+    // BasicTransformerBlock on a sequence x [C, T, N]; context [D, L, N].
+    ggml_tensor* transformer_block(ggml_tensor* x, const std::string& p, int64_t C, int heads, ggml_tensor* context) const {
+        const int64_t D = cfg.cross_attention_dim;
+        // self-attention
+        ggml_tensor* n = layer_norm(x, p + ".norm1", C);
+        ggml_tensor* q = linear(n, p + ".attn1.to_q", C, C, false);
+        ggml_tensor* k = linear(n, p + ".attn1.to_k", C, C, false);
+        ggml_tensor* v = linear(n, p + ".attn1.to_v", C, C, false);
+        ggml_tensor* a = ctx ? unet_ops::attention(ctx, q, k, v, heads, attn) : nullptr;
+        x = add(x, linear(a, p + ".attn1.to_out.0", C, C, true));
+        // cross-attention
+        n = layer_norm(x, p + ".norm2", C);
+        q = linear(n, p + ".attn2.to_q", C, C, false);
+        k = linear(context, p + ".attn2.to_k", D, C, false);
+        v = linear(context, p + ".attn2.to_v", D, C, false);
+        a = ctx ? unet_ops::attention(ctx, q, k, v, heads, attn) : nullptr;
+        x = add(x, linear(a, p + ".attn2.to_out.0", C, C, true));
+        // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
+        n = layer_norm(x, p + ".norm3", C);
+        ggml_tensor* f = linear(n, p + ".ff.net.0.proj", C, 8 * C, true);
+        if (ctx) f = ggml_geglu_erf_swapped(ctx, f);
+        x = add(x, linear(f, p + ".ff.net.2", 4 * C, C, true));
+        return x;
+    }
+
+    // Transformer2DModel on an image x [W, H, C, N].
+    Act transformer(const Act& x, const std::string& p, int depth, int heads, ggml_tensor* context) const {
+        const int64_t C = x.c;
+        ggml_tensor* h = group_norm(x.t, p + ".norm", C, 1e-6f);
+        const int64_t W = ctx ? x.t->ne[0] : 0, H = ctx ? x.t->ne[1] : 0;
+        if (ctx) h = unet_ops::image_to_sequence(ctx, h);  // [C, WH, N]
+        h = projection(h, p + ".proj_in", C);
+        for (int d = 0; d < depth; ++d)
+            h = transformer_block(h, p + ".transformer_blocks." + std::to_string(d), C, heads, context);
+        h = projection(h, p + ".proj_out", C);
+        if (ctx) h = unet_ops::sequence_to_image(ctx, h, W, H);
+        return {add(h, x.t), C};
+    }
+
+    // The whole network; inputs are graph tensors (or nullptr when checking).
+    ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in) const {
+        const int64_t E = cfg.time_embed_dim;
+        // time embedding
+        ggml_tensor* temb = linear(t_sin, "unet.time_embedding.linear_1", cfg.time_proj_dim, E, true);
+        temb = linear(silu(temb), "unet.time_embedding.linear_2", E, E, true);
+        if (cfg.add_time_dim > 0) {
+            ggml_tensor* a = linear(add_in, "unet.add_embedding.linear_1", cfg.add_in_dim, E, true);
+            a = linear(silu(a), "unet.add_embedding.linear_2", E, E, true);
+            temb = add(temb, a);
+        }
+        ggml_tensor* temb_act = silu(temb);
+
+        const auto& ch = cfg.block_out_channels;
+        Act h = conv({x_in, cfg.in_channels}, "unet.conv_in", ch[0], 3, 1, 1);
+        std::vector<Act> skips{h};
+        for (size_t i = 0; i < cfg.down.size(); ++i) {
+            const auto& b = cfg.down[i];
+            const std::string p = "unet.down_blocks." + std::to_string(i);
+            for (int j = 0; j < b.resnets; ++j) {
+                h = resnet(h, p + ".resnets." + std::to_string(j), ch[i], temb_act);
+                if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
+                skips.push_back(h);
+            }
+            if (b.resample) {
+                h = conv(h, p + ".downsamplers.0.conv", ch[i], 3, 2, 1);
+                skips.push_back(h);
+            }
+        }
+        if (cfg.mid_type != "none") {
+            h = resnet(h, "unet.mid_block.resnets.0", h.c, temb_act);
+            if (cfg.mid_type == "cross_attn") {
+                h = transformer(h, "unet.mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
+                h = resnet(h, "unet.mid_block.resnets.1", h.c, temb_act);
+            }
+        }
+        const size_t n = ch.size();
+        for (size_t i = 0; i < cfg.up.size(); ++i) {
+            const auto& b = cfg.up[i];
+            const int64_t out = ch[n - 1 - i];
+            const std::string p = "unet.up_blocks." + std::to_string(i);
+            for (int j = 0; j < b.resnets; ++j) {
+                Act skip = skips.back();
+                skips.pop_back();
+                Act cat{ctx ? ggml_concat(ctx, h.t, skip.t, 2) : nullptr, h.c + skip.c};
+                h = resnet(cat, p + ".resnets." + std::to_string(j), out, temb_act);
+                if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
+            }
+            if (b.resample) {
+                if (ctx) h.t = ggml_upscale(ctx, h.t, 2, GGML_SCALE_MODE_NEAREST);
+                h = conv(h, p + ".upsamplers.0.conv", out, 3, 1, 1);
+            }
+        }
+        if (h.c % cfg.norm_groups != 0) throw InvalidArgument("U-Net: conv_norm_out channels not divisible by norm_groups");
+        h.t = silu(group_norm(h.t, "unet.conv_norm_out", h.c, cfg.norm_eps));
+        h = conv(h, "unet.conv_out", cfg.out_channels, 3, 1, 1);
+        return h.t;
+    }
+};
+
+// ------------------------------------------------------------------------------------------
+// UNet
+
+UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(std::move(store)), cfg_(std::move(cfg)) {
+    SD_CHECK(store_ != nullptr, "U-Net: no weight store");
+    SD_CHECK(store_->allocated(), "U-Net: the weight store is not allocated");
+    cfg_.validate();
+    std::set<std::string> used;
+    Walk w{*store_, cfg_, nullptr, AttnKernel::MulMat, &used};
+    w.forward(nullptr, nullptr, nullptr, nullptr);  // throws on any missing / misshapen weight
+    for (const auto& name : store_->names()) {
+        if (name.rfind("unet.", 0) != 0 || used.count(name)) continue;
+        if (name.rfind("unet.time_embedding.cond_proj.", 0) == 0) continue;  // LCM guidance embedding
+        unused_.push_back(name);
+    }
+    runner_ = std::make_unique<GraphRunner>(store_->device(), 32768);
+}
+
+UNet::~UNet() = default;
+
+AttnKernel UNet::resolved_attention() const {
+    AttnKernel k = opt_.attention;
+    if (k == AttnKernel::Auto) {
+        switch (nn::attention_kernel()) {
+            case nn::AttentionKernel::MulMat: k = AttnKernel::MulMat; break;
+            case nn::AttentionKernel::Flash: k = AttnKernel::Flash; break;
+            default: break;
+        }
+    }
+    if (k != AttnKernel::Auto) return k;
+    // Measured choice (bench/bench_unet.py --attention): see attention_auto() notes.
+    return AttnKernel::MulMat;
+}
+
+void UNet::set_options(const UNetOptions& opt) {
+    std::lock_guard<std::mutex> lock(mu_);
+    opt_ = opt;
+}
+
+std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
+    return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
+           std::to_string(static_cast<int>(resolved_attention()));
+}
+
+void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
+    SD_CHECK(B >= 1 && B <= 4096, "U-Net: batch size must be 1..4096, got " + std::to_string(B));
+    const int64_t m = spatial_multiple();
+    SD_CHECK(H >= 1 && W >= 1 && H <= 65536 && W <= 65536, "U-Net: latent height/width out of range");
+    SD_CHECK(H % m == 0, "U-Net: latent height " + std::to_string(H) + " must be a multiple of " + std::to_string(m));
+    SD_CHECK(W % m == 0, "U-Net: latent width " + std::to_string(W) + " must be a multiple of " + std::to_string(m));
+    SD_CHECK(L >= 1 && L <= 65536, "U-Net: context length must be 1..65536, got " + std::to_string(L));
+    if (cfg_.add_time_dim > 0) {
+        SD_CHECK(has_text, "U-Net: this model (text_time addition embedding) needs text_embeds [B, " +
+                               std::to_string(cfg_.pooled_dim()) + "]");
+        SD_CHECK(has_ids, "U-Net: this model (text_time addition embedding) needs time_ids [B, 6]");
+    } else {
+        SD_CHECK(!has_text && !has_ids, "U-Net: text_embeds / time_ids given but the model has no addition embedding");
+    }
+}
+
+void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const {
+    Walk w{*store_, cfg_, ctx, resolved_attention()};
+    ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
+    ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
+    ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
+    g.inputs["latent"] = x;
+    g.inputs["t_sin"] = t;
+    g.inputs["context"] = c;
+    ggml_tensor* a = nullptr;
+    if (cfg_.add_time_dim > 0) {
+        a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.add_in_dim, B);
+        g.inputs["add_in"] = a;
+    }
+    g.outputs.push_back(w.forward(x, t, c, a));
+}
+
+void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
+                   const float* context, const float* text_embeds, const float* time_ids, float* out) {
+    check_shapes(B, H, W, L, text_embeds != nullptr, time_ids != nullptr);
+    std::vector<float> t_sin(static_cast<size_t>(B) * cfg_.time_proj_dim);
+    timestep_sinusoid(timesteps, B, cfg_.time_proj_dim, cfg_.flip_sin_to_cos, cfg_.freq_shift, t_sin.data());
+    std::vector<float> add_in;
+    if (cfg_.add_time_dim > 0) {
+        // [pooled text | sinusoid(time_ids[0]) | ... | sinusoid(time_ids[5])] per row
+        const int P = cfg_.pooled_dim(), T = cfg_.add_time_dim;
+        add_in.resize(static_cast<size_t>(B) * cfg_.add_in_dim);
+        std::vector<float> ids_sin(static_cast<size_t>(6) * T);
+        for (int64_t i = 0; i < B; ++i) {
+            float* row = add_in.data() + i * cfg_.add_in_dim;
+            std::memcpy(row, text_embeds + i * P, sizeof(float) * P);
+            timestep_sinusoid(time_ids + i * 6, 6, T, cfg_.flip_sin_to_cos, cfg_.freq_shift, ids_sin.data());
+            std::memcpy(row + P, ids_sin.data(), sizeof(float) * 6 * T);
+        }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    std::map<std::string, const void*> in{{"latent", latent}, {"t_sin", t_sin.data()}, {"context", context}};
+    if (!add_in.empty()) in["add_in"] = add_in.data();
+    runner_->run(g, in);
+    runner_->read_output(g, 0, out);
+}
+
+void UNet::clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    runner_->clear();
+}
+
+size_t UNet::compute_buffer_size() const { return runner_->compute_buffer_size(); }
+
+int64_t UNet::graph_nodes(int64_t B, int64_t H, int64_t W, int64_t L) {
+    check_shapes(B, H, W, L, cfg_.add_time_dim > 0, cfg_.add_time_dim > 0);
+    std::lock_guard<std::mutex> lock(mu_);
+    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    return ggml_graph_n_nodes(g.graph);
+}
+
+}  // namespace sdcpp

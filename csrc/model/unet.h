@@ -1,0 +1,100 @@
+// The config-driven U-Net (diffusers UNet2DConditionModel semantics) on ggml.
+//
+// One implementation covers SD1, SD2, SDXL and the distilled variants (SSD-1B, Segmind Vega,
+// BK-SDM tiny/small/base): they differ only in the native config (docs/internals.md §4).
+// Weights are bound by canonical names "unet.<diffusers state_dict key>" from a WeightStore.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../runtime/graph.h"
+#include "../runtime/weights.h"
+#include "unet_ops.h"
+
+namespace sdcpp {
+
+struct UNetBlockConfig {
+    int resnets = 0;
+    std::vector<int> depths;  // transformer layers after resnet j (0 = no attention)
+    int heads = 1;
+    bool resample = false;  // downsample (down blocks) / upsample (up blocks)
+};
+
+struct UNetConfig {
+    int in_channels = 4;
+    int out_channels = 4;
+    std::vector<int> block_out_channels;
+    int norm_groups = 32;
+    float norm_eps = 1e-5f;
+    int time_proj_dim = 320;
+    int time_embed_dim = 1280;
+    bool flip_sin_to_cos = true;
+    float freq_shift = 0.0f;
+    int cross_attention_dim = 768;
+    bool use_linear_projection = false;
+    std::vector<UNetBlockConfig> down, up;
+    std::string mid_type = "cross_attn";  // "cross_attn" | "resnet" | "none"
+    int mid_depth = 1;
+    int mid_heads = 8;
+    // SDXL "text_time" addition embedding (add_time_dim == 0: none).
+    int add_time_dim = 0;  // sinusoid width per time id
+    int add_in_dim = 0;    // pooled text width + 6 * add_time_dim
+
+    int pooled_dim() const { return add_in_dim - 6 * add_time_dim; }
+    int downsamplers() const;
+    void validate() const;  // throws InvalidArgument naming the bad field
+};
+
+// Sinusoidal timestep embedding with diffusers' get_timestep_embedding formula
+// (max_period 10000, float32 arithmetic in the same order): out [n, dim].
+void timestep_sinusoid(const float* t, int64_t n, int dim, bool flip_sin_to_cos, float freq_shift, float* out);
+
+class UNet {
+   public:
+    // Checks every weight the config needs (presence, shape, type) before anything else.
+    UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg);
+    ~UNet();
+
+    const UNetConfig& config() const { return cfg_; }
+    // H and W must be multiples of this.
+    int64_t spatial_multiple() const { return int64_t(1) << cfg_.downsamplers(); }
+
+    // latent [B, in_channels, H, W], timesteps [B], context [B, L, cross_attention_dim],
+    // text_embeds [B, pooled_dim] and time_ids [B, 6] (only with the text_time embedding,
+    // else nullptr); out [B, out_channels, H, W]. All host float32, C-contiguous.
+    void forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
+                 const float* context, const float* text_embeds, const float* time_ids, float* out);
+
+    // Throws InvalidArgument when the shapes cannot be run (called by forward).
+    void check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text_embeds, bool has_time_ids) const;
+
+    // Kernel choices (cached graphs are dropped when they change).
+    void set_options(const UNetOptions& opt);
+    const UNetOptions& options() const { return opt_; }
+    // The attention kernel "auto" resolves to on this store's device and weight type.
+    AttnKernel resolved_attention() const;
+
+    // "unet." weights of the store that this config does not use (a config / checkpoint
+    // mismatch when not empty; LCM's time_embedding.cond_proj is not listed).
+    const std::vector<std::string>& unused_weights() const { return unused_; }
+
+    void clear();  // drop cached graphs and compute buffers
+    size_t compute_buffer_size() const;
+    int64_t graph_nodes(int64_t B, int64_t H, int64_t W, int64_t L);
+
+   private:
+    struct Walk;
+    std::shared_ptr<const WeightStore> store_;
+    UNetConfig cfg_;
+    UNetOptions opt_;
+    std::vector<std::string> unused_;
+    std::unique_ptr<GraphRunner> runner_;
+    std::mutex mu_;
+
+    void build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const;
+    std::string key(int64_t B, int64_t H, int64_t W, int64_t L) const;
+};
+
+}  // namespace sdcpp

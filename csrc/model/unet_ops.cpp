@@ -1,0 +1,99 @@
+#include "unet_ops.h"
+
+#include <cmath>
+
+#include "../runtime/error.h"
+
+namespace sdcpp::unet_ops {
+
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
+    if (ggml_n_dims(w) > 2) w = ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]);
+    ggml_tensor* y = ggml_mul_mat(ctx, w, x);
+    if (b) y = ggml_add(ctx, y, b);
+    return y;
+}
+
+ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int stride, int pad) {
+    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const int64_t N = x->ne[3];
+    ggml_tensor* y;
+    if (KW == 1 && KH == 1 && stride == 1 && pad == 0) {
+        // 1x1: a matmul over channels.
+        const int64_t W = x->ne[0], H = x->ne[1];
+        ggml_tensor* xs = image_to_sequence(ctx, x);                                     // [IC, WH, N]
+        ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), xs);         // [OC, WH, N]
+        y = sequence_to_image(ctx, r, W, H);
+    } else {
+        const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+        ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
+        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+        ggml_tensor* w2 = ggml_reshape_2d(ctx, w, KW * KH * IC, OC);
+        if (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16) {
+            // col as src0: the product comes out [OW*OH*N, OC], i.e. already planar per channel.
+            ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * OH * N), w2);  // [OW*OH*N, OC]
+            if (N == 1) {
+                y = ggml_reshape_4d(ctx, r, OW, OH, OC, 1);
+            } else {
+                r = ggml_reshape_4d(ctx, r, OW, OH, N, OC);
+                y = ggml_cont(ctx, ggml_permute(ctx, r, 0, 1, 3, 2));  // [OW, OH, OC, N]
+            }
+        } else {
+            ggml_tensor* r = ggml_mul_mat(ctx, w2, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+            r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+            y = ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+        }
+    }
+    if (b) y = ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, OC, 1));
+    return y;
+}
+
+ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps) {
+    ggml_tensor* y = ggml_group_norm(ctx, x, groups, eps);
+    const int64_t C = x->ne[2];
+    if (w) y = ggml_mul(ctx, y, ggml_reshape_4d(ctx, w, 1, 1, C, 1));
+    if (b) y = ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, C, 1));
+    return y;
+}
+
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps) {
+    ggml_tensor* y = ggml_norm(ctx, x, eps);
+    if (w) y = ggml_mul(ctx, y, w);
+    if (b) y = ggml_add(ctx, y, b);
+    return y;
+}
+
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel) {
+    const int64_t D = q->ne[0], Lq = q->ne[1], N = q->ne[2], Lk = k->ne[1];
+    const int64_t d = D / heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    // [D, L, N] -> [d, L, heads, N] (views)
+    ggml_tensor* qh = ggml_permute(ctx, ggml_reshape_4d(ctx, q, d, heads, Lq, N), 0, 2, 1, 3);
+    ggml_tensor* kh = ggml_permute(ctx, ggml_reshape_4d(ctx, k, d, heads, Lk, N), 0, 2, 1, 3);
+    ggml_tensor* vh = ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, Lk, N), 0, 2, 1, 3);
+    if (kernel == AttnKernel::Flash) {
+        ggml_tensor* kf = ggml_cast(ctx, kh, GGML_TYPE_F16);
+        ggml_tensor* vf = ggml_cast(ctx, vh, GGML_TYPE_F16);
+        ggml_tensor* o = ggml_flash_attn_ext(ctx, qh, kf, vf, nullptr, scale, 0.0f, 0.0f);  // [d, heads, Lq, N]
+        ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
+        return ggml_reshape_3d(ctx, o, D, Lq, N);
+    }
+    ggml_tensor* kq = ggml_mul_mat(ctx, kh, qh);  // [Lk, Lq, heads, N]
+    kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
+    ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, vh, 1, 0, 2, 3));  // [Lk, d, heads, N]
+    ggml_tensor* o = ggml_mul_mat(ctx, vt, kq);                          // [d, Lq, heads, N]
+    o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));                // [d, heads, Lq, N]
+    return ggml_reshape_3d(ctx, o, D, Lq, N);
+}
+
+ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x) {
+    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
+    return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, x, W * H, C, N), 1, 0, 2, 3));  // [C, WH, N]
+}
+
+ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h) {
+    const int64_t C = x->ne[0], N = x->ne[2];
+    ggml_tensor* t = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));  // [WH, C, N]
+    return ggml_reshape_4d(ctx, t, w, h, C, N);
+}
+
+}  // namespace sdcpp::unet_ops

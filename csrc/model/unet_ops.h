@@ -1,0 +1,43 @@
+// Graph primitives of the U-Net with explicit kernel choices (convolution layout, attention
+// kernel). Layouts as in nn/layers.h: images [W, H, C, N], sequences [C, L, N],
+// linear weights [in, out], conv weights [KW, KH, IC, OC].
+#pragma once
+#include <string>
+
+#include "../nn/layers.h"
+#include "ggml.h"
+
+namespace sdcpp {
+
+enum class AttnKernel { Auto, MulMat, Flash };
+
+struct UNetOptions {
+    // Attention: Auto follows the process-wide switch (_core.set_attention_kernel) and, when
+    // that is "auto" too, the faster kernel measured for the device and weight type.
+    AttnKernel attention = AttnKernel::Auto;
+};
+
+namespace unet_ops {
+
+// y = x @ W^T + b over ne0; W is [in, out] or a 1x1 conv kernel [1, 1, in, out].
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
+
+// 2-D convolution of x [W, H, IC, N] with w [KW, KH, IC, OC] (+ bias [OC]); square kernel,
+// same stride and padding on both axes. Exact f32 for f32 weights.
+ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int stride, int pad);
+
+// GroupNorm over the channels (ne2) of x [W, H, C, N] with per-channel affine (w, b may be null).
+ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps);
+
+// LayerNorm over ne0 with affine.
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
+
+// Multi-head attention on projected q [D, Lq, N], k, v [D, Lk, N]: [D, Lq, N].
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel);
+
+// [W, H, C, N] <-> [C, W*H, N].
+ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x);
+ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h);
+
+}  // namespace unet_ops
+}  // namespace sdcpp

@@ -1,0 +1,170 @@
+"""The config-driven U-Net (diffusers UNet2DConditionModel semantics) on the native engine.
+
+One class runs SD1, SD2, SDXL, SSD-1B, Segmind Vega and BK-SDM: they differ only in the
+native config dict (docs/internals.md §4). Weights come from a WeightStore holding the
+canonical ``unet.<diffusers state_dict key>`` tensors.
+
+    store = weights.build_store(device, {"unet." + k: v for k, v in sd.items()}, "f16")
+    unet = UNet(store, config)
+    eps = unet(latent, timestep, context)                       # SD1 / SD2
+    eps = unet(latent, t, context, text_embeds=pooled, time_ids=ids)   # SDXL family
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .. import errors
+from .weights import native
+
+ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
+
+
+def _native_call(fn, *args, **kwargs):
+    """Run a native call, turning the engine's ValueError into InvalidArgumentError."""
+    try:
+        return fn(*args, **kwargs)
+    except errors.SdcppError:
+        raise
+    except ValueError as exc:
+        raise errors.InvalidArgumentError(str(exc)) from None
+    except RuntimeError as exc:
+        raise errors.BackendError(str(exc)) from None
+
+
+def _float_array(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise errors.InvalidArgumentError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class UNet:
+    """``UNet(store, config)``; call it as ``unet(latent, timestep, context, *, text_embeds, time_ids)``.
+
+    latent [B, in_channels, H, W] (H, W multiples of ``spatial_multiple``), timestep a scalar
+    or [B], context [B, L, cross_attention_dim]; text_embeds [B, pooled] and time_ids [B, 6]
+    only for models with the SDXL text_time embedding. Returns the prediction
+    [B, out_channels, H, W] float32. Classifier-free guidance batches cond + uncond rows in
+    one call (B = 2). The graph is built once per (B, H, W, L) and reused.
+    """
+
+    def __init__(self, store, config: Mapping[str, Any]):
+        if not isinstance(config, Mapping):
+            raise errors.InvalidArgumentError("config must be a dict (docs/internals.md §4)")
+        self.config = dict(config)
+        self._native = _native_call(native().UNet, store, self.config)
+        self.store = store
+
+    # --- properties ---------------------------------------------------------------------
+    @property
+    def spatial_multiple(self) -> int:
+        """Latent height and width must be multiples of this (2 ** number of downsamplers)."""
+        return int(self._native.spatial_multiple)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config["in_channels"])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.config["out_channels"])
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.config["cross_attention_dim"])
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of text_embeds (0 when the model takes none)."""
+        return int(self._native.pooled_dim)
+
+    @property
+    def attention(self) -> str:
+        """"auto" (the process-wide switch, else the kernel measured fastest), "mul_mat" or "flash"."""
+        return self._native.attention
+
+    @attention.setter
+    def attention(self, kernel: str) -> None:
+        if kernel not in ATTENTION_KERNELS:
+            raise errors.InvalidArgumentError(f"attention must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+        self._native.attention = kernel
+
+    @property
+    def resolved_attention(self) -> str:
+        return self._native.resolved_attention
+
+    @property
+    def unused_weights(self) -> list[str]:
+        """``unet.`` tensors of the store this config does not use (empty when config and
+        checkpoint agree; LCM's ``time_embedding.cond_proj`` is never listed)."""
+        return list(self._native.unused_weights)
+
+    @property
+    def compute_buffer_size(self) -> int:
+        return int(self._native.compute_buffer_size)
+
+    def clear(self) -> None:
+        """Drop the cached graphs and compute buffers."""
+        self._native.clear()
+
+    # --- forward ------------------------------------------------------------------------
+    def __call__(self, latent, timestep, context, *, text_embeds=None, time_ids=None) -> np.ndarray:
+        latent = _float_array(latent, "latent")
+        if latent.ndim != 4:
+            raise errors.InvalidArgumentError(f"latent must be [B, C, H, W], got shape {latent.shape}")
+        B, C, H, W = latent.shape
+        if B < 1:
+            raise errors.InvalidArgumentError("latent has an empty batch")
+        if C != self.in_channels:
+            raise errors.InvalidArgumentError(
+                f"latent has {C} channels, the U-Net takes {self.in_channels} (shape {latent.shape})")
+        m = self.spatial_multiple
+        if H % m or W % m or H < 1 or W < 1:
+            raise errors.InvalidArgumentError(
+                f"latent height and width must be multiples of {m}, got {H}x{W}")
+
+        t = _float_array(timestep, "timestep")
+        if t.ndim == 0:
+            t = np.full((B,), float(t), dtype=np.float32)
+        elif t.ndim == 1 and t.shape[0] == 1 and B > 1:
+            t = np.repeat(t, B)
+        if t.shape != (B,):
+            raise errors.InvalidArgumentError(f"timestep must be a scalar or [B={B}], got shape {t.shape}")
+        if not np.all(np.isfinite(t)):
+            raise errors.InvalidArgumentError("timestep must be finite")
+
+        context = _float_array(context, "context")
+        if context.ndim != 3 or context.shape[0] != B or context.shape[1] < 1:
+            raise errors.InvalidArgumentError(f"context must be [B={B}, L, D], got shape {context.shape}")
+        if context.shape[2] != self.cross_attention_dim:
+            raise errors.InvalidArgumentError(
+                f"context width {context.shape[2]} does not match the U-Net's cross_attention_dim "
+                f"{self.cross_attention_dim} (shape {context.shape})")
+
+        pooled = self.pooled_dim
+        if pooled:
+            if text_embeds is None or time_ids is None:
+                raise errors.InvalidArgumentError(
+                    f"this U-Net (SDXL text_time embedding) needs text_embeds [B, {pooled}] and time_ids [B, 6]")
+            text_embeds = _float_array(text_embeds, "text_embeds")
+            if text_embeds.shape != (B, pooled):
+                raise errors.InvalidArgumentError(
+                    f"text_embeds must be [B={B}, {pooled}], got shape {text_embeds.shape}")
+            time_ids = _float_array(time_ids, "time_ids")
+            if time_ids.shape != (B, 6):
+                raise errors.InvalidArgumentError(f"time_ids must be [B={B}, 6], got shape {time_ids.shape}")
+        elif text_embeds is not None or time_ids is not None:
+            raise errors.InvalidArgumentError("text_embeds / time_ids given but this U-Net has no addition embedding")
+
+        return _native_call(self._native.forward, latent, t, context, text_embeds, time_ids)
+
+
+def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> np.ndarray:
+    """The native sinusoidal timestep embedding (diffusers' get_timestep_embedding formula)."""
+    t = _float_array(timesteps, "timesteps").reshape(-1)
+    return _native_call(native().unet_timestep_embedding, t, int(dim), bool(flip_sin_to_cos), float(freq_shift))
+
+
+__all__ = ["UNet", "timestep_embedding", "ATTENTION_KERNELS"]

@@ -1,0 +1,281 @@
+"""Parity of the native U-Net with diffusers' UNet2DConditionModel (float32, CPU).
+
+Small widths, the REAL topologies (tests/engine/unet_models.py): SD1, SD2, SDXL, SSD-1B,
+Segmind Vega, BK-SDM tiny/small/base. Every parameter is random (norms and biases too).
+Tolerances (relative L2): f32 weights <= 1e-4, f16 weights <= 5e-3.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import unet_models as um  # noqa: E402
+
+from sdcpp import errors  # noqa: E402
+from sdcpp.engine import weights  # noqa: E402
+from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
+
+F32_TOL = 1e-4
+F16_TOL = 5e-3
+H, W, L = 16, 24, 7  # non-square latent; context length 7
+
+
+def rel_l2(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def device():
+    return weights.open_device("cpu", 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str):
+    dc = um.diffusers_config(name)
+    model = um.build_diffusers_unet(dc, seed=sum(map(ord, name)))
+    return dc, model, um.canonical_tensors(model), um.native_config(dc)
+
+
+def _inputs(nc, B, rng, *, cfg_style=False):
+    x = rng.standard_normal((B, nc["in_channels"], H, W)).astype(np.float32)
+    if cfg_style:  # classifier-free guidance: the same latent twice, cond / uncond contexts
+        x = np.repeat(x[:1], B, axis=0)
+    ctx = rng.standard_normal((B, L, nc["cross_attention_dim"])).astype(np.float32)
+    kw = {}
+    if nc["addition_embed"]:
+        pooled = nc["addition_embed"]["in_dim"] - 6 * nc["addition_embed"]["time_embed_dim"]
+        kw["text_embeds"] = rng.standard_normal((B, pooled)).astype(np.float32)
+        kw["time_ids"] = np.tile(np.array([[128, 192, 0, 0, 128, 192]], np.float32), (B, 1))
+        kw["time_ids"][-1] = [96, 160, 8, 16, 128, 192]
+    return x, ctx, kw
+
+
+def _reference(model, x, t, ctx, kw):
+    B = x.shape[0]
+    tt = torch.full((B,), float(t)) if np.ndim(t) == 0 else torch.from_numpy(np.asarray(t, np.float32))
+    extra = {}
+    if kw:
+        extra["added_cond_kwargs"] = {k: torch.from_numpy(v) for k, v in kw.items()}
+    with torch.no_grad():
+        return model(torch.from_numpy(x), tt, torch.from_numpy(ctx), **extra).sample.numpy()
+
+
+# (batch, timestep, CFG-style rows)
+CASES = [(1, 999.0, False), (2, 500.0, True), (2, 1.0, False)]
+
+
+@pytest.mark.parametrize("name", list(um.TOPOLOGIES))
+def test_parity_f32(device, name):
+    dc, model, tensors, nc = _model(name)
+    store = weights.build_store(device, tensors, "f32")
+    unet = UNet(store, nc)
+    assert unet.unused_weights == [], "the native config must use every tensor of the state dict"
+    rng = np.random.default_rng(1)
+    for B, t, cfg_style in CASES:
+        x, ctx, kw = _inputs(nc, B, rng, cfg_style=cfg_style)
+        ours = unet(x, t, ctx, **kw)
+        ref = _reference(model, x, t, ctx, kw)
+        assert ours.shape == ref.shape == (B, nc["out_channels"], H, W)
+        err = rel_l2(ours, ref)
+        print(f"{name} f32 B={B} t={t}: rel L2 {err:.2e}")
+        assert err <= F32_TOL, (name, B, t, err)
+        if cfg_style:  # rows differ only by their context: cross-attention must see each row's own
+            assert rel_l2(ours[0], ours[1]) > 1e-3
+
+
+@pytest.mark.parametrize("name", list(um.TOPOLOGIES))
+def test_parity_f16_weights(device, name):
+    dc, model, tensors, nc = _model(name)
+    store = weights.build_store(device, tensors, "f16")
+    assert store.type("unet.conv_in.weight") == "f16"
+    unet = UNet(store, nc)
+    rng = np.random.default_rng(2)
+    x, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)
+    err = rel_l2(unet(x, 500.0, ctx, **kw), _reference(model, x, 500.0, ctx, kw))
+    print(f"{name} f16 B=2 t=500: rel L2 {err:.2e}")
+    assert err <= F16_TOL, (name, err)
+
+
+def test_per_row_timesteps_and_graph_reuse(device):
+    dc, model, tensors, nc = _model("sd1")
+    unet = UNet(weights.build_store(device, tensors, "f32"), nc)
+    rng = np.random.default_rng(3)
+    x, ctx, kw = _inputs(nc, 2, rng)
+    t = np.array([999.0, 1.0], np.float32)
+    first = unet(x, t, ctx)
+    assert rel_l2(first, _reference(model, x, t, ctx, kw)) <= F32_TOL
+    # a second call reuses the cached graph and gives the same numbers
+    assert np.array_equal(unet(x, t, ctx), first)
+    # another shape (batch 1, other size, other context length) builds another graph
+    x1 = rng.standard_normal((1, 4, 8, 32)).astype(np.float32)
+    c1 = rng.standard_normal((1, 3, nc["cross_attention_dim"])).astype(np.float32)
+    assert rel_l2(unet(x1, 250, c1), _reference(model, x1, 250.0, c1, {})) <= F32_TOL
+
+
+@pytest.mark.parametrize("kernel", ["mul_mat", "flash"])
+def test_attention_kernels(device, kernel):
+    dc, model, tensors, nc = _model("sd2")
+    unet = UNet(weights.build_store(device, tensors, "f32"), nc)
+    unet.attention = kernel
+    assert unet.resolved_attention == kernel
+    rng = np.random.default_rng(4)
+    x, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)
+    err = rel_l2(unet(x, 500.0, ctx), _reference(model, x, 500.0, ctx, kw))
+    print(f"attention {kernel}: rel L2 {err:.2e}")
+    # flash attention takes f16 K/V (ggml's CPU kernel), so it gets the f16 tolerance
+    assert err <= (F32_TOL if kernel == "mul_mat" else F16_TOL)
+
+
+def test_timestep_embedding_matches_diffusers():
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = np.array([0, 1, 2.5, 250, 500, 999, 1000], np.float32)
+    for dim, flip, shift in [(320, True, 0), (256, True, 0), (33, False, 1), (64, False, 1)]:
+        ref = get_timestep_embedding(torch.from_numpy(t), dim, flip, shift).numpy()
+        ours = timestep_embedding(t, dim, flip, shift)
+        # |arg| reaches 1000: one ulp of torch's float32 exp there moves sin/cos by ~6e-5
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd1(device):
+    dc, model, tensors, nc = _model("sd1")
+    return UNet(weights.build_store(device, tensors, "f32"), nc), tensors, nc
+
+
+@pytest.fixture(scope="module")
+def sdxl(device):
+    dc, model, tensors, nc = _model("sdxl")
+    return UNet(weights.build_store(device, tensors, "f32"), nc), nc
+
+
+def test_error_wrong_latent_channels(sd1):
+    unet, _, nc = sd1
+    with pytest.raises(ValueError, match="channels"):
+        unet(np.zeros((1, 3, 16, 16), np.float32), 1.0, np.zeros((1, 7, 32), np.float32))
+
+
+def test_error_spatial_not_divisible(sd1):
+    unet, _, nc = sd1
+    assert unet.spatial_multiple == 8
+    with pytest.raises(ValueError, match="multiples of 8"):
+        unet(np.zeros((1, 4, 12, 16), np.float32), 1.0, np.zeros((1, 7, 32), np.float32))
+
+
+def test_error_context_width(sd1):
+    unet, _, nc = sd1
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        unet(np.zeros((1, 4, 16, 16), np.float32), 1.0, np.zeros((1, 7, 33), np.float32))
+
+
+def test_error_shapes_and_dtypes(sd1):
+    unet, _, nc = sd1
+    x = np.zeros((2, 4, 16, 16), np.float32)
+    c = np.zeros((2, 7, 32), np.float32)
+    with pytest.raises(ValueError, match="context"):
+        unet(x, 1.0, c[:1])
+    with pytest.raises(ValueError, match="timestep"):
+        unet(x, np.ones(3, np.float32), c)
+    with pytest.raises(ValueError, match="dtype"):
+        unet(x.astype(np.complex64), 1.0, c)
+    with pytest.raises(ValueError, match="latent"):
+        unet(x[0], 1.0, c)
+    with pytest.raises(ValueError, match="addition embedding"):
+        unet(x, 1.0, c, text_embeds=np.zeros((2, 8), np.float32), time_ids=np.zeros((2, 6), np.float32))
+    # the native layer validates on its own too (never reaching a ggml assert)
+    native = unet._native
+    with pytest.raises(ValueError, match="float32"):
+        native.forward(x.astype(np.float64), np.ones(2, np.float32), c, None, None)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        native.forward(np.zeros((2, 4, 12, 16), np.float32), np.ones(2, np.float32), c, None, None)
+    with pytest.raises(ValueError, match="context"):
+        native.forward(x, np.ones(2, np.float32), np.zeros((2, 7, 31), np.float32), None, None)
+    with pytest.raises(ValueError, match="timestep"):
+        native.forward(x, np.ones(1, np.float32), c, None, None)
+
+
+def test_error_sdxl_needs_add_inputs(sdxl):
+    unet, nc = sdxl
+    x = np.zeros((1, 4, 16, 16), np.float32)
+    c = np.zeros((1, 7, 32), np.float32)
+    with pytest.raises(ValueError, match="text_embeds"):
+        unet(x, 1.0, c)
+    with pytest.raises(ValueError, match="text_embeds"):
+        unet(x, 1.0, c, text_embeds=np.zeros((1, 5), np.float32), time_ids=np.zeros((1, 6), np.float32))
+    with pytest.raises(ValueError, match="time_ids"):
+        unet(x, 1.0, c, text_embeds=np.zeros((1, unet.pooled_dim), np.float32), time_ids=np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match="text_embeds"):
+        unet._native.forward(x, np.ones(1, np.float32), c, None, None)
+
+
+def test_error_missing_weight(device, sd1):
+    _, tensors, nc = sd1
+    name = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    partial = {k: v for k, v in tensors.items() if k != name}
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        UNet(weights.build_store(device, partial, "f32"), nc)
+
+
+def test_error_misshapen_weight(device, sd1):
+    _, tensors, nc = sd1
+    name = "unet.up_blocks.2.resnets.1.conv1.weight"
+    bad = dict(tensors)
+    bad[name] = tensors[name][:, :-1]
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        UNet(weights.build_store(device, bad, "f32"), nc)
+
+
+def test_error_config_mismatch(device, sd1):
+    _, tensors, nc = sd1
+    store = weights.build_store(device, tensors, "f32")
+    deeper = dict(nc, down=[dict(b) for b in nc["down"]])
+    deeper["down"][0]["depths"] = [2, 1]  # asks for transformer_blocks.1, absent from the weights
+    with pytest.raises(ValueError, match=r"down_blocks\.0\.attentions\.0\.transformer_blocks\.1"):
+        UNet(store, deeper)
+    shallower = dict(nc, mid={"type": "resnet"})
+    assert any(n.startswith("unet.mid_block.attentions.0") for n in UNet(store, shallower).unused_weights)
+    with pytest.raises(ValueError, match="mid.type"):
+        UNet(store, dict(nc, mid={"type": "fancy"}))
+    with pytest.raises(ValueError, match="heads"):
+        UNet(store, dict(nc, down=[dict(b, heads=3) for b in nc["down"]]))
+    with pytest.raises(ValueError, match="skip"):
+        UNet(store, dict(nc, up=[dict(b) for b in nc["up"][:-1]] + [dict(nc["up"][-1], resnets=2, depths=[1, 1])]))
+    with pytest.raises(ValueError, match="block_out_channels"):
+        UNet(store, {k: v for k, v in nc.items() if k != "block_out_channels"})
+
+
+# --- real size -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sd15_real_size_f32(device):
+    """SD1.5 topology at full width (860M random parameters), 64x64 latent, batch 1."""
+    dc = {k: v for k, v in um.load_reference("sd15_reference.json").items() if not k.startswith("_")}
+    model = um.build_diffusers_unet(dc, seed=15)
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 4, 64, 64)).astype(np.float32)
+    ctx = rng.standard_normal((1, 77, 768)).astype(np.float32)
+    t0 = time.perf_counter()
+    ref = _reference(model, x, 500.0, ctx, {})
+    t_ref = time.perf_counter() - t0
+    store = weights.build_store(device, um.canonical_tensors(model), "f32")
+    del model
+    unet = UNet(store, um.native_config(dc))
+    assert unet.unused_weights == []
+    t0 = time.perf_counter()
+    ours = unet(x, 500.0, ctx)
+    t_ours = time.perf_counter() - t0
+    err = rel_l2(ours, ref)
+    print(f"SD1.5 real size f32: rel L2 {err:.2e}; diffusers {t_ref:.1f} s, sdcpp {t_ours:.1f} s (incl. graph build)")
+    assert err <= F32_TOL
