@@ -53,6 +53,7 @@ py::dict options_dict(const model::VAEOptions& o) {
     d["conv"] = conv_mode_name(o.conv);
     d["max_im2col_mb"] = double(o.max_im2col_bytes) / (1 << 20);
     d["max_attention_mb"] = double(o.max_attention_bytes) / (1 << 20);
+    d["compute"] = o.compute == model::ComputeType::BF16 ? "bf16" : "f32";
     return d;
 }
 
@@ -78,19 +79,23 @@ void bind_vae(py::module_& m) {
         .def("options", [](const model::VAE& v) { return options_dict(v.options()); })
         .def(
             "set_options",
-            [](model::VAE& v, const std::string& conv, double max_im2col_mb, double max_attention_mb) {
+            [](model::VAE& v, const std::string& conv, double max_im2col_mb, double max_attention_mb,
+               const std::string& compute) {
                 model::VAEOptions o = v.options();
                 if (conv == "strips") o.conv = model::ConvMode::Strips;
                 else if (conv == "im2col") o.conv = model::ConvMode::Im2col;
                 else if (conv == "direct") o.conv = model::ConvMode::Direct;
                 else throw InvalidArgument("conv must be 'strips', 'im2col' or 'direct', got '" + conv + "'");
+                if (compute == "f32") o.compute = model::ComputeType::F32;
+                else if (compute == "bf16") o.compute = model::ComputeType::BF16;
+                else throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + compute + "'");
                 SD_CHECK(max_im2col_mb >= 1 && max_im2col_mb <= 1e6, "max_im2col_mb must be in [1, 1e6]");
                 SD_CHECK(max_attention_mb >= 1 && max_attention_mb <= 1e6, "max_attention_mb must be in [1, 1e6]");
                 o.max_im2col_bytes = size_t(max_im2col_mb * (1 << 20));
                 o.max_attention_bytes = size_t(max_attention_mb * (1 << 20));
                 v.set_options(o);
             },
-            py::arg("conv") = "strips", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0)
+            py::arg("conv") = "strips", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0, py::arg("compute") = "f32")
         .def(
             "decode",
             [](model::VAE& v, const F32Array& z) {

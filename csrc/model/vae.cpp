@@ -4,6 +4,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #include "../runtime/error.h"
 
@@ -108,6 +111,112 @@ std::vector<Expected> decoder_weights(const VAEConfig& c) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A CPU im2col for a band of output rows, written for speed: threads split the output rows
+// (ggml's im2col splits channels, so both threads write into the same cache lines), padding
+// is read as zeros instead of being materialized, and the output is f32 or bf16 (bf16 halves
+// the memory traffic of the bf16 compute mode). Output [K = KW*KH*C, OW, rows, 1] with
+// K ordered (kx, ky, c) like ggml's [KW, KH, IC, OC] kernels.
+
+struct Im2colParams {
+    int kw, kh, stride, pad_l, pad_t;
+    int64_t row0, rows, ow;
+    bool operator<(const Im2colParams& o) const {
+        return std::tie(kw, kh, stride, pad_l, pad_t, row0, rows, ow) <
+               std::tie(o.kw, o.kh, o.stride, o.pad_l, o.pad_t, o.row0, o.rows, o.ow);
+    }
+};
+
+// Custom ops keep a pointer to their parameters: intern them for the life of the process
+// (there is one entry per distinct conv geometry, a few hundred at most).
+const Im2colParams* intern(const Im2colParams& p) {
+    static std::mutex mu;
+    static std::set<Im2colParams> table;
+    std::lock_guard<std::mutex> lock(mu);
+    return &*table.insert(p).first;
+}
+
+inline uint16_t to_bf16(float f) {  // round to nearest even, NaN kept quiet (as ggml does)
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((u >> 16) | 64);
+    return static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+
+template <typename T>
+inline T store_as(float v);
+template <>
+inline float store_as<float>(float v) { return v; }
+template <>
+inline uint16_t store_as<uint16_t>(float v) { return to_bf16(v); }
+
+// Row by row: for each output row, each (channel, kernel row) reads one input row sequentially
+// and writes KW values into every output pixel's column; the OW destination lines stay in cache
+// between consecutive (channel, kernel row) steps. Threads take whole output rows.
+template <typename T>
+void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p) {
+    const ggml_tensor* x = dst->src[0];
+    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2];
+    const int64_t K = int64_t(p.kw) * p.kh * C;
+    const int64_t per = (p.rows + nth - 1) / nth;
+    const int64_t r0 = ith * per, r1 = std::min(p.rows, r0 + per);
+    const char* base = static_cast<const char*>(x->data);
+    const size_t nb1 = x->nb[1], nb2 = x->nb[2];
+    const T zero = store_as<T>(0.0f);
+    // Output pixels whose whole kernel window lies inside the row: [ow_lo, ow_hi).
+    const int64_t ow_lo = std::min<int64_t>(p.ow, (p.pad_l + p.stride - 1) / p.stride);
+    int64_t ow_hi = W - p.kw + p.pad_l >= 0 ? (W - p.kw + p.pad_l) / p.stride + 1 : 0;
+    ow_hi = std::max(ow_lo, std::min(ow_hi, p.ow));
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t oh = p.row0 + r;
+        T* drow = static_cast<T*>(dst->data) + r * p.ow * K;
+        for (int64_t c = 0; c < C; ++c) {
+            const char* plane = base + c * nb2;
+            for (int ky = 0; ky < p.kh; ++ky) {
+                T* d = drow + (c * p.kh + ky) * p.kw;
+                const int64_t iy = oh * p.stride - p.pad_t + ky;
+                if (iy < 0 || iy >= H) {
+                    for (int64_t ow = 0; ow < p.ow; ++ow)
+                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = zero;
+                    continue;
+                }
+                const float* row = reinterpret_cast<const float*>(plane + iy * nb1);
+                auto edge = [&](int64_t ow) {
+                    const int64_t ix0 = ow * p.stride - p.pad_l;
+                    for (int kx = 0; kx < p.kw; ++kx) {
+                        const int64_t ix = ix0 + kx;
+                        d[ow * K + kx] = ix >= 0 && ix < W ? store_as<T>(row[ix]) : zero;
+                    }
+                };
+                for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+                if (p.kw == 3 && p.stride == 1) {
+                    const float* src = row + (ow_lo - p.pad_l);
+                    T* dd = d + ow_lo * K;
+                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow, ++src, dd += K) {
+                        dd[0] = store_as<T>(src[0]);
+                        dd[1] = store_as<T>(src[1]);
+                        dd[2] = store_as<T>(src[2]);
+                    }
+                } else {
+                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+                        const float* src = row + (ow * p.stride - p.pad_l);
+                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = store_as<T>(src[kx]);
+                    }
+                }
+                for (int64_t ow = ow_hi; ow < p.ow; ++ow) edge(ow);
+            }
+        }
+    }
+}
+
+void im2col_rows(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const Im2colParams& p = *static_cast<const Im2colParams*>(userdata);
+    if (dst->type == GGML_TYPE_BF16) im2col_rows_impl<uint16_t>(dst, ith, nth, p);
+    else im2col_rows_impl<float>(dst, ith, nth, p);
+}
+
+void no_op(ggml_tensor*, int, int, void*) {}
+
+// ---------------------------------------------------------------------------------------------
 // Graph building.
 
 struct Builder {
@@ -122,16 +231,21 @@ struct Builder {
     // Weights enter every product as f32: activations are never rounded to f16/bf16.
     ggml_tensor* f32(ggml_tensor* t) const { return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32); }
 
+    // A per-channel vector as [W, 1, C, 1]: broadcasting it over rows keeps ggml's binary ops
+    // vectorized (a [1, 1, C, 1] operand makes them add one scalar at a time).
+    ggml_tensor* channel_rows(ggml_tensor* v, int64_t W) const {
+        return ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, f32(v), 1, 1, v->ne[0], 1), W, 1, v->ne[0], 1);
+    }
+
     ggml_tensor* add_channel_bias(ggml_tensor* y, const std::string& name) const {
-        ggml_tensor* b = f32(weight(name + ".bias"));
-        return ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, b->ne[0], 1));
+        return ggml_add(ctx, y, channel_rows(weight(name + ".bias"), y->ne[0]));
     }
 
     ggml_tensor* group_norm(ggml_tensor* x, const std::string& name) const {
-        const int64_t C = x->ne[2];
+        const int64_t W = x->ne[0];
         ggml_tensor* y = ggml_group_norm(ctx, x, cfg.norm_groups, cfg.norm_eps);
-        y = ggml_mul(ctx, y, ggml_reshape_4d(ctx, f32(weight(name + ".weight")), 1, 1, C, 1));
-        return ggml_add(ctx, y, ggml_reshape_4d(ctx, f32(weight(name + ".bias")), 1, 1, C, 1));
+        y = ggml_mul(ctx, y, channel_rows(weight(name + ".weight"), W));
+        return ggml_add(ctx, y, channel_rows(weight(name + ".bias"), W));
     }
 
     // Place `parts` (each [W, rows_i, C, 1], rows summing to H) one under the other.
@@ -142,11 +256,21 @@ struct Builder {
         const int64_t W = parts[0]->ne[0], C = parts[0]->ne[2], N = parts[0]->ne[3];
         const size_t total = size_t(W) * H * C * N * sizeof(float);
         if (total < (size_t(1) << 31)) {
-            // The first part padded to the full height, then every other part written in place
-            // (ggml_set keeps its offsets in int32, hence the size limit).
-            ggml_tensor* acc = ggml_pad(ctx, parts[0], 0, static_cast<int>(H - parts[0]->ne[1]), 0, 0);
-            int64_t row = parts[0]->ne[1];
-            for (size_t i = 1; i < parts.size(); ++i) {
+            // Every part written in place into one tensor (ggml_set keeps its offsets in int32,
+            // hence the size limit). On the CPU the tensor starts uninitialized (a no-op custom
+            // op); elsewhere as the first part padded to the full height.
+            ggml_tensor* acc;
+            size_t first;
+            if (store.device()->is_cpu()) {
+                acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, nullptr, 0, no_op, 1, nullptr);
+                first = 0;
+            } else {
+                acc = ggml_pad(ctx, parts[0], 0, static_cast<int>(H - parts[0]->ne[1]), 0, 0);
+                first = 1;
+            }
+            int64_t row = 0;
+            for (size_t i = 0; i < first; ++i) row += parts[i]->ne[1];
+            for (size_t i = first; i < parts.size(); ++i) {
                 acc = ggml_set_inplace(ctx, acc, parts[i], acc->nb[1], acc->nb[2], acc->nb[3], size_t(row) * acc->nb[1]);
                 row += parts[i]->ne[1];
             }
@@ -180,6 +304,7 @@ struct Builder {
         const int64_t OH = (H + pt + pb - KH) / stride + 1;
         const int64_t K = KW * KH * IC;
         const bool sym_w = pl == pr;
+        const bool cpu = store.device()->is_cpu();
         ggml_tensor* w2 = ggml_reshape_2d(ctx, w, K, OC);
 
         if (opt.conv == ConvMode::Direct) {
@@ -201,24 +326,44 @@ struct Builder {
                 rows = (OH + n - 1) / n;
             }
         }
+        // bf16 compute (CPU): im2col and kernel in bf16, accumulation in f32.
+        const bool bf16 = cpu && opt.compute == ComputeType::BF16;
+        const size_t elt = bf16 ? 2 : 4;
+        if (bf16) {
+            ggml_tensor* wr = weight(name + ".weight");
+            w2 = ggml_reshape_2d(ctx, wr->type == GGML_TYPE_BF16 ? wr : ggml_cast(ctx, wr, GGML_TYPE_BF16), K, OC);
+        }
+        if (opt.conv == ConvMode::Strips && rows < OH && bf16) {  // the budget holds twice the rows in bf16
+            rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / (size_t(OW) * K * elt))));
+            const int64_t n = (OH + rows - 1) / rows;
+            rows = (OH + n - 1) / n;
+        }
         std::vector<ggml_tensor*> parts;
         for (int64_t o0 = 0; o0 < OH; o0 += rows) {
             const int64_t o1 = std::min(OH, o0 + rows);
-            // Input rows this strip reads, in unpadded coordinates: [lo, hi).
-            const int64_t lo = o0 * stride - pt;
-            const int64_t hi = (o1 - 1) * stride - pt + KH;
-            const int64_t r0 = std::max<int64_t>(0, lo), r1 = std::min<int64_t>(H, hi);
-            const int top = static_cast<int>(r0 - lo), bottom = static_cast<int>(hi - r1);
-            ggml_tensor* xs = x;
-            if (r0 != 0 || r1 != H)
-                xs = ggml_view_4d(ctx, x, W, r1 - r0, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], size_t(r0) * x->nb[1]);
-            int p0 = pl;
-            if (!sym_w || top || bottom) {
-                xs = ggml_pad_ext(ctx, xs, sym_w ? 0 : pl, sym_w ? 0 : pr, top, bottom, 0, 0, 0, 0);
-                if (!sym_w) p0 = 0;
+            ggml_tensor* col;
+            if (cpu && pl >= 0 && pt >= 0) {
+                const Im2colParams* ip = intern({int(KW), int(KH), stride, pl, pt, o0, o1 - o0, OW});
+                ggml_tensor* args[1] = {x};
+                col = ggml_custom_4d(ctx, bf16 ? GGML_TYPE_BF16 : GGML_TYPE_F32, K, OW, o1 - o0, 1, args, 1, im2col_rows,
+                                     GGML_N_TASKS_MAX, const_cast<Im2colParams*>(ip));
+            } else {
+                // Input rows this strip reads, in unpadded coordinates: [lo, hi).
+                const int64_t lo = o0 * stride - pt;
+                const int64_t hi = (o1 - 1) * stride - pt + KH;
+                const int64_t r0 = std::max<int64_t>(0, lo), r1 = std::min<int64_t>(H, hi);
+                const int top = static_cast<int>(r0 - lo), bottom = static_cast<int>(hi - r1);
+                ggml_tensor* xs = x;
+                if (r0 != 0 || r1 != H)
+                    xs = ggml_view_4d(ctx, x, W, r1 - r0, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], size_t(r0) * x->nb[1]);
+                int p0 = pl;
+                if (!sym_w || top || bottom) {
+                    xs = ggml_pad_ext(ctx, xs, sym_w ? 0 : pl, sym_w ? 0 : pr, top, bottom, 0, 0, 0, 0);
+                    if (!sym_w) p0 = 0;
+                }
+                col = ggml_im2col(ctx, weight(name + ".weight"), xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
             }
-            ggml_tensor* col = ggml_im2col(ctx, w, xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
-            ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2);       // [OW*rows, OC]
+            ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2);  // [OW*rows, OC]
             parts.push_back(ggml_reshape_4d(ctx, r, OW, o1 - o0, OC, 1));
         }
         y = stack_rows(parts);

@@ -46,8 +46,15 @@ enum class ConvMode {
     Direct,  // ggml_conv_2d_direct with f32 kernels (bounded work buffer)
 };
 
+// The precision of the 3x3 convolutions' products (everything else is always f32).
+enum class ComputeType {
+    F32,   // exact: f32 activations and kernels
+    BF16,  // CPU only: activations and kernels rounded to bf16 (f32's range, so no overflow), f32 sums
+};
+
 struct VAEOptions {
     ConvMode conv = ConvMode::Strips;
+    ComputeType compute = ComputeType::F32;
     size_t max_im2col_bytes = size_t(128) << 20;   // per strip (ConvMode::Strips)
     size_t max_attention_bytes = size_t(256) << 20;  // score matrix per query chunk
 };

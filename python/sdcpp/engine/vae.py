@@ -155,13 +155,16 @@ class VAE:
         return dict(self._vae.options())
 
     def set_options(self, conv: Optional[str] = None, max_im2col_mb: Optional[float] = None,
-                    max_attention_mb: Optional[float] = None) -> None:
-        """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB (see module docstring)."""
+                    max_attention_mb: Optional[float] = None, compute: Optional[str] = None) -> None:
+        """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
+        (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products).
+        See the module docstring."""
         cur = self.options()
         _native_call(self._vae.set_options,
                      cur["conv"] if conv is None else conv,
                      float(cur["max_im2col_mb"] if max_im2col_mb is None else max_im2col_mb),
-                     float(cur["max_attention_mb"] if max_attention_mb is None else max_attention_mb))
+                     float(cur["max_attention_mb"] if max_attention_mb is None else max_attention_mb),
+                     cur["compute"] if compute is None else compute)
 
     def free_compute_memory(self) -> None:
         """Drop cached graphs and the compute buffers (they are rebuilt on the next call)."""
