@@ -1,0 +1,247 @@
+"""The SD VAE (diffusers ``AutoencoderKL``) on the native ggml engine: numpy in, numpy out.
+
+    vae = VAE(store, config)            # store: a WeightStore holding ``vae.<AutoencoderKL key>``
+    image = vae.decode(latent)          # [B, 4, h, w] (already / scaling_factor) -> [B, 3, 8h, 8w], [-1, 1]
+    moments = vae.encode(image)         # [B, 3, H, W] in [-1, 1] -> [B, 8, H/8, W/8] (mean | logvar)
+    mean, logvar = split_moments(moments)
+
+``config`` is the native VAE config of docs/internals.md §4 (``native_config`` builds it from a
+diffusers ``AutoencoderKL`` config). A store may hold only the decoder or only the encoder;
+calling the missing half raises ``InvalidArgumentError``.
+
+Precision and the storage type of the weights
+---------------------------------------------
+The SDXL VAE's activations exceed the f16 range (diffusers marks it ``force_upcast``; decoding
+it in f16 gives inf/NaN, i.e. black images). The native graph therefore computes *everything*
+in f32 whatever the weights' storage type: f16 / bf16 weights are widened to f32 inside the
+graph right before their product, convolutions use an f32 im2col (``ggml_conv_2d`` would round
+activations to f16) and no matrix product ever sees an f16 or bf16 activation (ggml's CPU
+``mul_mat`` with f16 weights would convert activations to f16). The storage type only decides
+memory and weight rounding, never the range of the activations.
+
+``DEFAULT_WEIGHT_TYPE`` is ``"f32"``: exact (relative error vs diffusers float32 ~1e-6), no
+rounding of weights at all, and the VAE is small (about 335 MB f32 for encoder + decoder,
+198 MB for the decoder alone). ``"f16"`` halves that at a relative error of about 1e-3 and
+is also NaN-free (weights are stored in f16, activations stay f32); weights outside f16's
+range are kept in f32 by ``storage_type``. ``"bf16"`` is NaN-free too but less precise.
+
+Memory
+------
+Large convolutions are computed in horizontal strips so that no im2col buffer exceeds
+``max_im2col_mb`` (128 MiB by default; the whole-image im2col of a 3x3 conv with 256 input
+channels at 512x512 would be 2.4 GB). ``set_options(conv="direct")`` uses
+``ggml_conv_2d_direct`` instead (16 MiB work buffer); ``conv="im2col"`` the unbounded
+whole-image im2col. Batches are decoded one image at a time. ``decode_tiled`` decodes
+overlapping latent tiles and blends them (as diffusers' ``tiled_decode``) for very large images.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .. import errors
+from .weights import build_store, native
+
+DEFAULT_WEIGHT_TYPE = "f32"
+_F16_MAX = 65504.0
+
+
+def native_config(diffusers_config: Mapping[str, Any]) -> dict:
+    """The native VAE config (docs/internals.md §4) from a diffusers AutoencoderKL config dict."""
+    c = dict(diffusers_config)
+    try:
+        return {
+            "block_out_channels": [int(x) for x in c.get("block_out_channels", (128, 256, 512, 512))],
+            "layers_per_block": int(c.get("layers_per_block", 2)),
+            "latent_channels": int(c.get("latent_channels", 4)),
+            "in_channels": int(c.get("in_channels", 3)),
+            "out_channels": int(c.get("out_channels", 3)),
+            "norm_groups": int(c.get("norm_num_groups", 32)),
+            "norm_eps": 1e-6,
+            "mid_attention": bool(c.get("mid_block_add_attention", True)),
+            "use_quant_conv": bool(c.get("use_quant_conv", True)),
+            "use_post_quant_conv": bool(c.get("use_post_quant_conv", True)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidArgumentError(f"bad AutoencoderKL config: {exc}") from None
+
+
+def storage_type(name: str, shape: tuple, weight_type: str) -> str:
+    """Conv kernels and attention projections take ``weight_type``; biases and norms stay f32."""
+    if weight_type not in ("f32", "f16", "bf16"):
+        raise errors.InvalidArgumentError(f"VAE weight_type must be 'f32', 'f16' or 'bf16', got {weight_type!r}")
+    if len(shape) < 2 or "norm" in name:
+        return "f32"
+    return weight_type
+
+
+def split_moments(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, logvar) of encoder moments [B, 2C, h, w], logvar clamped to [-30, 20] as diffusers'
+    DiagonalGaussianDistribution does."""
+    m = np.asarray(moments)
+    if m.ndim != 4 or m.shape[1] % 2:
+        raise errors.InvalidArgumentError(f"moments must be [B, 2*C, h, w], got shape {m.shape}")
+    c = m.shape[1] // 2
+    return m[:, :c], np.clip(m[:, c:], -30.0, 20.0)
+
+
+def _as_f32(array: Any, what: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype.kind not in "fiu":
+        raise errors.InvalidArgumentError(f"{what} must be a numeric array, got dtype {a.dtype}")
+    if a.ndim != 4:
+        raise errors.InvalidArgumentError(f"{what} must have 4 dimensions [B, C, H, W], got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _native_call(fn, *args):
+    core = native()
+    try:
+        return fn(*args)
+    except core.InvalidArgument as exc:
+        raise errors.InvalidArgumentError(str(exc)) from None
+    except core.NativeError as exc:
+        raise errors.BackendError(str(exc)) from None
+
+
+class VAE:
+    """AutoencoderKL decode/encode on a native WeightStore (see the module docstring)."""
+
+    def __init__(self, store, config: Mapping[str, Any], *, prefix: str = "vae"):
+        if not isinstance(config, Mapping):
+            raise errors.InvalidArgumentError("VAE config must be a dict (docs/internals.md §4)")
+        self.config = dict(config)
+        self.store = store
+        self._vae = _native_call(native().VAE, store, dict(config), prefix)
+
+    @classmethod
+    def from_tensors(cls, device, tensors: Mapping[str, Any], config: Mapping[str, Any], *,
+                     weight_type: str = DEFAULT_WEIGHT_TYPE, prefix: str = "vae") -> "VAE":
+        """Build a store of the ``<prefix>.*`` tensors (numpy arrays or TensorRecords) and the VAE on it."""
+        pre = prefix + "."
+        selected = {k: v for k, v in tensors.items() if k.startswith(pre)}
+        if not selected:
+            raise errors.InvalidArgumentError(f"no tensor named {pre}* was given")
+
+        def type_of(name, shape, wt):
+            t = storage_type(name, shape, wt)
+            if t == "f16":
+                v = selected[name]
+                arr = v if isinstance(v, np.ndarray) else v.numpy()
+                if arr.size and float(np.max(np.abs(arr))) > _F16_MAX:
+                    return "f32"  # would overflow to inf in f16
+            return t
+
+        storage_type("", (), weight_type)  # validates weight_type
+        store = build_store(device, selected, weight_type, type_of=type_of)
+        return cls(store, config, prefix=prefix)
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def factor(self) -> int:
+        """Spatial factor between image and latent (8 for the SD VAE)."""
+        return int(self._vae.factor)
+
+    @property
+    def has_encoder(self) -> bool:
+        return bool(self._vae.has_encoder)
+
+    @property
+    def has_decoder(self) -> bool:
+        return bool(self._vae.has_decoder)
+
+    def options(self) -> dict:
+        return dict(self._vae.options())
+
+    def set_options(self, conv: Optional[str] = None, max_im2col_mb: Optional[float] = None,
+                    max_attention_mb: Optional[float] = None, compute: Optional[str] = None) -> None:
+        """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
+        (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products).
+        See the module docstring."""
+        cur = self.options()
+        _native_call(self._vae.set_options,
+                     cur["conv"] if conv is None else conv,
+                     float(cur["max_im2col_mb"] if max_im2col_mb is None else max_im2col_mb),
+                     float(cur["max_attention_mb"] if max_attention_mb is None else max_attention_mb),
+                     cur["compute"] if compute is None else compute)
+
+    def free_compute_memory(self) -> None:
+        """Drop cached graphs and the compute buffers (they are rebuilt on the next call)."""
+        self._vae.clear()
+
+    @property
+    def compute_buffer_size(self) -> int:
+        return int(self._vae.compute_buffer_size)
+
+    # -- compute -----------------------------------------------------------------------------
+    def decode(self, latent) -> np.ndarray:
+        """latent [B, C_latent, h, w] (already divided by the scaling factor) -> image
+        [B, C_out, h*f, w*f] float32, about [-1, 1], unclamped (as diffusers returns it)."""
+        z = _as_f32(latent, "latent")
+        return _native_call(self._vae.decode, z)
+
+    def encode(self, image) -> np.ndarray:
+        """image [B, C_in, H, W] in [-1, 1] (H, W multiples of ``factor``) -> raw moments
+        [B, 2*C_latent, H/f, W/f] (mean then logvar, unclamped; see ``split_moments``)."""
+        x = _as_f32(image, "image")
+        return _native_call(self._vae.encode, x)
+
+    def decode_tiled(self, latent, tile: int = 64, overlap: float = 0.25) -> np.ndarray:
+        """Decode overlapping latent tiles of ``tile`` x ``tile`` and blend them linearly, the same
+        scheme as diffusers' ``AutoencoderKL.tiled_decode`` (tile_latent_min_size=tile,
+        tile_sample_min_size=tile*f, tile_overlap_factor=overlap). Not exact: the mid-block
+        attention sees one tile at a time. Peak memory is that of one tile."""
+        z = _as_f32(latent, "latent")
+        if int(tile) != tile or tile < 1:
+            raise errors.InvalidArgumentError(f"tile must be a positive integer, got {tile!r}")
+        if not (0.0 <= overlap < 1.0):
+            raise errors.InvalidArgumentError(f"overlap must be in [0, 1), got {overlap!r}")
+        tile = int(tile)
+        f = self.factor
+        step = int(tile * (1 - overlap))            # latent stride between tiles
+        sample = tile * f                           # decoded tile size
+        blend = int(sample * overlap)               # blended rows/columns in image space
+        keep = sample - blend                       # what each tile contributes
+        if step < 1:
+            raise errors.InvalidArgumentError("tile too small for this overlap")
+        B, _, h, w = z.shape
+        rows = []
+        for i in range(0, h, step):
+            row = []
+            for j in range(0, w, step):
+                row.append(self.decode(z[:, :, i:i + tile, j:j + tile]))
+            rows.append(row)
+        out_rows = []
+        for ri, row in enumerate(rows):
+            parts = []
+            for ci, t in enumerate(row):
+                t = t.copy()
+                if ri > 0:
+                    _blend_v(rows[ri - 1][ci], t, blend)
+                if ci > 0:
+                    _blend_h(row[ci - 1], t, blend)
+                row[ci] = t
+                parts.append(t[:, :, :keep, :keep])
+            out_rows.append(np.concatenate(parts, axis=3))
+        return np.ascontiguousarray(np.concatenate(out_rows, axis=2)[:, :, :h * f, :w * f])
+
+
+def _blend_v(above: np.ndarray, below: np.ndarray, extent: int) -> None:
+    """Linear ramp over the first rows of `below` from the last rows of `above` (in place)."""
+    extent = min(above.shape[2], below.shape[2], extent)
+    if extent <= 0:
+        return
+    y = (np.arange(extent, dtype=np.float32) / extent)[None, None, :, None]
+    below[:, :, :extent, :] = above[:, :, above.shape[2] - extent:, :] * (1 - y) + below[:, :, :extent, :] * y
+
+
+def _blend_h(left: np.ndarray, right: np.ndarray, extent: int) -> None:
+    extent = min(left.shape[3], right.shape[3], extent)
+    if extent <= 0:
+        return
+    x = (np.arange(extent, dtype=np.float32) / extent)[None, None, None, :]
+    right[:, :, :, :extent] = left[:, :, :, left.shape[3] - extent:] * (1 - x) + right[:, :, :, :extent] * x
+
+
+__all__ = ["VAE", "DEFAULT_WEIGHT_TYPE", "native_config", "storage_type", "split_moments"]
