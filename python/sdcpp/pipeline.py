@@ -28,6 +28,16 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 
 _DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 
+# Samplers whose diffusers counterpart works in variance-preserving form (DPMSolverMultistep,
+# DDIM, LCM): their unit noise starts at x_vp = noise, which in our sigma form is
+# noise * sqrt(sigma_max^2 + 1), not noise * sigma_max (k-diffusion's start, 0.2% apart).
+_VP_SAMPLERS = frozenset({"dpm++2m", "ddim_trailing", "lcm"})
+
+
+def _initial_noise_scale(sampler: str, sigma_max: float) -> float:
+    """diffusers' init_noise_sigma for the scheduler matching `sampler`, in sigma form."""
+    return float(np.sqrt(sigma_max * sigma_max + 1.0)) if sampler in _VP_SAMPLERS else sigma_max
+
 
 def _storage_weight_type(tensors: dict) -> str:
     """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
@@ -181,7 +191,7 @@ class Model:
 
         if init_pixels is None:
             noise = latents if latents is not None else gen.randn(shape)
-            x = noise.astype(np.float32) * np.float32(sigmas[0])
+            x = noise.astype(np.float32) * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
         else:
             # diffusers img2img: encode (sampling the posterior with the generator), scale, then
             # start at the strength's point of the schedule with fresh noise.
