@@ -71,12 +71,15 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     dev = open_device(device, threads)
     wt = weight_type or _default_weight_type(tensors)
 
+    stores = {}     # component -> WeightStore (kept for LoRA merging, sdcpp.lora)
+
     def part(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            return build_store(dev, sub, wt, type_of)
+            stores[prefix[:-1]] = build_store(dev, sub, wt, type_of)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
+        return stores[prefix[:-1]]
 
     encoders = []
     for meta, cfg in zip(info.text_encoders, info.text_encoder_native_configs()):
@@ -86,6 +89,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "text_encoders": encoders,
         "unet": UNet(part("unet."), info.unet_native_config()),
         "vae": VAE(part("vae.", _vae_storage_type), info.vae_native_config()),
+        "stores": stores,
     }
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
