@@ -64,34 +64,31 @@ def check(mod: LoraModule, target: Target) -> Optional[str]:
     return None
 
 
-def weight_delta(mod: LoraModule, target: Target) -> np.ndarray:
-    """strength * up @ down in the weight's shape (float32; the user multiplier not applied)."""
+def weight_delta(mod: LoraModule, target: Target, multiplier: float = 1.0) -> np.ndarray:
+    """multiplier * strength * up @ down in the weight's shape (float32). The factor is folded
+    into ``up`` ([out, r], small) so the full-size delta is written once."""
     shape = target.shape
+    factor = np.float32(multiplier * mod.strength()) if mod.diff is None else np.float32(multiplier)
     if mod.diff is not None:
-        return _f32(mod.diff).reshape(shape)
-    down, up = _f32(mod.down), _f32(mod.up)
+        delta = _f32(mod.diff).reshape(shape)
+        return delta * factor if factor != 1.0 else np.array(delta)
+    down = _f32(mod.down)
     r = down.shape[0]
-    u = up.reshape(up.shape[0], r)
+    u = _f32(mod.up).reshape(-1, r)
+    if factor != 1.0:
+        u = u * factor
     if mod.mid is not None:
-        mid = _f32(mod.mid)
-        dn = down.reshape(r, -1)
-        delta = np.einsum("oa,abyx,bi->oiyx", u, mid, dn, optimize=True)
+        delta = np.einsum("oa,abyx,bi->oiyx", u, _f32(mod.mid), down.reshape(r, -1), optimize=True)
     else:
         delta = u @ down.reshape(r, -1)
-    delta = delta.reshape(shape)
-    s = mod.strength()
-    if s != 1.0:
-        delta *= np.float32(s)
-    return delta
+    return delta.reshape(shape)
 
 
-def bias_delta(mod: LoraModule) -> Optional[np.ndarray]:
+def bias_delta(mod: LoraModule, multiplier: float = 1.0) -> Optional[np.ndarray]:
     if mod.diff_b is not None:
-        return _f32(mod.diff_b).reshape(-1)
+        return _f32(mod.diff_b).reshape(-1) * np.float32(multiplier)
     if mod.bias is not None:
-        out = _f32(mod.bias).reshape(-1)
-        s = mod.strength()
-        return out * np.float32(s) if s != 1.0 else out
+        return _f32(mod.bias).reshape(-1) * np.float32(multiplier * mod.strength())
     return None
 
 

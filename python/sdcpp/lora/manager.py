@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -40,6 +41,7 @@ from .index import ModuleIndex, Target, norm
 from .parse import TE2, UNET, LoraFile, LoraModule, read_lora
 
 PathLike = Union[str, os.PathLike]
+MERGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 LoraSpec = Union[PathLike, tuple]
 
 
@@ -329,22 +331,34 @@ class LoraManager:
         change = [n for n, r in recipes.items() if self._applied.get(n) != r]
         if not restore and not change:
             return 0, 0
+        set_lock = threading.Lock()     # stores are written one tensor at a time
+
+        def merge(name: str) -> None:
+            merged = np.array(self._original(name), dtype=np.float32)   # a fresh, writable copy
+            if name in weights:
+                for _, mod, target, s in weights[name]:
+                    merged += weight_delta(mod, target, s)
+            else:
+                for _, mod, target, s in biases[name]:
+                    merged += bias_delta(mod, s)
+            with set_lock:
+                self._store(name).set(name, merged)
+                self._applied[name] = recipes[name]
+
         try:
             for name in restore:
                 self._store(name).set(name, self._original(name))
                 del self._applied[name]
-            for name in change:
-                merged = np.array(self._original(name), dtype=np.float32)   # a fresh, writable copy
-                if name in weights:
-                    for _, mod, target, s in weights[name]:
-                        d = weight_delta(mod, target)
-                        merged += d if s == 1.0 else d * np.float32(s)
-                else:
-                    for _, mod, target, s in biases[name]:
-                        d = bias_delta(mod)
-                        merged += d if s == 1.0 else d * np.float32(s)
-                self._store(name).set(name, merged)
-                self._applied[name] = recipes[name]
+            # numpy and the store release the GIL: tensors are merged in parallel (each worker
+            # holds one float32 tensor at a time).
+            workers = min(MERGE_WORKERS, len(change))
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    for fut in [pool.submit(merge, n) for n in change]:
+                        fut.result()
+            else:
+                for name in change:
+                    merge(name)
         except BaseException:
             self._emergency_restore()
             raise

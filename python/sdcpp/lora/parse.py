@@ -100,6 +100,9 @@ SUFFIXES: list[tuple["re.Pattern[str]", str, str]] = [(re.compile(p), role, fmt)
 ]]
 
 
+_ADAPTER = re.compile(r".+\.lora_[AB]\.([\w\-]+)\.(?:weight|bias)")
+
+
 @dataclass
 class LoraModule:
     """One adapted module of a LoRA file."""
@@ -268,7 +271,10 @@ def parse_lora(tensors: dict[str, TensorRecord], path: PathLike = "<memory>", me
     modules: dict[str, LoraModule] = {}
     unknown: list[str] = []
     formats: set[str] = set()
-    adapters: set[str] = set()
+    adapters = {m.group(1) for m in map(_ADAPTER.fullmatch, tensors) if m}
+    if len(adapters) > 1:
+        raise LoraFormatError(f"LoRA {str(path)!r} holds several PEFT adapters ({', '.join(sorted(adapters))}); "
+                              f"save them as separate files")
     for key in sorted(tensors):
         for pat, role, fmt in SUFFIXES:
             m = pat.fullmatch(key)
@@ -282,8 +288,6 @@ def parse_lora(tensors: dict[str, TensorRecord], path: PathLike = "<memory>", me
                 module_key = f"{module_key}.{(_OLD_TEXT if is_text else _OLD_UNET)[g['old']]}"
             if g.get("du"):
                 role = "down" if g["du"] == "down" else "up"
-            if g.get("ad"):
-                adapters.add(g["ad"])
             route = _route(module_key)
             if route is None:
                 unknown.append(key)
@@ -311,9 +315,6 @@ def parse_lora(tensors: dict[str, TensorRecord], path: PathLike = "<memory>", me
             break
         else:
             unknown.append(key)
-    if len(adapters) > 1:
-        raise LoraFormatError(f"LoRA {str(path)!r} holds several PEFT adapters ({', '.join(sorted(adapters))}); "
-                              f"save them as separate files")
     configs = _adapter_configs(metadata, peft_config)
     for mod in modules.values():
         cfg = configs.get(mod.components[0]) if len(mod.components) == 1 else None
