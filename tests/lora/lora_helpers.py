@@ -153,7 +153,8 @@ def kohya_state_dict(fx, lora: RandomLora, spelling: str = "diffusers", te_prefi
         for k in list(out):
             if k.endswith(".alpha"):
                 comp = "unet" if k.startswith("lora_unet") else ("text_encoder_2" if k.startswith("lora_te2") else "text_encoder")
-                out[k] = torch.tensor(lora.alpha(comp))
+                a = lora.alpha(comp)
+                out[k] = torch.tensor(int(a)) if a.is_integer() else torch.tensor(a)   # int64, as diffusers writes
     else:
         prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
         for comp, sd in lora.state_dicts.items():

@@ -71,7 +71,8 @@ def _make(model_fixtures, workdir, name):
     d = workdir / name
     if name == "sd1-kohya":          # LCM-style module set + LoCon convs, text encoder, alpha != rank
         fx = model_fixtures.get("sd1")
-        lo = H.make_lora(fx, seed=11, unet_targets=H.LCM_TARGETS, text_targets=H.TEXT_TARGETS, rank=4, alpha=2)
+        lo = H.make_lora(fx, seed=11, unet_targets=H.LCM_TARGETS, text_targets=H.TEXT_TARGETS, rank=4, alpha=2,
+                         std=0.1)
         return lo, {"diffusers": H.write_diffusers(fx, lo, d / "ref"),
                     "kohya": H.write_kohya(fx, lo, d / "kohya.safetensors", te_prefix="lora_te_")}
     if name == "sd1-b":              # a second sd1 LoRA (attention + ff + text), for sets of two
@@ -205,10 +206,12 @@ def test_sd1_two_loras_at_once(model_fixtures, loaded, loras):
 
 
 def test_sd1_f16_weights(model_fixtures, loaded, loras):
+    """f16 storage: the merged weight is rounded once to f16; diffusers fuses in f32 over the same
+    f16-rounded checkpoint. The engine's own f16 error (no LoRA) is ~3.8e-3 on this case."""
     fx = model_fixtures.get("sd1")
     _, files = loras("sd1-kohya")
     _check(loaded("sd1", "ldm-fp16", "f16"), fx, [(files["diffusers"], 0.8)], [(files["kohya"], 0.8)],
-           unit_latents(14), tol=F16_TOL, fmt="ldm-fp16")
+           unit_latents(7), tol=F16_TOL, fmt="ldm-fp16")
 
 
 def test_ssd1b_lcm_lora_with_style_lora_lcm_sampler(model_fixtures, loaded, loras):
