@@ -159,12 +159,43 @@ void bind_unet(py::module_& m) {
                 o.attention = parse_kernel(k);
                 u.set_options(o);
             })
+        .def_property(
+            "conv",
+            [](const UNet& u) {
+                switch (u.options().conv) {
+                    case ConvImpl::Im2col: return std::string("im2col");
+                    case ConvImpl::Winograd: return std::string("winograd");
+                    default: return std::string("auto");
+                }
+            },
+            [](UNet& u, const std::string& k) {
+                UNetOptions o = u.options();
+                if (k == "auto") o.conv = ConvImpl::Auto;
+                else if (k == "im2col") o.conv = ConvImpl::Im2col;
+                else if (k == "winograd") o.conv = ConvImpl::Winograd;
+                else throw InvalidArgument("conv must be 'auto', 'im2col' or 'winograd', got '" + k + "'");
+                u.set_options(o);
+            })
+        .def_property_readonly("resolved_conv",
+                               [](const UNet& u) { return std::string(u.resolved_conv() == ConvImpl::Winograd ? "winograd" : "im2col"); })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })
         .def_property_readonly("unused_weights", &UNet::unused_weights)
         .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)
         .def_property_readonly("pooled_dim", [](const UNet& u) { return u.config().add_time_dim > 0 ? u.config().pooled_dim() : 0; })
         .def_property_readonly("compute_buffer_size", &UNet::compute_buffer_size)
         .def("graph_nodes", &UNet::graph_nodes, py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
+        .def("profile",
+             [](UNet& u, int64_t B, int64_t H, int64_t W, int64_t L) {
+                 std::vector<UNet::NodeTime> r;
+                 {
+                     py::gil_scoped_release nogil;
+                     r = u.profile(B, H, W, L);
+                 }
+                 py::list out;
+                 for (const auto& n : r) out.append(py::make_tuple(n.op, n.name, n.shape, n.src0, n.src1, n.us, n.cpu_us));
+                 return out;
+             },
+             py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
         .def("clear", &UNet::clear);
     m.def("unet_timestep_embedding",
           [](F32Array t, int dim, bool flip, float shift) {
