@@ -7,6 +7,7 @@
 #include <set>
 
 #include "../runtime/error.h"
+#include "unet_attention.h"
 #include "unet_winograd.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -128,6 +129,7 @@ struct UNet::Walk {
     AttnKernel attn = AttnKernel::MulMat;
     std::set<std::string>* used = nullptr;  // names of the weights the walk touched
     bool winograd = false;                  // 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
+    bool bf16_flash = false;                // bf16 weights: the AVX512-BF16 fused attention
     int64_t winograd_min_pixels = 256;      // ... on images of at least this many N*H*W pixels
 
     struct Act {
@@ -230,6 +232,11 @@ struct UNet::Walk {
         ggml_tensor* b = need_vector(p + ".bias", c);
         return ctx ? unet_ops::layer_norm(ctx, x, w, b, 1e-5f) : nullptr;
     }
+    ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
+        if (!ctx) return nullptr;
+        if (attn == AttnKernel::Flash && at == GGML_TYPE_BF16 && bf16_flash) return bf16_attention::attention(ctx, q, k, v, heads);
+        return unet_ops::attention(ctx, q, k, v, heads, attn, at);
+    }
     ggml_tensor* silu(ggml_tensor* x) const { return ctx ? ggml_silu(ctx, x) : nullptr; }
     ggml_tensor* add(ggml_tensor* a, ggml_tensor* b) const { return ctx ? ggml_add(ctx, a, b) : nullptr; }
 
@@ -262,14 +269,14 @@ struct UNet::Walk {
         // attention products in the precision of the weights (f32, f16 or bf16)
         const ggml_type wt = s.get(p + ".attn1.to_q.weight")->type;
         const ggml_type at = wt == GGML_TYPE_F16 || wt == GGML_TYPE_BF16 ? wt : GGML_TYPE_F32;
-        ggml_tensor* a = ctx ? unet_ops::attention(ctx, q, k, v, heads, attn, at) : nullptr;
+        ggml_tensor* a = attention(q, k, v, heads, at);
         x = add(x, linear(a, p + ".attn1.to_out.0", C, C, true));
         // cross-attention
         n = layer_norm(x, p + ".norm2", C);
         q = linear(n, p + ".attn2.to_q", C, C, false);
         k = linear(context, p + ".attn2.to_k", D, C, false);
         v = linear(context, p + ".attn2.to_v", D, C, false);
-        a = ctx ? unet_ops::attention(ctx, q, k, v, heads, attn, at) : nullptr;
+        a = attention(q, k, v, heads, at);
         x = add(x, linear(a, p + ".attn2.to_out.0", C, C, true));
         // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
         n = layer_norm(x, p + ".norm3", C);
@@ -425,6 +432,7 @@ void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t
     Walk w{*store_, cfg_, ctx, resolved_attention()};
     w.winograd = resolved_conv() == ConvImpl::Winograd;
     if (opt_.conv == ConvImpl::Winograd) w.winograd_min_pixels = 0;  // forced: every eligible conv
+    w.bf16_flash = store_->device()->is_cpu() && bf16_attention::available();
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);

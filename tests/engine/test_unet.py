@@ -165,6 +165,51 @@ def test_bf16_weights(device):
     assert err <= 3e-2
 
 
+def _bf16_round(x):
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+def _attention_ref(q, k, v, heads):
+    N, Lq, D = q.shape
+    d = D // heads
+    split = lambda x: x.reshape(N, -1, heads, d).transpose(0, 2, 1, 3).astype(np.float64)  # noqa: E731
+    s = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    return (s @ split(v)).transpose(0, 2, 1, 3).reshape(N, Lq, D)
+
+
+# (N, Lq, Lk, D, heads): SD1 head dims 40 / 80 / 160, SDXL's 64, an odd one (33), context
+# lengths that are not multiples of the kernels' tiles (77, 130, 3).
+ATTN_SHAPES = [(2, 100, 77, 80, 2), (1, 64, 130, 128, 2), (2, 33, 64, 160, 1), (1, 70, 200, 66, 2), (1, 5, 3, 40, 1)]
+
+
+@pytest.mark.parametrize("kernel,dtype,tol", [("mul_mat", "f32", 1e-5), ("flash", "f32", 1e-5),
+                                              ("mul_mat", "f16", 2e-3), ("mul_mat", "bf16", 1e-2),
+                                              ("flash", "bf16", 1e-2)])
+def test_attention_kernel_numerics(kernel, dtype, tol):
+    from sdcpp import _core
+
+    if kernel == "flash" and dtype == "bf16" and not _cpu_has("avx512_bf16"):
+        pytest.skip("no AVX512-BF16 on this CPU (the bf16 fused kernel is x86 AVX512-BF16 only)")
+    rng = np.random.default_rng(7)
+    for N, Lq, Lk, D, H in ATTN_SHAPES:
+        q = rng.standard_normal((N, Lq, D)).astype(np.float32) * 2
+        k = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        v = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        err = rel_l2(_core.unet_attention(q, k, v, H, kernel, dtype), _attention_ref(q, k, v, H))
+        print(f"attention {kernel} {dtype} {(N, Lq, Lk, D, H)}: rel L2 {err:.2e}")
+        assert err <= tol
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return flag in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
 def test_timestep_embedding_matches_diffusers():
     from diffusers.models.embeddings import get_timestep_embedding
 
