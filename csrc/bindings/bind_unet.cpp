@@ -179,6 +179,14 @@ void bind_unet(py::module_& m) {
                 else throw InvalidArgument("conv must be 'auto', 'im2col' or 'winograd', got '" + k + "'");
                 u.set_options(o);
             })
+        .def_property(
+            "fused",
+            [](const UNet& u) { return u.options().fused; },
+            [](UNet& u, bool f) {
+                UNetOptions o = u.options();
+                o.fused = f;
+                u.set_options(o);
+            })
         .def_property_readonly("resolved_conv",
                                [](const UNet& u) { return std::string(u.resolved_conv() == ConvImpl::Winograd ? "winograd" : "im2col"); })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })

@@ -8,6 +8,7 @@
 
 #include "../runtime/error.h"
 #include "unet_attention.h"
+#include "unet_fused.h"
 #include "unet_winograd.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -130,6 +131,7 @@ struct UNet::Walk {
     std::set<std::string>* used = nullptr;  // names of the weights the walk touched
     bool winograd = false;                  // 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
     bool bf16_flash = false;                // bf16 weights: the AVX512-BF16 fused attention
+    bool fused = false;                     // CPU: fused norm / GEGLU custom ops
     int64_t winograd_min_pixels = 256;      // ... on images of at least this many N*H*W pixels
 
     struct Act {
@@ -222,15 +224,19 @@ struct UNet::Walk {
         }
         return {unet_ops::conv2d(ctx, x.t, w, b, stride, pad), out};
     }
-    ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps) const {
+    ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps, bool then_silu = false) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? unet_ops::group_norm(ctx, x, w, b, cfg.norm_groups, eps) : nullptr;
+        if (!ctx) return nullptr;
+        if (fused) return fused::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu);
+        ggml_tensor* y = unet_ops::group_norm(ctx, x, w, b, cfg.norm_groups, eps);
+        return then_silu ? ggml_silu(ctx, y) : y;
     }
     ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p, int64_t c) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? unet_ops::layer_norm(ctx, x, w, b, 1e-5f) : nullptr;
+        if (!ctx) return nullptr;
+        return fused ? fused::layer_norm(ctx, x, w, b, 1e-5f) : unet_ops::layer_norm(ctx, x, w, b, 1e-5f);
     }
     ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
         if (!ctx) return nullptr;
@@ -247,11 +253,11 @@ struct UNet::Walk {
         if (x.c % cfg.norm_groups != 0)
             throw InvalidArgument("U-Net: " + p + " input channels " + std::to_string(x.c) +
                                   " are not divisible by norm_groups");
-        Act h{silu(group_norm(x.t, p + ".norm1", x.c, cfg.norm_eps)), x.c};
+        Act h{group_norm(x.t, p + ".norm1", x.c, cfg.norm_eps, true), x.c};
         h = conv(h, p + ".conv1", out, 3, 1, 1);
         ggml_tensor* t = linear(temb_act, p + ".time_emb_proj", E, out, true);  // [out, N]
         if (ctx) h.t = ggml_add(ctx, h.t, ggml_reshape_4d(ctx, t, 1, 1, out, t->ne[1]));
-        h.t = silu(group_norm(h.t, p + ".norm2", out, cfg.norm_eps));
+        h.t = group_norm(h.t, p + ".norm2", out, cfg.norm_eps, true);
         h = conv(h, p + ".conv2", out, 3, 1, 1);
         Act sc = x;
         if (x.c != out) sc = conv(x, p + ".conv_shortcut", out, 1, 1, 0);
@@ -281,7 +287,7 @@ struct UNet::Walk {
         // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
         n = layer_norm(x, p + ".norm3", C);
         ggml_tensor* f = linear(n, p + ".ff.net.0.proj", C, 8 * C, true);
-        if (ctx) f = ggml_geglu_erf_swapped(ctx, f);
+        if (ctx) f = fused ? fused::geglu(ctx, f) : ggml_geglu_erf_swapped(ctx, f);
         x = add(x, linear(f, p + ".ff.net.2", 4 * C, C, true));
         return x;
     }
@@ -354,7 +360,7 @@ struct UNet::Walk {
             }
         }
         if (h.c % cfg.norm_groups != 0) throw InvalidArgument("U-Net: conv_norm_out channels not divisible by norm_groups");
-        h.t = silu(group_norm(h.t, "unet.conv_norm_out", h.c, cfg.norm_eps));
+        h.t = group_norm(h.t, "unet.conv_norm_out", h.c, cfg.norm_eps, true);
         h = conv(h, "unet.conv_out", cfg.out_channels, 3, 1, 1);
         return h.t;
     }
@@ -409,7 +415,8 @@ void UNet::set_options(const UNetOptions& opt) {
 
 std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
-           std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv()));
+           std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv())) +
+           (opt_.fused ? "/f" : "");
 }
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
@@ -433,6 +440,7 @@ void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t
     w.winograd = resolved_conv() == ConvImpl::Winograd;
     if (opt_.conv == ConvImpl::Winograd) w.winograd_min_pixels = 0;  // forced: every eligible conv
     w.bf16_flash = store_->device()->is_cpu() && bf16_attention::available();
+    w.fused = store_->device()->is_cpu() && opt_.fused;
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
