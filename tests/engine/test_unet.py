@@ -25,6 +25,8 @@ from sdcpp import errors  # noqa: E402
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
 
+torch.set_num_threads(1)  # the references are small; keeps the suite quick on a shared machine
+
 F32_TOL = 1e-4
 F16_TOL = 5e-3
 H, W, L = 16, 24, 7  # non-square latent; context length 7
@@ -36,7 +38,10 @@ def rel_l2(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def device():
-    return weights.open_device("cpu", 2)
+    # One ggml thread: on a shared, oversubscribed machine every node's thread barrier can
+    # wait a scheduler slice (seen: 30x slower with 2 threads). test_two_threads covers the
+    # threaded partitioning of the kernels.
+    return weights.open_device("cpu", 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,6 +125,19 @@ def test_per_row_timesteps_and_graph_reuse(device):
     x1 = rng.standard_normal((1, 4, 8, 32)).astype(np.float32)
     c1 = rng.standard_normal((1, 3, nc["cross_attention_dim"])).astype(np.float32)
     assert rel_l2(unet(x1, 250, c1), _reference(model, x1, 250.0, c1, {})) <= F32_TOL
+
+
+@pytest.mark.parametrize("name,wt,tol", [("sd1", "f32", F32_TOL), ("sdxl", "f16", F16_TOL), ("sd1", "bf16", 3e-2)])
+def test_two_threads(name, wt, tol):
+    """Every kernel split over 2 threads (custom ops partition rows / tiles / channels)."""
+    dc, model, tensors, nc = _model(name)
+    unet = UNet(weights.build_store(weights.open_device("cpu", 2), tensors, wt), nc)
+    unet._native.conv = "winograd"
+    rng = np.random.default_rng(8)
+    x, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)
+    err = rel_l2(unet(x, 500.0, ctx, **kw), _reference(model, x, 500.0, ctx, kw))
+    print(f"{name} {wt} 2 threads: rel L2 {err:.2e}")
+    assert err <= tol
 
 
 @pytest.mark.parametrize("kernel", ["mul_mat", "flash"])
