@@ -54,6 +54,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): less sensitive to other load than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # --- children --------------------------------------------------------------------------------
 
 class _RandomTensor:
@@ -93,13 +99,14 @@ def child_sdcpp(args, spec) -> dict:
     if nc.get("addition_embed"):
         kw["text_embeds"] = rng.standard_normal((B, unet.pooled_dim)).astype(np.float32)
         kw["time_ids"] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], np.float32), (B, 1))
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         out = unet(x, 500.0, ctx, **kw)
         times.append(time.perf_counter() - t0)
+        cpu.append(cpu_seconds() - c0)
     assert np.all(np.isfinite(out))
-    return {"times": times[args.warmup:], "first": times[0], "load_s": load_s,
+    return {"times": times[args.warmup:], "cpu": cpu[args.warmup:], "first": times[0], "load_s": load_s,
             "weights_mb": store.nbytes / 2**20, "compute_mb": unet.compute_buffer_size / 2**20,
             "attention": unet.resolved_attention}
 
@@ -124,14 +131,15 @@ def child_diffusers(args, spec) -> dict:
         extra["added_cond_kwargs"] = {"text_embeds": torch.randn(B, pooled, dtype=dtype),
                                       "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * B, dtype=dtype)}
     t = torch.full((B,), 500.0)
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             out = model(x, t, ctx, **extra).sample
             times.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds() - c0)
     assert torch.isfinite(out.float()).all()
-    return {"times": times[args.warmup:], "first": times[0], "load_s": load_s}
+    return {"times": times[args.warmup:], "cpu": cpu[args.warmup:], "first": times[0], "load_s": load_s}
 
 
 def run_child(args) -> None:
@@ -192,7 +200,7 @@ def main() -> None:
                    "--warmup", str(args.warmup), "--attention", args.attention]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
-            print(f"[{c}] running ...", flush=True)
+            print(f"[{c}] running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
@@ -201,20 +209,25 @@ def main() -> None:
             r = json.loads(line[len("RESULT "):])
             r["mean"] = sum(r["times"]) / len(r["times"])
             r["min"] = min(r["times"])
+            r["cpu_mean"] = sum(r["cpu"]) / len(r["cpu"])
             results[c] = r
             extra = f", attention {r['attention']}, compute buffer {r['compute_mb']:.0f} MiB" if "attention" in r else ""
-            print(f"[{c}] {r['mean']:.3f} s/step (min {r['min']:.3f}, first call {r['first']:.2f} s), "
+            print(f"[{c}] {r['mean']:.3f} s/step (min {r['min']:.3f}, CPU {r['cpu_mean']:.2f} s, first call {r['first']:.2f} s), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MiB{extra}", flush=True)
 
     print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'config':<16}{'s/step':>10}{'min':>10}{'peak RSS MiB':>15}" +
+    print(f"{'config':<16}{'s/step':>10}{'min':>10}{'CPU s':>10}{'peak RSS MiB':>15}" +
           "".join(f"{'vs ' + b:>18}" for b in ("diffusers-f32", "diffusers-bf16") if b in results))
     for c, r in results.items():
         ratios = "".join(f"{results[b]['mean'] / r['mean']:>17.2f}x" for b in ("diffusers-f32", "diffusers-bf16")
                          if b in results)
-        print(f"{c:<16}{r['mean']:>10.3f}{r['min']:>10.3f}{r['peak_rss_mb']:>15.0f}{ratios}")
-    print("(ratio = baseline s/step / this s/step; > 1 means faster than the baseline)")
+        print(f"{c:<16}{r['mean']:>10.3f}{r['min']:>10.3f}{r['cpu_mean']:>10.2f}{r['peak_rss_mb']:>15.0f}{ratios}")
+    print("(ratio = baseline s/step / this s/step, on the mean wall time; > 1 means faster than the baseline.")
+    print(" CPU s = process CPU time per step, all threads: on a loaded machine wall times of threaded runs")
+    print(" suffer from descheduled threads at every barrier; CPU time much less so.)")
+    if os.getloadavg()[0] > os.cpu_count() * 0.5:
+        print(f"WARNING: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: other work competes with this run")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
