@@ -172,6 +172,23 @@ def test_conv_implementations(device, name, conv):
         assert err <= tol
 
 
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+def test_generic_ggml_path(device, name):
+    """Only stock ggml ops (what non-CPU backends run): no fused / Winograd / bf16 custom ops."""
+    dc, model, tensors, nc = _model(name)
+    rng = np.random.default_rng(9)
+    x, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)
+    ref = _reference(model, x, 500.0, ctx, kw)
+    for wt, tol in (("f32", F32_TOL), ("f16", F16_TOL)):
+        unet = UNet(weights.build_store(device, tensors, wt), nc)
+        unet.fused = False
+        unet.conv = "im2col"
+        unet.attention = "mul_mat"
+        err = rel_l2(unet(x, 500.0, ctx, **kw), ref)
+        print(f"{name} generic ggml path {wt}: rel L2 {err:.2e}")
+        assert err <= tol
+
+
 def test_bf16_weights(device):
     """bf16 weights (and bf16 products): no project tolerance; the figure is reported."""
     dc, model, tensors, nc = _model("sd1")
