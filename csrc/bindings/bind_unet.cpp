@@ -222,10 +222,13 @@ void bind_unet(py::module_& m) {
             if (N * Lq * D > (1 << 26) || N * Lk * D > (1 << 26)) throw InvalidArgument("too large for a test");
             const ggml_type t = parse_type(type);
             if (t != GGML_TYPE_F32 && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) throw InvalidArgument("type must be f32, f16 or bf16");
-            const bool bf16_flash = kernel == "flash" && t == GGML_TYPE_BF16;
-            if (bf16_flash && !bf16_attention::available()) throw InvalidArgument("this CPU has no AVX512-BF16");
-            const AttnKernel kern = parse_kernel(kernel);
-            if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat' or 'flash'");
+            // kernel "fused": the fused CPU kernels of unet_attention.h (bf16 or f32 by `type`)
+            const bool fused = kernel == "fused";
+            if (fused && t == GGML_TYPE_BF16 && !bf16_attention::available()) throw InvalidArgument("this CPU has no AVX512-BF16");
+            if (fused && t == GGML_TYPE_F32 && !bf16_attention::available_f32()) throw InvalidArgument("this CPU has no AVX-512");
+            if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
+            const AttnKernel kern = fused ? AttnKernel::Flash : parse_kernel(kernel);
+            if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
             F32Array out = new_f32({N, Lq, D});
             {
                 py::gil_scoped_release nogil;
@@ -239,8 +242,9 @@ void bind_unet(py::module_& m) {
                 std::memcpy(tq->data, q.data(), ggml_nbytes(tq));
                 std::memcpy(tk->data, k.data(), ggml_nbytes(tk));
                 std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
-                ggml_tensor* o = bf16_flash ? bf16_attention::attention(ctx, tq, tk, tv, heads)
-                                            : unet_ops::attention(ctx, tq, tk, tv, heads, kern, t);
+                ggml_tensor* o = !fused ? unet_ops::attention(ctx, tq, tk, tv, heads, kern, t)
+                                 : t == GGML_TYPE_BF16 ? bf16_attention::attention(ctx, tq, tk, tv, heads)
+                                                       : bf16_attention::attention_f32(ctx, tq, tk, tv, heads);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
                 ggml_graph_compute_with_ctx(ctx, g, 2);

@@ -130,8 +130,7 @@ struct UNet::Walk {
     AttnKernel attn = AttnKernel::MulMat;
     std::set<std::string>* used = nullptr;  // names of the weights the walk touched
     bool winograd = false;                  // 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
-    bool bf16_flash = false;                // bf16 weights: the AVX512-BF16 fused attention
-    bool fused = false;                     // CPU: fused norm / GEGLU custom ops
+    bool fused = false;                     // CPU: fused norm / GEGLU / attention custom ops
     int64_t winograd_min_pixels = 256;      // ... on images of at least this many N*H*W pixels
 
     struct Act {
@@ -240,7 +239,10 @@ struct UNet::Walk {
     }
     ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
         if (!ctx) return nullptr;
-        if (attn == AttnKernel::Flash && at == GGML_TYPE_BF16 && bf16_flash) return bf16_attention::attention(ctx, q, k, v, heads);
+        if (attn == AttnKernel::Flash && fused) {  // the fused CPU kernels (unet_attention.h)
+            if (at == GGML_TYPE_BF16 && bf16_attention::available()) return bf16_attention::attention(ctx, q, k, v, heads);
+            if (at != GGML_TYPE_BF16 && bf16_attention::available_f32()) return bf16_attention::attention_f32(ctx, q, k, v, heads);
+        }
         return unet_ops::attention(ctx, q, k, v, heads, attn, at);
     }
     ggml_tensor* silu(ggml_tensor* x) const { return ctx ? ggml_silu(ctx, x) : nullptr; }
@@ -405,7 +407,8 @@ AttnKernel UNet::resolved_attention() const {
 
 ConvImpl UNet::resolved_conv() const {
     if (opt_.conv != ConvImpl::Auto) return opt_.conv;
-    return store_->device()->is_cpu() ? ConvImpl::Winograd : ConvImpl::Im2col;  // custom ops run on the CPU only
+    // custom ops run on the CPU only
+    return store_->device()->is_cpu() && opt_.fused ? ConvImpl::Winograd : ConvImpl::Im2col;
 }
 
 void UNet::set_options(const UNetOptions& opt) {
@@ -439,7 +442,6 @@ void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t
     Walk w{*store_, cfg_, ctx, resolved_attention()};
     w.winograd = resolved_conv() == ConvImpl::Winograd;
     if (opt_.conv == ConvImpl::Winograd) w.winograd_min_pixels = 0;  // forced: every eligible conv
-    w.bf16_flash = store_->device()->is_cpu() && bf16_attention::available();
     w.fused = store_->device()->is_cpu() && opt_.fused;
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);

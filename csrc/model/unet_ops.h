@@ -19,7 +19,8 @@ struct UNetOptions {
     // 3x3 stride-1 convolutions: Auto = Winograd F(2x2,3x3) on the CPU backend (custom ops),
     // im2col + GEMM elsewhere.
     ConvImpl conv = ConvImpl::Auto;
-    // CPU: GroupNorm(+SiLU), LayerNorm and GEGLU as fused custom ops (else ggml's ops).
+    // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
+    // custom ops; false = stock ggml ops only (what other backends run).
     bool fused = true;
 };
 

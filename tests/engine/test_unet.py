@@ -220,13 +220,13 @@ def _attention_ref(q, k, v, heads):
 ATTN_SHAPES = [(2, 100, 77, 80, 2), (1, 64, 130, 128, 2), (2, 33, 64, 160, 1), (1, 70, 200, 66, 2), (1, 5, 3, 40, 1)]
 
 
-@pytest.mark.parametrize("kernel,dtype,tol", [("mul_mat", "f32", 1e-5), ("flash", "f32", 1e-5),
+@pytest.mark.parametrize("kernel,dtype,tol", [("mul_mat", "f32", 1e-5), ("flash", "f32", 1e-5), ("fused", "f32", 1e-5),
                                               ("mul_mat", "f16", 2e-3), ("mul_mat", "bf16", 1e-2),
-                                              ("flash", "bf16", 1e-2)])
+                                              ("fused", "bf16", 1e-2)])
 def test_attention_kernel_numerics(kernel, dtype, tol):
     from sdcpp import _core
 
-    if kernel == "flash" and dtype == "bf16" and not _cpu_has("avx512_bf16"):
+    if kernel == "fused" and not _cpu_has("avx512f" if dtype == "f32" else "avx512_bf16"):
         pytest.skip("no AVX512-BF16 on this CPU (the bf16 fused kernel is x86 AVX512-BF16 only)")
     rng = np.random.default_rng(7)
     for N, Lq, Lk, D, H in ATTN_SHAPES:
