@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the list of configurations this many times, interleaved, and keep each one's "
+                         "fastest steps (robust to other load on a shared machine)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -193,39 +196,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        for c in configs:
-            cmd = [sys.executable, __file__, "--child", "--config", c, "--spec", str(spec_path),
-                   "--model", args.model, "--threads", str(args.threads), "--batch", str(args.batch),
-                   "--latent", str(args.latent), "--context", str(args.context), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--attention", args.attention]
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
-            print(f"[{c}] running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"[{c}] failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-                continue
-            r = json.loads(line[len("RESULT "):])
-            r["mean"] = sum(r["times"]) / len(r["times"])
-            r["min"] = min(r["times"])
-            r["cpu_mean"] = sum(r["cpu"]) / len(r["cpu"])
-            results[c] = r
-            extra = f", attention {r['attention']}, compute buffer {r['compute_mb']:.0f} MiB" if "attention" in r else ""
-            print(f"[{c}] {r['mean']:.3f} s/step (min {r['min']:.3f}, CPU {r['cpu_mean']:.2f} s, first call {r['first']:.2f} s), "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB{extra}", flush=True)
+        for rnd in range(args.rounds):
+            for c in configs:
+                cmd = [sys.executable, __file__, "--child", "--config", c, "--spec", str(spec_path),
+                       "--model", args.model, "--threads", str(args.threads), "--batch", str(args.batch),
+                       "--latent", str(args.latent), "--context", str(args.context), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--attention", args.attention]
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
+                print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(f"[{c}] failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+                    continue
+                r = json.loads(line[len("RESULT "):])
+                if c in results:  # keep every round's steps and the largest peak RSS
+                    prev = results[c]
+                    r["times"] = prev["times"] + r["times"]
+                    r["cpu"] = prev["cpu"] + r["cpu"]
+                    r["peak_rss_mb"] = max(prev["peak_rss_mb"], r["peak_rss_mb"])
+                    r["first"] = min(prev["first"], r["first"])
+                r["mean"] = sum(r["times"]) / len(r["times"])
+                r["min"] = min(r["times"])
+                r["cpu_mean"] = sum(r["cpu"]) / len(r["cpu"])
+                r["cpu_min"] = min(r["cpu"])
+                results[c] = r
+                extra = f", attention {r['attention']}, compute buffer {r['compute_mb']:.0f} MiB" if "attention" in r else ""
+                print(f"[{c}] {r['mean']:.3f} s/step (min {r['min']:.3f}, CPU {r['cpu_mean']:.2f} s, "
+                      f"first call {r['first']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MiB{extra}", flush=True)
 
     print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'config':<16}{'s/step':>10}{'min':>10}{'CPU s':>10}{'peak RSS MiB':>15}" +
-          "".join(f"{'vs ' + b:>18}" for b in ("diffusers-f32", "diffusers-bf16") if b in results))
+    base = [b for b in ("diffusers-f32", "diffusers-bf16") if b in results]
+    print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +
+          "".join(f"{'vs ' + b + ' (wall|CPU)':>32}" for b in base))
     for c, r in results.items():
-        ratios = "".join(f"{results[b]['mean'] / r['mean']:>17.2f}x" for b in ("diffusers-f32", "diffusers-bf16")
-                         if b in results)
-        print(f"{c:<16}{r['mean']:>10.3f}{r['min']:>10.3f}{r['cpu_mean']:>10.2f}{r['peak_rss_mb']:>15.0f}{ratios}")
-    print("(ratio = baseline s/step / this s/step, on the mean wall time; > 1 means faster than the baseline.")
-    print(" CPU s = process CPU time per step, all threads: on a loaded machine wall times of threaded runs")
-    print(" suffer from descheduled threads at every barrier; CPU time much less so.)")
+        ratios = "".join(f"{results[b]['min'] / r['min']:>24.2f}x|{results[b]['cpu_min'] / r['cpu_min']:.2f}x" for b in base)
+        print(f"{c:<16}{r['mean']:>9.3f}{r['min']:>9.3f}{r['cpu_min']:>11.2f}{r['peak_rss_mb']:>14.0f}{ratios}")
+    print("(ratios = baseline / this, on the fastest step's wall time | CPU time; > 1 means faster than the")
+    print(" baseline. CPU time = all threads of the process: on a loaded machine a descheduled thread stalls")
+    print(" every barrier and wall times of threaded runs suffer; CPU time much less so.)")
     if os.getloadavg()[0] > os.cpu_count() * 0.5:
         print(f"WARNING: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: other work competes with this run")
     if args.json:
