@@ -137,7 +137,7 @@ def test_f16_weights_within_5e3(vae_f16, small):
     assert vae_f16.store.type("vae.decoder.conv_norm_out.weight") == "f32"
 
 
-@pytest.mark.parametrize("weight_type,compute", [("bf16", "f32"), ("bf16", "bf16"), ("f32", "bf16")])
+@pytest.mark.parametrize("weight_type,compute", [("bf16", "f32"), ("bf16", "bf16"), ("f32", "bf16"), ("f16", "bf16")])
 def test_bf16_variants(cpu, small_tensors, small_cfg, small, weight_type, compute):
     vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type=weight_type)
     vae.set_options(compute=compute)
@@ -149,18 +149,23 @@ def test_bf16_variants(cpu, small_tensors, small_cfg, small, weight_type, comput
     assert err_dec <= 3e-2 and err_enc <= 3e-2
 
 
-@pytest.mark.parametrize("conv,im2col_mb,attention_mb", [("strips", 4, 1), ("direct", 128, 256), ("im2col", 128, 1)])
-def test_execution_strategies_match(cpu, small_tensors, small_cfg, small, conv, im2col_mb, attention_mb):
+@pytest.mark.parametrize("conv,im2col_mb,attention_mb,portable", [
+    ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
+    ("strips", 4, 1, True), ("im2col", 128, 256, True)])
+def test_execution_strategies_match(cpu, small_tensors, small_cfg, small, conv, im2col_mb, attention_mb, portable):
     """Strips (a 4 MiB budget cuts the full-resolution convolutions into 7-15 strips),
-    ggml_conv_2d_direct and a chunked attention all give diffusers' result."""
+    ggml_conv_2d_direct, a chunked attention, and the portable graph (stock ggml ops only, what
+    GPUs run: ggml_im2col on row views with explicit padding, ggml_upscale) all give diffusers'
+    result."""
     vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
-    vae.set_options(conv=conv, max_im2col_mb=im2col_mb, max_attention_mb=attention_mb)
-    assert vae.options()["conv"] == conv
+    vae.set_options(conv=conv, max_im2col_mb=im2col_mb, max_attention_mb=attention_mb, portable=portable)
+    assert vae.options()["conv"] == conv and vae.options()["portable"] == portable
     z = latent((1, 4, 24, 32), seed=7)  # 768 tokens: a 1 MiB score budget needs 3 query chunks
     x = image((1, 3, 192, 128), seed=8)
     err_dec = rel(vae.decode(z), ref_decode(small, z))
     err_enc = rel(vae.encode(x), ref_moments(small, x))
-    print(f"{conv} (im2col {im2col_mb} MiB, attention {attention_mb} MiB): decode {err_dec:.2e}, encode {err_enc:.2e}")
+    print(f"{conv} (im2col {im2col_mb} MiB, attention {attention_mb} MiB, portable {portable}): "
+          f"decode {err_dec:.2e}, encode {err_enc:.2e}")
     assert err_dec <= 1e-4 and err_enc <= 1e-4
 
 
