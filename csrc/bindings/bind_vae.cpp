@@ -54,6 +54,7 @@ py::dict options_dict(const model::VAEOptions& o) {
     d["max_im2col_mb"] = double(o.max_im2col_bytes) / (1 << 20);
     d["max_attention_mb"] = double(o.max_attention_bytes) / (1 << 20);
     d["compute"] = o.compute == model::ComputeType::BF16 ? "bf16" : "f32";
+    d["portable"] = o.portable;
     return d;
 }
 
@@ -80,7 +81,7 @@ void bind_vae(py::module_& m) {
         .def(
             "set_options",
             [](model::VAE& v, const std::string& conv, double max_im2col_mb, double max_attention_mb,
-               const std::string& compute) {
+               const std::string& compute, bool portable) {
                 model::VAEOptions o = v.options();
                 if (conv == "strips") o.conv = model::ConvMode::Strips;
                 else if (conv == "im2col") o.conv = model::ConvMode::Im2col;
@@ -89,13 +90,14 @@ void bind_vae(py::module_& m) {
                 if (compute == "f32") o.compute = model::ComputeType::F32;
                 else if (compute == "bf16") o.compute = model::ComputeType::BF16;
                 else throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + compute + "'");
+                o.portable = portable;
                 SD_CHECK(max_im2col_mb >= 1 && max_im2col_mb <= 1e6, "max_im2col_mb must be in [1, 1e6]");
                 SD_CHECK(max_attention_mb >= 1 && max_attention_mb <= 1e6, "max_attention_mb must be in [1, 1e6]");
                 o.max_im2col_bytes = size_t(max_im2col_mb * (1 << 20));
                 o.max_attention_bytes = size_t(max_attention_mb * (1 << 20));
                 v.set_options(o);
             },
-            py::arg("conv") = "strips", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0, py::arg("compute") = "f32")
+            py::arg("conv") = "strips", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0, py::arg("compute") = "f32", py::arg("portable") = false)
         .def(
             "decode",
             [](model::VAE& v, const F32Array& z) {

@@ -120,9 +120,10 @@ std::vector<Expected> decoder_weights(const VAEConfig& c) {
 struct Im2colParams {
     int kw, kh, stride, pad_l, pad_t;
     int64_t row0, rows, ow;
+    int up;  // 1, or 2: the input is read as its nearest-neighbour 2x upsampling (fused Upsample2D)
     bool operator<(const Im2colParams& o) const {
-        return std::tie(kw, kh, stride, pad_l, pad_t, row0, rows, ow) <
-               std::tie(o.kw, o.kh, o.stride, o.pad_l, o.pad_t, o.row0, o.rows, o.ow);
+        return std::tie(kw, kh, stride, pad_l, pad_t, row0, rows, ow, up) <
+               std::tie(o.kw, o.kh, o.stride, o.pad_l, o.pad_t, o.row0, o.rows, o.ow, o.up);
     }
 };
 
@@ -152,10 +153,10 @@ inline uint16_t store_as<uint16_t>(float v) { return to_bf16(v); }
 // Row by row: for each output row, each (channel, kernel row) reads one input row sequentially
 // and writes KW values into every output pixel's column; the OW destination lines stay in cache
 // between consecutive (channel, kernel row) steps. Threads take whole output rows.
-template <typename T>
+template <typename T, int UP>
 void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p) {
     const ggml_tensor* x = dst->src[0];
-    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2];
+    const int64_t W = x->ne[0] * UP, H = x->ne[1] * UP, C = x->ne[2];  // the (virtual) input size
     const int64_t K = int64_t(p.kw) * p.kh * C;
     const int64_t per = (p.rows + nth - 1) / nth;
     const int64_t r0 = ith * per, r1 = std::min(p.rows, r0 + per);
@@ -179,16 +180,16 @@ void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p)
                         for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = zero;
                     continue;
                 }
-                const float* row = reinterpret_cast<const float*>(plane + iy * nb1);
+                const float* row = reinterpret_cast<const float*>(plane + (iy / UP) * nb1);
                 auto edge = [&](int64_t ow) {
                     const int64_t ix0 = ow * p.stride - p.pad_l;
                     for (int kx = 0; kx < p.kw; ++kx) {
                         const int64_t ix = ix0 + kx;
-                        d[ow * K + kx] = ix >= 0 && ix < W ? store_as<T>(row[ix]) : zero;
+                        d[ow * K + kx] = ix >= 0 && ix < W ? store_as<T>(row[ix / UP]) : zero;
                     }
                 };
                 for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-                if (p.kw == 3 && p.stride == 1) {
+                if (UP == 1 && p.kw == 3 && p.stride == 1) {
                     const float* src = row + (ow_lo - p.pad_l);
                     T* dd = d + ow_lo * K;
                     for (int64_t ow = ow_lo; ow < ow_hi; ++ow, ++src, dd += K) {
@@ -198,8 +199,8 @@ void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p)
                     }
                 } else {
                     for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
-                        const float* src = row + (ow * p.stride - p.pad_l);
-                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = store_as<T>(src[kx]);
+                        const int64_t ix0 = ow * p.stride - p.pad_l;
+                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = store_as<T>(row[(ix0 + kx) / UP]);
                     }
                 }
                 for (int64_t ow = ow_hi; ow < p.ow; ++ow) edge(ow);
@@ -210,11 +211,25 @@ void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p)
 
 void im2col_rows(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const Im2colParams& p = *static_cast<const Im2colParams*>(userdata);
-    if (dst->type == GGML_TYPE_BF16) im2col_rows_impl<uint16_t>(dst, ith, nth, p);
-    else im2col_rows_impl<float>(dst, ith, nth, p);
+    const bool bf16 = dst->type == GGML_TYPE_BF16;
+    if (p.up == 2) bf16 ? im2col_rows_impl<uint16_t, 2>(dst, ith, nth, p) : im2col_rows_impl<float, 2>(dst, ith, nth, p);
+    else bf16 ? im2col_rows_impl<uint16_t, 1>(dst, ith, nth, p) : im2col_rows_impl<float, 1>(dst, ith, nth, p);
 }
 
-void no_op(ggml_tensor*, int, int, void*) {}
+// dst [W, H, C, N] <- src [W, h <= H, C, N] into rows [0, h); the other rows are left for
+// ggml_set_inplace to fill. Taking the first part as a source also orders the graph: the
+// full-size output is allocated only once that part is computed.
+void place_first_rows(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* src = dst->src[0];
+    const int64_t planes = src->ne[2] * src->ne[3];
+    const size_t row_bytes = size_t(src->ne[0]) * sizeof(float);
+    for (int64_t p = ith; p < planes; p += nth) {
+        const int64_t c = p % src->ne[2], n = p / src->ne[2];
+        const char* s = static_cast<const char*>(src->data) + c * src->nb[2] + n * src->nb[3];
+        char* d = static_cast<char*>(dst->data) + c * dst->nb[2] + n * dst->nb[3];
+        for (int64_t r = 0; r < src->ne[1]; ++r) std::memcpy(d + r * dst->nb[1], s + r * src->nb[1], row_bytes);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Graph building.
@@ -227,6 +242,10 @@ struct Builder {
     const VAEOptions& opt;
 
     ggml_tensor* weight(const std::string& name) const { return store.get(prefix + "." + name); }
+
+    // The CPU-only custom ops (fast im2col, strip placement), unless the portable graph (stock
+    // ggml ops only, as used on GPUs) is asked for.
+    bool custom_ops() const { return store.device()->is_cpu() && !opt.portable; }
 
     // Weights enter every product as f32: activations are never rounded to f16/bf16.
     ggml_tensor* f32(ggml_tensor* t) const { return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32); }
@@ -256,21 +275,17 @@ struct Builder {
         const int64_t W = parts[0]->ne[0], C = parts[0]->ne[2], N = parts[0]->ne[3];
         const size_t total = size_t(W) * H * C * N * sizeof(float);
         if (total < (size_t(1) << 31)) {
-            // Every part written in place into one tensor (ggml_set keeps its offsets in int32,
-            // hence the size limit). On the CPU the tensor starts uninitialized (a no-op custom
-            // op); elsewhere as the first part padded to the full height.
+            // The first part placed into a full-size tensor, then every other part written in
+            // place (ggml_set keeps its offsets in int32, hence the size limit).
             ggml_tensor* acc;
-            size_t first;
-            if (store.device()->is_cpu()) {
-                acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, nullptr, 0, no_op, 1, nullptr);
-                first = 0;
+            if (custom_ops()) {
+                ggml_tensor* args[1] = {parts[0]};
+                acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, args, 1, place_first_rows, GGML_N_TASKS_MAX, nullptr);
             } else {
                 acc = ggml_pad(ctx, parts[0], 0, static_cast<int>(H - parts[0]->ne[1]), 0, 0);
-                first = 1;
             }
-            int64_t row = 0;
-            for (size_t i = 0; i < first; ++i) row += parts[i]->ne[1];
-            for (size_t i = first; i < parts.size(); ++i) {
+            int64_t row = parts[0]->ne[1];
+            for (size_t i = 1; i < parts.size(); ++i) {
                 acc = ggml_set_inplace(ctx, acc, parts[i], acc->nb[1], acc->nb[2], acc->nb[3], size_t(row) * acc->nb[1]);
                 row += parts[i]->ne[1];
             }
@@ -287,24 +302,35 @@ struct Builder {
         return level[0];
     }
 
-    // 2-D convolution of x [W, H, C, 1] with padding (left, right, top, bottom), f32 throughout.
-    ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pl, int pr, int pt, int pb) const {
+    // 2-D convolution of x [W, H, C, 1] with padding (left, right, top, bottom), f32 throughout,
+    // plus its bias and, when given, a residual of the output's shape. Bias and residual are
+    // added strip by strip on the CPU, so no second full-size output tensor is ever needed.
+    // `up` = 2 convolves the nearest-neighbour 2x upsampling of x (diffusers' Upsample2D); on
+    // the CPU the im2col reads x through the upsampling, which is never materialized.
+    ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pl, int pr, int pt, int pb,
+                      ggml_tensor* residual = nullptr, int up = 1) const {
         ggml_tensor* w = f32(weight(name + ".weight"));  // [KW, KH, IC, OC]
         const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
-        const int64_t W = x->ne[0], H = x->ne[1];
+        const bool cpu = custom_ops();
+        if (up != 1 && (!cpu || opt.conv == ConvMode::Direct)) {
+            x = ggml_upscale(ctx, x, up, GGML_SCALE_MODE_NEAREST);
+            up = 1;
+        }
+        const int64_t W = x->ne[0] * up, H = x->ne[1] * up;
         ggml_tensor* y;
-        if (KW == 1 && KH == 1 && stride == 1 && pl == 0 && pr == 0 && pt == 0 && pb == 0) {
-            // 1x1: a product over channels; the result comes out in image layout.
+        if (!cpu && KW == 1 && KH == 1 && stride == 1 && pl == 0 && pr == 0 && pt == 0 && pb == 0) {
+            // 1x1: a product over channels; the result comes out in image layout. (On the CPU
+            // the strip path below does the transposition in bounded strips instead of one
+            // whole-image copy.)
             ggml_tensor* xs = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, x, W * H, IC)));  // [IC, WH]
             y = ggml_mul_mat(ctx, xs, ggml_reshape_2d(ctx, w, IC, OC));                                // [WH, OC]
-            y = ggml_reshape_4d(ctx, y, W, H, OC, 1);
-            return add_channel_bias(y, name);
+            y = add_channel_bias(ggml_reshape_4d(ctx, y, W, H, OC, 1), name);
+            return residual ? ggml_add(ctx, y, residual) : y;
         }
         const int64_t OW = (W + pl + pr - KW) / stride + 1;
         const int64_t OH = (H + pt + pb - KH) / stride + 1;
         const int64_t K = KW * KH * IC;
         const bool sym_w = pl == pr;
-        const bool cpu = store.device()->is_cpu();
         ggml_tensor* w2 = ggml_reshape_2d(ctx, w, K, OC);
 
         if (opt.conv == ConvMode::Direct) {
@@ -313,8 +339,8 @@ struct Builder {
                 xp = ggml_pad_ext(ctx, x, pl, pr, pt, pb, 0, 0, 0, 0);
                 pl = pr = pt = pb = 0;
             }
-            y = ggml_conv_2d_direct(ctx, w, xp, stride, stride, pl, pt, 1, 1);
-            return add_channel_bias(y, name);
+            y = add_channel_bias(ggml_conv_2d_direct(ctx, w, xp, stride, stride, pl, pt, 1, 1), name);
+            return residual ? ggml_add(ctx, y, residual) : y;
         }
 
         int64_t rows = OH;
@@ -327,7 +353,7 @@ struct Builder {
             }
         }
         // bf16 compute (CPU): im2col and kernel in bf16, accumulation in f32.
-        const bool bf16 = cpu && opt.compute == ComputeType::BF16;
+        const bool bf16 = cpu && opt.compute == ComputeType::BF16 && K > IC;  // 1x1 convolutions stay f32
         const size_t elt = bf16 ? 2 : 4;
         if (bf16) {
             ggml_tensor* wr = weight(name + ".weight");
@@ -338,12 +364,13 @@ struct Builder {
             const int64_t n = (OH + rows - 1) / rows;
             rows = (OH + n - 1) / n;
         }
+        ggml_tensor* bias_rows = channel_rows(weight(name + ".bias"), OW);
         std::vector<ggml_tensor*> parts;
         for (int64_t o0 = 0; o0 < OH; o0 += rows) {
             const int64_t o1 = std::min(OH, o0 + rows);
             ggml_tensor* col;
             if (cpu && pl >= 0 && pt >= 0) {
-                const Im2colParams* ip = intern({int(KW), int(KH), stride, pl, pt, o0, o1 - o0, OW});
+                const Im2colParams* ip = intern({int(KW), int(KH), stride, pl, pt, o0, o1 - o0, OW, up});
                 ggml_tensor* args[1] = {x};
                 col = ggml_custom_4d(ctx, bf16 ? GGML_TYPE_BF16 : GGML_TYPE_F32, K, OW, o1 - o0, 1, args, 1, im2col_rows,
                                      GGML_N_TASKS_MAX, const_cast<Im2colParams*>(ip));
@@ -364,21 +391,26 @@ struct Builder {
                 col = ggml_im2col(ctx, weight(name + ".weight"), xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
             }
             ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2);  // [OW*rows, OC]
-            parts.push_back(ggml_reshape_4d(ctx, r, OW, o1 - o0, OC, 1));
+            r = ggml_add(ctx, ggml_reshape_4d(ctx, r, OW, o1 - o0, OC, 1), bias_rows);
+            if (residual) {  // the residual as the first operand: the graph computes it before this conv's input
+                r = ggml_add(ctx, ggml_view_4d(ctx, residual, OW, o1 - o0, OC, 1, residual->nb[1], residual->nb[2],
+                                               residual->nb[3], size_t(o0) * residual->nb[1]), r);
+            }
+            parts.push_back(r);
         }
-        y = stack_rows(parts);
-        return add_channel_bias(y, name);
+        return stack_rows(parts);
     }
 
     ggml_tensor* conv3x3(ggml_tensor* x, const std::string& name) const { return conv(x, name, 1, 1, 1, 1, 1); }
 
     ggml_tensor* resnet(ggml_tensor* x, const std::string& name) const {
+        // The shortcut first: x can then be freed right after norm1 (its last reader).
+        ggml_tensor* shortcut = x;
+        if (store.has(prefix + "." + name + ".conv_shortcut.weight")) shortcut = conv(x, name + ".conv_shortcut", 1, 0, 0, 0, 0);
         ggml_tensor* h = ggml_silu(ctx, group_norm(x, name + ".norm1"));
         h = conv3x3(h, name + ".conv1");
         h = ggml_silu(ctx, group_norm(h, name + ".norm2"));
-        h = conv3x3(h, name + ".conv2");
-        if (store.has(prefix + "." + name + ".conv_shortcut.weight")) x = conv(x, name + ".conv_shortcut", 1, 0, 0, 0, 0);
-        return ggml_add(ctx, x, h);
+        return conv(h, name + ".conv2", 1, 1, 1, 1, 1, shortcut);
     }
 
     // y = x @ W^T + b over ne0 of x [C, L]; W is [C, C] or [C, C, 1, 1].
@@ -435,8 +467,7 @@ struct Builder {
             const std::string b = "decoder.up_blocks." + std::to_string(i);
             for (int j = 0; j <= cfg.layers_per_block; ++j) h = resnet(h, b + ".resnets." + std::to_string(j));
             if (i + 1 < L) {
-                h = ggml_upscale(ctx, h, 2, GGML_SCALE_MODE_NEAREST);
-                h = conv3x3(h, b + ".upsamplers.0.conv");
+                h = conv(h, b + ".upsamplers.0.conv", 1, 1, 1, 1, 1, nullptr, 2);  // nearest 2x, then 3x3
             }
         }
         h = ggml_silu(ctx, group_norm(h, "decoder.conv_norm_out"));

@@ -5,12 +5,14 @@
 // Precision: every matrix product runs in f32 whatever the weights' storage type (f16 / bf16
 // weights are widened to f32 inside the graph, one tensor at a time), and convolutions use an
 // f32 im2col, so activations are never rounded to f16. This is what keeps the SDXL VAE (whose
-// activations exceed f16's range) from producing inf/NaN with f16 weights.
+// activations exceed f16's range) from producing inf/NaN with f16 weights. ComputeType::BF16
+// (CPU) rounds the 3x3 convolutions' im2col and kernels to bf16 (f32's range) for speed.
 //
-// Memory: a 3x3 convolution's im2col at 512x512 with 256 channels is ~2.4 GB in f32. The
-// default CPU strategy computes large convolutions in horizontal strips of output rows, each
-// strip's im2col bounded by `max_im2col_bytes`, and writes the strips into one output tensor.
-// ggml_conv_2d_direct (a bounded 16 MB work buffer) is available as an alternative.
+// Memory: a 3x3 convolution's im2col at 512x512 with 256 channels is ~2.4 GB in f32. On the
+// CPU, convolutions use a custom im2col op (threads over output rows, implicit zero padding)
+// and are computed in horizontal strips of output rows, each strip's im2col bounded by
+// `max_im2col_bytes`, written in place into one output tensor. ggml_conv_2d_direct (a bounded
+// 16 MB work buffer) is available as an alternative. Other devices use ggml_im2col.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -55,6 +57,7 @@ enum class ComputeType {
 struct VAEOptions {
     ConvMode conv = ConvMode::Strips;
     ComputeType compute = ComputeType::F32;
+    bool portable = false;  // CPU: build the graph other devices get (stock ggml ops only; for tests)
     size_t max_im2col_bytes = size_t(128) << 20;   // per strip (ConvMode::Strips)
     size_t max_attention_bytes = size_t(256) << 20;  // score matrix per query chunk
 };
@@ -81,7 +84,8 @@ class VAE {
 
     void clear();                       // drop cached graphs and compute buffers
     size_t compute_buffer_size() const;  // bytes held by the scheduler's buffers now
-    int graph_nodes(bool decoder, int64_t h, int64_t w);  // node count of a graph (diagnostics)
+    int graph_nodes(bool decoder, int64_t h, int64_t w);
+    std::string memory_trace(bool decoder, int64_t h, int64_t w);  // node count of a graph (diagnostics)
 
    private:
     std::shared_ptr<WeightStore> store_;

@@ -46,6 +46,7 @@ BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) 
     // Keep a small number of shapes: each holds a context, and the scheduler's buffers grow
     // to the largest graph seen anyway.
     if (cache_.size() >= 8) cache_.erase(cache_.begin());
+    g->id = ++next_id_;
     auto& ref = *g;
     cache_[key] = std::move(g);
     return ref;
@@ -60,6 +61,14 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     for (ggml_tensor* t = ggml_get_first_tensor(g.ctx); t; t = ggml_get_next_tensor(g.ctx, t)) {
         t->data = nullptr;
         t->buffer = nullptr;
+    }
+    // ggml-alloc also reuses the previous graph's placements (by node index) whenever node
+    // counts match and sizes fit, which is only valid for that same graph: plan a different
+    // graph afresh (two graphs of equal node count but different topology would share memory).
+    if (g.id != last_id_) {
+        if (!ggml_backend_sched_reserve(sched_, g.graph))
+            throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
+        last_id_ = g.id;
     }
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph))
         throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
@@ -82,6 +91,7 @@ void GraphRunner::read_output(const BuiltGraph& g, size_t i, float* dst) const {
 
 void GraphRunner::clear() {
     cache_.clear();
+    last_id_ = 0;
     if (sched_) {
         ggml_backend_sched_free(sched_);
         sched_ = nullptr;

@@ -19,6 +19,7 @@ struct BuiltGraph {
     ggml_cgraph* graph = nullptr;
     std::map<std::string, ggml_tensor*> inputs;
     std::vector<ggml_tensor*> outputs;
+    uint64_t id = 0;  // unique per GraphRunner (a new graph may reuse a freed one's address)
     ~BuiltGraph();
 };
 
@@ -50,6 +51,8 @@ class GraphRunner {
     size_t max_nodes_;
     ggml_backend_sched_t sched_ = nullptr;
     std::map<std::string, std::unique_ptr<BuiltGraph>> cache_;
+    uint64_t next_id_ = 0;
+    uint64_t last_id_ = 0;  // the graph whose placements ggml-alloc holds
     void ensure_sched();
 };
 

@@ -12,27 +12,38 @@ calling the missing half raises ``InvalidArgumentError``.
 Precision and the storage type of the weights
 ---------------------------------------------
 The SDXL VAE's activations exceed the f16 range (diffusers marks it ``force_upcast``; decoding
-it in f16 gives inf/NaN, i.e. black images). The native graph therefore computes *everything*
-in f32 whatever the weights' storage type: f16 / bf16 weights are widened to f32 inside the
-graph right before their product, convolutions use an f32 im2col (``ggml_conv_2d`` would round
-activations to f16) and no matrix product ever sees an f16 or bf16 activation (ggml's CPU
-``mul_mat`` with f16 weights would convert activations to f16). The storage type only decides
-memory and weight rounding, never the range of the activations.
+it in f16 gives inf/NaN, i.e. black images). The native graph therefore computes in f32
+whatever the weights' storage type: f16 / bf16 weights are widened to f32 inside the graph
+right before their product, convolutions use an f32 im2col (``ggml_conv_2d`` would round
+activations to f16) and no matrix product ever sees an f16 activation (ggml's CPU ``mul_mat``
+with f16 weights would convert activations to f16). The storage type decides memory and the
+rounding of the weights, never the range of the activations.
 
-``DEFAULT_WEIGHT_TYPE`` is ``"f32"``: exact (relative error vs diffusers float32 ~1e-6), no
-rounding of weights at all, and the VAE is small (about 335 MB f32 for encoder + decoder,
-198 MB for the decoder alone). ``"f16"`` halves that at a relative error of about 1e-3 and
-is also NaN-free (weights are stored in f16, activations stay f32); weights outside f16's
-range are kept in f32 by ``storage_type``. ``"bf16"`` is NaN-free too but less precise.
+``DEFAULT_WEIGHT_TYPE`` is ``"f32"``: exact (relative L2 error vs diffusers float32 ~2e-6),
+and the VAE is small (about 335 MB f32 for encoder + decoder, 198 MB for the decoder alone).
+``"f16"`` halves that at a relative error of about 1e-3 and is NaN-free as well (weights are
+stored in f16, activations stay f32; ``from_tensors`` keeps any tensor outside f16's range in
+f32). ``"bf16"`` is NaN-free too, at about 1e-2. All three run at the same speed.
 
-Memory
-------
-Large convolutions are computed in horizontal strips so that no im2col buffer exceeds
+``set_options(compute="bf16")`` (CPU only) is the fast mode: the 3x3 convolutions' im2col and
+kernels are rounded to bf16 (f32's exponent range, so no overflow either) and accumulated in
+f32; about 1.6x less CPU time than f32 on an AVX512-BF16 CPU, relative error about 1e-2
+(diffusers' own bfloat16 decode is about 2.5e-2 from its float32 one). Everything else
+(norms, attention, 1x1 convolutions) stays f32.
+
+Memory and speed
+----------------
+On the CPU, 3x3 convolutions use a custom im2col op (threads split output rows, padding read
+as zeros, optionally bf16) followed by ggml's matrix product; large convolutions are computed
+in horizontal strips written into one output so that no im2col buffer exceeds
 ``max_im2col_mb`` (128 MiB by default; the whole-image im2col of a 3x3 conv with 256 input
 channels at 512x512 would be 2.4 GB). ``set_options(conv="direct")`` uses
-``ggml_conv_2d_direct`` instead (16 MiB work buffer); ``conv="im2col"`` the unbounded
-whole-image im2col. Batches are decoded one image at a time. ``decode_tiled`` decodes
-overlapping latent tiles and blends them (as diffusers' ``tiled_decode``) for very large images.
+``ggml_conv_2d_direct`` instead (16 MiB work buffer, about 2x slower here) and
+``conv="im2col"`` the unbounded whole-image im2col (no faster, about 2 GB more peak memory).
+On other devices the same graph uses ggml's own im2col. The mid-block attention's score
+matrix is computed in query chunks of at most ``max_attention_mb``. Batches are decoded one
+image at a time (same graph, memory of one image). ``decode_tiled`` decodes overlapping latent
+tiles and blends them (the scheme of diffusers' ``tiled_decode``) for very large images.
 """
 from __future__ import annotations
 
@@ -155,16 +166,19 @@ class VAE:
         return dict(self._vae.options())
 
     def set_options(self, conv: Optional[str] = None, max_im2col_mb: Optional[float] = None,
-                    max_attention_mb: Optional[float] = None, compute: Optional[str] = None) -> None:
+                    max_attention_mb: Optional[float] = None, compute: Optional[str] = None,
+                    portable: Optional[bool] = None) -> None:
         """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
-        (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products).
+        (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products);
+        portable: on the CPU, build the graph of stock ggml ops that other devices get (tests).
         See the module docstring."""
         cur = self.options()
         _native_call(self._vae.set_options,
                      cur["conv"] if conv is None else conv,
                      float(cur["max_im2col_mb"] if max_im2col_mb is None else max_im2col_mb),
                      float(cur["max_attention_mb"] if max_attention_mb is None else max_attention_mb),
-                     cur["compute"] if compute is None else compute)
+                     cur["compute"] if compute is None else compute,
+                     bool(cur["portable"] if portable is None else portable))
 
     def free_compute_memory(self) -> None:
         """Drop cached graphs and the compute buffers (they are rebuilt on the next call)."""

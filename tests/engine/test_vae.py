@@ -1,0 +1,338 @@
+"""The native VAE (AutoencoderKL decode / encode) against diffusers' AutoencoderKL, float32, CPU.
+
+Reference: ``AutoencoderKL.decode(z).sample`` and ``quant_conv(encoder(x))`` (the raw moments),
+``latent_dist.mean / .logvar``, and ``tiled_decode``. Every parameter (norms and biases included)
+is randomized. Tolerances (relative L2): f32 weights 1e-4, f16 weights 5e-3.
+"""
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from sdcpp import errors
+from sdcpp.engine import vae as V
+from sdcpp.engine.weights import build_store, open_device
+
+SMALL = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=8, latent_channels=4,
+             in_channels=3, out_channels=3, sample_size=64,
+             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+F16_MAX = 65504.0
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))
+
+
+def randomize(model, seed):
+    """Noticeable noise on every parameter (norm weights around 1, biases around 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.ndim == 1:
+                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.2 * noise)
+            else:
+                p.add_(0.3 * p.std() * noise)
+    return model.eval()
+
+
+def canonical(model, prefix="vae"):
+    return {f"{prefix}.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return open_device("cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return randomize(AutoencoderKL(**SMALL), seed=1)
+
+
+@pytest.fixture(scope="module")
+def small_tensors(small):
+    return canonical(small)
+
+
+@pytest.fixture(scope="module")
+def small_cfg(small):
+    return V.native_config(small.config)
+
+
+@pytest.fixture(scope="module")
+def vae_f32(cpu, small_tensors, small_cfg):
+    return V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
+
+
+@pytest.fixture(scope="module")
+def vae_f16(cpu, small_tensors, small_cfg):
+    return V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f16")
+
+
+def ref_decode(model, z):
+    with torch.no_grad():
+        return model.decode(torch.from_numpy(z)).sample.numpy()
+
+
+def ref_moments(model, x):
+    with torch.no_grad():
+        return model.quant_conv(model.encoder(torch.from_numpy(x))).numpy()
+
+
+def latent(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def image(shape, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity with diffusers
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (2, 4, 8, 12), (1, 4, 5, 7)])
+def test_decode_f32_matches_diffusers(vae_f32, small, shape):
+    z = latent(shape)
+    out = vae_f32.decode(z)
+    ref = ref_decode(small, z)
+    assert out.shape == ref.shape == (shape[0], 3, shape[2] * 8, shape[3] * 8)
+    assert out.dtype == np.float32
+    assert float(np.abs(ref).max()) > 1.0  # unclamped output, as diffusers returns it
+    err = rel(out, ref)
+    print(f"decode f32 {shape}: rel L2 {err:.2e}")
+    assert err <= 1e-4
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 64, 96), (1, 3, 40, 56)])
+def test_encode_f32_matches_diffusers(vae_f32, small, shape):
+    x = image(shape, seed=1)
+    moments = vae_f32.encode(x)
+    ref = ref_moments(small, x)
+    assert moments.shape == ref.shape == (shape[0], 8, shape[2] // 8, shape[3] // 8)
+    err = rel(moments, ref)
+    with torch.no_grad():
+        dist = small.encode(torch.from_numpy(x)).latent_dist
+    mean, logvar = V.split_moments(moments)
+    err_mean, err_logvar = rel(mean, dist.mean.numpy()), rel(logvar, dist.logvar.numpy())
+    print(f"encode f32 {shape}: moments {err:.2e} mean {err_mean:.2e} logvar {err_logvar:.2e}")
+    assert err <= 1e-4 and err_mean <= 1e-4 and err_logvar <= 1e-4
+
+
+def test_f16_weights_within_5e3(vae_f16, small):
+    z = latent((2, 4, 8, 12), seed=3)
+    x = image((2, 3, 64, 96), seed=4)
+    err_dec = rel(vae_f16.decode(z), ref_decode(small, z))
+    err_enc = rel(vae_f16.encode(x), ref_moments(small, x))
+    print(f"f16 weights: decode rel L2 {err_dec:.2e}, encode {err_enc:.2e}")
+    assert err_dec <= 5e-3 and err_enc <= 5e-3
+    assert vae_f16.store.type("vae.decoder.up_blocks.0.resnets.0.conv1.weight") == "f16"
+    assert vae_f16.store.type("vae.decoder.conv_norm_out.weight") == "f32"
+
+
+@pytest.mark.parametrize("weight_type,compute", [("bf16", "f32"), ("bf16", "bf16"), ("f32", "bf16"), ("f16", "bf16")])
+def test_bf16_variants(cpu, small_tensors, small_cfg, small, weight_type, compute):
+    vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type=weight_type)
+    vae.set_options(compute=compute)
+    z = latent((1, 4, 8, 12), seed=5)
+    x = image((1, 3, 64, 96), seed=6)
+    err_dec = rel(vae.decode(z), ref_decode(small, z))
+    err_enc = rel(vae.encode(x), ref_moments(small, x))
+    print(f"{weight_type} weights, {compute} compute: decode rel L2 {err_dec:.2e}, encode {err_enc:.2e}")
+    assert err_dec <= 3e-2 and err_enc <= 3e-2
+
+
+@pytest.mark.parametrize("conv,im2col_mb,attention_mb,portable", [
+    ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
+    ("strips", 4, 1, True), ("im2col", 128, 256, True)])
+def test_execution_strategies_match(cpu, small_tensors, small_cfg, small, conv, im2col_mb, attention_mb, portable):
+    """Strips (a 4 MiB budget cuts the full-resolution convolutions into 7-15 strips),
+    ggml_conv_2d_direct, a chunked attention, and the portable graph (stock ggml ops only, what
+    GPUs run: ggml_im2col on row views with explicit padding, ggml_upscale) all give diffusers'
+    result."""
+    vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
+    vae.set_options(conv=conv, max_im2col_mb=im2col_mb, max_attention_mb=attention_mb, portable=portable)
+    assert vae.options()["conv"] == conv and vae.options()["portable"] == portable
+    z = latent((1, 4, 24, 32), seed=7)  # 768 tokens: a 1 MiB score budget needs 3 query chunks
+    x = image((1, 3, 192, 128), seed=8)
+    err_dec = rel(vae.decode(z), ref_decode(small, z))
+    err_enc = rel(vae.encode(x), ref_moments(small, x))
+    print(f"{conv} (im2col {im2col_mb} MiB, attention {attention_mb} MiB, portable {portable}): "
+          f"decode {err_dec:.2e}, encode {err_enc:.2e}")
+    assert err_dec <= 1e-4 and err_enc <= 1e-4
+
+
+def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, small):
+    """Converted files may carry the mid-block attention projections as [C, C, 1, 1]."""
+    t = dict(small_tensors)
+    n4 = 0
+    for k in list(t):
+        if ".attentions.0.to_" in k and k.endswith(".weight"):
+            t[k] = t[k].reshape(*t[k].shape, 1, 1)
+            n4 += 1
+    assert n4 == 8
+    vae = V.VAE.from_tensors(cpu, t, small_cfg)
+    z = latent((1, 4, 8, 8), seed=9)
+    x = image((1, 3, 64, 64), seed=10)
+    assert rel(vae.decode(z), ref_decode(small, z)) <= 1e-4
+    assert rel(vae.encode(x), ref_moments(small, x)) <= 1e-4
+
+
+def test_tiled_decode_matches_diffusers_tiled_decode(vae_f32, small):
+    small.tile_latent_min_size = 8
+    small.tile_sample_min_size = 64
+    small.tile_overlap_factor = 0.25
+    z = latent((1, 4, 14, 20), seed=11)
+    with torch.no_grad():
+        ref = small.tiled_decode(torch.from_numpy(z)).sample.numpy()
+    out = vae_f32.decode_tiled(z, tile=8, overlap=0.25)
+    assert out.shape == ref.shape == (1, 3, 112, 160)
+    err = rel(out, ref)
+    print(f"tiled decode: rel L2 {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_large_activations_stay_finite_with_f16_weights(cpu, small):
+    """Like the SDXL VAE: the residual stream exceeds f16's range (diffusers' fp16 decode gives
+    inf/NaN); f16-stored weights must still give the f32 result because activations stay f32."""
+    big = randomize(AutoencoderKL(**SMALL), seed=2)
+    with torch.no_grad():
+        for n in ("decoder.mid_block.resnets.1.conv2", "encoder.down_blocks.1.resnets.1.conv2"):
+            conv = big.get_submodule(n)
+            conv.weight.mul_(2e5)
+            conv.bias.mul_(2e5)
+    peak = {}
+    hooks = [big.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: peak.__setitem__(n, float(o.abs().max())))
+             for n in ("decoder.mid_block", "encoder.down_blocks.1")]
+    z = latent((1, 4, 8, 8), seed=12)
+    x = image((1, 3, 64, 64), seed=13)
+    ref_img = ref_decode(big, z)
+    ref_mom = ref_moments(big, x)
+    for h in hooks:
+        h.remove()
+    assert min(peak.values()) > F16_MAX, peak
+    with torch.no_grad():  # what a half-precision decode does with these activations
+        half = copy.deepcopy(big).half().decode(torch.from_numpy(z).half()).sample
+    assert not torch.isfinite(half).all()
+    for weight_type, compute, tol in (("f16", "f32", 5e-3), ("bf16", "bf16", 3e-2)):
+        vae = V.VAE.from_tensors(cpu, canonical(big), V.native_config(big.config), weight_type=weight_type)
+        vae.set_options(compute=compute)
+        img, mom = vae.decode(z), vae.encode(x)
+        assert np.isfinite(img).all() and np.isfinite(mom).all()
+        e_img, e_mom = rel(img, ref_img), rel(mom, ref_mom)
+        print(f"large activations ({max(peak.values()):.3g}), {weight_type} weights / {compute} compute: "
+              f"decode {e_img:.2e}, encode {e_mom:.2e}")
+        assert e_img <= tol and e_mom <= tol
+
+
+def test_real_size_sd_decoder_256(cpu):
+    """The real SD VAE decoder topology (vae_sd1.json), random weights, 32x32 latent -> 256x256."""
+    cfg_path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "configs" / "vae_sd1.json"
+    if not cfg_path.exists():
+        cfg_path = Path("/work/shared/docs/reference/configs/vae_sd1.json")
+    if cfg_path.exists():
+        cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+        cfg.pop("scaling_factor", None)
+        cfg.pop("force_upcast", None)
+    else:  # the standard SD1 VAE values
+        cfg = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, latent_channels=4,
+                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    torch.manual_seed(0)
+    model = randomize(AutoencoderKL(**cfg), seed=3)
+    tensors = {k: v for k, v in canonical(model).items() if not k.startswith(("vae.encoder.", "vae.quant_conv."))}
+    vae = V.VAE.from_tensors(cpu, tensors, V.native_config(model.config))
+    assert vae.has_decoder and not vae.has_encoder
+    z = latent((1, 4, 32, 32), seed=14)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    ref = ref_decode(model, z)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = vae.decode(z)
+    t_ours = time.perf_counter() - t0
+    err = rel(out, ref)
+    print(f"real-size SD decoder 32x32 -> 256x256: rel L2 {err:.2e}; sdcpp {t_ours:.2f} s, diffusers {t_ref:.2f} s "
+          f"(2 threads)")
+    assert out.shape == (1, 3, 256, 256)
+    assert err <= 1e-4
+    with pytest.raises(errors.InvalidArgumentError, match="no encoder"):
+        vae.encode(image((1, 3, 64, 64)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors (raised before any ggml call)
+
+
+def test_wrong_channels(vae_f32):
+    with pytest.raises(ValueError, match="4 channels"):
+        vae_f32.decode(latent((1, 3, 8, 8)))
+    with pytest.raises(ValueError, match="3 channels"):
+        vae_f32.encode(image((1, 4, 64, 64)))
+
+
+@pytest.mark.parametrize("hw", [(60, 64), (64, 44), (4, 8)])
+def test_encode_size_not_multiple_of_8(vae_f32, hw):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae_f32.encode(image((1, 3) + hw))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 8, 8), np.float32), np.zeros((1, 4, 0, 8), np.float32),
+                                 np.zeros((0, 4, 8, 8), np.float32), np.array([["a"]])])
+def test_bad_latent_arrays(vae_f32, bad):
+    with pytest.raises(ValueError):
+        vae_f32.decode(bad)
+
+
+def test_missing_weight_is_a_value_error(cpu, small_tensors, small_cfg):
+    t = dict(small_tensors)
+    del t["vae.decoder.up_blocks.1.resnets.2.conv2.bias"]
+    with pytest.raises(errors.InvalidArgumentError, match="up_blocks.1.resnets.2.conv2.bias"):
+        V.VAE.from_tensors(cpu, t, small_cfg)
+    t = dict(small_tensors)
+    del t["vae.encoder.mid_block.attentions.0.to_k.weight"]
+    with pytest.raises(ValueError, match="to_k.weight"):
+        V.VAE.from_tensors(cpu, t, small_cfg)
+
+
+def test_wrong_weight_shape_or_config(cpu, small_tensors, small_cfg):
+    t = dict(small_tensors)
+    t["vae.decoder.conv_in.weight"] = t["vae.decoder.conv_in.weight"][:, :, :2, :]
+    with pytest.raises(ValueError, match="conv_in.weight"):
+        V.VAE.from_tensors(cpu, t, small_cfg)
+    bad = dict(small_cfg, norm_groups=7)
+    with pytest.raises(ValueError, match="norm_groups"):
+        V.VAE.from_tensors(cpu, small_tensors, bad)
+    with pytest.raises(ValueError, match="block_out_channels"):
+        V.VAE(build_store(cpu, {"vae.decoder.conv_in.weight": np.zeros((4, 4, 3, 3), np.float32)}),
+              {k: v for k, v in small_cfg.items() if k != "block_out_channels"})
+    # A config that does not fit the weights (one level more) names the first missing tensor.
+    with pytest.raises(ValueError, match="missing weight"):
+        V.VAE.from_tensors(cpu, small_tensors, dict(small_cfg, block_out_channels=[32, 64, 64, 64, 64]))
+
+
+def test_bad_options(vae_f32):
+    with pytest.raises(ValueError):
+        vae_f32.set_options(conv="winograd")
+    with pytest.raises(ValueError):
+        vae_f32.set_options(compute="f16")
+    with pytest.raises(ValueError):
+        vae_f32.set_options(max_im2col_mb=0)
+    with pytest.raises(ValueError):
+        V.VAE.from_tensors(None, {}, {})
+    assert vae_f32.options()["conv"] == "strips"
+
+
+def test_decoder_only_and_encoder_only_stores(cpu, small_tensors, small_cfg):
+    enc = {k: v for k, v in small_tensors.items() if k.startswith(("vae.encoder.", "vae.quant_conv."))}
+    vae = V.VAE.from_tensors(cpu, enc, small_cfg)
+    assert vae.has_encoder and not vae.has_decoder
+    with pytest.raises(ValueError, match="no decoder"):
+        vae.decode(latent((1, 4, 8, 8)))
+    assert vae.encode(image((1, 3, 32, 32))).shape == (1, 8, 4, 4)
