@@ -110,7 +110,7 @@ class Model:
         a LoRA of another family raises :class:`sdcpp.lora.LoraFamilyError`."""
         from .lora import normalize_specs
 
-        specs = normalize_specs(list(loras))
+        specs = normalize_specs(loras)
         with self._lock:
             report = self._lora_apply(specs, strict)
             self._lora_specs, self._lora_strict = specs, strict
@@ -423,5 +423,5 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
                        prediction_type=prediction_type)
     model.lora_dir = lora_dir
     if loras:
-        model.set_loras(list(loras))
+        model.set_loras(loras)
     return model

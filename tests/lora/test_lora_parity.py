@@ -417,3 +417,24 @@ def test_cli_lora_flags_and_prompt_tags(model_fixtures, loras, workdir):
     err = np.abs(img - ref).max()
     print(f"[lora parity] cli image max abs {err:.2e}")
     assert err <= 1.5e-2
+
+
+def test_load_time_loras_equal_set_loras(model_fixtures, loaded, loras):
+    fx = model_fixtures.get("sd1")
+    _, a = loras("sd1-kohya")
+    _, b = loras("sd1-b")
+    specs = [(a["kohya"], 0.8), (str(b["kohya"]), 0.3)]
+    at_load = sdcpp.load(str(fx.path("ldm")), device="cpu", weight_type="f32", threads=1, loras=specs)
+    model = loaded("sd1")
+    model.set_loras(specs)
+    want = H.store_snapshot(model)
+    model.set_loras([])
+    got = H.store_snapshot(at_load)
+    assert all(np.array_equal(want[n], got[n]) for n in want)
+    assert at_load.loras == [(str(a["kohya"]), 0.8), (str(b["kohya"]), 0.3)]
+    assert [r.name for r in at_load.info.loras] == ["kohya", "b"]
+    with pytest.raises(sdcpp.errors.LoraError, match="list of paths"):
+        at_load.set_loras(str(a["kohya"]))
+    at_load.close()
+    with pytest.raises(sdcpp.errors.LoraError, match="closed"):
+        at_load.set_loras([])

@@ -246,6 +246,7 @@ def test_lora_argument_checks(tmp_path):
                 [(tmp_path / "missing.safetensors", 1.0)]):
         with pytest.raises(LoraError):
             normalize_specs(bad)
+    assert normalize_specs(None) == normalize_specs([]) == normalize_specs(()) == []
 
 
 def test_unsupported_kinds_are_listed_and_skipped_with_strict_false(model_fixtures, tmp_path):
