@@ -357,7 +357,18 @@ struct UNet::Walk {
                 if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
             }
             if (b.resample) {
-                if (ctx) h.t = ggml_upscale(ctx, h.t, 2, GGML_SCALE_MODE_NEAREST);
+                // Upsample to the size of the skip the next block concatenates: exactly 2x for
+                // latents divisible by 2^downsamplers, otherwise the odd size a stride-2 conv
+                // rounded up (diffusers' forward_upsample_size), with nearest sampling as torch.
+                if (ctx) {
+                    ggml_tensor* next = skips.empty() ? nullptr : skips.back().t;
+                    const int64_t tw = next ? next->ne[0] : 2 * h.t->ne[0];
+                    const int64_t th = next ? next->ne[1] : 2 * h.t->ne[1];
+                    if (tw == 2 * h.t->ne[0] && th == 2 * h.t->ne[1])
+                        h.t = ggml_upscale(ctx, h.t, 2, GGML_SCALE_MODE_NEAREST);
+                    else
+                        h.t = ggml_interpolate(ctx, h.t, tw, th, h.t->ne[2], h.t->ne[3], GGML_SCALE_MODE_NEAREST);
+                }
                 h = conv(h, p + ".upsamplers.0.conv", out, 3, 1, 1);
             }
         }
@@ -424,10 +435,9 @@ std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
     SD_CHECK(B >= 1 && B <= 4096, "U-Net: batch size must be 1..4096, got " + std::to_string(B));
-    const int64_t m = spatial_multiple();
+    // Any latent size works (odd sizes are rounded up by the stride-2 convs and matched again
+    // on the way up), as in diffusers; spatial_multiple() is only the size that needs no resizing.
     SD_CHECK(H >= 1 && W >= 1 && H <= 65536 && W <= 65536, "U-Net: latent height/width out of range");
-    SD_CHECK(H % m == 0, "U-Net: latent height " + std::to_string(H) + " must be a multiple of " + std::to_string(m));
-    SD_CHECK(W % m == 0, "U-Net: latent width " + std::to_string(W) + " must be a multiple of " + std::to_string(m));
     SD_CHECK(L >= 1 && L <= 65536, "U-Net: context length must be 1..65536, got " + std::to_string(L));
     if (cfg_.add_time_dim > 0) {
         SD_CHECK(has_text, "U-Net: this model (text_time addition embedding) needs text_embeds [B, " +

@@ -44,7 +44,7 @@ def _float_array(value: Any, name: str) -> np.ndarray:
 class UNet:
     """``UNet(store, config)``; call it as ``unet(latent, timestep, context, *, text_embeds, time_ids)``.
 
-    latent [B, in_channels, H, W] (H, W multiples of ``spatial_multiple``), timestep a scalar
+    latent [B, in_channels, H, W] (any size; multiples of ``spatial_multiple`` need no resizing), timestep a scalar
     or [B], context [B, L, cross_attention_dim]; text_embeds [B, pooled] and time_ids [B, 6]
     only for models with the SDXL text_time embedding. Returns the prediction
     [B, out_channels, H, W] float32. Classifier-free guidance batches cond + uncond rows in
@@ -149,10 +149,8 @@ class UNet:
         if C != self.in_channels:
             raise errors.InvalidArgumentError(
                 f"latent has {C} channels, the U-Net takes {self.in_channels} (shape {latent.shape})")
-        m = self.spatial_multiple
-        if H % m or W % m or H < 1 or W < 1:
-            raise errors.InvalidArgumentError(
-                f"latent height and width must be multiples of {m}, got {H}x{W}")
+        if H < 1 or W < 1:
+            raise errors.InvalidArgumentError(f"latent height and width must be >= 1, got {H}x{W}")
 
         t = _float_array(timestep, "timestep")
         if t.ndim == 0:
