@@ -16,10 +16,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def _vae_storage_type(name: str, shape: tuple, weight_type: str) -> str:
-    """The VAE keeps f32 weights by default: its activations overflow f16 (SDXL's famously so),
-    ggml's CPU matmul rounds activations to the weight type, and it is a small share of the
-    model (84M parameters). bf16 has f32's range, so a bf16 request is honoured."""
-    return storage_type(name, shape, "bf16" if weight_type == "bf16" else "f32")
+    """The VAE computes in f32 whatever its storage (its activations overflow f16) and is a small
+    share of the model, so it keeps its exact default storage unless bf16 was asked for."""
+    from .engine.vae import DEFAULT_WEIGHT_TYPE, storage_type as vae_storage
+
+    return vae_storage(name, shape, "bf16" if weight_type == "bf16" else DEFAULT_WEIGHT_TYPE)
 
 
 def _separate_vae(vae: PathLike) -> dict:

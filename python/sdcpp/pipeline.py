@@ -240,6 +240,7 @@ class Model:
 
     def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
         from .engine import sampling
+        from .engine.vae import split_moments
 
         gen = sampling.Generator(p.seed, rng)
         cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
@@ -254,8 +255,8 @@ class Model:
             # diffusers img2img: encode (sampling the posterior with the generator), scale, then
             # start at the strength's point of the schedule with fresh noise.
             moments = self._c["vae"].encode(np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0))
-            mean, logvar = np.split(moments, 2, axis=1)
-            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+            mean, logvar = split_moments(moments)
+            std = np.exp(0.5 * logvar)
             init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
             t_start = p.steps - min(int(p.steps * p.strength), p.steps)
             sigmas = sigmas[t_start:]
