@@ -29,10 +29,11 @@ from pathlib import Path
 
 import pytest
 
+# tests/ holds the shared `fixtures` package. The sdcpp under test is the installed one (its
+# native extension is built by the install); for an in-tree build use PYTHONPATH=python.
 TESTS = Path(__file__).resolve().parent
-for p in (TESTS, TESTS.parent / "python"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 
 @pytest.fixture(scope="session")
