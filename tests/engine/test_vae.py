@@ -234,9 +234,7 @@ def test_large_activations_stay_finite_with_f16_weights(cpu, small):
 
 def test_real_size_sd_decoder_256(cpu):
     """The real SD VAE decoder topology (vae_sd1.json), random weights, 32x32 latent -> 256x256."""
-    cfg_path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "configs" / "vae_sd1.json"
-    if not cfg_path.exists():
-        cfg_path = Path("/work/shared/docs/reference/configs/vae_sd1.json")
+    cfg_path = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "vae_sd1.json"
     if cfg_path.exists():
         cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
         cfg.pop("scaling_factor", None)
