@@ -1,7 +1,10 @@
 // Bindings of the U-Net: sdcpp._core.UNet(store, config: dict).
+#include <cstring>
 #include <optional>
 
 #include "../model/unet.h"
+#include "../model/unet_attention.h"
+#include "ggml-cpu.h"
 #include "common.h"
 
 namespace sdcpp::bind {
@@ -159,13 +162,98 @@ void bind_unet(py::module_& m) {
                 o.attention = parse_kernel(k);
                 u.set_options(o);
             })
+        .def_property(
+            "conv",
+            [](const UNet& u) {
+                switch (u.options().conv) {
+                    case ConvImpl::Im2col: return std::string("im2col");
+                    case ConvImpl::Winograd: return std::string("winograd");
+                    default: return std::string("auto");
+                }
+            },
+            [](UNet& u, const std::string& k) {
+                UNetOptions o = u.options();
+                if (k == "auto") o.conv = ConvImpl::Auto;
+                else if (k == "im2col") o.conv = ConvImpl::Im2col;
+                else if (k == "winograd") o.conv = ConvImpl::Winograd;
+                else throw InvalidArgument("conv must be 'auto', 'im2col' or 'winograd', got '" + k + "'");
+                u.set_options(o);
+            })
+        .def_property(
+            "fused",
+            [](const UNet& u) { return u.options().fused; },
+            [](UNet& u, bool f) {
+                UNetOptions o = u.options();
+                o.fused = f;
+                u.set_options(o);
+            })
+        .def_property_readonly("resolved_conv",
+                               [](const UNet& u) { return std::string(u.resolved_conv() == ConvImpl::Winograd ? "winograd" : "im2col"); })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })
         .def_property_readonly("unused_weights", &UNet::unused_weights)
         .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)
         .def_property_readonly("pooled_dim", [](const UNet& u) { return u.config().add_time_dim > 0 ? u.config().pooled_dim() : 0; })
         .def_property_readonly("compute_buffer_size", &UNet::compute_buffer_size)
         .def("graph_nodes", &UNet::graph_nodes, py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
+        .def("profile",
+             [](UNet& u, int64_t B, int64_t H, int64_t W, int64_t L) {
+                 std::vector<UNet::NodeTime> r;
+                 {
+                     py::gil_scoped_release nogil;
+                     r = u.profile(B, H, W, L);
+                 }
+                 py::list out;
+                 for (const auto& n : r) out.append(py::make_tuple(n.op, n.name, n.shape, n.src0, n.src1, n.us, n.cpu_us));
+                 return out;
+             },
+             py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
         .def("clear", &UNet::clear);
+    // One attention call on the CPU (tests of the attention kernels): q [N, Lq, D], k, v [N, Lk, D].
+    m.def(
+        "unet_attention",
+        [](F32Array q, F32Array k, F32Array v, int heads, const std::string& kernel, const std::string& type) {
+            require_ndim(q, 3, "q");
+            require_ndim(k, 3, "k");
+            require_ndim(v, 3, "v");
+            const int64_t N = q.shape(0), Lq = q.shape(1), D = q.shape(2), Lk = k.shape(1);
+            if (k.shape(0) != N || v.shape(0) != N || k.shape(2) != D || v.shape(2) != D || v.shape(1) != Lk)
+                throw InvalidArgument("q, k, v shapes do not agree");
+            if (heads < 1 || D % heads != 0) throw InvalidArgument("heads must divide the width");
+            if (N * Lq * D > (1 << 26) || N * Lk * D > (1 << 26)) throw InvalidArgument("too large for a test");
+            const ggml_type t = parse_type(type);
+            if (t != GGML_TYPE_F32 && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) throw InvalidArgument("type must be f32, f16 or bf16");
+            // kernel "fused": the fused CPU kernels of unet_attention.h (bf16 or f32 by `type`)
+            const bool fused = kernel == "fused";
+            if (fused && t == GGML_TYPE_BF16 && !bf16_attention::available()) throw InvalidArgument("this CPU has no AVX512-BF16");
+            if (fused && t == GGML_TYPE_F32 && !bf16_attention::available_f32()) throw InvalidArgument("this CPU has no AVX-512");
+            if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
+            const AttnKernel kern = fused ? AttnKernel::Flash : parse_kernel(kernel);
+            if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
+            F32Array out = new_f32({N, Lq, D});
+            {
+                py::gil_scoped_release nogil;
+                const size_t mem = static_cast<size_t>(4) * (N * Lq * Lk * 16 + (N * (Lq + 2 * Lk) * D) * 8) + (64 << 20);
+                ggml_init_params params{mem, nullptr, false};
+                ggml_context* ctx = ggml_init(params);
+                if (!ctx) throw Error("ggml_init failed");
+                ggml_tensor* tq = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, Lq, N);
+                ggml_tensor* tk = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, Lk, N);
+                ggml_tensor* tv = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, Lk, N);
+                std::memcpy(tq->data, q.data(), ggml_nbytes(tq));
+                std::memcpy(tk->data, k.data(), ggml_nbytes(tk));
+                std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
+                ggml_tensor* o = !fused ? unet_ops::attention(ctx, tq, tk, tv, heads, kern, t)
+                                 : t == GGML_TYPE_BF16 ? bf16_attention::attention(ctx, tq, tk, tv, heads)
+                                                       : bf16_attention::attention_f32(ctx, tq, tk, tv, heads);
+                ggml_cgraph* g = ggml_new_graph(ctx);
+                ggml_build_forward_expand(g, o);
+                ggml_graph_compute_with_ctx(ctx, g, 2);
+                std::memcpy(out.mutable_data(), o->data, ggml_nbytes(o));
+                ggml_free(ctx);
+            }
+            return out;
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("kernel"), py::arg("type") = "f32");
     m.def("unet_timestep_embedding",
           [](F32Array t, int dim, bool flip, float shift) {
               require_ndim(t, 1, "timesteps");

@@ -75,10 +75,20 @@ class UNet {
     const UNetOptions& options() const { return opt_; }
     // The attention kernel "auto" resolves to on this store's device and weight type.
     AttnKernel resolved_attention() const;
+    ConvImpl resolved_conv() const;
 
     // "unet." weights of the store that this config does not use (a config / checkpoint
     // mismatch when not empty; LCM's time_embedding.cond_proj is not listed).
     const std::vector<std::string>& unused_weights() const { return unused_; }
+
+    // Per-node timing of one forward pass (zero inputs) through a private scheduler that
+    // stops after every node: for profiling only (slower than forward()).
+    struct NodeTime {
+        std::string op, name, shape, src0, src1;
+        double us;      // wall time
+        double cpu_us;  // CPU time of the calling thread (all of it with 1 thread)
+    };
+    std::vector<NodeTime> profile(int64_t B, int64_t H, int64_t W, int64_t L);
 
     void clear();  // drop cached graphs and compute buffers
     size_t compute_buffer_size() const;

@@ -62,27 +62,47 @@ ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
     return y;
 }
 
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel) {
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel,
+                       ggml_type type) {
     const int64_t D = q->ne[0], Lq = q->ne[1], N = q->ne[2], Lk = k->ne[1];
     const int64_t d = D / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    // [D, L, N] -> [d, L, heads, N] (views)
-    ggml_tensor* qh = ggml_permute(ctx, ggml_reshape_4d(ctx, q, d, heads, Lq, N), 0, 2, 1, 3);
-    ggml_tensor* kh = ggml_permute(ctx, ggml_reshape_4d(ctx, k, d, heads, Lk, N), 0, 2, 1, 3);
-    ggml_tensor* vh = ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, Lk, N), 0, 2, 1, 3);
+    if (kernel == AttnKernel::Flash) type = GGML_TYPE_F32;
+    // ggml's fast kernels (llamafile sgemm, the tiled flash-attention) want rows that are a
+    // whole number of SIMD blocks (16 f32 / f16, 32 bf16): zero-pad the head dim (SD1's 40 ->
+    // 48 or 64). Zero columns change neither q.k nor, after slicing, the output.
+    const int64_t blk = type == GGML_TYPE_BF16 ? 32 : 16;
+    const int64_t dp = (d + blk - 1) / blk * blk;
+    auto split = [&](ggml_tensor* x, int64_t L, bool pad) {  // [D, L, N] -> [dp, heads, L, N]
+        ggml_tensor* t = ggml_reshape_4d(ctx, x, d, heads, L, N);
+        if (pad && dp != d) t = ggml_pad(ctx, t, static_cast<int>(dp - d), 0, 0, 0);
+        return t;
+    };
+    ggml_tensor* o;  // [dv, heads, Lq, N]
+    int64_t dv = dp;
     if (kernel == AttnKernel::Flash) {
-        ggml_tensor* kf = ggml_cast(ctx, kh, GGML_TYPE_F16);
-        ggml_tensor* vf = ggml_cast(ctx, vh, GGML_TYPE_F16);
-        ggml_tensor* o = ggml_flash_attn_ext(ctx, qh, kf, vf, nullptr, scale, 0.0f, 0.0f);  // [d, heads, Lq, N]
+        ggml_tensor* qh = ggml_permute(ctx, split(q, Lq, true), 0, 2, 1, 3);  // [dp, Lq, heads, N] (view)
+        ggml_tensor* kh = ggml_permute(ctx, split(k, Lk, true), 0, 2, 1, 3);
+        ggml_tensor* vh = ggml_permute(ctx, split(v, Lk, true), 0, 2, 1, 3);
+        o = ggml_flash_attn_ext(ctx, qh, kh, vh, nullptr, scale, 0.0f, 0.0f);
         ggml_flash_attn_ext_set_prec(o, GGML_PREC_F32);
-        return ggml_reshape_3d(ctx, o, D, Lq, N);
+        if (dp == d) return ggml_reshape_3d(ctx, o, D, Lq, N);  // already contiguous
+    } else {
+        // q (src1) must be contiguous for the fast path; k (src0) may have strided rows.
+        ggml_tensor* qh = ggml_permute(ctx, split(q, Lq, true), 0, 2, 1, 3);
+        ggml_tensor* kh = ggml_permute(ctx, split(k, Lk, true), 0, 2, 1, 3);
+        qh = type == GGML_TYPE_F32 ? ggml_cont(ctx, qh) : ggml_cast(ctx, qh, type);
+        if (type != GGML_TYPE_F32) kh = ggml_cast(ctx, kh, type);
+        ggml_tensor* kq = ggml_mul_mat(ctx, kh, qh);  // [Lk, Lq, heads, N] f32
+        kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
+        ggml_tensor* vh = ggml_permute(ctx, split(v, Lk, false), 1, 2, 0, 3);  // [Lk, d, heads, N] (view)
+        ggml_tensor* vt = type == GGML_TYPE_F32 ? ggml_cont(ctx, vh) : ggml_cast(ctx, vh, type);
+        o = ggml_mul_mat(ctx, vt, kq);                 // [d, Lq, heads, N]
+        o = ggml_permute(ctx, o, 0, 2, 1, 3);          // [d, heads, Lq, N] (view)
+        dv = d;
     }
-    ggml_tensor* kq = ggml_mul_mat(ctx, kh, qh);  // [Lk, Lq, heads, N]
-    kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
-    ggml_tensor* vt = ggml_cont(ctx, ggml_permute(ctx, vh, 1, 0, 2, 3));  // [Lk, d, heads, N]
-    ggml_tensor* o = ggml_mul_mat(ctx, vt, kq);                          // [d, Lq, heads, N]
-    o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));                // [d, heads, Lq, N]
-    return ggml_reshape_3d(ctx, o, D, Lq, N);
+    if (dv != d) o = ggml_view_4d(ctx, o, d, heads, Lq, N, o->nb[1], o->nb[2], o->nb[3], 0);
+    return ggml_reshape_3d(ctx, ggml_cont(ctx, o), D, Lq, N);
 }
 
 ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x) {

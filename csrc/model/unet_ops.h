@@ -10,11 +10,18 @@
 namespace sdcpp {
 
 enum class AttnKernel { Auto, MulMat, Flash };
+enum class ConvImpl { Auto, Im2col, Winograd };
 
 struct UNetOptions {
     // Attention: Auto follows the process-wide switch (_core.set_attention_kernel) and, when
     // that is "auto" too, the faster kernel measured for the device and weight type.
     AttnKernel attention = AttnKernel::Auto;
+    // 3x3 stride-1 convolutions: Auto = Winograd F(2x2,3x3) on the CPU backend (custom ops),
+    // im2col + GEMM elsewhere.
+    ConvImpl conv = ConvImpl::Auto;
+    // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
+    // custom ops; false = stock ggml ops only (what other backends run).
+    bool fused = true;
 };
 
 namespace unet_ops {
@@ -32,8 +39,11 @@ ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
 // LayerNorm over ne0 with affine.
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
 
-// Multi-head attention on projected q [D, Lq, N], k, v [D, Lk, N]: [D, Lq, N].
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel);
+// Multi-head attention on projected q [D, Lq, N], k, v [D, Lk, N]: [D, Lq, N]. With the
+// mul_mat kernel, `type` (F32, F16, BF16) is the type q, k, v and the probabilities are
+// rounded to for the two products; flash attention always runs in f32.
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, AttnKernel kernel,
+                       ggml_type type = GGML_TYPE_F32);
 
 // [W, H, C, N] <-> [C, W*H, N].
 ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x);

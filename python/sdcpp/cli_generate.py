@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace, mode: str) -> int:
                  threads=args.threads, loras=args.lora or None)
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir
+    for r in getattr(model.info, "loras", []):
+        print(f"lora: {r.summary()}", file=sys.stderr)
     common = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, scheduler=args.scheduler,
                   seed=args.seed, batch_size=args.batch, clip_skip=args.clip_skip, rng=args.rng,
                   progress=not args.no_progress)

@@ -16,10 +16,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def _vae_storage_type(name: str, shape: tuple, weight_type: str) -> str:
-    """The VAE keeps f32 weights by default: its activations overflow f16 (SDXL's famously so),
-    ggml's CPU matmul rounds activations to the weight type, and it is a small share of the
-    model (84M parameters). bf16 has f32's range, so a bf16 request is honoured."""
-    return storage_type(name, shape, "bf16" if weight_type == "bf16" else "f32")
+    """The VAE computes in f32 whatever its storage (its activations overflow f16) and is a small
+    share of the model, so it keeps its exact default storage unless bf16 was asked for."""
+    from .engine.vae import DEFAULT_WEIGHT_TYPE, storage_type as vae_storage
+
+    return vae_storage(name, shape, "bf16" if weight_type == "bf16" else DEFAULT_WEIGHT_TYPE)
 
 
 def _separate_vae(vae: PathLike) -> dict:
@@ -71,12 +72,15 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     dev = open_device(device, threads)
     wt = weight_type or _default_weight_type(tensors)
 
+    stores = {}     # component -> WeightStore (kept for LoRA merging, sdcpp.lora)
+
     def part(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            return build_store(dev, sub, wt, type_of)
+            stores[prefix[:-1]] = build_store(dev, sub, wt, type_of)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
+        return stores[prefix[:-1]]
 
     encoders = []
     for meta, cfg in zip(info.text_encoders, info.text_encoder_native_configs()):
@@ -86,6 +90,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "text_encoders": encoders,
         "unet": UNet(part("unet."), info.unet_native_config()),
         "vae": VAE(part("vae.", _vae_storage_type), info.vae_native_config()),
+        "stores": stores,
     }
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)

@@ -28,6 +28,16 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 
 _DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 
+# Samplers whose diffusers counterpart works in variance-preserving form (DPMSolverMultistep,
+# DDIM, LCM): their unit noise starts at x_vp = noise, which in our sigma form is
+# noise * sqrt(sigma_max^2 + 1), not noise * sigma_max (k-diffusion's start, 0.2% apart).
+_VP_SAMPLERS = frozenset({"dpm++2m", "ddim_trailing", "lcm"})
+
+
+def _initial_noise_scale(sampler: str, sigma_max: float) -> float:
+    """diffusers' init_noise_sigma for the scheduler matching `sampler`, in sigma form."""
+    return float(np.sqrt(sigma_max * sigma_max + 1.0)) if sampler in _VP_SAMPLERS else sigma_max
+
 
 def _storage_weight_type(tensors: dict) -> str:
     """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
@@ -80,6 +90,61 @@ class Model:
             slots.append(EncoderSlot(enc, n, int(meta.get("pad_id", default_pad(meta["kind"]))),
                                      final_norm=info.family != "sdxl", default_skip=default_skip))
         self.conditioner = Conditioner(info.family, slots, zero_empty_negative=info.family == "sdxl")
+        # LoRA (sdcpp.lora, docs/lora.md): the model's own set, and the folder for prompt tags.
+        self.lora_dir: Optional[PathLike] = None
+        self._lora_specs: list = []
+        self._lora_strict = True
+        self._lora_manager = None
+        if components.get("stores"):
+            from .lora import LoraManager
+            self._lora_manager = LoraManager(info, components["stores"])
+        self.info.loras = []
+
+    # ------------------------------------------------------------------ LoRA
+    def set_loras(self, loras: Sequence = (), strict: bool = True):
+        """Merge LoRAs into the weights: ``[(path, scale), ...]`` (or bare paths, scale 1).
+        Replaces the previous set (only the tensors that change are rewritten); ``[]`` restores
+        the loaded weights bit-exactly. Returns a :class:`sdcpp.lora.LoraReport` (also kept in
+        ``model.info.loras``). A key that matches nothing raises
+        :class:`sdcpp.lora.LoraUnmatchedError` (``strict=False``: a warning, the rest applies);
+        a LoRA of another family raises :class:`sdcpp.lora.LoraFamilyError`."""
+        from .lora import normalize_specs
+
+        specs = normalize_specs(loras)
+        with self._lock:
+            report = self._lora_apply(specs, strict)
+            self._lora_specs, self._lora_strict = specs, strict
+            return report
+
+    @property
+    def loras(self) -> list:
+        """The model's own LoRA set as ``[(path, scale)]`` (prompt tags not included)."""
+        return [(str(p), s) for p, s in self._lora_specs]
+
+    def _lora_apply(self, specs: list, strict: bool):
+        if self._lora_manager is None:
+            raise errors.LoraError("this model has no weight stores to merge LoRAs into (closed?)")
+        report = self._lora_manager.apply(specs, strict)
+        self.info.loras = report.loras
+        return report
+
+    def _prompt_loras(self, prompt: str) -> None:
+        """Apply the prompt's ``<lora:name:scale>`` tags on top of the model's own set for this
+        call. The merged weights stay until the next call or set_loras needs another set, so
+        repeating a prompt costs nothing; a call without tags goes back to the model's set."""
+        from .tokenizer.prompt import extract_lora_tags
+
+        _, tags = extract_lora_tags(prompt)
+        if not tags and (self._lora_manager is None or not self._lora_manager_differs()):
+            return
+        from .lora import resolve_lora_name
+
+        specs = list(self._lora_specs) + [(resolve_lora_name(name, self.lora_dir), float(m)) for name, m in tags]
+        self._lora_apply(specs, self._lora_strict)
+
+    def _lora_manager_differs(self) -> bool:
+        cur = [(r.path, r.scale) for r in self._lora_manager.reports]
+        return cur != [(str(p), s) for p, s in self._lora_specs]
 
     # ------------------------------------------------------------------ public API
     def txt2img(self, prompt: str, negative_prompt: str = "", *, width: Optional[int] = None,
@@ -102,6 +167,7 @@ class Model:
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
                               seed, batch_size, clip_skip, output_type, rng)
         with self._lock:
+            self._prompt_loras(prompt)
             final = self._run(params, latents, None, callback, rng, progress)
             return self._outputs(final, params, output_type)
 
@@ -119,12 +185,14 @@ class Model:
                               seed, batch_size, clip_skip, output_type, rng)
         params.strength = float(strength)
         with self._lock:
+            self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
             return self._outputs(final, params, output_type)
 
     def close(self) -> None:
         """Free the native weights and buffers now (otherwise freed with the object)."""
         self._c.clear()
+        self._lora_manager = None
 
     @property
     def model_hash(self) -> Optional[str]:
@@ -172,6 +240,7 @@ class Model:
 
     def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
         from .engine import sampling
+        from .engine.vae import split_moments
 
         gen = sampling.Generator(p.seed, rng)
         cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
@@ -181,13 +250,13 @@ class Model:
 
         if init_pixels is None:
             noise = latents if latents is not None else gen.randn(shape)
-            x = noise.astype(np.float32) * np.float32(sigmas[0])
+            x = noise.astype(np.float32) * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
         else:
             # diffusers img2img: encode (sampling the posterior with the generator), scale, then
             # start at the strength's point of the schedule with fresh noise.
             moments = self._c["vae"].encode(np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0))
-            mean, logvar = np.split(moments, 2, axis=1)
-            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+            mean, logvar = split_moments(moments)
+            std = np.exp(0.5 * logvar)
             init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
             t_start = p.steps - min(int(p.steps * p.strength), p.steps)
             sigmas = sigmas[t_start:]
@@ -341,15 +410,19 @@ def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool) 
 # ---------------------------------------------------------------------- load
 def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
          weight_type: Optional[str] = None, threads: Optional[int] = None,
-         prediction_type: Optional[str] = None, loras: Optional[Sequence] = None) -> Model:
+         prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
+         lora_dir: Optional[PathLike] = None) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
     weight_type: "f32" | "f16" | "bf16"; default = the checkpoint's own storage type (fp8 -> f16).
+    loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the
+    folder searched for the prompt's ``<lora:name:scale>`` tags.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
                        prediction_type=prediction_type)
+    model.lora_dir = lora_dir
     if loras:
-        model.set_loras(list(loras))
+        model.set_loras(loras)
     return model

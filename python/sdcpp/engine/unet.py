@@ -19,6 +19,7 @@ from .. import errors
 from .weights import native
 
 ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
+CONV_IMPLS = ("auto", "im2col", "winograd")
 
 
 def _native_call(fn, *args, **kwargs):
@@ -43,7 +44,7 @@ def _float_array(value: Any, name: str) -> np.ndarray:
 class UNet:
     """``UNet(store, config)``; call it as ``unet(latent, timestep, context, *, text_embeds, time_ids)``.
 
-    latent [B, in_channels, H, W] (H, W multiples of ``spatial_multiple``), timestep a scalar
+    latent [B, in_channels, H, W] (any size; multiples of ``spatial_multiple`` need no resizing), timestep a scalar
     or [B], context [B, L, cross_attention_dim]; text_embeds [B, pooled] and time_ids [B, 6]
     only for models with the SDXL text_time embedding. Returns the prediction
     [B, out_channels, H, W] float32. Classifier-free guidance batches cond + uncond rows in
@@ -96,6 +97,34 @@ class UNet:
         return self._native.resolved_attention
 
     @property
+    def conv(self) -> str:
+        """3x3 convolutions: "auto" (Winograd F(2x2,3x3) on the CPU backend for images of 256+
+        pixels, im2col + GEMM otherwise), "im2col" or "winograd" (every eligible conv)."""
+        return self._native.conv
+
+    @conv.setter
+    def conv(self, impl: str) -> None:
+        if impl not in CONV_IMPLS:
+            raise errors.InvalidArgumentError(f"conv must be one of {CONV_IMPLS}, got {impl!r}")
+        self._native.conv = impl
+
+    @property
+    def fused(self) -> bool:
+        """CPU backend: fused GroupNorm(+SiLU) / LayerNorm / GEGLU kernels (default True)."""
+        return bool(self._native.fused)
+
+    @fused.setter
+    def fused(self, on: bool) -> None:
+        self._native.fused = bool(on)
+
+    def profile(self, batch: int, height: int, width: int, context_length: int = 77) -> list[dict]:
+        """Per-node timing of one forward pass with zero inputs (profiling only: the graph is
+        stopped after every node). Rows: op, name, shape, src0, src1, wall_us, cpu_us."""
+        rows = _native_call(self._native.profile, int(batch), int(height), int(width), int(context_length))
+        keys = ("op", "name", "shape", "src0", "src1", "wall_us", "cpu_us")
+        return [dict(zip(keys, r)) for r in rows]
+
+    @property
     def unused_weights(self) -> list[str]:
         """``unet.`` tensors of the store this config does not use (empty when config and
         checkpoint agree; LCM's ``time_embedding.cond_proj`` is never listed)."""
@@ -120,10 +149,8 @@ class UNet:
         if C != self.in_channels:
             raise errors.InvalidArgumentError(
                 f"latent has {C} channels, the U-Net takes {self.in_channels} (shape {latent.shape})")
-        m = self.spatial_multiple
-        if H % m or W % m or H < 1 or W < 1:
-            raise errors.InvalidArgumentError(
-                f"latent height and width must be multiples of {m}, got {H}x{W}")
+        if H < 1 or W < 1:
+            raise errors.InvalidArgumentError(f"latent height and width must be >= 1, got {H}x{W}")
 
         t = _float_array(timestep, "timestep")
         if t.ndim == 0:
@@ -167,4 +194,4 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_s
     return _native_call(native().unet_timestep_embedding, t, int(dim), bool(flip_sin_to_cos), float(freq_shift))
 
 
-__all__ = ["UNet", "timestep_embedding", "ATTENTION_KERNELS"]
+__all__ = ["UNet", "timestep_embedding", "ATTENTION_KERNELS", "CONV_IMPLS"]

@@ -1,0 +1,437 @@
+#include "unet_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../runtime/error.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SD_BF16_ATTN 1
+#include <immintrin.h>
+#endif
+
+namespace sdcpp::bf16_attention {
+
+#ifdef SD_BF16_ATTN
+
+namespace {
+
+constexpr int KT = 64;  // keys per tile (4 vectors of 16)
+constexpr int R = 4;    // query rows per register block
+constexpr int QB = 32;  // query rows per work unit (8 register blocks share each K/V tile)
+
+struct Dims {
+    int64_t D, d, heads, Lq, Lk, N;
+    int64_t dpairs;  // ceil(d / 2): bf16 pairs of a q / k row
+    int64_t dvp;     // d rounded up to 16: output lanes
+    int64_t Lkp;     // Lk rounded up to KT
+    int64_t kp_size() const { return (Lkp / 16) * dpairs * 32; }  // packed K per (n, head)
+    int64_t vp_size() const { return Lkp * dvp; }                 // packed V per (n, head)
+    int64_t head_size() const { return kp_size() + vp_size(); }
+};
+
+Dims dims_of(int64_t D, int64_t Lq, int64_t Lk, int64_t N, int heads) {
+    Dims m{};
+    m.D = D;
+    m.heads = heads;
+    m.d = D / heads;
+    m.Lq = Lq;
+    m.Lk = Lk;
+    m.N = N;
+    m.dpairs = (m.d + 1) / 2;
+    m.dvp = (m.d + 15) / 16 * 16;
+    m.Lkp = (Lk + KT - 1) / KT * KT;
+    return m;
+}
+
+inline uint16_t to_bf16(float f) {  // round to nearest even (inputs are finite)
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+int heads_of(void* ud) { return static_cast<int>(reinterpret_cast<intptr_t>(ud)); }
+
+// Packed layout per (n, head):
+//   K: [Lkp/16 blocks][dpairs][16 keys][2 dims]   (a vdpbf16ps operand: 16 keys in the lanes)
+//   V: [Lkp/2 key pairs][dvp dims][2 keys]         (16 output dims in the lanes)
+void pack(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* k = dst->src[0];
+    const ggml_tensor* v = dst->src[1];
+    const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
+    uint16_t* out = static_cast<uint16_t*>(dst->data);
+    const int64_t blocks = m.Lkp / 16;
+    for (int64_t unit = ith; unit < m.N * m.heads * blocks; unit += nth) {
+        const int64_t kb = unit % blocks, nh = unit / blocks, h = nh % m.heads, n = nh / m.heads;
+        uint16_t* base = out + nh * m.head_size();
+        uint16_t* kp = base + kb * m.dpairs * 32;
+        for (int64_t i = 0; i < 16; ++i) {
+            const int64_t key = kb * 16 + i;
+            const float* row = key < m.Lk
+                                   ? reinterpret_cast<const float*>(static_cast<const char*>(k->data) + key * k->nb[1] +
+                                                                    n * k->nb[2]) + h * m.d
+                                   : nullptr;
+            for (int64_t p = 0; p < m.dpairs; ++p)
+                for (int e = 0; e < 2; ++e) {
+                    const int64_t dim = 2 * p + e;
+                    kp[(p * 16 + i) * 2 + e] = row && dim < m.d ? to_bf16(row[dim]) : 0;
+                }
+        }
+        uint16_t* vp = base + m.kp_size();
+        for (int64_t pair = kb * 8; pair < kb * 8 + 8; ++pair) {
+            for (int e = 0; e < 2; ++e) {
+                const int64_t key = 2 * pair + e;
+                const float* row = key < m.Lk
+                                       ? reinterpret_cast<const float*>(static_cast<const char*>(v->data) +
+                                                                        key * v->nb[1] + n * v->nb[2]) + h * m.d
+                                       : nullptr;
+                for (int64_t dd = 0; dd < m.dvp; ++dd)
+                    vp[(pair * m.dvp + dd) * 2 + e] = row && dd < m.d ? to_bf16(row[dd]) : 0;
+            }
+        }
+    }
+}
+
+#define SD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")))
+
+SD_TARGET inline __m512 exp2_ps(__m512 x) {  // x <= 0; 2^x with ~1e-7 relative error
+    x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
+    __m512 p = _mm512_set1_ps(1.5403530e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+SD_TARGET inline __m512 dp(__m512 acc, __m512i a, __m512i b) {
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(a), reinterpret_cast<__m512bh&>(b));
+}
+
+// One query row's online-softmax step over a tile of 4x16 scores s (base-2 logits):
+// masked lanes -> -inf, running max *M / sum *L updated, the output row O rescaled, and the
+// tile's probabilities returned in p.
+SD_TARGET inline void softmax_update(__m512* s, const __mmask16* mask, __m512* p, float* M, float* L, float* O, int64_t dvp) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < 4; ++j) s[j] = _mm512_mask_mov_ps(ninf, mask[j], s[j]);
+    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3])));
+    const float mnew = std::max(*M, mx);
+    const float alpha = std::exp2(*M - mnew);  // 0 on the first tile
+    const __m512 mv = _mm512_set1_ps(mnew);
+    for (int j = 0; j < 4; ++j) p[j] = exp2_ps(_mm512_sub_ps(s[j], mv));
+    *L = *L * alpha + _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3])));
+    *M = mnew;
+    if (alpha != 1.0f) {
+        const __m512 av = _mm512_set1_ps(alpha);
+        for (int64_t c = 0; c < dvp; c += 16) _mm512_storeu_ps(O + c, _mm512_mul_ps(_mm512_loadu_ps(O + c), av));
+    }
+}
+
+void tile_masks(int64_t valid, __mmask16* mask) {
+    for (int j = 0; j < 4; ++j) {
+        const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(16, valid - 16 * j));
+        mask[j] = static_cast<__mmask16>(nv >= 16 ? 0xffff : (1u << nv) - 1u);
+    }
+}
+
+// acc[r][c] += P[r] . V over one tile of KT keys, for NC output vectors starting at dv0.
+template <int NC>
+SD_TARGET void pv_chunk(float* O, int64_t dvp, const uint32_t* Pb, const uint16_t* vtile, int64_t dv0) {
+    __m512 acc[R][NC];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_loadu_ps(O + r * dvp + (dv0 + c) * 16);
+    for (int kp = 0; kp < KT / 2; ++kp) {
+        __m512i vv[NC];
+        for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_si512(vtile + (kp * dvp + (dv0 + c) * 16) * 2);
+        for (int r = 0; r < R; ++r) {
+            const __m512i pb = _mm512_set1_epi32(static_cast<int>(Pb[r * (KT / 2) + kp]));
+            for (int c = 0; c < NC; ++c) acc[r][c] = dp(acc[r][c], pb, vv[c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + r * dvp + (dv0 + c) * 16, acc[r][c]);
+}
+
+SD_TARGET void attend(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* packed = dst->src[1];
+    const ggml_tensor* k = dst->src[2];
+    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads_of(ud));
+    const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.d)) * 1.4426950408889634);  // log2(e)
+    const int64_t qblocks = (m.Lq + QB - 1) / QB;
+    const int64_t tiles = m.Lkp / KT;
+
+    thread_local std::vector<float> obuf;
+    thread_local std::vector<uint32_t> qbuf, pbuf;
+    obuf.resize(QB * m.dvp + 2 * QB);
+    qbuf.resize(QB * m.dpairs);
+    pbuf.resize(R * KT / 2);
+    float* O = obuf.data();
+    float* M = O + QB * m.dvp;
+    float* L = M + QB;
+    uint32_t* Qp = qbuf.data();
+    uint32_t* Pb = pbuf.data();
+
+    for (int64_t unit = ith; unit < m.N * m.heads * qblocks; unit += nth) {
+        const int64_t qb = unit % qblocks, nh = unit / qblocks, h = nh % m.heads, n = nh / m.heads;
+        const int64_t q0 = qb * QB, rows = std::min<int64_t>(QB, m.Lq - q0);
+        const uint16_t* kp = static_cast<const uint16_t*>(packed->data) + nh * m.head_size();
+        const uint16_t* vp = kp + m.kp_size();
+        // q rows -> bf16 pairs, pre-scaled by scale * log2(e) (the softmax then uses 2^x)
+        for (int64_t r = 0; r < QB; ++r) {
+            const float* row = r < rows ? reinterpret_cast<const float*>(static_cast<const char*>(q->data) +
+                                                                          (q0 + r) * q->nb[1] + n * q->nb[2]) + h * m.d
+                                        : nullptr;
+            for (int64_t p = 0; p < m.dpairs; ++p) {
+                const float a = row ? row[2 * p] * qscale : 0.0f;
+                const float b = row && 2 * p + 1 < m.d ? row[2 * p + 1] * qscale : 0.0f;
+                Qp[r * m.dpairs + p] = static_cast<uint32_t>(to_bf16(a)) | (static_cast<uint32_t>(to_bf16(b)) << 16);
+            }
+            M[r] = -INFINITY;
+            L[r] = 0.0f;
+        }
+        std::memset(O, 0, sizeof(float) * QB * m.dvp);
+
+        for (int64_t t = 0; t < tiles; ++t) {
+            const uint16_t* ktile = kp + t * 4 * m.dpairs * 32;
+            const uint16_t* vtile = vp + t * (KT / 2) * m.dvp * 2;
+            const int64_t valid = std::min<int64_t>(KT, m.Lk - t * KT);
+            __mmask16 mask[4];
+            tile_masks(valid, mask);
+            for (int64_t g = 0; g < (rows + R - 1) / R; ++g) {
+                const uint32_t* qg = Qp + g * R * m.dpairs;
+                __m512 s[R][4];
+                for (int r = 0; r < R; ++r)
+                    for (int j = 0; j < 4; ++j) s[r][j] = _mm512_setzero_ps();
+                for (int64_t p = 0; p < m.dpairs; ++p) {
+                    __m512i kv[4];
+                    for (int j = 0; j < 4; ++j) kv[j] = _mm512_loadu_si512(ktile + (j * m.dpairs + p) * 32);
+                    for (int r = 0; r < R; ++r) {
+                        const __m512i qv = _mm512_set1_epi32(static_cast<int>(qg[r * m.dpairs + p]));
+                        for (int j = 0; j < 4; ++j) s[r][j] = dp(s[r][j], qv, kv[j]);
+                    }
+                }
+                // online softmax (base 2) of this tile's scores
+                for (int r = 0; r < R; ++r) {
+                    const int64_t row = g * R + r;
+                    __m512 pj[4];
+                    softmax_update(s[r], mask, pj, M + row, L + row, O + row * m.dvp, m.dvp);
+                    const __m512bh lo = _mm512_cvtne2ps_pbh(pj[1], pj[0]);
+                    const __m512bh hi = _mm512_cvtne2ps_pbh(pj[3], pj[2]);
+                    std::memcpy(Pb + r * (KT / 2), &lo, 64);
+                    std::memcpy(Pb + r * (KT / 2) + 16, &hi, 64);
+                }
+                float* Og = O + g * R * m.dvp;
+                const int64_t nvec = m.dvp / 16;
+                for (int64_t dv0 = 0; dv0 < nvec;) {
+                    const int64_t nc = std::min<int64_t>(6, nvec - dv0);
+                    switch (nc) {
+                        case 1: pv_chunk<1>(Og, m.dvp, Pb, vtile, dv0); break;
+                        case 2: pv_chunk<2>(Og, m.dvp, Pb, vtile, dv0); break;
+                        case 3: pv_chunk<3>(Og, m.dvp, Pb, vtile, dv0); break;
+                        case 4: pv_chunk<4>(Og, m.dvp, Pb, vtile, dv0); break;
+                        case 5: pv_chunk<5>(Og, m.dvp, Pb, vtile, dv0); break;
+                        default: pv_chunk<6>(Og, m.dvp, Pb, vtile, dv0); break;
+                    }
+                    dv0 += nc;
+                }
+            }
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + (q0 + r) * dst->nb[1] + n * dst->nb[2]) + h * m.d;
+            const float inv = 1.0f / L[r];
+            for (int64_t c = 0; c < m.d; ++c) out[c] = O[r * m.dvp + c] * inv;
+        }
+    }
+}
+
+
+// ---- f32 variant (AVX-512 FMA): same structure, f32 operands, exact to f32 rounding ------
+// Packed per (n, head): K [Lkp/16 blocks][d][16 keys], V [Lkp keys][dvp dims].
+int64_t f32_head_size(const Dims& m) { return m.Lkp * m.d + m.Lkp * m.dvp; }
+
+void pack_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* k = dst->src[0];
+    const ggml_tensor* v = dst->src[1];
+    const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
+    float* out = static_cast<float*>(dst->data);
+    const int64_t blocks = m.Lkp / 16;
+    for (int64_t unit = ith; unit < m.N * m.heads * blocks; unit += nth) {
+        const int64_t kb = unit % blocks, nh = unit / blocks, h = nh % m.heads, n = nh / m.heads;
+        float* base = out + nh * f32_head_size(m);
+        float* kp = base + kb * m.d * 16;
+        float* vp = base + m.Lkp * m.d;
+        for (int64_t i = 0; i < 16; ++i) {
+            const int64_t key = kb * 16 + i;
+            const float* krow = nullptr;
+            const float* vrow = nullptr;
+            if (key < m.Lk) {
+                krow = reinterpret_cast<const float*>(static_cast<const char*>(k->data) + key * k->nb[1] + n * k->nb[2]) + h * m.d;
+                vrow = reinterpret_cast<const float*>(static_cast<const char*>(v->data) + key * v->nb[1] + n * v->nb[2]) + h * m.d;
+            }
+            for (int64_t dd = 0; dd < m.d; ++dd) kp[dd * 16 + i] = krow ? krow[dd] : 0.0f;
+            for (int64_t dd = 0; dd < m.dvp; ++dd) vp[key * m.dvp + dd] = vrow && dd < m.d ? vrow[dd] : 0.0f;
+        }
+    }
+}
+
+template <int NC>
+SD_TARGET void pv_chunk_f32(float* O, int64_t dvp, const float* P, const float* vtile, int64_t dv0) {
+    __m512 acc[R][NC];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_loadu_ps(O + r * dvp + (dv0 + c) * 16);
+    for (int key = 0; key < KT; ++key) {
+        __m512 vv[NC];
+        for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_ps(vtile + key * dvp + (dv0 + c) * 16);
+        for (int r = 0; r < R; ++r) {
+            const __m512 pb = _mm512_set1_ps(P[r * KT + key]);
+            for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + r * dvp + (dv0 + c) * 16, acc[r][c]);
+}
+
+SD_TARGET void attend_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* packed = dst->src[1];
+    const ggml_tensor* k = dst->src[2];
+    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads_of(ud));
+    const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.d)) * 1.4426950408889634);  // log2(e)
+    const int64_t qblocks = (m.Lq + QB - 1) / QB;
+    const int64_t tiles = m.Lkp / KT;
+
+    thread_local std::vector<float> obuf, qbuf, pbuf;
+    obuf.resize(QB * m.dvp + 2 * QB);
+    qbuf.resize(QB * m.d);
+    pbuf.resize(R * KT);
+    float* O = obuf.data();
+    float* M = O + QB * m.dvp;
+    float* L = M + QB;
+    float* Qs = qbuf.data();
+    float* P = pbuf.data();
+
+    for (int64_t unit = ith; unit < m.N * m.heads * qblocks; unit += nth) {
+        const int64_t qb = unit % qblocks, nh = unit / qblocks, h = nh % m.heads, n = nh / m.heads;
+        const int64_t q0 = qb * QB, rows = std::min<int64_t>(QB, m.Lq - q0);
+        const float* kp = static_cast<const float*>(packed->data) + nh * f32_head_size(m);
+        const float* vp = kp + m.Lkp * m.d;
+        for (int64_t r = 0; r < QB; ++r) {
+            const float* row = r < rows ? reinterpret_cast<const float*>(static_cast<const char*>(q->data) +
+                                                                          (q0 + r) * q->nb[1] + n * q->nb[2]) + h * m.d
+                                        : nullptr;
+            for (int64_t dd = 0; dd < m.d; ++dd) Qs[r * m.d + dd] = row ? row[dd] * qscale : 0.0f;
+            M[r] = -INFINITY;
+            L[r] = 0.0f;
+        }
+        std::memset(O, 0, sizeof(float) * QB * m.dvp);
+        for (int64_t t = 0; t < tiles; ++t) {
+            const float* ktile = kp + t * 4 * m.d * 16;
+            const float* vtile = vp + t * KT * m.dvp;
+            __mmask16 mask[4];
+            tile_masks(std::min<int64_t>(KT, m.Lk - t * KT), mask);
+            for (int64_t g = 0; g < (rows + R - 1) / R; ++g) {
+                const float* qg = Qs + g * R * m.d;
+                __m512 s[R][4];
+                for (int r = 0; r < R; ++r)
+                    for (int j = 0; j < 4; ++j) s[r][j] = _mm512_setzero_ps();
+                for (int64_t dd = 0; dd < m.d; ++dd) {
+                    __m512 kv[4];
+                    for (int j = 0; j < 4; ++j) kv[j] = _mm512_loadu_ps(ktile + (j * m.d + dd) * 16);
+                    for (int r = 0; r < R; ++r) {
+                        const __m512 qv = _mm512_set1_ps(qg[r * m.d + dd]);
+                        for (int j = 0; j < 4; ++j) s[r][j] = _mm512_fmadd_ps(qv, kv[j], s[r][j]);
+                    }
+                }
+                for (int r = 0; r < R; ++r) {
+                    const int64_t row = g * R + r;
+                    __m512 pj[4];
+                    softmax_update(s[r], mask, pj, M + row, L + row, O + row * m.dvp, m.dvp);
+                    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(P + r * KT + 16 * j, pj[j]);
+                }
+                float* Og = O + g * R * m.dvp;
+                const int64_t nvec = m.dvp / 16;
+                for (int64_t dv0 = 0; dv0 < nvec;) {
+                    const int64_t nc = std::min<int64_t>(6, nvec - dv0);
+                    switch (nc) {
+                        case 1: pv_chunk_f32<1>(Og, m.dvp, P, vtile, dv0); break;
+                        case 2: pv_chunk_f32<2>(Og, m.dvp, P, vtile, dv0); break;
+                        case 3: pv_chunk_f32<3>(Og, m.dvp, P, vtile, dv0); break;
+                        case 4: pv_chunk_f32<4>(Og, m.dvp, P, vtile, dv0); break;
+                        case 5: pv_chunk_f32<5>(Og, m.dvp, P, vtile, dv0); break;
+                        default: pv_chunk_f32<6>(Og, m.dvp, P, vtile, dv0); break;
+                    }
+                    dv0 += nc;
+                }
+            }
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + (q0 + r) * dst->nb[1] + n * dst->nb[2]) + h * m.d;
+            const float inv = 1.0f / L[r];
+            for (int64_t c = 0; c < m.d; ++c) out[c] = O[r * m.dvp + c] * inv;
+        }
+    }
+}
+
+}  // namespace
+
+bool available() {
+    static const bool ok = available_f32() && __builtin_cpu_supports("avx512bf16");
+    return ok;
+}
+
+bool available_f32() {
+    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return ok;
+}
+
+ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+    if (!available_f32()) throw Error("the fused f32 attention needs a CPU with AVX-512");
+    if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
+    if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
+    if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
+    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
+    void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
+    ggml_tensor* kv[2] = {k, v};
+    ggml_tensor* packed =
+        ggml_custom_4d(ctx, GGML_TYPE_F32, m.N * m.heads * f32_head_size(m), 1, 1, 1, kv, 2, pack_f32, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* args[3] = {q, packed, k};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_f32, GGML_N_TASKS_MAX, ud);
+}
+
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+    if (!available()) throw Error("bf16 attention needs a CPU with AVX512-BF16");
+    if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
+    if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
+    if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
+    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
+    void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
+    ggml_tensor* kv[2] = {k, v};
+    ggml_tensor* packed =
+        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* args[3] = {q, packed, k};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend, GGML_N_TASKS_MAX, ud);
+}
+
+#else
+
+bool available() { return false; }
+bool available_f32() { return false; }
+ggml_tensor* attention_f32(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
+    throw Error("the fused f32 attention is not built for this CPU architecture");
+}
+ggml_tensor* attention(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
+    throw Error("bf16 attention is not built for this CPU architecture");
+}
+
+#endif
+
+}  // namespace sdcpp::bf16_attention

@@ -1,0 +1,117 @@
+"""The public API's behaviour: outputs, seeds, callbacks, cancellation, threads, bad input."""
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdcpp
+from sdcpp import errors
+from fixtures.e2e import PROMPT, SIZE
+
+
+@pytest.fixture(scope="module")
+def tiny(model_fixtures):
+    fx = model_fixtures.get("bk-sdm-tiny")
+    return sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2)
+
+
+def gen(model, **kw):
+    args = dict(width=SIZE, height=SIZE, steps=2, sampler="euler_a", seed=42)
+    args.update(kw)
+    return model.txt2img(PROMPT, **args)
+
+
+def test_pil_output_carries_a1111_parameters(tiny):
+    (img,) = gen(tiny, negative_prompt="ugly")
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (SIZE, SIZE)
+    text = img.info["parameters"]
+    assert text.startswith(PROMPT + "\nNegative prompt: ugly\n")
+    for field in ("Steps: 2", "Sampler: Euler a", "CFG scale: 7", "Seed: 42", f"Size: {SIZE}x{SIZE}", "Model: model",
+                  "Model hash: "):
+        assert field in text
+
+
+def test_np_and_latent_outputs(tiny):
+    (arr,) = gen(tiny, output_type="np")
+    assert arr.dtype == np.float32 and arr.shape == (SIZE, SIZE, 3) and 0 <= arr.min() and arr.max() <= 1
+    (lat,) = gen(tiny, output_type="latent")
+    assert lat.dtype == np.float32 and lat.shape == (4, SIZE // 8, SIZE // 8)
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny):
+    a, b, c = gen(tiny, output_type="latent")[0], gen(tiny, output_type="latent")[0], gen(tiny, seed=43, output_type="latent")[0]
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_seed_none_is_drawn_and_reported(tiny):
+    (img,) = gen(tiny, seed=None)
+    seed = int(img.info["parameters"].split("Seed: ")[1].split(",")[0])
+    again = gen(tiny, seed=seed)[0]
+    assert np.array_equal(np.asarray(img), np.asarray(again))
+
+
+def test_seed_is_64_bit(tiny):
+    big = 2**64 - 1
+    (img,) = gen(tiny, seed=big)
+    assert f"Seed: {big}" in img.info["parameters"]
+
+
+def test_callback_sees_every_step_and_can_cancel(tiny):
+    seen = []
+    gen(tiny, steps=3, callback=lambda step, total, x: seen.append((step, total, x.shape)))
+    assert [s[:2] for s in seen] == [(0, 3), (1, 3), (2, 3)] or [s[:2] for s in seen] == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(errors.Cancelled):
+        gen(tiny, steps=3, callback=lambda step, total, x: False)
+    assert len(gen(tiny, output_type="latent")) == 1  # still usable
+
+
+def test_two_threads_on_one_model_agree_with_serial_runs(tiny):
+    expected = {s: gen(tiny, seed=s, output_type="latent")[0] for s in (1, 2)}
+    results = {}
+
+    def work(s):
+        results[s] = gen(tiny, seed=s, output_type="latent")[0]
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in (1, 2):
+        assert np.array_equal(results[s], expected[s])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(width=60), "width must be a positive multiple of 8"),
+    (dict(height=0), "height must be a positive multiple of 8"),
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(cfg_scale=float("nan")), "cfg_scale must be a finite number"),
+    (dict(sampler="plms"), "unknown sampler 'plms'; valid: euler, euler_a"),
+    (dict(scheduler="cosine"), "unknown scheduler"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(output_type="tensor"), "output_type"),
+    (dict(seed=-1), "seed"),
+    (dict(width=65536, height=65536), "working memory"),
+])
+def test_bad_arguments_raise_before_work(tiny, kwargs, match):
+    calls = []
+    with pytest.raises(errors.InvalidArgumentError, match=match):
+        gen(tiny, callback=lambda *a: calls.append(a), **kwargs)
+    assert calls == []
+
+
+def test_prompt_must_be_a_string(tiny):
+    with pytest.raises(errors.InvalidArgumentError, match="prompt must be a str"):
+        tiny.txt2img(["a", "b"], width=SIZE, height=SIZE, steps=1)
+
+
+def test_latents_set_the_batch(tiny):
+    lat = np.random.default_rng(0).standard_normal((2, 4, SIZE // 8, SIZE // 8)).astype(np.float32)
+    out = tiny.txt2img(PROMPT, steps=2, sampler="euler", latents=lat, output_type="latent")
+    assert len(out) == 2
+
+
+def test_info_is_the_inspect_result(tiny):
+    assert tiny.info.family == "sd1" and tiny.info.variant == "bk-sdm-tiny"
