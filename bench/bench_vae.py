@@ -29,7 +29,7 @@ DEFAULT_CONFIGS = "sdcpp-f32,sdcpp-f16,sdcpp-bf16,diffusers-fp32,diffusers-bf16"
 
 
 def _vae_config() -> dict:
-    for p in (ROOT / "docs" / "reference" / "configs" / "vae_sd1.json",
+    for p in (ROOT / "tests" / "fixtures" / "configs" / "vae_sd1.json",
               Path("/work/shared/docs/reference/configs/vae_sd1.json")):
         if p.exists():
             return {k: v for k, v in json.loads(p.read_text()).items() if not k.startswith("_")}

@@ -76,6 +76,22 @@ def vae_f16(cpu, small_tensors, small_cfg):
     return V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f16")
 
 
+@pytest.fixture(scope="module")
+def refs(small):
+    """One latent and one image with their diffusers results, shared by the variant tests."""
+    z = latent((1, 4, 8, 12), seed=5)
+    x = image((1, 3, 64, 96), seed=6)
+    return z, ref_decode(small, z), x, ref_moments(small, x)
+
+
+@pytest.fixture(scope="module")
+def refs_large(small):
+    """Large enough for strips and attention chunks (672 tokens: a 1 MiB score budget needs 2 chunks)."""
+    z = latent((1, 4, 24, 28), seed=7)
+    x = image((1, 3, 160, 128), seed=8)
+    return z, ref_decode(small, z), x, ref_moments(small, x)
+
+
 def ref_decode(model, z):
     with torch.no_grad():
         return model.decode(torch.from_numpy(z)).sample.numpy()
@@ -126,11 +142,10 @@ def test_encode_f32_matches_diffusers(vae_f32, small, shape):
     assert err <= 1e-4 and err_mean <= 1e-4 and err_logvar <= 1e-4
 
 
-def test_f16_weights_within_5e3(vae_f16, small):
-    z = latent((2, 4, 8, 12), seed=3)
-    x = image((2, 3, 64, 96), seed=4)
-    err_dec = rel(vae_f16.decode(z), ref_decode(small, z))
-    err_enc = rel(vae_f16.encode(x), ref_moments(small, x))
+def test_f16_weights_within_5e3(vae_f16, refs):
+    z, ref_z, x, ref_x = refs
+    err_dec = rel(vae_f16.decode(z), ref_z)
+    err_enc = rel(vae_f16.encode(x), ref_x)
     print(f"f16 weights: decode rel L2 {err_dec:.2e}, encode {err_enc:.2e}")
     assert err_dec <= 5e-3 and err_enc <= 5e-3
     assert vae_f16.store.type("vae.decoder.up_blocks.0.resnets.0.conv1.weight") == "f16"
@@ -138,13 +153,12 @@ def test_f16_weights_within_5e3(vae_f16, small):
 
 
 @pytest.mark.parametrize("weight_type,compute", [("bf16", "f32"), ("bf16", "bf16"), ("f32", "bf16"), ("f16", "bf16")])
-def test_bf16_variants(cpu, small_tensors, small_cfg, small, weight_type, compute):
+def test_bf16_variants(cpu, small_tensors, small_cfg, refs, weight_type, compute):
     vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type=weight_type)
     vae.set_options(compute=compute)
-    z = latent((1, 4, 8, 12), seed=5)
-    x = image((1, 3, 64, 96), seed=6)
-    err_dec = rel(vae.decode(z), ref_decode(small, z))
-    err_enc = rel(vae.encode(x), ref_moments(small, x))
+    z, ref_z, x, ref_x = refs
+    err_dec = rel(vae.decode(z), ref_z)
+    err_enc = rel(vae.encode(x), ref_x)
     print(f"{weight_type} weights, {compute} compute: decode rel L2 {err_dec:.2e}, encode {err_enc:.2e}")
     assert err_dec <= 3e-2 and err_enc <= 3e-2
 
@@ -152,24 +166,23 @@ def test_bf16_variants(cpu, small_tensors, small_cfg, small, weight_type, comput
 @pytest.mark.parametrize("conv,im2col_mb,attention_mb,portable", [
     ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
     ("strips", 4, 1, True), ("im2col", 128, 256, True)])
-def test_execution_strategies_match(cpu, small_tensors, small_cfg, small, conv, im2col_mb, attention_mb, portable):
-    """Strips (a 4 MiB budget cuts the full-resolution convolutions into 7-15 strips),
+def test_execution_strategies_match(cpu, small_tensors, small_cfg, refs_large, conv, im2col_mb, attention_mb, portable):
+    """Strips (a 4 MiB budget cuts the full-resolution convolutions into 6-15 strips),
     ggml_conv_2d_direct, a chunked attention, and the portable graph (stock ggml ops only, what
     GPUs run: ggml_im2col on row views with explicit padding, ggml_upscale) all give diffusers'
     result."""
     vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
     vae.set_options(conv=conv, max_im2col_mb=im2col_mb, max_attention_mb=attention_mb, portable=portable)
     assert vae.options()["conv"] == conv and vae.options()["portable"] == portable
-    z = latent((1, 4, 24, 32), seed=7)  # 768 tokens: a 1 MiB score budget needs 3 query chunks
-    x = image((1, 3, 192, 128), seed=8)
-    err_dec = rel(vae.decode(z), ref_decode(small, z))
-    err_enc = rel(vae.encode(x), ref_moments(small, x))
+    z, ref_z, x, ref_x = refs_large
+    err_dec = rel(vae.decode(z), ref_z)
+    err_enc = rel(vae.encode(x), ref_x)
     print(f"{conv} (im2col {im2col_mb} MiB, attention {attention_mb} MiB, portable {portable}): "
           f"decode {err_dec:.2e}, encode {err_enc:.2e}")
     assert err_dec <= 1e-4 and err_enc <= 1e-4
 
 
-def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, small):
+def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, refs):
     """Converted files may carry the mid-block attention projections as [C, C, 1, 1]."""
     t = dict(small_tensors)
     n4 = 0
@@ -179,10 +192,9 @@ def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, small):
             n4 += 1
     assert n4 == 8
     vae = V.VAE.from_tensors(cpu, t, small_cfg)
-    z = latent((1, 4, 8, 8), seed=9)
-    x = image((1, 3, 64, 64), seed=10)
-    assert rel(vae.decode(z), ref_decode(small, z)) <= 1e-4
-    assert rel(vae.encode(x), ref_moments(small, x)) <= 1e-4
+    z, ref_z, x, ref_x = refs
+    assert rel(vae.decode(z), ref_z) <= 1e-4
+    assert rel(vae.encode(x), ref_x) <= 1e-4
 
 
 def test_tiled_decode_matches_diffusers_tiled_decode(vae_f32, small):
@@ -234,9 +246,7 @@ def test_large_activations_stay_finite_with_f16_weights(cpu, small):
 
 def test_real_size_sd_decoder_256(cpu):
     """The real SD VAE decoder topology (vae_sd1.json), random weights, 32x32 latent -> 256x256."""
-    cfg_path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "configs" / "vae_sd1.json"
-    if not cfg_path.exists():
-        cfg_path = Path("/work/shared/docs/reference/configs/vae_sd1.json")
+    cfg_path = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "vae_sd1.json"
     if cfg_path.exists():
         cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
         cfg.pop("scaling_factor", None)
@@ -250,10 +260,14 @@ def test_real_size_sd_decoder_256(cpu):
     vae = V.VAE.from_tensors(cpu, tensors, V.native_config(model.config))
     assert vae.has_decoder and not vae.has_encoder
     z = latent((1, 4, 32, 32), seed=14)
-    torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    ref = ref_decode(model, z)
-    t_ref = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the same thread count as the native engine
+    try:
+        t0 = time.perf_counter()
+        ref = ref_decode(model, z)
+        t_ref = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     out = vae.decode(z)
     t_ours = time.perf_counter() - t0
