@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
+    ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
+                    help="OMP_WAIT_POLICY for every child, sdcpp and torch alike (inherit: leave the environment "
+                         "as is; sdcpp then defaults to passive, torch to active)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the list of configurations this many times, interleaved, and keep each one's "
                          "fastest steps (robust to other load on a shared machine)")
@@ -203,6 +206,8 @@ def main() -> None:
                        "--latent", str(args.latent), "--context", str(args.context), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--attention", args.attention]
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                if args.omp_wait_policy != "inherit":
+                    env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
                 env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
                 print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -227,7 +232,8 @@ def main() -> None:
                       f"first call {r['first']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MiB{extra}", flush=True)
 
     print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
-          f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up")
+          f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s)")
     base = [b for b in ("diffusers-f32", "diffusers-bf16") if b in results]
     print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +
           "".join(f"{'vs ' + b + ' (wall|CPU)':>32}" for b in base))

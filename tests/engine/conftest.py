@@ -4,7 +4,12 @@
 """
 import os
 
-import pytest
+# Before torch loads libgomp (sdcpp's extension then shares it): passive OpenMP waiting, else
+# on a busy machine every ggml barrier can stall on a descheduled thread (see
+# sdcpp.engine.weights.native).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 
 def pytest_configure(config):
