@@ -299,12 +299,12 @@ struct UNet::Walk {
         const int64_t C = x.c;
         ggml_tensor* h = group_norm(x.t, p + ".norm", C, 1e-6f);
         const int64_t W = ctx ? x.t->ne[0] : 0, H = ctx ? x.t->ne[1] : 0;
-        if (ctx) h = unet_ops::image_to_sequence(ctx, h);  // [C, WH, N]
+        if (ctx) h = nn::image_to_sequence(ctx, h);  // [C, WH, N]
         h = projection(h, p + ".proj_in", C);
         for (int d = 0; d < depth; ++d)
             h = transformer_block(h, p + ".transformer_blocks." + std::to_string(d), C, heads, context);
         h = projection(h, p + ".proj_out", C);
-        if (ctx) h = unet_ops::sequence_to_image(ctx, h, W, H);
+        if (ctx) h = nn::sequence_to_image(ctx, h, W, H);
         return {add(h, x.t), C};
     }
 

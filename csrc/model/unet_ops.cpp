@@ -20,9 +20,9 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     if (KW == 1 && KH == 1 && stride == 1 && pad == 0) {
         // 1x1: a matmul over channels.
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* xs = image_to_sequence(ctx, x);                                     // [IC, WH, N]
+        ggml_tensor* xs = nn::image_to_sequence(ctx, x);                                     // [IC, WH, N]
         ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), xs);         // [OC, WH, N]
-        y = sequence_to_image(ctx, r, W, H);
+        y = nn::sequence_to_image(ctx, r, W, H);
     } else {
         const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
         ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
@@ -103,17 +103,6 @@ ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_t
     }
     if (dv != d) o = ggml_view_4d(ctx, o, d, heads, Lq, N, o->nb[1], o->nb[2], o->nb[3], 0);
     return ggml_reshape_3d(ctx, ggml_cont(ctx, o), D, Lq, N);
-}
-
-ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x) {
-    const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
-    return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, x, W * H, C, N), 1, 0, 2, 3));  // [C, WH, N]
-}
-
-ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h) {
-    const int64_t C = x->ne[0], N = x->ne[2];
-    ggml_tensor* t = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));  // [WH, C, N]
-    return ggml_reshape_4d(ctx, t, w, h, C, N);
 }
 
 }  // namespace sdcpp::unet_ops

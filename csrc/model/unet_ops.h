@@ -46,8 +46,6 @@ ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_t
                        ggml_type type = GGML_TYPE_F32);
 
 // [W, H, C, N] <-> [C, W*H, N].
-ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x);
-ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h);
 
 }  // namespace unet_ops
 }  // namespace sdcpp
