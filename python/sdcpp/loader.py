@@ -35,9 +35,13 @@ def _separate_vae(vae: PathLike) -> dict:
 
 
 def _default_weight_type(tensors: dict) -> str:
-    from .pipeline import _storage_weight_type
-
-    return _storage_weight_type(tensors)
+    """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
+    counts: dict[str, int] = {}
+    for name, rec in tensors.items():
+        if name.startswith("unet.") and len(rec.shape) >= 2:
+            counts[rec.dtype] = counts.get(rec.dtype, 0) + 1
+    dtype = max(counts, key=counts.get) if counts else "F32"
+    return {"F32": "f32", "F64": "f32", "F16": "f16", "BF16": "bf16"}.get(dtype, "f16")
 
 
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",

@@ -18,12 +18,12 @@ import numpy as np
 
 from . import errors
 from .conditioning import Conditioner, EncoderSlot, default_pad
+from .engine.sampling import SAMPLERS, SCHEDULES
 
 PathLike = Union[str, os.PathLike]
 Callback = Callable[[int, int, np.ndarray], Optional[bool]]
 
-SAMPLERS = ("euler", "euler_a", "heun", "dpm2", "dpm++2m", "dpm++2s_a", "lcm", "ddim_trailing", "ipndm")
-SCHEDULERS = ("discrete", "karras", "exponential", "ays", "sgm_uniform", "simple", "lcm", "trailing")
+SCHEDULERS = SCHEDULES  # the pipeline's word for sampling's schedules
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 _DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
@@ -37,16 +37,6 @@ _VP_SAMPLERS = frozenset({"dpm++2m", "ddim_trailing", "lcm"})
 def _initial_noise_scale(sampler: str, sigma_max: float) -> float:
     """diffusers' init_noise_sigma for the scheduler matching `sampler`, in sigma form."""
     return float(np.sqrt(sigma_max * sigma_max + 1.0)) if sampler in _VP_SAMPLERS else sigma_max
-
-
-def _storage_weight_type(tensors: dict) -> str:
-    """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
-    counts: dict[str, int] = {}
-    for name, rec in tensors.items():
-        if name.startswith("unet.") and len(rec.shape) >= 2:
-            counts[rec.dtype] = counts.get(rec.dtype, 0) + 1
-    dtype = max(counts, key=counts.get) if counts else "F32"
-    return {"F32": "f32", "F64": "f32", "F16": "f16", "BF16": "bf16"}.get(dtype, "f16")
 
 
 @dataclass
@@ -344,11 +334,9 @@ def _progress_bar(total: int):
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
     """A PIL image or an array in [0, 1] -> float32 [3, H, W] in [0, 1], H and W multiples of 8."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
         img = image.convert("RGB")
         w, h = img.size
         if (w % 8 or h % 8) and resize:

@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from fixtures.random_init import randomize_strongly_  # noqa: E402
 from sdcpp.engine import text as text_mod  # noqa: E402
 from sdcpp.engine.text import TextEncoder, config_from_transformers  # noqa: E402
 from sdcpp.engine.weights import build_store, native, open_device  # noqa: E402
@@ -38,20 +39,6 @@ def rel_err(ours, ref) -> float:
     return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-            elif "embedding" in name:
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
-            else:  # linear weights [out, in]
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-
-
 def make_model(kind: str, seed: int = 0, **sizes):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -61,7 +48,7 @@ def make_model(kind: str, seed: int = 0, **sizes):
     cfg = CLIPTextConfig(vocab_size=VOCAB, max_position_embeddings=77, hidden_act=act, layer_norm_eps=1e-5,
                          projection_dim=48, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, **dims)
     model = (CLIPTextModelWithProjection if kind == "G" else CLIPTextModel)(cfg)
-    randomize_(model, seed)
+    randomize_strongly_(model, torch.Generator().manual_seed(seed))
     return model.eval()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 
 CONFIG_DIR = Path("/work/shared/docs/reference/configs")
@@ -127,18 +126,11 @@ def build_diffusers_unet(dc: dict, seed: int = 0):
     import torch
     from diffusers import UNet2DConditionModel
 
+    from fixtures.random_init import randomize_strongly_
+
     torch.manual_seed(seed)
     model = UNet2DConditionModel(**dc).eval().float()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = max(1, math.prod(p.shape[1:]))
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+    randomize_strongly_(model, torch.Generator().manual_seed(seed + 1))
     return model
 
 

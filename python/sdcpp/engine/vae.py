@@ -54,7 +54,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .. import errors
-from .weights import build_store, native
+from .weights import build_store, native, storage_type  # noqa: F401 (re-exported)
 
 DEFAULT_WEIGHT_TYPE = "f32"
 _F16_MAX = 65504.0
@@ -78,15 +78,6 @@ def native_config(diffusers_config: Mapping[str, Any]) -> dict:
         }
     except (TypeError, ValueError) as exc:
         raise errors.InvalidArgumentError(f"bad AutoencoderKL config: {exc}") from None
-
-
-def storage_type(name: str, shape: tuple, weight_type: str) -> str:
-    """Conv kernels and attention projections take ``weight_type``; biases and norms stay f32."""
-    if weight_type not in ("f32", "f16", "bf16"):
-        raise errors.InvalidArgumentError(f"VAE weight_type must be 'f32', 'f16' or 'bf16', got {weight_type!r}")
-    if len(shape) < 2 or "norm" in name:
-        return "f32"
-    return weight_type
 
 
 def split_moments(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
