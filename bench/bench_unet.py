@@ -9,7 +9,7 @@ guidance), a 64x64 latent (512x512 image) and a 77-token context by default.
     PYTHONPATH=python python bench/bench_unet.py --model bk-sdm-tiny --configs sdcpp-f16,diffusers-bf16
     PYTHONPATH=python python bench/bench_unet.py --model sd15 --configs sdcpp-f16 --attention flash
 
-Models: reference configs under /work/shared/docs/reference/configs (sd15, sdxl, ssd-1b,
+Models: the published reference configs in tests/fixtures/configs (sd15, sdxl, ssd-1b,
 segmind-vega, bk-sdm-tiny, bk-sdm-small, bk-sdm-base) or a path to a diffusers config.json.
 Needs torch + diffusers for the diffusers rows and for the tensor shapes (meta device, no
 weights); the sdcpp child itself never imports torch.

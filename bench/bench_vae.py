@@ -29,13 +29,8 @@ DEFAULT_CONFIGS = "sdcpp-f32,sdcpp-f16,sdcpp-bf16,diffusers-fp32,diffusers-bf16"
 
 
 def _vae_config() -> dict:
-    for p in (ROOT / "tests" / "fixtures" / "configs" / "vae_sd1.json",
-              Path("/work/shared/docs/reference/configs/vae_sd1.json")):
-        if p.exists():
-            return {k: v for k, v in json.loads(p.read_text()).items() if not k.startswith("_")}
-    return {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
-            "norm_num_groups": 32, "in_channels": 3, "out_channels": 3, "sample_size": 512,
-            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+    p = ROOT / "tests" / "fixtures" / "configs" / "vae_sd1.json"
+    return {k: v for k, v in json.loads(p.read_text()).items() if not k.startswith("_")}
 
 
 def _rss_mb() -> float:

@@ -521,10 +521,15 @@ std::string ne_str(const ggml_tensor* t) {
     if (!ggml_is_contiguous(t)) r += "(nc)";
     return r;
 }
+// CPU time of the calling thread where POSIX offers it; the process's CPU time elsewhere (MSVC).
 double thread_cpu_us() {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+#else
+    return static_cast<double>(std::clock()) * 1e6 / CLOCKS_PER_SEC;
+#endif
 }
 struct ProfileState {
     std::vector<UNet::NodeTime>* out;

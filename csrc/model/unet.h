@@ -58,7 +58,8 @@ class UNet {
     ~UNet();
 
     const UNetConfig& config() const { return cfg_; }
-    // H and W must be multiples of this.
+    // 2^downsamplers. Any H and W work (up blocks resize to the skip's size, as diffusers does);
+    // multiples of this need no resizing.
     int64_t spatial_multiple() const { return int64_t(1) << cfg_.downsamplers(); }
 
     // latent [B, in_channels, H, W], timesteps [B], context [B, L, cross_attention_dim],

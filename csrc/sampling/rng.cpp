@@ -37,6 +37,10 @@ inline float c(uint32_t bits) { return u2f(bits); }
 // ---- torch's AVX2 Box-Muller (NormalFill16<float> with avx_mathfun.h), one lane ----------
 // Transcribed from the instruction sequence of torch 2.13's x86-64 build (GCC, -mavx2 -mfma):
 // the polynomial steps are fused multiply-adds there, so they are std::fma here.
+// Origin of the algorithm and constants: avx_mathfun.h (Giovanni Garberoglio, 2012), the AVX
+// port of sse_mathfun.h (Julien Pommier, 2007), both under the zlib licence, with polynomial
+// coefficients from the Cephes library (Stephen L. Moshier). Reproducing torch's bits needs
+// the same constants; see THIRD_PARTY_NOTICES.md.
 
 // log256_ps for x in (0, 1] (the only inputs Box-Muller gives it).
 float avx2_log(float x) {

@@ -72,7 +72,10 @@ const std::vector<std::string>& schedule_names() {
 
 namespace {
 
-// Align Your Steps (Sabour et al. 2024), the published 10-step noise levels.
+// Align Your Steps (A. Sabour, S. Fidler, K. Kreis, "Align Your Steps: Optimizing Sampling
+// Schedules in Diffusion Models", ICML 2024, arXiv:2404.14507): the 10-step noise levels NVIDIA
+// published for SD 1.5 and SDXL on the project page (research.nvidia.com/labs/toronto-ai/AlignYourSteps,
+// "How to use"), the same tables that ComfyUI's AlignYourStepsScheduler and A1111 carry.
 const double kAysSD1[11] = {14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
                             0.9642583904,  0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582};
 const double kAysSDXL[11] = {14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,

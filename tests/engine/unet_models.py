@@ -12,7 +12,8 @@ import copy
 import json
 from pathlib import Path
 
-CONFIG_DIR = Path("/work/shared/docs/reference/configs")
+# The published reference configs, copied into the repository (tests/fixtures/configs/README.md).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
 # name -> (reference file, overrides applied on top of it)
 TOPOLOGIES = {

@@ -61,7 +61,8 @@ class UNet:
     # --- properties ---------------------------------------------------------------------
     @property
     def spatial_multiple(self) -> int:
-        """Latent height and width must be multiples of this (2 ** number of downsamplers)."""
+        """2 ** number of downsamplers. Any latent size works; multiples of this need no resizing
+        inside the network (the up blocks upsample to each skip's size otherwise, as diffusers does)."""
         return int(self._native.spatial_multiple)
 
     @property

@@ -17,12 +17,6 @@ WEIGHT_TYPES = ("f32", "f16", "bf16")
 
 def native():
     """The compiled extension, imported lazily so pure-Python parts work without it."""
-    # ggml's CPU backend (OpenMP build) meets its threads at a barrier after every graph node;
-    # with OpenMP's default active waiting, one descheduled thread on a busy machine stalls
-    # each barrier (measured: 2-thread U-Net 1.2 s vs 0.07 s). Passive waiting costs a few
-    # microseconds per barrier on an idle machine. Read by libgomp when it loads, so set it
-    # before the extension loads (a value the user set wins).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from .. import _core
     except ImportError as exc:  # pragma: no cover - a broken install
@@ -33,7 +27,16 @@ def native():
 
 
 def physical_cores() -> int:
-    """Physical cores (threads per core taken out); ggml gains nothing from SMT siblings."""
+    """Physical cores available to this process: ggml gains nothing from SMT siblings.
+
+    x86 Linux lists SMT siblings as separate processors sharing a (physical id, core id); other
+    systems (Arm Linux, macOS, Windows) either have no SMT or do not say, so every processor
+    we may run on counts.
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
     try:
         cores = set()
         with open("/proc/cpuinfo") as fh:
@@ -48,10 +51,10 @@ def physical_cores() -> int:
                         cores.add((phys, core))
                     phys = core = None
         if cores:
-            return max(1, min(len(cores), len(os.sched_getaffinity(0))))
+            return max(1, min(len(cores), allowed))
     except OSError:
         pass
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, allowed)
 
 
 def open_device(device: str = "auto", threads: Optional[int] = None):
