@@ -37,6 +37,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, vulkan, metal")
     p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=("f32", "f16", "bf16"))
     p.add_argument("--vae", default=None, help="a separate VAE file or folder")
+    p.add_argument("--variant", default=None, help="diffusers weight variant (e.g. fp16); hub repos default to fp16 when present")
+    p.add_argument("--revision", default=None, help="Hugging Face Hub revision (branch, tag or commit)")
     p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:SCALE]",
                    help="apply a LoRA (repeatable)")
     p.add_argument("--lora-dir", "--lora-model-dir", dest="lora_dir", default=None,
@@ -59,7 +61,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     from .pipeline import load
 
     model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
-                 threads=args.threads, loras=args.lora or None)
+                 threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision)
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir
     for r in getattr(model.info, "loras", []):

@@ -35,18 +35,22 @@ def _separate_vae(vae: PathLike) -> dict:
 
 
 def _default_weight_type(tensors: dict) -> str:
-    """The checkpoint's own storage type for its U-Net (fp8 files upcast to f16)."""
+    """The U-Net's and text encoders' storage type when none is asked for: f16, except that a
+    bf16 checkpoint stays bf16. f16 halves the resident size of an f32 checkpoint (SSD-1B: 9 GB
+    -> 4.6 GB) at a fidelity cost far below the sampling noise (final latents within 5e-3 of
+    diffusers fp32 in the tests); ask for weight_type="f32" to compute exactly."""
     counts: dict[str, int] = {}
     for name, rec in tensors.items():
         if name.startswith("unet.") and len(rec.shape) >= 2:
             counts[rec.dtype] = counts.get(rec.dtype, 0) + 1
     dtype = max(counts, key=counts.get) if counts else "F32"
-    return {"F32": "f32", "F64": "f32", "F16": "f16", "BF16": "bf16"}.get(dtype, "f16")
+    return "bf16" if dtype == "BF16" else "f16"
 
 
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
                weight_type: Optional[str] = None, threads: Optional[int] = None,
-               prediction_type: Optional[str] = None):
+               prediction_type: Optional[str] = None, variant: Optional[str] = None,
+               revision: Optional[str] = None):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.unet import UNet
@@ -61,7 +65,9 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise errors.InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
 
-    info = inspect(source)
+    from .io import open_source
+
+    info = inspect(open_source(source, variant=variant, revision=revision))
     tensors = dict(info.tensors)
     if vae is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("vae.")}

@@ -399,17 +399,22 @@ def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool) 
 def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
          weight_type: Optional[str] = None, threads: Optional[int] = None,
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
-         lora_dir: Optional[PathLike] = None) -> Model:
+         lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
+         revision: Optional[str] = None) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
-    weight_type: "f32" | "f16" | "bf16"; default = the checkpoint's own storage type (fp8 -> f16).
+    weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
+    (a bf16 checkpoint stays bf16); "f32" computes exactly. The VAE computes in f32 whatever
+    its storage. variant: the diffusers weight variant ("fp16" ...); for a Hugging Face repo id
+    the fp16 files are preferred when the repo has them (variant="" asks for the plain ones). revision: the Hub revision (branch,
+    tag or commit).
     loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the
     folder searched for the prompt's ``<lora:name:scale>`` tags.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
-                       prediction_type=prediction_type)
+                       prediction_type=prediction_type, variant=variant, revision=revision)
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)

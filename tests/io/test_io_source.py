@@ -229,12 +229,23 @@ def test_hub_repo_downloads_only_needed_files(tmp_path, tiny_models, monkeypatch
     save_file({"x": torch.zeros(1)}, str(repo / "safety_checker" / "model.safetensors"))
     hub = _FakeHub(repo, tmp_path / "cache")
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
-    src = open_source("someone/tiny-sd")
+    src = open_source("someone/tiny-sd", variant="")                           # "": the plain files
     _check_pipeline(src, want, tmp_path / "cache")
     got = sorted(str(p.relative_to(hub.cache)) for p in hub.cache.rglob("*") if p.is_file())
     assert got == ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
                    "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                    "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+
+    # No variant asked: a repo that publishes fp16 files gets them downloaded (components
+    # without an fp16 file fall back to their plain files).
+    hub16 = _FakeHub(repo, tmp_path / "cache16")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub16)
+    src16 = open_source("someone/tiny-sd")
+    got16 = sorted(str(p.relative_to(hub16.cache)) for p in hub16.cache.rglob("*") if p.is_file())
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in got16
+    assert "unet/diffusion_pytorch_model.safetensors" not in got16
+    assert "text_encoder/model.safetensors" in got16
+    assert src16.components["unet"]["conv_in.weight"].dtype == "F16"
 
 
 def test_hub_sharded_component_and_single_file(tmp_path, tiny_models, monkeypatch):

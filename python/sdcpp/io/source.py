@@ -292,6 +292,10 @@ def _open_hub(repo_id: str, variant: Optional[str], revision: Optional[str]) -> 
                 f"No such file or directory: {repo_id!r}; resolving it as a Hugging Face Hub repo id "
                 f"failed too: {listing_error}") from None
         return _open_local(Path(local), variant)
+    if variant is None and any(_variant_of(f.rsplit("/", 1)[-1]) == ("fp16", "safetensors") for f in files):
+        # A user of a repo id gets the half-size download when the repo publishes one: the
+        # weights are stored as f16 by default anyway (components without it use plain files).
+        variant = "fp16"
     want, single = _hub_plan(files, variant)
     try:
         local = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=want))
@@ -316,7 +320,8 @@ def open_source(source: str | os.PathLike, *, variant: Optional[str] = None,
     """Open a checkpoint file, a diffusers folder, a bare component folder or a Hub repo id.
 
     `variant` (e.g. "fp16") picks ``*.fp16.safetensors``-style files in diffusers folders (plain
-    files are used where a component lacks it); `revision` is passed to the Hub.
+    files are used where a component lacks it); a Hub repo id without a variant takes its fp16
+    files when it has them (``variant=""`` asks for the plain files). `revision` is passed to the Hub.
     """
     if isinstance(source, Source):
         return source
