@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = {
     "sd15": "sd15_reference.json",
@@ -39,7 +40,7 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "diffusers-f32", "diffusers-bf16")
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
 
 
 def load_config(model: str) -> dict:
@@ -142,9 +143,45 @@ def child_diffusers(args, spec) -> dict:
     return {"times": times[args.warmup:], "cpu": cpu[args.warmup:], "first": times[0], "load_s": load_s}
 
 
+def child_openvino(args, spec) -> dict:
+    """The same random-weight diffusers U-Net, converted to OpenVINO (bench/openvino_reference.py)."""
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    import openvino_reference as ovr
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = UNet2DConditionModel(**spec["diffusers"]).eval()
+    B = args.batch
+    rng = np.random.default_rng(0)
+    inputs = {"sample": rng.standard_normal((B, 4, args.latent, args.latent)).astype(np.float32),
+              "timestep": np.full((B,), 500.0, np.float32),
+              "encoder_hidden_states": rng.standard_normal(
+                  (B, args.context, spec["diffusers"]["cross_attention_dim"])).astype(np.float32)}
+    add = spec["native"].get("addition_embed")
+    if add:
+        inputs["text_embeds"] = rng.standard_normal((B, add["in_dim"] - 6 * add["time_embed_dim"])).astype(np.float32)
+        inputs["time_ids"] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], np.float32), (B, 1))
+    run = ovr.compile_module(ovr.UNetForExport(model, bool(add)), {k: torch.from_numpy(v) for k, v in inputs.items()},
+                             args.threads, args.config.split("-")[1])
+    del model
+    load_s = time.perf_counter() - t0
+    times, cpu = [], []
+    for i in range(args.warmup + args.steps):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        out = run(**inputs)
+        times.append(time.perf_counter() - t0)
+        cpu.append(cpu_seconds() - c0)
+    assert np.all(np.isfinite(out))
+    return {"times": times[args.warmup:], "cpu": cpu[args.warmup:], "first": times[0], "load_s": load_s}
+
+
 def run_child(args) -> None:
     spec = json.loads(Path(args.spec).read_text())
-    res = child_sdcpp(args, spec) if args.config.startswith("sdcpp") else child_diffusers(args, spec)
+    child = {"sdcpp": child_sdcpp, "diffusers": child_diffusers, "openvino": child_openvino}[args.config.split("-")[0]]
+    res = child(args, spec)
     res["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -194,6 +231,12 @@ def main() -> None:
     for c in configs:
         if c not in ALL_CONFIGS:
             ap.error(f"unknown config {c!r}")
+    if any(c.startswith("openvino") for c in configs):
+        import openvino_reference
+
+        if not openvino_reference.available():
+            print("openvino is not installed (pip install openvino): its rows are skipped")
+            configs = [c for c in configs if not c.startswith("openvino")]
     spec = make_spec(args)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +277,7 @@ def main() -> None:
     print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up, "
           f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s)")
-    base = [b for b in ("diffusers-f32", "diffusers-bf16") if b in results]
+    base = [b for b in ("diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto") if b in results]
     print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +
           "".join(f"{'vs ' + b + ' (wall|CPU)':>32}" for b in base))
     for c, r in results.items():
