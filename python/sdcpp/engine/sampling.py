@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from .. import errors
+from .native_call import call_native_with_callbacks
 
 SAMPLERS = ("euler", "euler_a", "heun", "dpm2", "dpm++2m", "dpm++2s_a", "lcm", "ddim_trailing", "ipndm")
 SCHEDULES = ("discrete", "karras", "exponential", "ays", "sgm_uniform", "simple", "lcm", "trailing")
@@ -48,17 +49,6 @@ def _check_name(kind: str, value, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise errors.InvalidArgumentError(f"unknown {kind} {value!r}; valid names: {', '.join(valid)}")
     return value
-
-
-def _call(fn, *args, **kwargs):
-    """Native call with the engine's InvalidArgument turned into InvalidArgumentError
-    (exceptions raised by Python callbacks pass through unchanged)."""
-    from .weights import native
-
-    try:
-        return fn(*args, **kwargs)
-    except native().InvalidArgument as exc:
-        raise errors.InvalidArgumentError(str(exc)) from None
 
 
 def _seed(seed) -> int:
@@ -96,7 +86,7 @@ class Generator:
         threads = 0 if cuda_max_threads is None else int(cuda_max_threads)
         if threads < 0:
             raise errors.InvalidArgumentError("cuda_max_threads must be >= 0")
-        self._native = _call(_native().Generator, self._rng, self._seed, threads)
+        self._native = call_native_with_callbacks(_native().Generator, self._rng, self._seed, threads)
 
     @property
     def seed(self) -> int:
@@ -108,7 +98,7 @@ class Generator:
 
     def randn(self, shape) -> np.ndarray:
         """Standard normals of `shape` (float32), one torch.randn call's worth."""
-        return _call(self._native.randn, list(_shape(shape)))
+        return call_native_with_callbacks(self._native.randn, list(_shape(shape)))
 
     def clone(self) -> "Generator":
         g = object.__new__(Generator)
@@ -136,7 +126,7 @@ def noise_schedule(beta_start: float = 0.00085, beta_end: float = 0.012, num_tim
 
     alphas_cumprod is accumulated in float64 and (float32_alphas) rounded to float32, as LDM
     checkpoints store it and k-diffusion/A1111/ComfyUI/diffusers use it (sigma_min 0.0291675)."""
-    return _call(_native().NoiseSchedule, float(beta_start), float(beta_end), int(num_timesteps), beta_schedule,
+    return call_native_with_callbacks(_native().NoiseSchedule, float(beta_start), float(beta_end), int(num_timesteps), beta_schedule,
                  bool(float32_alphas))
 
 
@@ -156,7 +146,7 @@ def sigmas(schedule: str, n: int, *, family: str = "sd1", noise_schedule=None) -
     _check_name("model family", family, FAMILIES)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise errors.InvalidArgumentError(f"the number of steps must be an integer >= 1, got {n!r}")
-    return _call(_schedule_or_default(noise_schedule).get_sigmas, schedule, int(n), family)
+    return call_native_with_callbacks(_schedule_or_default(noise_schedule).get_sigmas, schedule, int(n), family)
 
 
 def sigma_to_t(sigma, noise_schedule=None):
@@ -249,7 +239,7 @@ def sample(sampler: str, denoiser_fn: DenoiserFn, x: np.ndarray, sigmas: np.ndar
     if generator is None and native.sampler_uses_noise(sampler, eta_v):
         raise errors.InvalidArgumentError(f"sampler {sampler!r} draws noise: pass a generator (or a seed)")
     ns = _schedule_or_default(noise_schedule)
-    out, cancelled, done = _call(native.sample, sampler, denoiser_fn, np.ascontiguousarray(x, dtype=np.float32), sig,
+    out, cancelled, done = call_native_with_callbacks(native.sample, sampler, denoiser_fn, np.ascontiguousarray(x, dtype=np.float32), sig,
                                  None if generator is None else generator._native, callback, eta_v, ns)
     if cancelled:
         exc = errors.Cancelled(f"sampling stopped by the callback after {done} of {sig.size - 1} steps")

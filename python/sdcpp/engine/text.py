@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .. import errors
+from .native_call import call_native
 from .weights import native
 
 _INT_KEYS = ("hidden_size", "intermediate_size", "num_heads", "num_layers", "vocab_size", "max_positions")
@@ -79,12 +80,9 @@ class TextEncoder:
         self.prefix = prefix
         core = native()
         native_cfg = {k: v for k, v in self.config.items() if k != "eos_token_id"}
-        try:
-            self._native = core.ClipTextEncoder(store, prefix, native_cfg)
-        except ValueError as exc:
-            raise errors.InvalidArgumentError(str(exc)) from None
-        except TypeError as exc:  # store of the wrong type
-            raise errors.InvalidArgumentError(f"store must be a sdcpp WeightStore ({exc})") from None
+        if not isinstance(store, core.WeightStore):
+            raise errors.InvalidArgumentError(f"store must be a sdcpp WeightStore, got {type(store).__name__}")
+        self._native = call_native(core.ClipTextEncoder, store, prefix, native_cfg)
 
     @property
     def hidden_size(self) -> int:
@@ -150,12 +148,7 @@ class TextEncoder:
             raise errors.InvalidArgumentError("pooled_index was given with pooled=False")
 
         ids32 = np.ascontiguousarray(ids, dtype=np.int32)
-        try:
-            hidden, pooled_out = self._native.encode(ids32, int(layers), bool(final_norm), pidx)
-        except ValueError as exc:
-            raise errors.InvalidArgumentError(str(exc)) from None
-        except RuntimeError as exc:
-            raise errors.BackendError(str(exc)) from None
+        hidden, pooled_out = call_native(self._native.encode, ids32, int(layers), bool(final_norm), pidx)
         return hidden, pooled_out
 
     def clear(self) -> None:

@@ -11,27 +11,16 @@ canonical ``unet.<diffusers state_dict key>`` tensors.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
 from .. import errors
+from .native_call import call_native
 from .weights import native
 
 ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
 CONV_IMPLS = ("auto", "im2col", "winograd")
-
-
-def _native_call(fn, *args, **kwargs):
-    """Run a native call, turning the engine's ValueError into InvalidArgumentError."""
-    try:
-        return fn(*args, **kwargs)
-    except errors.SdcppError:
-        raise
-    except ValueError as exc:
-        raise errors.InvalidArgumentError(str(exc)) from None
-    except RuntimeError as exc:
-        raise errors.BackendError(str(exc)) from None
 
 
 def _float_array(value: Any, name: str) -> np.ndarray:
@@ -55,7 +44,7 @@ class UNet:
         if not isinstance(config, Mapping):
             raise errors.InvalidArgumentError("config must be a dict (docs/internals.md §4)")
         self.config = dict(config)
-        self._native = _native_call(native().UNet, store, self.config)
+        self._native = call_native(native().UNet, store, self.config)
         self.store = store
 
     # --- properties ---------------------------------------------------------------------
@@ -121,7 +110,7 @@ class UNet:
     def profile(self, batch: int, height: int, width: int, context_length: int = 77) -> list[dict]:
         """Per-node timing of one forward pass with zero inputs (profiling only: the graph is
         stopped after every node). Rows: op, name, shape, src0, src1, wall_us, cpu_us."""
-        rows = _native_call(self._native.profile, int(batch), int(height), int(width), int(context_length))
+        rows = call_native(self._native.profile, int(batch), int(height), int(width), int(context_length))
         keys = ("op", "name", "shape", "src0", "src1", "wall_us", "cpu_us")
         return [dict(zip(keys, r)) for r in rows]
 
@@ -186,13 +175,13 @@ class UNet:
         elif text_embeds is not None or time_ids is not None:
             raise errors.InvalidArgumentError("text_embeds / time_ids given but this U-Net has no addition embedding")
 
-        return _native_call(self._native.forward, latent, t, context, text_embeds, time_ids)
+        return call_native(self._native.forward, latent, t, context, text_embeds, time_ids)
 
 
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> np.ndarray:
     """The native sinusoidal timestep embedding (diffusers' get_timestep_embedding formula)."""
     t = _float_array(timesteps, "timesteps").reshape(-1)
-    return _native_call(native().unet_timestep_embedding, t, int(dim), bool(flip_sin_to_cos), float(freq_shift))
+    return call_native(native().unet_timestep_embedding, t, int(dim), bool(flip_sin_to_cos), float(freq_shift))
 
 
 __all__ = ["UNet", "timestep_embedding", "ATTENTION_KERNELS", "CONV_IMPLS"]

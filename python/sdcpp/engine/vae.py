@@ -54,6 +54,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .. import errors
+from .native_call import call_native
 from .weights import build_store, native, storage_type  # noqa: F401 (re-exported)
 
 DEFAULT_WEIGHT_TYPE = "f32"
@@ -99,16 +100,6 @@ def _as_f32(array: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _native_call(fn, *args):
-    core = native()
-    try:
-        return fn(*args)
-    except core.InvalidArgument as exc:
-        raise errors.InvalidArgumentError(str(exc)) from None
-    except core.NativeError as exc:
-        raise errors.BackendError(str(exc)) from None
-
-
 class VAE:
     """AutoencoderKL decode/encode on a native WeightStore (see the module docstring)."""
 
@@ -117,7 +108,7 @@ class VAE:
             raise errors.InvalidArgumentError("VAE config must be a dict (docs/internals.md §4)")
         self.config = dict(config)
         self.store = store
-        self._vae = _native_call(native().VAE, store, dict(config), prefix)
+        self._vae = call_native(native().VAE, store, dict(config), prefix)
 
     @classmethod
     def from_tensors(cls, device, tensors: Mapping[str, Any], config: Mapping[str, Any], *,
@@ -166,7 +157,7 @@ class VAE:
         portable: on the CPU, build the graph of stock ggml ops that other devices get (tests).
         See the module docstring."""
         cur = self.options()
-        _native_call(self._vae.set_options,
+        call_native(self._vae.set_options,
                      cur["conv"] if conv is None else conv,
                      float(cur["max_im2col_mb"] if max_im2col_mb is None else max_im2col_mb),
                      float(cur["max_attention_mb"] if max_attention_mb is None else max_attention_mb),
@@ -186,13 +177,13 @@ class VAE:
         """latent [B, C_latent, h, w] (already divided by the scaling factor) -> image
         [B, C_out, h*f, w*f] float32, about [-1, 1], unclamped (as diffusers returns it)."""
         z = _as_f32(latent, "latent")
-        return _native_call(self._vae.decode, z)
+        return call_native(self._vae.decode, z)
 
     def encode(self, image) -> np.ndarray:
         """image [B, C_in, H, W] in [-1, 1] (H, W multiples of ``factor``) -> raw moments
         [B, 2*C_latent, H/f, W/f] (mean then logvar, unclamped; see ``split_moments``)."""
         x = _as_f32(image, "image")
-        return _native_call(self._vae.encode, x)
+        return call_native(self._vae.encode, x)
 
     def decode_tiled(self, latent, tile: int = 64, overlap: float = 0.25) -> np.ndarray:
         """Decode overlapping latent tiles of ``tile`` x ``tile`` and blend them linearly, the same
