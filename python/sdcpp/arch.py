@@ -395,6 +395,15 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)          # config disagreements, defaults used
     layout_detail: Optional[UnetLayout] = None
 
+    def with_vae(self, tensors: dict[str, TensorRecord]) -> "ModelInfo":
+        """This ModelInfo over `tensors` (whose vae.* came from a separate VAE file), with the
+        VAE description re-inferred from them."""
+        import dataclasses
+
+        notes: list[str] = []
+        vae, _ = _vae(tensors, self.family, _Ctx(self.path, {k: k for k in tensors}), {}, notes)
+        return dataclasses.replace(self, tensors=tensors, vae=vae, notes=self.notes + notes)
+
     # ------------------------------------------------------------------ native configs
     def unet_native_config(self) -> dict:
         """docs/internals.md §4 U-Net dict (everything explicit)."""

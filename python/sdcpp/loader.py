@@ -72,7 +72,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     if vae is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("vae.")}
         tensors.update(_separate_vae(vae))
-        info = _replace_vae(info, tensors)
+        info = info.with_vae(tensors)
     if info.vae is None:
         raise errors.MissingTensorError("the checkpoint has no VAE; pass vae= with a VAE file or folder",
                                         file=info.path)
@@ -104,14 +104,3 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     }
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
-
-
-def _replace_vae(info, tensors: dict):
-    """ModelInfo with its VAE description re-inferred from the replacement tensors."""
-    import dataclasses
-
-    from .arch import _Ctx, _vae
-
-    notes: list[str] = []
-    vae, _ = _vae(tensors, info.family, _Ctx(info.path, {k: k for k in tensors}), {}, notes)
-    return dataclasses.replace(info, tensors=tensors, vae=vae, notes=info.notes + notes)

@@ -116,3 +116,27 @@ def test_latents_set_the_batch(tiny):
 
 def test_info_is_the_inspect_result(tiny):
     assert tiny.info.family == "sd1" and tiny.info.variant == "bk-sdm-tiny"
+
+
+def test_separate_vae_replaces_the_checkpoints(model_fixtures, tmp_path):
+    """load(vae=folder): the model decodes with the separate VAE, as diffusers does with it."""
+    import copy
+
+    import torch
+
+    fx = model_fixtures.get("bk-sdm-tiny")
+    other = copy.deepcopy(fx.vae)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    other.save_pretrained(tmp_path / "vae")
+    model = sdcpp.load(str(fx.path("ldm")), vae=str(tmp_path / "vae"), device="cpu", weight_type="f32", threads=2)
+    z = np.random.default_rng(3).standard_normal((1, 4, SIZE // 8, SIZE // 8)).astype(np.float32)
+    ours = model._c["vae"].decode(z)      # the engine VAE the pipeline decodes with
+    with torch.no_grad():
+        ref = other.decode(torch.from_numpy(z)).sample.numpy()
+        own = fx.vae.decode(torch.from_numpy(z)).sample.numpy()
+    err = np.abs(ours - ref).max()
+    assert err <= 1e-4, err
+    assert np.abs(own - ref).max() > 100 * 1e-4, "the two VAEs must differ for this test to mean anything"

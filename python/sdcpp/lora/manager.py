@@ -217,8 +217,8 @@ class LoraManager:
     def _read(self, path: Path) -> tuple[tuple, LoraFile]:
         target = path
         if path.is_dir():
-            from .parse import _pick_file
-            target = _pick_file(path)
+            from .parse import pick_file
+            target = pick_file(path)
         ident = _file_key(target)
         lf = self._files.get(ident)
         if lf is None:

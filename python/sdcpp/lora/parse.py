@@ -177,7 +177,7 @@ def _route_bare(path: str):
     return None
 
 
-def _pick_file(folder: Path) -> Path:
+def pick_file(folder: Path) -> Path:
     files = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(LORA_EXTENSIONS)]
     for stem in FOLDER_FILES:
         for ext in LORA_EXTENSIONS:
@@ -254,7 +254,7 @@ def read_lora(path: PathLike) -> LoraFile:
     peft_cfg = None
     if p.is_dir():
         peft_cfg = _peft_config(p)
-        p = _pick_file(p)
+        p = pick_file(p)
     elif p.is_file() and p.stem == "adapter_model":
         peft_cfg = _peft_config(p.parent)
     if not p.exists():
