@@ -1,7 +1,9 @@
-"""Real-size architectures: the published/derived configs of SD1.5, SDXL, SSD-1B, Vega, BK-SDM and
-segmind tiny/small are built on torch's meta device (shapes only), written with the fixture LDM
-writer, and ``inspect`` must recover each config exactly, real head counts included (so the
-heuristics are checked where the tiny fixtures cannot: 8 heads at 320..1280, C/64 = 5/10/20)."""
+"""Real-size architectures: the reference configs of SD1.5, SDXL, SSD-1B, Vega, BK-SDM and segmind
+tiny/small (tests/fixtures/configs, each with its `_source`) are built on torch's meta device
+(shapes only), written with the fixture LDM writer, and ``inspect`` must recover each config
+exactly, real head counts included (so the heuristics are checked where the tiny fixtures cannot:
+8 heads at 320..1280, C/64 = 5/10/20). Where the authors published parameter counts, the configs
+must reproduce them (the check that caught segmind small-sd's missing mid block)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +31,8 @@ CASES = {
     "bk-sdm-base": ("sd1", "bk-sdm-base"),
     "bk-sdm-small": ("sd1", "bk-sdm-small"),
     "bk-sdm-tiny": ("sd1", "bk-sdm-tiny"),
-    "segmind-small-sd": ("sd1", "bk-sdm-small"),
+    # segmind's "sd_small" keeps the SD1 mid block: the BK-SDM-Base layout (see its `_source`).
+    "segmind-small-sd": ("sd1", "bk-sdm-base"),
     "segmind-tiny-sd": ("sd1", "bk-sdm-tiny"),
     "segmind-portrait-finetuned": ("sd1", "bk-sdm-tiny"),
     "clashsan-tinySDdistilled-ldm": ("sd1", "bk-sdm-tiny"),
@@ -103,3 +106,33 @@ def test_real_size_configs_are_recovered(name):
         assert native["projection_dim"] == (want["projection_dim"] if meta["name"] == "text_encoder_2" else 0)
     assert info.vae["scaling_factor"] == (0.13025 if family == "sdxl" else 0.18215)
     assert info.vae_native_config()["block_out_channels"] == [128, 256, 512, 512]
+
+
+# U-Net parameter counts the model authors published, as (exact count) or (count, tolerance) for
+# figures they rounded. Sources (also in each config's `_source` and docs/formats.md):
+# github.com/segmind/distill-sd README.md "Parameters" (torchinfo counts of SD1.5 / SD_Small /
+# SD_Tiny), blog.segmind.com/segmind-vega-2 (Vega: Down 247M, Mid 31M, Up 460M),
+# github.com/segmind/SSD-1B README.md ("a 1.3B Parameter Model").
+PUBLISHED_PARAMS = {
+    "sd15_reference": {"total": 859_520_964},
+    "segmind-small-sd": {"total": 579_384_964},
+    "segmind-tiny-sd": {"total": 323_384_964},
+    "segmind-portrait-finetuned": {"total": 323_384_964},
+    "segmind-vega": {"down_blocks": (247e6, 0.5e6), "mid_block": (31e6, 0.5e6), "up_blocks": (460e6, 0.5e6)},
+    "ssd-1b": {"total": (1.3e9, 0.05e9)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_configs_match_published_parameter_counts(name):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_load(name))
+    for part, want in PUBLISHED_PARAMS[name].items():
+        module = unet if part == "total" else getattr(unet, part)
+        got = sum(p.numel() for p in module.parameters())
+        if isinstance(want, tuple):
+            assert abs(got - want[0]) <= want[1], (name, part, got)
+        else:
+            assert got == want, (name, part, got)
