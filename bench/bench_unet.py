@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
+    ap.add_argument("--cpu-level", default=None,
+                    help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16; SDCPP_CPU_LEVEL), e.g. to "
+                         "measure an AVX2 CPU's path on an AVX-512 machine")
     ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
                     help="OMP_WAIT_POLICY for every child, sdcpp and torch alike (inherit: leave the environment "
                          "as is; sdcpp then defaults to passive, torch to active)")
@@ -252,6 +255,8 @@ def main() -> None:
                 if args.omp_wait_policy != "inherit":
                     env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
                 env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
+                if args.cpu_level:
+                    env["SDCPP_CPU_LEVEL"] = args.cpu_level
                 print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -276,7 +281,8 @@ def main() -> None:
 
     print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s)")
+          f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s), sdcpp CPU level "
+          f"{args.cpu_level or 'detected'}")
     base = [b for b in ("diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto") if b in results]
     print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +
           "".join(f"{'vs ' + b + ' (wall|CPU)':>32}" for b in base))

@@ -3,7 +3,7 @@
 #include <optional>
 
 #include "../model/unet.h"
-#include "../model/unet_attention.h"
+#include "../kernels/cpu/fused_attention.h"
 #include "ggml-cpu.h"
 #include "common.h"
 
@@ -222,10 +222,10 @@ void bind_unet(py::module_& m) {
             if (N * Lq * D > (1 << 26) || N * Lk * D > (1 << 26)) throw InvalidArgument("too large for a test");
             const ggml_type t = parse_type(type);
             if (t != GGML_TYPE_F32 && t != GGML_TYPE_F16 && t != GGML_TYPE_BF16) throw InvalidArgument("type must be f32, f16 or bf16");
-            // kernel "fused": the fused CPU kernels of unet_attention.h (bf16 or f32 by `type`)
+            // kernel "fused": the fused CPU kernels of kernels/cpu/fused_attention.h (bf16 or f32 by `type`)
             const bool fused = kernel == "fused";
-            if (fused && t == GGML_TYPE_BF16 && !bf16_attention::available()) throw InvalidArgument("this CPU has no AVX512-BF16");
-            if (fused && t == GGML_TYPE_F32 && !bf16_attention::available_f32()) throw InvalidArgument("this CPU has no AVX-512");
+            if (fused && t == GGML_TYPE_BF16 && !fused_attention::available_bf16()) throw InvalidArgument("the CPU level is below avx512_bf16");
+            if (fused && t == GGML_TYPE_F32 && !fused_attention::available_f32()) throw InvalidArgument("the CPU level is below avx512");
             if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
             const AttnKernel kern = fused ? AttnKernel::Flash : parse_kernel(kernel);
             if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
@@ -243,8 +243,8 @@ void bind_unet(py::module_& m) {
                 std::memcpy(tk->data, k.data(), ggml_nbytes(tk));
                 std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
                 ggml_tensor* o = !fused ? unet_ops::attention(ctx, tq, tk, tv, heads, kern, t)
-                                 : t == GGML_TYPE_BF16 ? bf16_attention::attention(ctx, tq, tk, tv, heads)
-                                                       : bf16_attention::attention_f32(ctx, tq, tk, tv, heads);
+                                 : t == GGML_TYPE_BF16 ? fused_attention::attention_bf16(ctx, tq, tk, tv, heads)
+                                                       : fused_attention::attention_f32(ctx, tq, tk, tv, heads);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
                 ggml_graph_compute_with_ctx(ctx, g, 2);

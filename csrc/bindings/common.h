@@ -48,5 +48,6 @@ void bind_clip(py::module_& m);
 void bind_unet(py::module_& m);
 void bind_vae(py::module_& m);
 void bind_sampling(py::module_& m);
+void bind_kernels(py::module_& m);
 
 }  // namespace sdcpp::bind

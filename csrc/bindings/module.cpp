@@ -21,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
     sdcpp::bind::bind_unet(m);
     sdcpp::bind::bind_vae(m);
     sdcpp::bind::bind_sampling(m);
+    sdcpp::bind::bind_kernels(m);
 }

@@ -7,8 +7,9 @@
 #include <set>
 
 #include "../runtime/error.h"
-#include "unet_attention.h"
-#include "unet_fused.h"
+#include "../kernels/cpu/cpu_level.h"
+#include "../kernels/cpu/fused_attention.h"
+#include "../kernels/cpu/fused_ops.h"
 #include "unet_winograd.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -239,9 +240,9 @@ struct UNet::Walk {
     }
     ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
         if (!ctx) return nullptr;
-        if (attn == AttnKernel::Flash && fused) {  // the fused CPU kernels (unet_attention.h)
-            if (at == GGML_TYPE_BF16 && bf16_attention::available()) return bf16_attention::attention(ctx, q, k, v, heads);
-            if (at != GGML_TYPE_BF16 && bf16_attention::available_f32()) return bf16_attention::attention_f32(ctx, q, k, v, heads);
+        if (attn == AttnKernel::Flash && fused) {  // the fused CPU kernels (kernels/cpu/fused_attention.h)
+            if (at == GGML_TYPE_BF16 && fused_attention::available_bf16()) return fused_attention::attention_bf16(ctx, q, k, v, heads);
+            if (at != GGML_TYPE_BF16 && fused_attention::available_f32()) return fused_attention::attention_f32(ctx, q, k, v, heads);
         }
         return unet_ops::attention(ctx, q, k, v, heads, attn, at);
     }
@@ -430,7 +431,7 @@ void UNet::set_options(const UNetOptions& opt) {
 std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
            std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv())) +
-           (opt_.fused ? "/f" : "");
+           (opt_.fused ? "/f" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
 }
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {

@@ -58,6 +58,8 @@ def system_info() -> dict[str, Any]:
         "cpu_features_compiled": {k: v for k, v in compiled.items() if v},
         "cpu_features_host": {k: v for k, v in host.items() if v},
         "default_threads": physical_cores(),
+        # sdcpp's own CPU kernels, chosen at run time (SDCPP_CPU_LEVEL caps the level)
+        "cpu_kernels": dict(core.cpu_kernels()),
         "warnings": warnings,
     }
 
@@ -74,6 +76,9 @@ def format_system_info(info: dict[str, Any]) -> str:
     lines.append("CPU features compiled: " + " ".join(sorted(info["cpu_features_compiled"])))
     if info["cpu_features_host"]:
         lines.append("CPU features present:  " + " ".join(sorted(info["cpu_features_host"])))
+    k = info["cpu_kernels"]
+    lines.append(f"sdcpp CPU kernels: level {k['level']} (detected {k['detected']}); element-wise {k['elementwise']}, "
+                 f"attention f32 {k['attention_f32']}, bf16 {k['attention_bf16']}")
     lines.append(f"default threads: {info['default_threads']}")
     for w in info["warnings"]:
         lines.append(f"warning: {w}")

@@ -1,4 +1,4 @@
-#include "unet_attention.h"
+#include "fused_attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,14 +6,15 @@
 #include <cstring>
 #include <vector>
 
-#include "../runtime/error.h"
+#include "../../runtime/error.h"
+#include "cpu_level.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SD_BF16_ATTN 1
 #include <immintrin.h>
 #endif
 
-namespace sdcpp::bf16_attention {
+namespace sdcpp::fused_attention {
 
 #ifdef SD_BF16_ATTN
 
@@ -382,19 +383,14 @@ SD_TARGET void attend_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
 
 }  // namespace
 
-bool available() {
-    static const bool ok = available_f32() && __builtin_cpu_supports("avx512bf16");
-    return ok;
-}
+namespace kc = sdcpp::kernels::cpu;
 
-bool available_f32() {
-    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return ok;
-}
+bool available_bf16() { return kc::runs(kc::active_level(), kc::Level::Avx512Bf16); }
+
+bool available_f32() { return kc::runs(kc::active_level(), kc::Level::Avx512); }
 
 ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
-    if (!available_f32()) throw Error("the fused f32 attention needs a CPU with AVX-512");
+    if (!available_f32()) throw Error("the fused f32 attention needs the CPU level avx512");
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
@@ -407,8 +403,8 @@ ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, gg
     return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_f32, GGML_N_TASKS_MAX, ud);
 }
 
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
-    if (!available()) throw Error("bf16 attention needs a CPU with AVX512-BF16");
+ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
+    if (!available_bf16()) throw Error("bf16 attention needs the CPU level avx512_bf16");
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
@@ -423,15 +419,15 @@ ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_t
 
 #else
 
-bool available() { return false; }
+bool available_bf16() { return false; }
 bool available_f32() { return false; }
 ggml_tensor* attention_f32(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
     throw Error("the fused f32 attention is not built for this CPU architecture");
 }
-ggml_tensor* attention(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
+ggml_tensor* attention_bf16(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
     throw Error("bf16 attention is not built for this CPU architecture");
 }
 
 #endif
 
-}  // namespace sdcpp::bf16_attention
+}  // namespace sdcpp::fused_attention

@@ -1,0 +1,51 @@
+#include "elementwise.h"
+
+#include <cmath>
+
+namespace sdcpp::kernels::cpu {
+
+const Elementwise& elementwise_at(Level level) {
+    if (const Elementwise* t = elementwise_avx512(); t && runs(level, t->level)) return *t;
+    if (const Elementwise* t = elementwise_avx2(); t && runs(level, t->level)) return *t;
+    return elementwise_portable();
+}
+
+const Elementwise& elementwise() { return elementwise_at(active_level()); }
+
+void group_norm_rows(const Elementwise& k, const float* x, float* y, int64_t N, int64_t C, int64_t HW, int groups,
+                     float eps, bool silu, const float* w, const float* b, int ith, int nth) {
+    const int64_t cpg = C / groups;
+    const int64_t count = cpg * HW;
+    for (int64_t unit = ith; unit < N * groups; unit += nth) {
+        const int64_t n = unit / groups, g = unit % groups;
+        const float* xs = x + (n * C + g * cpg) * HW;
+        float* ys = y + (n * C + g * cpg) * HW;
+        const float mean = static_cast<float>(k.row_sum(xs, count) / count);
+        const float var = static_cast<float>(k.row_sq(xs, mean, count) / count);
+        const float rstd = 1.0f / std::sqrt(var + eps);
+        for (int64_t c = 0; c < cpg; ++c) {
+            const int64_t ch = g * cpg + c;
+            const float scale = rstd * w[ch];
+            k.affine_row(ys + c * HW, xs + c * HW, scale, b[ch] - mean * scale, HW, silu);
+        }
+    }
+}
+
+void layer_norm_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t C, const float* w,
+                     const float* b, float eps, int ith, int nth) {
+    for (int64_t r = ith; r < rows; r += nth) {
+        const float* xr = x + r * C;
+        const float mean = static_cast<float>(k.row_sum(xr, C) / C);
+        const float var = static_cast<float>(k.row_sq(xr, mean, C) / C);
+        k.layer_norm_row(y + r * C, xr, mean, 1.0f / std::sqrt(var + eps), w, b, C);
+    }
+}
+
+void geglu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t F, int ith, int nth) {
+    for (int64_t r = ith; r < rows; r += nth) {
+        const float* xr = x + r * 2 * F;
+        k.geglu_row(y + r * F, xr, xr + F, F);
+    }
+}
+
+}  // namespace sdcpp::kernels::cpu

@@ -1,0 +1,43 @@
+// The portable reference of the element-wise kernels: plain C++, libm's erf and exp.
+#include <cmath>
+
+#include "elementwise.h"
+
+namespace sdcpp::kernels::cpu {
+
+namespace {
+
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+void geglu_row(float* y, const float* h, const float* g, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = h[i] * gelu_erf(g[i]);
+}
+void affine_row(float* y, const float* x, float scale, float shift, int64_t n, bool act) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i] * scale + shift;
+        y[i] = act ? silu(v) : v;
+    }
+}
+double row_sum(const float* x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += x[i];
+    return s;
+}
+double row_sq(const float* x, float mean, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += double(x[i] - mean) * double(x[i] - mean);
+    return s;
+}
+void layer_norm_row(float* y, const float* x, float mean, float rstd, const float* w, const float* b, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+}  // namespace
+
+const Elementwise& elementwise_portable() {
+    static const Elementwise t{Level::Portable, geglu_row, affine_row, row_sum, row_sq, layer_norm_row};
+    return t;
+}
+
+}  // namespace sdcpp::kernels::cpu

@@ -1,0 +1,24 @@
+// Fused element-wise ops for the CPU backend (ggml custom ops), each replacing several ggml
+// passes over the activations; the row kernels come from elementwise.h for the active CPU
+// level, chosen when the op runs:
+//   geglu:      h * gelu(g) for [2F, T, N] -> [F, T, N] (diffusers GEGLU: proj = (h | g)),
+//               exact erf GELU.
+//   group_norm / layer_norm: the normalization with its affine weight and bias (and an
+//               optional SiLU) in one pass after the statistics.
+// Graph builders use these only where custom ops may run (the CPU backend).
+#pragma once
+#include "ggml.h"
+
+namespace sdcpp::fused {
+
+// x [2F, T, N] f32 -> [F, T, N] = x[:F] * gelu_erf(x[F:]).
+ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x);
+
+// GroupNorm over the channels (ne2) of x [W, H, C, N] with `groups` groups, times w [C] plus
+// b [C], then SiLU when `silu`. Statistics summed in double like ggml_group_norm.
+ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps, bool silu);
+
+// LayerNorm over ne0 of x [C, ...] (every row of every higher dimension) times w [C] plus b [C].
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
+
+}  // namespace sdcpp::fused

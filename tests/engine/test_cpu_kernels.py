@@ -1,0 +1,136 @@
+"""The CPU kernel seam: every variant this machine supports against the portable reference and
+against PyTorch's float64 ops, the level cap (SDCPP_CPU_LEVEL and set_cpu_level), and the U-Net
+against diffusers at each level.
+
+Tolerances: GroupNorm/LayerNorm <= 1e-6 relative L2 (the variants differ only in summation
+order and a vectorized exp for SiLU, relative error ~2e-7); GEGLU <= 2e-6 (vectorized erf,
+|error| < 1.5e-7 absolute).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sdcpp
+
+core = sdcpp.engine.weights.native()
+LEVELS = core.cpu_levels()
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture
+def restore_level():
+    cap = core.cpu_kernels()["cap"]
+    yield
+    core.set_cpu_level(cap)
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("silu", [False, True])
+def test_group_norm_variants(level, silu):
+    torch = _torch()
+    rng = np.random.default_rng(1)
+    # odd spatial sizes leave vector tails; large values and offsets test the statistics
+    x = (rng.standard_normal((2, 64, 13, 11)) * 3 + 5).astype(np.float32)
+    w = rng.standard_normal(64).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    ours = core.cpu_kernel_group_norm(x, w, b, 32, 1e-5, silu, level)
+    ref = torch.nn.functional.group_norm(torch.from_numpy(x).double(), 32, torch.from_numpy(w).double(),
+                                         torch.from_numpy(b).double(), 1e-5)
+    if silu:
+        ref = torch.nn.functional.silu(ref)
+    ref = ref.numpy()
+    portable = core.cpu_kernel_group_norm(x, w, b, 32, 1e-5, silu, "portable")
+    assert rel(ours, ref) <= 1e-6, (level, rel(ours, ref))
+    assert rel(ours, portable) <= 1e-6
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_layer_norm_variants(level):
+    torch = _torch()
+    rng = np.random.default_rng(2)
+    for C in (320, 77, 8):                   # vector widths, a tail, shorter than a vector
+        x = (rng.standard_normal((37, C)) * 2 - 1).astype(np.float32)
+        w = rng.standard_normal(C).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        ours = core.cpu_kernel_layer_norm(x, w, b, 1e-5, level)
+        ref = torch.nn.functional.layer_norm(torch.from_numpy(x).double(), (C,), torch.from_numpy(w).double(),
+                                             torch.from_numpy(b).double(), 1e-5).numpy()
+        assert rel(ours, ref) <= 1e-6, (level, C, rel(ours, ref))
+        assert rel(ours, core.cpu_kernel_layer_norm(x, w, b, 1e-5, "portable")) <= 1e-6
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_geglu_variants(level):
+    torch = _torch()
+    rng = np.random.default_rng(3)
+    for F in (640, 37):
+        x = (rng.standard_normal((19, 2 * F)) * 4).astype(np.float32)   # gates far into both tails
+        x[0, F:F + 4] = [0.0, -12.0, 12.0, 1e-8]
+        ours = core.cpu_kernel_geglu(x, level)
+        xd = torch.from_numpy(x).double()
+        ref = (xd[:, :F] * torch.nn.functional.gelu(xd[:, F:])).numpy()
+        assert rel(ours, ref) <= 2e-6, (level, F, rel(ours, ref))
+        assert np.abs(ours - core.cpu_kernel_geglu(x, "portable")).max() <= 2e-6 * np.abs(ref).max()
+
+
+def test_levels_are_detected_and_capped(restore_level):
+    assert LEVELS[0] == "portable"
+    info = sdcpp.system_info()["cpu_kernels"]
+    assert info["level"] == LEVELS[-1] == info["detected"]
+    assert info["elementwise"] in LEVELS
+    for level in LEVELS:
+        assert core.set_cpu_level(level) == level
+        assert sdcpp.system_info()["cpu_kernels"]["elementwise"] in LEVELS[:LEVELS.index(level) + 1]
+    assert core.set_cpu_level("portable") == "portable"
+    assert sdcpp.system_info()["cpu_kernels"]["attention_f32"] == "ggml_flash"
+    with pytest.raises(ValueError, match="unknown CPU level 'sse9'.*avx2"):
+        core.set_cpu_level("sse9")
+    with pytest.raises(ValueError, match="unknown CPU level"):
+        core.cpu_kernel_geglu(np.zeros((1, 2), np.float32), "sse9")
+
+
+def test_environment_caps_the_level():
+    code = "import sdcpp; print(sdcpp.system_info()['cpu_kernels']['level'])"
+    for cap in ("portable", LEVELS[min(1, len(LEVELS) - 1)]):
+        env = dict(os.environ, SDCPP_CPU_LEVEL=cap)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == cap
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_unet_matches_diffusers_at_each_level(level, restore_level):
+    """The fused U-Net graph (norms, GEGLU, attention, Winograd) at a capped level against
+    diffusers' float32 U-Net: the same 1e-4 bound as the engine parity tests."""
+    torch = _torch()
+    import unet_models as um
+
+    from sdcpp.engine import weights
+    from sdcpp.engine.unet import UNet
+
+    dc = um.diffusers_config("sd1")
+    model = um.build_diffusers_unet(dc, seed=5)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
+    ctx = rng.standard_normal((2, 7, dc["cross_attention_dim"])).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), 500.0, torch.from_numpy(ctx)).sample.numpy()
+    core.set_cpu_level(level)
+    store = weights.build_store(weights.open_device("cpu", 2), um.canonical_tensors(model), "f32")
+    unet = UNet(store, um.native_config(dc))
+    unet.conv = "winograd"                      # every eligible conv through the Winograd custom ops
+    out = unet(x, 500.0, ctx)
+    err = rel(out, ref)
+    print(f"[cpu kernels] U-Net at {level}: rel L2 {err:.2e}")
+    assert err <= 1e-4
