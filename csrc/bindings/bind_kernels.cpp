@@ -74,6 +74,18 @@ void bind_kernels(py::module_& m) {
         kc::geglu_rows(k, x.data(), y.mutable_data(), x.shape(0), F, 0, 1);
         return y;
     });
+    m.def("cpu_kernel_activation", [](F32Array x, const std::string& act, const std::string& level) {
+        require_ndim(x, 2, "x");
+        const auto& k = table_for(level);
+        F32Array y = new_f32({x.shape(0), x.shape(1)});
+        if (act == "quick_gelu")
+            kc::quick_gelu_rows(k, x.data(), y.mutable_data(), x.shape(0), x.shape(1), 0, 1);
+        else if (act == "gelu")
+            kc::gelu_rows(k, x.data(), y.mutable_data(), x.shape(0), x.shape(1), 0, 1);
+        else
+            throw InvalidArgument("activation must be 'quick_gelu' or 'gelu', got '" + act + "'");
+        return y;
+    });
 }
 
 }  // namespace sdcpp::bind

@@ -150,6 +150,21 @@ def test_parity_f32(device, kind, pad, batch):
     compare_all(model, enc, ids, F32_TOL, f"{kind} f32 batch={batch} pad={pad}")
 
 
+@pytest.mark.parametrize("level", native().cpu_levels())
+@pytest.mark.parametrize("kind", ["L", "G"])
+def test_parity_at_each_cpu_level(device, kind, level):
+    """The fused CPU ops of the text graph (LayerNorm, quick GELU / GELU) at every CPU level
+    this machine has, against transformers in float32."""
+    core = native()
+    cap = core.cpu_kernels()["cap"]
+    try:
+        core.set_cpu_level(level)
+        model, enc = small(kind, device)
+        compare_all(model, enc, make_ids(2, EOS, seed=3), F32_TOL, f"{kind} f32 at {level}")
+    finally:
+        core.set_cpu_level(cap)
+
+
 @pytest.mark.parametrize("kind", ["L", "H", "G"])
 def test_parity_f16_weights(device, kind):
     model, enc = small(kind, device, "f16")

@@ -85,6 +85,24 @@ def test_geglu_variants(level):
         assert np.abs(ours - core.cpu_kernel_geglu(x, "portable")).max() <= 2e-6 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_activation_variants(level, act):
+    """The CLIP MLP activations (x * sigmoid(1.702 x) and erf GELU) against float64 PyTorch."""
+    torch = _torch()
+    rng = np.random.default_rng(4)
+    for n in (3072, 37):
+        x = (rng.standard_normal((7, n)) * 4).astype(np.float32)
+        x[0, :4] = [0.0, -30.0, 30.0, 1e-8]
+        ours = core.cpu_kernel_activation(x, act, level)
+        xd = torch.from_numpy(x).double()
+        ref = (xd * torch.sigmoid(1.702 * xd) if act == "quick_gelu" else torch.nn.functional.gelu(xd)).numpy()
+        assert rel(ours, ref) <= 2e-6, (level, act, n, rel(ours, ref))
+        assert np.abs(ours - core.cpu_kernel_activation(x, act, "portable")).max() <= 2e-6 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="activation must be"):
+        core.cpu_kernel_activation(x, "relu", level)
+
+
 def test_levels_are_detected_and_capped(restore_level):
     assert LEVELS[0] == "portable"
     info = sdcpp.system_info()["cpu_kernels"]
