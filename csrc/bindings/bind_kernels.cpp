@@ -37,7 +37,9 @@ void bind_kernels(py::module_& m) {
         d["detected"] = kc::level_name(kc::detected_level());
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
-        d["attention_f32"] = fused_attention::available_f32() ? "avx512" : "ggml_flash";
+        d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
+                             : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
+                                                                               : "avx2";
         d["attention_bf16"] = fused_attention::available_bf16() ? "avx512_bf16" : "ggml_flash";
         py::dict f;
         for (const auto& [name, has] : kc::reported_features()) f[py::str(name)] = has;
