@@ -1,5 +1,6 @@
 #include "clip.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "../kernels/cpu/fused_ops.h"
@@ -23,8 +24,18 @@ ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x) {
     return ggml_mul(ctx, x, ggml_sigmoid(ctx, ggml_scale(ctx, x, 1.702f)));
 }
 
-// Entries of the pooled-rows input: B rounded up to 16 int32 (64 bytes).
-int64_t padded_rows(int64_t B) { return (B + 15) / 16 * 16; }
+// Every 1-D graph input holds a multiple of 16 four-byte entries (64 bytes): ggml's CPU
+// allocator aligns tensors to 32 bytes only, and one odd-sized input shifts every later
+// activation off the 64-byte lines that the AVX-512 matrix kernels load fastest (measured:
+// 25% slower products). The graph reads a view of the first n entries.
+int64_t padded(int64_t n) { return (n + 15) / 16 * 16; }
+
+ggml_tensor* input_1d(ggml_context* ctx, BuiltGraph& g, const char* name, ggml_type type, int64_t n) {
+    ggml_tensor* t = ggml_new_tensor_1d(ctx, type, padded(n));
+    ggml_set_name(t, name);
+    g.inputs[name] = t;
+    return ggml_view_1d(ctx, t, n, 0);
+}
 
 }  // namespace
 
@@ -91,7 +102,7 @@ void ClipTextEncoder::check_weights() const {
 }
 
 void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t L, int layers, bool final_norm,
-                            bool pooled) const {
+                            bool pooled, int64_t n_extra) const {
     const int64_t C = cfg_.hidden_size;
     const WeightStore& ws = *store_;
     const nn::Params root{ws, prefix_ + "text_model"};
@@ -107,14 +118,21 @@ void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t
         return fused ? fused::gelu(ctx, t) : ggml_gelu_erf(ctx, t);
     };
 
-    ggml_tensor* ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, L * B);  // row-major [B, L]
-    ggml_set_name(ids, "ids");
-    g.inputs["ids"] = ids;
-    ggml_tensor* pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, L);
-    ggml_set_name(pos, "positions");
-    g.inputs["positions"] = pos;
+    ggml_tensor* ids = input_1d(ctx, g, "ids", GGML_TYPE_I32, L * B);  // row-major [B, L]
+    ggml_tensor* pos = input_1d(ctx, g, "positions", GGML_TYPE_I32, L);
 
     ggml_tensor* x = ggml_get_rows(ctx, root.sub("embeddings.token_embedding").weight(), ids);  // [C, L*B]
+    if (n_extra > 0) {
+        // Extra (textual-inversion) vectors: vocabulary rows masked to zero where an extra id
+        // stands, plus rows of [0 | extra] (row 0 zero for vocabulary tokens): exact in f32.
+        ggml_tensor* mask = input_1d(ctx, g, "vocab_mask", GGML_TYPE_F32, L * B);
+        ggml_tensor* extra_ids = input_1d(ctx, g, "extra_ids", GGML_TYPE_I32, L * B);
+        ggml_tensor* extra = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, C, n_extra + 1);
+        ggml_set_name(extra, "extra");
+        g.inputs["extra"] = extra;
+        x = ggml_mul(ctx, x, ggml_reshape_2d(ctx, mask, 1, L * B));
+        x = ggml_add(ctx, x, ggml_get_rows(ctx, extra, extra_ids));
+    }
     x = ggml_reshape_3d(ctx, x, C, L, B);
     ggml_tensor* pe = ggml_get_rows(ctx, root.sub("embeddings.position_embedding").weight(), pos);  // [C, L]
     x = ggml_add(ctx, x, pe);
@@ -141,14 +159,9 @@ void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t
     g.outputs.push_back(hidden);
 
     if (pooled) {
-        // b * L + pooled_index[b], padded to 64 bytes: the CPU allocator aligns tensors to 32
-        // bytes only, and one odd-sized input shifts every later activation off the 64-byte
-        // lines that the AVX-512 matrix kernels load fastest (measured: 25% slower products).
-        ggml_tensor* rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, padded_rows(B));
-        ggml_set_name(rows, "pooled_rows");
-        g.inputs["pooled_rows"] = rows;
+        ggml_tensor* rows = input_1d(ctx, g, "pooled_rows", GGML_TYPE_I32, B);  // b * L + pooled_index[b]
         // Final LN is per token, so normalising only the pooled rows gives the same values.
-        ggml_tensor* p = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, C, L * B), ggml_view_1d(ctx, rows, B, 0));  // [C, B]
+        ggml_tensor* p = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, C, L * B), rows);  // [C, B]
         p = norm(p, root.sub("final_layer_norm"));
         if (cfg_.projection_dim > 0) p = ggml_mul_mat(ctx, ws.get(prefix_ + "text_projection.weight"), p);  // [P, B]
         g.outputs.push_back(p);
@@ -156,7 +169,8 @@ void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t
 }
 
 void ClipTextEncoder::encode(const int32_t* ids, int64_t B, int64_t L, int layers, bool final_norm,
-                             const int32_t* pooled_index, float* hidden_out, float* pooled_out) {
+                             const int32_t* pooled_index, float* hidden_out, float* pooled_out, const float* extra,
+                             int64_t n_extra) {
     SD_CHECK(ids != nullptr && hidden_out != nullptr, "text encoder: null buffer");
     SD_CHECK(B >= 1, "text encoder: batch size must be >= 1");
     SD_CHECK(L >= 1 && L <= cfg_.max_positions, "text encoder: sequence length " + std::to_string(L) +
@@ -164,15 +178,17 @@ void ClipTextEncoder::encode(const int32_t* ids, int64_t B, int64_t L, int layer
     SD_CHECK(layers >= 1 && layers <= cfg_.num_layers, "text encoder: layers must be between 1 and " +
                                                            std::to_string(cfg_.num_layers) + ", got " +
                                                            std::to_string(layers));
+    SD_CHECK(n_extra >= 0 && (n_extra == 0 || extra != nullptr), "text encoder: extra embeddings without data");
+    const int64_t V = cfg_.vocab_size;
     for (int64_t i = 0; i < B * L; ++i)
-        SD_CHECK(ids[i] >= 0 && ids[i] < cfg_.vocab_size,
+        SD_CHECK(ids[i] >= 0 && ids[i] < V + n_extra,
                  "text encoder: token id " + std::to_string(ids[i]) + " at position " + std::to_string(i % L) +
-                     " of row " + std::to_string(i / L) + " is outside [0, " + std::to_string(cfg_.vocab_size) + ")");
+                     " of row " + std::to_string(i / L) + " is outside [0, " + std::to_string(V + n_extra) + ")");
     const bool pooled = pooled_index != nullptr;
     std::vector<int32_t> rows;
     if (pooled) {
         SD_CHECK(pooled_out != nullptr, "text encoder: null pooled buffer");
-        rows.assign(padded_rows(B), 0);
+        rows.assign(padded(B), 0);
         for (int64_t b = 0; b < B; ++b) {
             SD_CHECK(pooled_index[b] >= 0 && pooled_index[b] < L,
                      "text encoder: pooled_index[" + std::to_string(b) + "] = " + std::to_string(pooled_index[b]) +
@@ -180,17 +196,37 @@ void ClipTextEncoder::encode(const int32_t* ids, int64_t B, int64_t L, int layer
             rows[b] = static_cast<int32_t>(b * L + pooled_index[b]);
         }
     }
-    std::vector<int32_t> positions(L);
-    std::iota(positions.begin(), positions.end(), 0);
+    // Host copies of the (padded) 1-D inputs.
+    std::vector<int32_t> positions(padded(L), 0);
+    std::iota(positions.begin(), positions.begin() + L, 0);
+    std::vector<int32_t> vocab_ids(padded(B * L), 0), extra_ids;
+    std::vector<float> mask, extra_rows;
+    for (int64_t i = 0; i < B * L; ++i) vocab_ids[i] = ids[i] < V ? ids[i] : 0;
+    if (n_extra > 0) {
+        mask.assign(padded(B * L), 0.0f);
+        extra_ids.assign(padded(B * L), 0);
+        for (int64_t i = 0; i < B * L; ++i) {
+            mask[i] = ids[i] < V ? 1.0f : 0.0f;
+            extra_ids[i] = ids[i] < V ? 0 : static_cast<int32_t>(ids[i] - V + 1);
+        }
+        const int64_t C = cfg_.hidden_size;
+        extra_rows.assign((n_extra + 1) * C, 0.0f);
+        std::copy(extra, extra + n_extra * C, extra_rows.begin() + C);
+    }
 
     std::lock_guard<std::mutex> lock(mutex_);
     const std::string key = std::to_string(B) + "x" + std::to_string(L) + "/l" + std::to_string(layers) +
-                            (final_norm ? "/n" : "/-") + (pooled ? "/p" : "/-");
+                            (final_norm ? "/n" : "/-") + (pooled ? "/p" : "/-") + "/e" + std::to_string(n_extra);
     BuiltGraph& g = runner_.get(key, [&](ggml_context* ctx, BuiltGraph& gr) {
-        build(ctx, gr, B, L, layers, final_norm, pooled);
+        build(ctx, gr, B, L, layers, final_norm, pooled, n_extra);
     });
-    std::map<std::string, const void*> in{{"ids", ids}, {"positions", positions.data()}};
+    std::map<std::string, const void*> in{{"ids", vocab_ids.data()}, {"positions", positions.data()}};
     if (pooled) in["pooled_rows"] = rows.data();
+    if (n_extra > 0) {
+        in["vocab_mask"] = mask.data();
+        in["extra_ids"] = extra_ids.data();
+        in["extra"] = extra_rows.data();
+    }
     runner_.run(g, in);
     runner_.read_output(g, 0, hidden_out);
     if (pooled) runner_.read_output(g, 1, pooled_out);

@@ -43,6 +43,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="apply a LoRA (repeatable)")
     p.add_argument("--lora-dir", "--lora-model-dir", dest="lora_dir", default=None,
                    help="folder searched for <lora:name:scale> tags in the prompt")
+    p.add_argument("--embd-dir", "--embedding", dest="embeddings", action="append", default=[], metavar="PATH",
+                   help="textual-inversion embeddings: a file or a folder of them (repeatable); "
+                        "use one by writing its file name (without suffix) in the prompt")
     p.add_argument("--rng", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
 
@@ -61,7 +64,8 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     from .pipeline import load
 
     model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
-                 threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision)
+                 threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision,
+                 embeddings=args.embeddings or None)
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir
     for r in getattr(model.info, "loras", []):

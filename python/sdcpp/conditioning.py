@@ -41,6 +41,19 @@ class Conditioner:
         self.family = family
         self.slots = list(slots)
         self.zero_empty_negative = zero_empty_negative
+        self.embeddings = None         # sdcpp.embeddings.EmbeddingTable, set by set_embeddings
+        self._token_map = None
+
+    def slot_keys(self) -> list[str]:
+        """The embedding-file key of each encoder: "" for one encoder, clip_l / clip_g for SDXL."""
+        return ["clip_l", "clip_g"] if len(self.slots) == 2 else [""] * len(self.slots)
+
+    def set_embeddings(self, table) -> None:
+        """Use a textual-inversion EmbeddingTable (or None) for the prompts that follow."""
+        from .tokenizer import get_tokenizer
+
+        self.embeddings = table if table is not None and len(table) else None
+        self._token_map = self.embeddings.token_map(get_tokenizer()) if self.embeddings else None
 
     def _layers(self, slot: EncoderSlot, clip_skip: Optional[int]) -> int:
         skip = slot.default_skip if clip_skip is None else int(clip_skip)
@@ -74,7 +87,7 @@ class Conditioner:
         for i, slot in enumerate(self.slots):
             ids, weights, eos = [], [], []
             for j, prompt in enumerate(prompts):
-                chunks = encode_prompt_chunks(prompt, slot.pad_id)
+                chunks = encode_prompt_chunks(prompt, slot.pad_id, embeddings=self._token_map)
                 loras[j] = chunks.loras
                 c_ids, c_w, c_eos = chunks.ids, chunks.weights, chunks.eos_index
                 if len(c_ids) < n_chunks:  # pad with empty chunks (A1111)
@@ -89,10 +102,11 @@ class Conditioner:
             # Only SDXL's last encoder contributes a pooled vector; the others skip it (and
             # with clip_skip, the layers after the ones returned).
             wants_pooled = self.family == "sdxl" and i == len(self.slots) - 1
+            extra = self.embeddings.extra(self.slot_keys()[i]) if self.embeddings else None
             hidden, pool = slot.encoder.encode(np.concatenate(ids), layers=self._layers(slot, clip_skip),
                                                final_norm=slot.final_norm,
                                                pooled_index=np.concatenate(eos) if wants_pooled else None,
-                                               pooled=wants_pooled)
+                                               pooled=wants_pooled, extra=extra)
             for j in range(len(prompts)):
                 h = hidden[j * n_chunks:(j + 1) * n_chunks]
                 if not np.all(weights[j] == 1.0):
@@ -104,7 +118,7 @@ class Conditioner:
                 for j in range(len(prompts))]
 
     def n_chunks(self, prompt: str) -> int:
-        return len(encode_prompt_chunks(prompt, PAD_EOS).ids)
+        return len(encode_prompt_chunks(prompt, PAD_EOS, embeddings=self._token_map).ids)
 
 
 def default_pad(kind: str) -> int:

@@ -12,7 +12,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -89,6 +89,31 @@ class Model:
             from .lora import LoraManager
             self._lora_manager = LoraManager(info, components["stores"])
         self.info.loras = []
+
+    # ------------------------------------------------------------ embeddings
+    def load_embeddings(self, sources: Sequence[PathLike]) -> list[str]:
+        """Load textual-inversion embeddings (files, or folders of them): A1111 ``.pt`` /
+        ``.safetensors`` (``emb_params``, ``string_to_param``, SDXL ``clip_l``/``clip_g``) and
+        diffusers ``learned_embeds``. Each is used by writing its file stem in a prompt or
+        negative prompt (``"a photo, easynegative"``). Adds to the embeddings loaded before (a
+        file with the same stem replaces the older one); returns the words now known. Raises
+        :class:`sdcpp.errors.EmbeddingError` naming the file when one cannot be read or does not
+        fit this model (another family's width); nothing is added then."""
+        from .embeddings import EmbeddingTable, embedding_files, read_embedding
+
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        slots = self.conditioner.slots
+        table = EmbeddingTable(list(zip(self.conditioner.slot_keys(), (s.encoder.hidden_size for s in slots))),
+                               slots[0].encoder.config["vocab_size"])
+        if self.conditioner.embeddings is not None:
+            for emb in self.conditioner.embeddings.embeddings.values():
+                table.add(emb)
+        for path in embedding_files(sources):
+            table.add(read_embedding(path))
+        with self._lock:
+            self.conditioner.set_embeddings(table)
+        return table.names()
 
     # ------------------------------------------------------------------ LoRA
     def set_loras(self, loras: Sequence = (), strict: bool = True):
@@ -400,7 +425,7 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          weight_type: Optional[str] = None, threads: Optional[int] = None,
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
          lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
-         revision: Optional[str] = None) -> Model:
+         revision: Optional[str] = None, embeddings: Optional[Sequence[PathLike]] = None) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
     weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
@@ -410,6 +435,7 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     tag or commit).
     loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the
     folder searched for the prompt's ``<lora:name:scale>`` tags.
+    embeddings: textual-inversion files or folders (see :meth:`Model.load_embeddings`).
     """
     from .loader import load_model
 
@@ -418,4 +444,6 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)
+    if embeddings:
+        model.load_embeddings(embeddings)
     return model
