@@ -13,9 +13,8 @@ import torch
 import sdcpp
 from sdcpp import errors
 from sdcpp.memory import LazyComponent
-from fixtures.e2e import NEGATIVE, PROMPT, SIZE, rel, run_diffusers, unit_latents
+from fixtures.e2e import NEGATIVE, PROMPT, SIZE, run_diffusers, unit_latents
 
-LATENT_TOL = 1e-3
 IMAGE_TOL = 1e-2
 
 
