@@ -128,3 +128,25 @@ def test_bad_tiles(vae):
         vae.encode_tiled(np.zeros((1, 3, 64, 64), np.float32), tile=60)   # not a multiple of 8
     with pytest.raises(errors.InvalidArgumentError):
         check_tile(40, 0.25, 8)                                            # stride 30 px
+
+
+def test_shapes_share_one_set_of_compute_buffers(vae):
+    """Small, large, small: the runner holds one set of buffers sized for the largest graph, not
+    one per shape (csrc/runtime/graph.h), and more shapes than the graph cache holds still give
+    the same results."""
+    rng = np.random.default_rng(5)
+    small = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    large = rng.standard_normal((1, 4, 24, 20)).astype(np.float32)
+    vae.free_compute_memory()
+    vae.decode(large)
+    large_only = vae.compute_buffer_size
+    vae.free_compute_memory()
+    first = vae.decode(small)
+    vae.decode(large)
+    again = vae.decode(small)
+    assert vae.compute_buffer_size == large_only
+    assert np.array_equal(first, again)
+    for h in range(3, 14):                                       # > kMaxGraphs shapes: LRU eviction
+        vae.decode(rng.standard_normal((1, 4, h, 5)).astype(np.float32))
+    assert np.array_equal(vae.decode(small), first)
+    assert vae.compute_buffer_size == large_only
