@@ -34,7 +34,14 @@ def _save_safetensors(path, tensors: dict) -> None:
 def _diffusers_latents(fx, files_and_tokens, latents, prompt=PROMPT, negative=NEGATIVE):
     from fixtures.e2e import diffusers_scheduler
 
+    import copy
+
     pipe = fx.pipeline("diffusers")
+    # load_textual_inversion grows the token-embedding tables in place: work on copies, the
+    # fixture's modules are shared with the other tests of the session.
+    pipe.text_encoder = copy.deepcopy(pipe.text_encoder)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pipe.text_encoder_2 = copy.deepcopy(pipe.text_encoder_2)
     pipe.scheduler = diffusers_scheduler(("euler", "discrete"), pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     for state, token, key in files_and_tokens:
