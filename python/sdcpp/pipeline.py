@@ -471,32 +471,47 @@ def _available_memory() -> Optional[int]:
 
 def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool,
                   vae_tile: Optional[int] = None) -> None:
-    """Refuse sizes whose activations cannot fit, before any work starts. The estimate covers
-    the largest buffers: self-attention scores at the first attention level and the VAE's
-    full-resolution activations (one tile's when the VAE runs in tiles)."""
+    """Refuse sizes whose compute buffers cannot fit, before any work starts. The U-Net's buffers
+    (batch x 2 with CFG) and the VAE decoder's (one image, or one tile, at a time) are planned by
+    ggml's allocator for these shapes (UNet.measure / VAE.measure: nothing computed, no memory
+    touched); what the model holds already is not counted twice."""
+    from .memory import LazyComponent
+
     dev = model.device.info
     avail = dev["memory_free"] if dev["type"] != "cpu" else _available_memory()
     if not avail:
         return
     n = batch * (2 if cfg else 1)
-    unet = model.info.unet
-    tokens = (height // 8) * (width // 8)
-    levels = list(unet.get("down_block_types", []))
-    first_attn = next((i for i, t in enumerate(levels) if "CrossAttn" in t), None)
-    attn_bytes = 0
-    if first_attn is not None:
-        tokens_at = tokens // (4 ** first_attn)
-        heads = unet.get("num_attention_heads") or unet.get("attention_head_dim") or 8
-        heads = heads[first_attn] if isinstance(heads, (list, tuple)) else heads
-        attn_bytes = n * int(heads) * tokens_at * tokens_at * 4
-    vae_h, vae_w = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
-    # one image at a time (the native VAE loops over the batch): a few full-res 128-channel maps + im2col
-    vae_bytes = vae_h * vae_w * 128 * 4 * 12
-    need = max(attn_bytes, vae_bytes)
+    unet = model._c["unet"]
+
+    def too_large(what: str) -> errors.InvalidArgumentError:
+        return errors.InvalidArgumentError(
+            f"{width}x{height} with batch {batch} needs more working memory for the {what} than "
+            f"{dev['name']} can allocate; use a smaller size or batch")
+    try:
+        unet_need = max(0, unet.measure(n, height // 8, width // 8, 77) - unet.compute_buffer_size)
+    except errors.BackendError:       # the plan itself could not be allocated (even virtually)
+        raise too_large("U-Net") from None
+    vae = model._c.get("vae")
+    vh, vw = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
+    if vae is None:
+        vae_need = 0
+    elif isinstance(vae, LazyComponent) and not vae.resident.resident:
+        # memory="low": measuring would load the VAE now; its decoder keeps about twelve
+        # 128-channel f32 maps of one image (tile) live at its widest level.
+        vae_need = vh * vw * 128 * 4 * 12
+    else:
+        try:
+            vae_need = max(0, vae.measure(True, vh // 8, vw // 8) - vae.compute_buffer_size)
+        except errors.BackendError:
+            raise too_large("VAE") from None
+    need = max(unet_need, vae_need) if model.memory.free_unet_before_decode else unet_need + vae_need
     if need > avail:
         raise errors.InvalidArgumentError(
-            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory, "
-            f"more than the {avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch")
+            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory "
+            f"(compute buffers: U-Net {unet_need / 2**30:.1f} GiB, VAE {vae_need / 2**30:.1f} GiB), more than the "
+            f"{avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch, "
+            f"vae_tiling=True or memory=\"low\"")
 
 
 # ---------------------------------------------------------------------- load

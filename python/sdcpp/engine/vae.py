@@ -173,6 +173,11 @@ class VAE:
     def compute_buffer_size(self) -> int:
         return int(self._vae.compute_buffer_size)
 
+    def measure(self, decoder: bool, height: int, width: int) -> int:
+        """Bytes of compute buffers for one image: decoding a latent of height x width, or
+        encoding an image of height x width; planned without computing."""
+        return int(call_native(self._vae.measure, bool(decoder), int(height), int(width)))
+
     # -- compute -----------------------------------------------------------------------------
     def decode(self, latent) -> np.ndarray:
         """latent [B, C_latent, h, w] (already divided by the scaling factor) -> image
