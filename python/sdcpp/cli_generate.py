@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
 
     model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
                  threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision,
-                 embeddings=args.embeddings or None, memory=args.memory)
+                 embeddings=args.embeddings or None, memory=args.memory, progress=not args.no_progress)
     model.vae_tile_size = args.vae_tile_size
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir

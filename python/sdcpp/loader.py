@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
+
 from . import errors
 from .engine.weights import WEIGHT_TYPES, build_store, open_device, storage_type
 
@@ -50,7 +52,7 @@ def _default_weight_type(tensors: dict) -> str:
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
                weight_type: Optional[str] = None, threads: Optional[int] = None,
                prediction_type: Optional[str] = None, variant: Optional[str] = None,
-               revision: Optional[str] = None, memory: Optional[str] = None):
+               revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.unet import UNet
@@ -85,11 +87,13 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     wt = weight_type or _default_weight_type(tensors)
 
     stores = {}     # component -> WeightStore (kept for LoRA merging, sdcpp.lora)
+    from .progress import phases
+    bar = phases(progress).bar("load", sum(int(np.prod(v.shape)) for v in tensors.values()), "param", scale=True)
 
     def fill(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            return build_store(dev, sub, wt, type_of)
+            return build_store(dev, sub, wt, type_of, on_tensor=bar.update)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
 
@@ -120,5 +124,6 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "stores": stores,
         "memory": mem,
     }
+    bar.close()
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import errors
 from .conditioning import Conditioner, EncoderSlot, default_pad
+from .progress import phases
 from .engine.sampling import SAMPLERS, SCHEDULES
 
 PathLike = Union[str, os.PathLike]
@@ -209,7 +210,7 @@ class Model:
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, latents, None, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            return self._outputs(final, params, output_type, progress)
 
     def img2img(self, image, prompt: str, negative_prompt: str = "", *, strength: float = 0.75,
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
@@ -228,7 +229,7 @@ class Model:
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            return self._outputs(final, params, output_type, progress)
 
     def close(self) -> None:
         """Free the native weights and buffers now (otherwise freed with the object)."""
@@ -348,11 +349,10 @@ class Model:
 
         denoise = self._denoiser(cond, uncond, p)
         total = len(sigmas) - 1
-        bar = _progress_bar(total) if progress else None
+        bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if callback is not None and callback(step, total, x_now) is False:
                 return False
             return True
@@ -362,8 +362,7 @@ class Model:
         except KeyboardInterrupt:
             raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
 
     def _denoiser(self, cond, uncond, p: GenerationParams) -> Callable[[np.ndarray, float], np.ndarray]:
         from .engine import sampling
@@ -404,13 +403,18 @@ class Model:
 
         return denoise
 
-    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str) -> list:
+    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str, progress: bool = False) -> list:
         if output_type == "latent":
             return [final[i] for i in range(final.shape[0])]
         if self.memory.free_unet_before_decode:
             self._c["unet"].clear()
             self._unet_shape = None
-        images = self._vae_run(False, final / np.float32(self.vae_scale), p.extra["vae_tiling"])
+        bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
+        try:
+            images = self._vae_run(False, final / np.float32(self.vae_scale), p.extra["vae_tiling"])
+            bar.update(final.shape[0])
+        finally:
+            bar.close()
         images = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
         if output_type == "np":
             return [images[i] for i in range(images.shape[0])]
@@ -425,12 +429,6 @@ class Model:
                                 model_hash=self.model_hash)
 
 
-def _progress_bar(total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step")
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
@@ -520,7 +518,7 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
          lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
          revision: Optional[str] = None, memory: Optional[str] = None,
-         embeddings: Optional[Sequence[PathLike]] = None) -> Model:
+         embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
     weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
@@ -534,11 +532,14 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     between the phases of a call (sdcpp.memory, docs/generation.md "Memory"); results are the
     same in every mode, only memory and time differ.
     embeddings: textual-inversion files or folders (see :meth:`Model.load_embeddings`).
+    progress: a progress bar (tqdm, stderr) while the weights load, as txt2img's progress=True
+    shows the sampling and decoding phases.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
-                       prediction_type=prediction_type, variant=variant, revision=revision, memory=memory)
+                       prediction_type=prediction_type, variant=variant, revision=revision, memory=memory,
+                       progress=progress)
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)

@@ -158,3 +158,17 @@ def test_preflight_memory_check_uses_the_planned_buffers(model_fixtures, monkeyp
     monkeypatch.setattr(pipeline, "_available_memory", lambda: need + 1)
     gen(model, output_type="latent")
     assert unet.compute_buffer_size == unet.measure(2, SIZE // 8, SIZE // 8, 77)
+
+
+def test_progress_shows_load_sample_and_decode_phases(model_fixtures, capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)     # bars are drawn on terminals only
+    fx = model_fixtures.get("bk-sdm-tiny")
+    model = sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2, progress=True)
+    assert "load" in capsys.readouterr().err
+    gen(model, progress=True)
+    err = capsys.readouterr().err
+    assert "sample" in err and "decode" in err
+    gen(model)                                   # progress=False stays silent
+    assert capsys.readouterr().err == ""
