@@ -82,7 +82,12 @@ def _run(args: argparse.Namespace, mode: str) -> int:
                   progress=not args.no_progress,
                   vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling])
     if mode == "txt2img":
-        images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height, **common)
+        hires = None
+        if args.hires_scale is not None:
+            hires = dict(scale=args.hires_scale, steps=args.hires_steps, denoise=args.hires_denoise,
+                         upscaler=args.hires_upscaler)
+        images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height,
+                               hires=hires, **common)
     else:
         try:
             init = Image.open(args.init_img)
@@ -102,6 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("-W", "--width", type=int, default=None)
     p.add_argument("-H", "--height", type=int, default=None)
+    p.add_argument("--hires-scale", type=float, default=None,
+                   help="hires fix: upscale the first pass by this factor and refine it (A1111)")
+    p.add_argument("--hires-steps", type=int, default=None, help="hires fix: second-pass steps (default --steps)")
+    p.add_argument("--hires-denoise", type=float, default=0.5, help="hires fix: second-pass strength")
+    p.add_argument("--hires-upscaler", default="latent", choices=("latent", "latent-nearest", "lanczos"))
     p.set_defaults(func=lambda a: _run(a, "txt2img"))
 
     p = sub.add_parser("img2img", help="transform an image guided by a prompt")

@@ -12,7 +12,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -59,7 +59,8 @@ class GenerationParams:
     batch_size: int
     clip_skip: Optional[int]
     strength: Optional[float] = None
-    extra: dict = field(default_factory=dict)
+    vae_tiling: bool = False          # the VAE runs in tiles for this size (not written to PNG text)
+    extra: dict = field(default_factory=dict)    # further A1111 "parameters" fields
 
 
 class Model:
@@ -190,11 +191,14 @@ class Model:
                 sampler: str = "euler_a", scheduler: str = "discrete", seed: Optional[int] = None,
                 batch_size: int = 1, clip_skip: Optional[int] = None, latents: Optional[np.ndarray] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+                progress: bool = False, vae_tiling: Optional[bool] = None,
+                hires: Optional[Mapping[str, Any]] = None) -> list:
         """Generate images from a prompt. Returns a list with one entry per image.
 
         vae_tiling: decode in overlapping tiles of ``model.vae_tile_size`` pixels (True), whole
-        (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md."""
+        (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md.
+        hires: A1111's hires fix, e.g. ``dict(scale=2.0, steps=10, denoise=0.5, upscaler="latent")``
+        (sdcpp.hires): the result has the upscaled size; `callback` sees both passes' steps."""
         size = _DEFAULT_SIZE[self.family]
         width = size if width is None else width
         height = size if height is None else height
@@ -205,12 +209,26 @@ class Model:
             if width is None or (latents.shape[2] * 8, latents.shape[3] * 8) != (height, width):
                 height, width = latents.shape[2] * 8, latents.shape[3] * 8
             batch_size = latents.shape[0]
+        from .engine import sampling
+        from .hires import infotext_fields, parse_hires
+
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
                               seed, batch_size, clip_skip, output_type, rng, vae_tiling)
+        spec = parse_hires(hires, width, height, steps)
+        second = None
+        if spec is not None:
+            second = self._params(prompt, negative_prompt, spec.width, spec.height, spec.steps, cfg_scale, sampler,
+                                  scheduler, params.seed, params.batch_size, clip_skip, output_type, rng, vae_tiling)
+            second.strength = params.strength = spec.denoise
+            params.extra.update(infotext_fields(spec))
         with self._lock:
             self._prompt_loras(prompt)
-            final = self._run(params, latents, None, callback, rng, progress)
-            return self._outputs(final, params, output_type, progress)
+            gen = sampling.Generator(params.seed, rng)
+            final = self._run(params, latents, None, callback, rng, progress, gen=gen)
+            if second is None:
+                return self._outputs(final, params, output_type, progress)
+            final = self._hires_pass(final, params, second, spec, callback, rng, progress, gen)
+            return self._outputs(final, second, output_type, progress, info=params)
 
     def img2img(self, image, prompt: str, negative_prompt: str = "", *, strength: float = 0.75,
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
@@ -283,7 +301,7 @@ class Model:
                       self.vae_tile_size if tiled else None)
         p = GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
                              sampler, scheduler, int(seed), int(batch_size), clip_skip)
-        p.extra["vae_tiling"] = tiled
+        p.vae_tiling = tiled
         return p
 
     def _tiles(self, vae_tiling: Optional[bool], height: int, width: int) -> bool:
@@ -317,11 +335,15 @@ class Model:
             for enc in self._c["text_encoders"]:
                 enc.resident.release()
 
-    def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
+    def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress, gen=None,
+             init_latents: Optional[np.ndarray] = None) -> np.ndarray:
+        """Sample: from noise (txt2img), or img2img from init_pixels (an image [3, H, W] for the
+        whole batch, or [B, 3, H, W]) or from init_latents [B, 4, h, w] (scaled, as sampled).
+        `gen` continues a generator (hires fix); by default one is seeded from p.seed."""
         from .engine import sampling
         from .engine.vae import split_moments
 
-        gen = sampling.Generator(p.seed, rng)
+        gen = gen if gen is not None else sampling.Generator(p.seed, rng)
         try:
             cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
         finally:
@@ -330,17 +352,20 @@ class Model:
         h, w = p.height // 8, p.width // 8
         shape = (p.batch_size, 4, h, w)
 
-        if init_pixels is None:
+        if init_pixels is None and init_latents is None:
             noise = latents if latents is not None else gen.randn(shape)
             x = noise.astype(np.float32) * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
         else:
-            # diffusers img2img: encode (sampling the posterior with the generator), scale, then
-            # start at the strength's point of the schedule with fresh noise.
-            moments = self._vae_run(True, np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0),
-                                    p.extra["vae_tiling"])
-            mean, logvar = split_moments(moments)
-            std = np.exp(0.5 * logvar)
-            init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
+            if init_latents is not None:   # diffusers img2img handed latents: used as they are
+                init = np.asarray(init_latents, dtype=np.float32)
+            else:
+                # diffusers img2img: encode (sampling the posterior with the generator), scale,
+                # then start at the strength's point of the schedule with fresh noise.
+                px = init_pixels if init_pixels.ndim == 4 else np.repeat(init_pixels[None], p.batch_size, axis=0)
+                moments = self._vae_run(True, px * 2 - 1, p.vae_tiling)
+                mean, logvar = split_moments(moments)
+                std = np.exp(0.5 * logvar)
+                init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
             t_start = p.steps - min(int(p.steps * p.strength), p.steps)
             sigmas = sigmas[t_start:]
             if len(sigmas) < 2:
@@ -403,24 +428,42 @@ class Model:
 
         return denoise
 
-    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str, progress: bool = False) -> list:
-        if output_type == "latent":
-            return [final[i] for i in range(final.shape[0])]
+    def _hires_pass(self, first: np.ndarray, p1: GenerationParams, p2: GenerationParams, spec, callback, rng,
+                    progress, gen) -> np.ndarray:
+        """The hires fix's second pass: img2img at p2's size from the upscaled first pass."""
+        from .hires import lanczos, resize_latents
+
+        if spec.upscaler == "lanczos":
+            pixels = lanczos(self._decode(first, p1, progress), p2.height, p2.width)
+            return self._run(p2, None, pixels, callback, rng, progress, gen=gen)
+        mode = "nearest" if spec.upscaler == "latent-nearest" else "bilinear"
+        up = resize_latents(first, p2.height // 8, p2.width // 8, mode)
+        return self._run(p2, None, None, callback, rng, progress, gen=gen, init_latents=up)
+
+    def _decode(self, final: np.ndarray, p: GenerationParams, progress: bool) -> np.ndarray:
+        """Latents (as sampled) -> float32 images [B, 3, H, W] in [0, 1]."""
         if self.memory.free_unet_before_decode:
             self._c["unet"].clear()
             self._unet_shape = None
         bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
         try:
-            images = self._vae_run(False, final / np.float32(self.vae_scale), p.extra["vae_tiling"])
+            images = self._vae_run(False, final / np.float32(self.vae_scale), p.vae_tiling)
             bar.update(final.shape[0])
         finally:
             bar.close()
-        images = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
+        return np.clip(images / 2 + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str, progress: bool = False,
+                 info: Optional[GenerationParams] = None) -> list:
+        """The call's result; `info` gives the PNG "parameters" (the first pass of a hires run)."""
+        if output_type == "latent":
+            return [final[i] for i in range(final.shape[0])]
+        images = self._decode(final, p, progress).transpose(0, 2, 3, 1)
         if output_type == "np":
             return [images[i] for i in range(images.shape[0])]
         from .outputs import to_pil
 
-        return [to_pil(images[i], self._parameters_text(p, i)) for i in range(images.shape[0])]
+        return [to_pil(images[i], self._parameters_text(info or p, i)) for i in range(images.shape[0])]
 
     def _parameters_text(self, p: GenerationParams, index: int) -> str:
         from .outputs import a1111_parameters
