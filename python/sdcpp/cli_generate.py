@@ -63,9 +63,18 @@ def _outputs(path: str, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.png'}") for i in range(n)]
 
 
-def _run(args: argparse.Namespace, mode: str) -> int:
+def _open_image(path: str, what: str):
     from PIL import Image
 
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except OSError as exc:
+        raise errors.InvalidArgumentError(f"cannot read the {what} {path!r}: {exc}") from None
+
+
+def _run(args: argparse.Namespace, mode: str) -> int:
     from .outputs import save_png
     from .pipeline import load
 
@@ -89,12 +98,13 @@ def _run(args: argparse.Namespace, mode: str) -> int:
         images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height,
                                hires=hires, **common)
     else:
-        try:
-            init = Image.open(args.init_img)
-        except OSError as exc:
-            raise errors.InvalidArgumentError(f"cannot read the init image {args.init_img!r}: {exc}") from None
-        images = model.img2img(init, args.prompt, args.negative_prompt, strength=args.strength,
-                               resize=args.resize, **common)
+        init = _open_image(args.init_img, "init image")
+        if mode == "inpaint":
+            images = model.inpaint(init, _open_image(args.mask, "mask"), args.prompt, args.negative_prompt,
+                                   strength=args.strength, resize=args.resize, **common)
+        else:
+            images = model.img2img(init, args.prompt, args.negative_prompt, strength=args.strength,
+                                   resize=args.resize, **common)
     for img, path in zip(images, _outputs(args.output, len(images))):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(img, str(path))
@@ -120,3 +130,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=0.75)
     p.add_argument("--resize", action="store_true", help="resize the init image down to a multiple of 8")
     p.set_defaults(func=lambda a: _run(a, "img2img"))
+
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask in an image")
+    _add_common(p)
+    p.add_argument("-i", "--init-img", required=True)
+    p.add_argument("--mask", required=True, help="white = repaint (resized to the image when it differs)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--resize", action="store_true", help="resize the init image down to a multiple of 8")
+    p.set_defaults(func=lambda a: _run(a, "inpaint"))

@@ -249,6 +249,32 @@ class Model:
             final = self._run(params, None, pixels, callback, rng, progress)
             return self._outputs(final, params, output_type, progress)
 
+    def inpaint(self, image, mask, prompt: str, negative_prompt: str = "", *, strength: float = 1.0,
+                steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
+                seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
+                output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
+                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+        """Repaint the white part of `mask` (PIL image or array, resized to the image when its
+        size differs) in `image`, diffusers' semantics (sdcpp.inpaint): 4-channel models blend
+        the known region back after every step, 9-channel inpainting models (``info.inpainting``)
+        take the mask and the masked image as extra input. strength < 1 starts from the image."""
+        from .inpaint import mask_to_array
+
+        pixels = _image_to_array(image, resize)
+        height, width = pixels.shape[-2:]
+        if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
+            raise errors.InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+        m = mask_to_array(mask, height, width)
+        params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
+                              seed, batch_size, clip_skip, output_type, rng, vae_tiling, inpainting=True)
+        params.strength = float(strength)
+        if min(int(steps * strength), steps) < 1:
+            raise errors.InvalidArgumentError(f"strength {strength} of {steps} steps leaves no step to run")
+        with self._lock:
+            self._prompt_loras(prompt)
+            final = self._run_inpaint(params, pixels, m, callback, rng, progress)
+            return self._outputs(final, params, output_type, progress)
+
     def close(self) -> None:
         """Free the native weights and buffers now (otherwise freed with the object)."""
         self._c.clear()
@@ -268,9 +294,12 @@ class Model:
 
     # ------------------------------------------------------------------ internals
     def _params(self, prompt, negative, width, height, steps, cfg_scale, sampler, scheduler, seed,
-                batch_size, clip_skip, output_type, rng, vae_tiling=None) -> GenerationParams:
+                batch_size, clip_skip, output_type, rng, vae_tiling=None, inpainting=False) -> GenerationParams:
         if not isinstance(prompt, str):
             raise errors.InvalidArgumentError(f"prompt must be a str, got {type(prompt).__name__}")
+        if self.info.inpainting and not inpainting:
+            raise errors.InvalidArgumentError(
+                f"{self.source.name} is a 9-channel inpainting model: use model.inpaint(image, mask, prompt)")
         if not isinstance(negative, str):
             raise errors.InvalidArgumentError(f"negative_prompt must be a str, got {type(negative).__name__}")
         for name, value in (("width", width), ("height", height)):
@@ -389,7 +418,70 @@ class Model:
         finally:
             bar.close()
 
-    def _denoiser(self, cond, uncond, p: GenerationParams) -> Callable[[np.ndarray, float], np.ndarray]:
+    def _run_inpaint(self, p: GenerationParams, pixels: np.ndarray, mask: np.ndarray, callback, rng,
+                     progress) -> np.ndarray:
+        """diffusers' inpainting loop (generator draws in its order: image latents when needed,
+        the noise, the masked image's latents)."""
+        from .engine import sampling
+        from .engine.vae import split_moments
+        from .hires import resize_latents
+
+        gen = sampling.Generator(p.seed, rng)
+        try:
+            cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+        finally:
+            self._release_text_encoders()
+        sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
+        sigmas = sigmas[p.steps - min(int(p.steps * p.strength), p.steps):]
+        b, h, w = p.batch_size, p.height // 8, p.width // 8
+        nine = self.info.inpainting
+        strength_max = p.strength == 1.0
+        image = (pixels[None] * 2 - 1).astype(np.float32)          # [1, 3, H, W]
+
+        def encode_sampled(x: np.ndarray) -> np.ndarray:             # one image's latents, posterior sampled
+            mean, logvar = split_moments(self._vae_run(True, x, p.vae_tiling))
+            return ((mean + np.exp(0.5 * logvar) * gen.randn(mean.shape)) * self.vae_scale).astype(np.float32)
+
+        image_latents = None
+        if not nine or not strength_max:
+            image_latents = np.repeat(encode_sampled(image), b, axis=0)
+        noise = gen.randn((b, 4, h, w)).astype(np.float32)
+        if strength_max:
+            x = noise * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
+        else:
+            x = (image_latents + noise * sigmas[0]).astype(np.float32)
+        masked = image * (mask < 0.5)
+        mask_lat = resize_latents(mask, h, w, "nearest")           # [1, 1, h, w]
+        extra = None
+        if nine:
+            extra = np.concatenate([np.repeat(mask_lat, b, axis=0), np.repeat(encode_sampled(masked), b, axis=0)], axis=1)
+        else:
+            gen.randn((1, 4, h, w))      # diffusers samples the masked image's posterior here too (unused)
+
+        denoise = self._denoiser(cond, uncond, p, extra=extra)
+        total = len(sigmas) - 1
+        bar = phases(progress).bar("sample", total, "step")
+
+        def on_step(step: int, _total: int, x_now: np.ndarray):
+            bar.update(1)
+            if not nine:  # the known region, noised to the next level (clean after the last step)
+                known = image_latents if step == total - 1 else image_latents + noise * np.float32(sigmas[step + 1])
+                x_now = ((1 - mask_lat) * known + mask_lat * x_now).astype(np.float32)
+            if callback is not None and callback(step, total, x_now) is False:
+                return False
+            return x_now
+
+        try:
+            return sampling.sample(p.sampler, denoise, x, sigmas, gen, callback=on_step)
+        except KeyboardInterrupt:
+            raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
+        finally:
+            bar.close()
+
+    def _denoiser(self, cond, uncond, p: GenerationParams,
+                  extra: Optional[np.ndarray] = None) -> Callable[[np.ndarray, float], np.ndarray]:
+        """x, sigma -> the x0 estimate; `extra` [B, C, h, w]: unscaled channels appended to the
+        U-Net input (a 9-channel inpainting model's mask and masked-image latents)."""
         from .engine import sampling
 
         unet = self._c["unet"]
@@ -416,6 +508,8 @@ class Model:
             c_in = np.float32(1.0 / np.sqrt(sigma * sigma + 1.0))
             t = np.full(len(context), sampling.sigma_to_t(sigma), dtype=np.float32)
             x_in = np.concatenate([x] * len(parts)) * c_in
+            if extra is not None:
+                x_in = np.concatenate([x_in, np.concatenate([extra] * len(parts))], axis=1)
             out = unet(x_in, t, context, text_embeds=pooled, time_ids=time_ids)
             if use_cfg:
                 out_u, out_c = out[:b], out[b:]

@@ -103,3 +103,23 @@ def test_hires_and_embedding_flags_reach_the_model(tiny_path, tmp_path):
     assert main(common + ["-o", str(a)]) == 0
     assert main(common + ["-o", str(b), "--embd-dir", str(emb)]) == 0
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_inpaint_command(tiny_path, tmp_path):
+    import sdcpp
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8), "RGB")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    img.save(tmp_path / "in.png")
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    assert main(["inpaint", "-m", tiny_path, "-i", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "-p", "a red fox", "--steps", "2", "-s", "4", "--sampler", "euler", "-o", str(out),
+                 "--no-progress"]) == 0
+    ref = sdcpp.load(tiny_path, threads=2).inpaint(img, Image.fromarray(mask, "L"), "a red fox", steps=2, seed=4,
+                                                   sampler="euler")[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(ref))
+    assert main(["inpaint", "-m", tiny_path, "-i", str(tmp_path / "in.png"), "--mask", str(tmp_path / "no.png"),
+                 "-p", "x", "--no-progress"]) == 1
