@@ -18,6 +18,8 @@ MAX_JSON_DEPTH = 64
 MAX_PICKLE_DEPTH = 100
 # Tensor rank: torch and numpy both stop at 64 (numpy 1 at 32); checkpoints use at most 5.
 MAX_NDIM = 32
+# Product of the non-zero dims of an empty tensor: anything numpy can describe for any dtype.
+MAX_EMPTY_EXTENT = 1 << 40
 # Names flattened out of a pickle (dotted paths): far longer than any module path.
 MAX_NAME_CHARS = 1 << 16
 
@@ -25,22 +27,27 @@ MAX_NAME_CHARS = 1 << 16
 def check_shape(shape, file_size: int, *, file: Optional[str | Path], tensor: Optional[str],
                 itemsize: int = 1) -> None:
     """Refuse a shape no file of `file_size` bytes can back: more than MAX_NDIM dims, or
-    non-zero dims whose product (times `itemsize`) exceeds the file size. Zero-sized tensors
-    count their non-zero dims too: a (0, 2**70) tensor is a lie numpy cannot even describe,
-    and a broadcast (stride 0) view may not claim more elements than the file has bytes."""
+    elements (times `itemsize`) beyond the file size -- so a broadcast (stride 0) view cannot
+    claim terabytes either. An empty tensor holds no bytes; its non-zero dims are only kept
+    below MAX_EMPTY_EXTENT, so that numpy can describe it ((0, 2**70) is a lie)."""
     if len(shape) > MAX_NDIM:
         raise CorruptFileError(f"tensor has {len(shape)} dims (at most {MAX_NDIM} are read)",
                                file=file, tensor=tensor)
-    count = 1
+    count, empty = 1, False
     for d in shape:
         if d < 0:
             raise CorruptFileError(f"negative dimension {d} in shape", file=file, tensor=tensor)
         if d:
             count *= d
-            if count * itemsize > max(file_size, 1):
-                raise CorruptFileError(
-                    f"shape {_short_shape(shape)} describes more elements than the {file_size}-byte file holds",
-                    file=file, tensor=tensor)
+        else:
+            empty = True
+    if empty and count > MAX_EMPTY_EXTENT:
+        raise CorruptFileError(f"empty tensor's shape {_short_shape(shape)} has other dims too large to describe",
+                               file=file, tensor=tensor)
+    if not empty and count * itemsize > file_size:
+        raise CorruptFileError(
+            f"shape {_short_shape(shape)} describes {count} elements, more than the {file_size}-byte file holds",
+            file=file, tensor=tensor)
 
 
 def _short_shape(shape) -> str:
@@ -48,4 +55,4 @@ def _short_shape(shape) -> str:
     return s if len(s) <= 200 else s[:200] + "...)"
 
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_PICKLE_DEPTH", "MAX_NDIM", "MAX_NAME_CHARS", "check_shape"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_PICKLE_DEPTH", "MAX_NDIM", "MAX_EMPTY_EXTENT", "MAX_NAME_CHARS", "check_shape"]
