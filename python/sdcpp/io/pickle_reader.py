@@ -312,9 +312,6 @@ def _tensor(ref, storage_offset, size, stride, dtype_marker: Optional[DType]) ->
     if (len(size) != len(stride) or not all(_is_int(d) and d >= 0 for d in size)
             or not all(_is_int(s) for s in stride)):
         raise CorruptFileError(f"bad tensor size {_short(size)} / stride {_short(stride)}")
-    if any(s < 0 for s in stride):
-        # torch never writes one; numpy would read backwards from the offset
-        raise CorruptFileError(f"negative tensor stride {_short(stride)}")
     if dtype_marker is not None:
         if not isinstance(dtype_marker, DType):
             raise CorruptFileError(f"tensor dtype {_short(dtype_marker)} is not a torch dtype")
@@ -765,12 +762,15 @@ def _to_record(name: str, t: PickledTensor, path: Path, file_size: int) -> Tenso
         raise cls(message, file=path, tensor=name)
     if st.data_offset is None or st.nbytes is None:
         raise CorruptFileError(f"storage {st.key!r} has no data in the file", file=path, tensor=name)
+    if any(s < 0 for s in t.stride):
+        # torch never writes one; a view reading backwards from its offset is a lie
+        raise CorruptFileError(f"negative stride in {t.stride}", file=path, tensor=name)
     item = DTYPE_ITEMSIZE[t.dtype]
     check_shape(t.size, file_size, file=path, tensor=name, itemsize=item)
     start = t.ref.byte_offset + t.storage_offset * item          # relative to the storage's bytes
     if all(d > 0 for d in t.size):
         hi = start + item
-        for d, s in zip(t.size, t.stride):      # strides are >= 0 (checked when unpickled)
+        for d, s in zip(t.size, t.stride):      # strides are >= 0 (checked above)
             hi += (d - 1) * s * item
         if hi > st.nbytes:
             raise CorruptFileError(

@@ -108,7 +108,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[Tensors, Metadata]:
                       UnsupportedFormatError)
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise bad(f"shape {_short_json(shape)} is not a list of non-negative integers")
-        check_shape(shape, data_len, file=path, tensor=name, itemsize=DTYPE_ITEMSIZE[dtype])
+        check_shape(shape, size, file=path, tensor=name, itemsize=DTYPE_ITEMSIZE[dtype])
         if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)
                 or not 0 <= offs[0] <= offs[1]):
             raise bad(f"data_offsets {_short_json(offs)} is not [start, end] with 0 <= start <= end")
