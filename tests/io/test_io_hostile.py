@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hostile_builders import (diffusers_folder, f32, gguf_info, gguf_raw, gguf_string, nested_json, p_dict,
-                              p_global, p_int, p_str, p_tensor, p_tuple, pickle_of, safetensors_f32,
+                              p_global, p_str, p_tensor, pickle_of, safetensors_f32,
                               safetensors_raw, torch_legacy, torch_zip)
 from sdcpp.errors import AmbiguousSourceError, ConfigError, CorruptFileError, SdcppError
 from sdcpp.io import open_source, read_tensors
