@@ -26,6 +26,7 @@ import shutil
 import struct
 import tempfile
 import tracemalloc
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from hostile_builders import (diffusers_folder, f32, gguf_info, gguf_raw, gguf_string, p_dict, p_global,
@@ -77,14 +78,25 @@ def typed_or_ok(fn):
     Any other exception propagates (and fails the property)."""
     tracemalloc.start()
     try:
-        return fn()
-    except SdcppError:
+        result = fn()
+        _event("accepted")
+        return result
+    except SdcppError as e:
+        _event(f"refused: {type(e).__name__}")
         return None
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         clear_map_cache()
         assert peak < MAX_PEAK_BYTES, f"reader used {peak} bytes"
+
+
+def _event(name: str) -> None:
+    """Outcome statistics (pytest --hypothesis-show-statistics); a no-op outside a property."""
+    try:
+        event(name)
+    except Exception:
+        pass
 
 
 def read_all(path: Path):
@@ -199,6 +211,27 @@ test_fuzz_safetensors_mutated = _mutation_test("safetensors")
 test_fuzz_torch_zip_mutated = _mutation_test("zip")
 test_fuzz_torch_legacy_mutated = _mutation_test("legacy")
 test_fuzz_gguf_mutated = _mutation_test("gguf")
+
+
+def _zip_members(raw: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+_ZIP_SEED = _zip_members(SEEDS["zip"])
+_PKL_NAME = next(n for n in _ZIP_SEED if n.endswith("/data.pkl"))
+
+
+@FUZZ
+@given(pkl=mutated(_ZIP_SEED[_PKL_NAME], max_ops=4))
+def test_fuzz_torch_zip_object_pickle_mutated(pkl):
+    """The zip stays valid (CRCs match); only the object pickle inside is mutated."""
+    p = fresh(".ckpt")
+    with zipfile.ZipFile(p, "w") as z:
+        for name, raw in _ZIP_SEED.items():
+            z.writestr(zipfile.ZipInfo(name), pkl if name == _PKL_NAME else raw)
+    read_all(p)
+    p.unlink()
 
 
 # ================================================================= safetensors
