@@ -18,6 +18,7 @@ docs/formats.md; what it finds is kept below as ``@example`` cases and in test_i
 """
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import json
@@ -59,6 +60,7 @@ MAX_RECORDS_READ = 64
 # ---------------------------------------------------------------------- harness
 _dir = Path(tempfile.mkdtemp(prefix="sdcpp-fuzz-"))
 _names = itertools.count()
+atexit.register(shutil.rmtree, _dir, True)        # also when the module's tests are deselected
 
 
 @pytest.fixture(scope="module", autouse=True)
