@@ -494,6 +494,13 @@ void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* late
     runner_->read_output(g, 0, out);
 }
 
+size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
+    check_shapes(B, H, W, L, cfg_.add_time_dim > 0, cfg_.add_time_dim > 0);
+    std::lock_guard<std::mutex> lock(mu_);
+    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    return runner_->measure(g);
+}
+
 void UNet::clear() {
     std::lock_guard<std::mutex> lock(mu_);
     runner_->clear();

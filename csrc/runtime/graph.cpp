@@ -29,7 +29,11 @@ void GraphRunner::ensure_sched() {
 
 BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) {
     auto it = cache_.find(key);
-    if (it != cache_.end()) return *it->second;
+    if (it != cache_.end()) {
+        lru_.remove(key);  // a handful of keys: a linear scan is nothing next to a graph run
+        lru_.push_front(key);
+        return *it->second;
+    }
     auto g = std::make_unique<BuiltGraph>();
     ggml_init_params params{};
     params.mem_size = ggml_tensor_overhead() * max_nodes_ + ggml_graph_overhead_custom(max_nodes_, false);
@@ -43,12 +47,21 @@ BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) 
         ggml_set_output(out);
         ggml_build_forward_expand(g->graph, out);
     }
-    // Keep a small number of shapes: each holds a context, and the scheduler's buffers grow
-    // to the largest graph seen anyway.
-    if (cache_.size() >= 8) cache_.erase(cache_.begin());
+    // Keep the most recently used shapes only: each holds a context of tensor metadata (the
+    // compute buffers are shared, see graph.h). Evicting the least recently used one, not the
+    // first key in order (which could be the graph in use).
+    while (cache_.size() >= kMaxGraphs && !lru_.empty()) {
+        auto victim = cache_.find(lru_.back());
+        if (victim != cache_.end()) {
+            if (victim->second->id == last_id_) last_id_ = 0;
+            cache_.erase(victim);
+        }
+        lru_.pop_back();
+    }
     g->id = ++next_id_;
     auto& ref = *g;
     cache_[key] = std::move(g);
+    lru_.push_front(key);
     return ref;
 }
 
@@ -82,6 +95,31 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     if (st != GGML_STATUS_SUCCESS) throw Error(std::string("graph compute failed: ") + ggml_status_to_string(st));
 }
 
+size_t GraphRunner::measure(BuiltGraph& g) {
+    std::vector<ggml_backend_t> backends;
+    backends.push_back(device_->backend());
+    if (!device_->is_cpu()) backends.push_back(device_->cpu());
+    ggml_backend_sched_t s = ggml_backend_sched_new(backends.data(), nullptr, static_cast<int>(backends.size()),
+                                                    max_nodes_, /*parallel=*/false, /*op_offload=*/true);
+    if (!s) throw Error("failed to create the ggml scheduler");
+    auto reset = [&] {
+        for (ggml_tensor* t = ggml_get_first_tensor(g.ctx); t; t = ggml_get_next_tensor(g.ctx, t)) {
+            t->data = nullptr;
+            t->buffer = nullptr;
+        }
+    };
+    reset();
+    const bool ok = ggml_backend_sched_reserve(s, g.graph);
+    size_t total = 0;
+    for (int i = 0; ok && i < ggml_backend_sched_get_n_backends(s); ++i)
+        total += ggml_backend_sched_get_buffer_size(s, ggml_backend_sched_get_backend(s, i));
+    ggml_backend_sched_free(s);
+    reset();
+    last_id_ = 0;  // the running scheduler plans its next graph afresh
+    if (!ok) throw Error("out of memory on " + device_->info().name + " planning the compute graph");
+    return total;
+}
+
 void GraphRunner::read_output(const BuiltGraph& g, size_t i, float* dst) const {
     SD_CHECK(i < g.outputs.size(), "no such graph output");
     ggml_tensor* t = g.outputs[i];
@@ -91,6 +129,7 @@ void GraphRunner::read_output(const BuiltGraph& g, size_t i, float* dst) const {
 
 void GraphRunner::clear() {
     cache_.clear();
+    lru_.clear();
     last_id_ = 0;
     if (sched_) {
         ggml_backend_sched_free(sched_);

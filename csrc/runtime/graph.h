@@ -1,8 +1,16 @@
 // GraphRunner: builds a compute graph once per input shape, allocates it through ggml's
 // scheduler on the model's device (falling back to the CPU for ops the device lacks), caches
 // it, and runs it. Weights are never copied: graphs reference WeightStore tensors directly.
+//
+// Memory: all graphs of a runner share ONE set of compute buffers (the scheduler's, one per
+// backend), re-planned whenever another graph runs; it grows to the largest graph run since
+// the last clear() and never holds two shapes' buffers side by side. The cached graphs
+// themselves are only tensor metadata (no data), kept for the kMaxGraphs most recently used
+// shapes. clear() frees both; the Python pipeline calls it when a smaller shape follows a
+// larger one (sdcpp.memory) so the buffers shrink again.
 #pragma once
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,8 +50,15 @@ class GraphRunner {
     // Copy output i back to the host as float32 (outputs are f32 by construction).
     void read_output(const BuiltGraph& g, size_t i, float* dst) const;
 
+    // Bytes of compute buffers `g` needs on this runner's device, planned on a scheduler of its
+    // own and freed again (nothing is computed; host buffers are only reserved, never touched,
+    // so this costs no resident memory): the pre-flight memory check.
+    size_t measure(BuiltGraph& g);
+
     void clear();  // drop cached graphs and compute buffers (frees memory)
     size_t compute_buffer_size() const;
+    size_t cached_graphs() const { return cache_.size(); }
+    static constexpr size_t kMaxGraphs = 8;
     const DevicePtr& device() const { return device_; }
 
    private:
@@ -51,6 +66,7 @@ class GraphRunner {
     size_t max_nodes_;
     ggml_backend_sched_t sched_ = nullptr;
     std::map<std::string, std::unique_ptr<BuiltGraph>> cache_;
+    std::list<std::string> lru_;  // cache_ keys, most recently used first
     uint64_t next_id_ = 0;
     uint64_t last_id_ = 0;  // the graph whose placements ggml-alloc holds
     void ensure_sched();

@@ -43,7 +43,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="apply a LoRA (repeatable)")
     p.add_argument("--lora-dir", "--lora-model-dir", dest="lora_dir", default=None,
                    help="folder searched for <lora:name:scale> tags in the prompt")
+    p.add_argument("--embd-dir", "--embedding", dest="embeddings", action="append", default=[], metavar="PATH",
+                   help="textual-inversion embeddings: a file or a folder of them (repeatable); "
+                        "use one by writing its file name (without suffix) in the prompt")
     p.add_argument("--rng", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--memory", default="balanced", choices=("low", "balanced", "fast"),
+                   help="low: text encoders and VAE weights only while used (re-built per prompt); "
+                        "fast: keep every weight and buffer (docs/generation.md)")
+    p.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
+                   help="VAE in overlapping 512-pixel tiles: auto = above 1024x1024 pixels")
+    p.add_argument("--vae-tile-size", type=int, default=512, help="VAE tile size in pixels (multiple of 32)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -61,14 +70,17 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     from .pipeline import load
 
     model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
-                 threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision)
+                 threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision,
+                 embeddings=args.embeddings or None, memory=args.memory, progress=not args.no_progress)
+    model.vae_tile_size = args.vae_tile_size
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir
     for r in getattr(model.info, "loras", []):
         print(f"lora: {r.summary()}", file=sys.stderr)
     common = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, scheduler=args.scheduler,
                   seed=args.seed, batch_size=args.batch, clip_skip=args.clip_skip, rng=args.rng,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress,
+                  vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling])
     if mode == "txt2img":
         images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height, **common)
     else:

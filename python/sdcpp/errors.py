@@ -73,6 +73,10 @@ class LoraError(SdcppError):
     """A LoRA cannot be applied (unmatched keys, wrong family, bad shapes)."""
 
 
+class EmbeddingError(SdcppError):
+    """A textual-inversion embedding cannot be read or does not fit the model (names the file)."""
+
+
 class Cancelled(SdcppError):
     """A generation was stopped by its callback or by Ctrl-C; the model stays usable."""
 
@@ -80,5 +84,6 @@ class Cancelled(SdcppError):
 __all__ = [
     "SdcppError", "InvalidArgumentError", "CheckpointError", "CorruptFileError",
     "UnsupportedFormatError", "UnsafePickleError", "MissingTensorError",
-    "UnknownArchitectureError", "ConfigError", "AmbiguousSourceError", "BackendError", "LoraError", "Cancelled",
+    "UnknownArchitectureError", "ConfigError", "AmbiguousSourceError", "BackendError", "LoraError",
+    "EmbeddingError", "Cancelled",
 ]

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
+
 from . import errors
 from .engine.weights import WEIGHT_TYPES, build_store, open_device, storage_type
 
@@ -50,11 +52,12 @@ def _default_weight_type(tensors: dict) -> str:
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
                weight_type: Optional[str] = None, threads: Optional[int] = None,
                prediction_type: Optional[str] = None, variant: Optional[str] = None,
-               revision: Optional[str] = None):
+               revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.unet import UNet
     from .engine.vae import VAE
+    from .memory import LazyComponent, Resident, StoreHandle, policy
     from .pipeline import Model
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
@@ -64,6 +67,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
             f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise errors.InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
+    mem = policy(memory)
 
     from .io import open_source
 
@@ -83,24 +87,43 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     wt = weight_type or _default_weight_type(tensors)
 
     stores = {}     # component -> WeightStore (kept for LoRA merging, sdcpp.lora)
+    from .progress import phases
+    bar = phases(progress).bar("load", sum(int(np.prod(v.shape)) for v in tensors.values()), "param", scale=True)
 
-    def part(prefix: str, type_of=storage_type):
+    def fill(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            stores[prefix[:-1]] = build_store(dev, sub, wt, type_of)
+            return build_store(dev, sub, wt, type_of, on_tensor=bar.update)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
-        return stores[prefix[:-1]]
 
+    def component(prefix: str, make, on_demand: bool, type_of=storage_type):
+        """The component over a store of `prefix`'s tensors; with `on_demand`, a LazyComponent
+        whose weights can be freed and rebuilt (sdcpp.memory). Built here either way, so bad
+        weights fail at load."""
+        if not on_demand:
+            stores[prefix[:-1]] = fill(prefix, type_of)
+            return make(stores[prefix[:-1]])
+        res = Resident(prefix[:-1], lambda: fill(prefix, type_of), make)
+        res.get()
+        stores[prefix[:-1]] = StoreHandle(res)
+        return LazyComponent(res)
+
+    # The VAE first: with memory="low" it is checked and freed before the rest is built.
+    vae_obj = component("vae.", lambda st: VAE(st, info.vae_native_config()), mem.vae_on_demand, _vae_storage_type)
+    if mem.vae_on_demand:
+        vae_obj.resident.release()
     encoders = []
     for meta, cfg in zip(info.text_encoders, info.text_encoder_native_configs()):
         prefix = meta["name"] + "."
-        encoders.append(TextEncoder(part(prefix), prefix, cfg))
+        encoders.append(component(prefix, lambda st, p=prefix, c=cfg: TextEncoder(st, p, c), mem.release_text_encoders))
     components = {
         "text_encoders": encoders,
-        "unet": UNet(part("unet."), info.unet_native_config()),
-        "vae": VAE(part("vae.", _vae_storage_type), info.vae_native_config()),
+        "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), False),
+        "vae": vae_obj,
         "stores": stores,
+        "memory": mem,
     }
+    bar.close()
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)

@@ -12,12 +12,13 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import errors
 from .conditioning import Conditioner, EncoderSlot, default_pad
+from .progress import phases
 from .engine.sampling import SAMPLERS, SCHEDULES
 
 PathLike = Union[str, os.PathLike]
@@ -27,6 +28,11 @@ SCHEDULERS = SCHEDULES  # the pipeline's word for sampling's schedules
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 _DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+
+# vae_tiling=None tiles images with more pixels than this (above SDXL's native 1024x1024): the
+# VAE's compute buffers grow with the area (~3 GB untiled at 1024x1024, ~780 MB per 512 tile).
+# The rule depends on the size only, never on the memory mode, so modes never change results.
+AUTO_TILE_PIXELS = 1024 * 1024
 
 # Samplers whose diffusers counterpart works in variance-preserving form (DPMSolverMultistep,
 # DDIM, LCM): their unit noise starts at x_vp = noise, which in our sigma form is
@@ -67,6 +73,14 @@ class Model:
         self.source = source
         self.prediction_type = prediction_type
         self._c = components
+        from .memory import LazyComponent, policy
+
+        self.memory = components.get("memory") or policy(None)
+        # Tiled VAE (vae_tiling=): tile size in pixels and overlap, diffusers' SD defaults
+        # (tile_sample_min_size 512, tile_overlap_factor 0.25).
+        self.vae_tile_size: int = 512
+        self.vae_tile_overlap: float = 0.25
+        self._unet_shape: Optional[tuple] = None
         self._lock = threading.Lock()
         self._model_hash: Optional[str] = None
         self.family: str = info.family
@@ -88,7 +102,37 @@ class Model:
         if components.get("stores"):
             from .lora import LoraManager
             self._lora_manager = LoraManager(info, components["stores"])
+        # memory="low" rebuilds text encoders / the VAE from the checkpoint: merged LoRA tensors
+        # are written into the rebuilt store again.
+        for comp in list(components.get("text_encoders", [])) + [components.get("vae")]:
+            if isinstance(comp, LazyComponent):
+                comp.resident.on_rebuild.append(self._lora_rewrite)
         self.info.loras = []
+
+    # ------------------------------------------------------------ embeddings
+    def load_embeddings(self, sources: Sequence[PathLike]) -> list[str]:
+        """Load textual-inversion embeddings (files, or folders of them): A1111 ``.pt`` /
+        ``.safetensors`` (``emb_params``, ``string_to_param``, SDXL ``clip_l``/``clip_g``) and
+        diffusers ``learned_embeds``. Each is used by writing its file stem in a prompt or
+        negative prompt (``"a photo, easynegative"``). Adds to the embeddings loaded before (a
+        file with the same stem replaces the older one); returns the words now known. Raises
+        :class:`sdcpp.errors.EmbeddingError` naming the file when one cannot be read or does not
+        fit this model (another family's width); nothing is added then."""
+        from .embeddings import EmbeddingTable, embedding_files, read_embedding
+
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        metas = self.info.text_encoders      # (not the encoders: memory="low" may have freed them)
+        table = EmbeddingTable(list(zip(self.conditioner.slot_keys(), (int(t["width"]) for t in metas))),
+                               int(metas[0]["vocab_size"]))
+        if self.conditioner.embeddings is not None:
+            for emb in self.conditioner.embeddings.embeddings.values():
+                table.add(emb)
+        for path in embedding_files(sources):
+            table.add(read_embedding(path))
+        with self._lock:
+            self.conditioner.set_embeddings(table)
+        return table.names()
 
     # ------------------------------------------------------------------ LoRA
     def set_loras(self, loras: Sequence = (), strict: bool = True):
@@ -132,6 +176,10 @@ class Model:
         specs = list(self._lora_specs) + [(resolve_lora_name(name, self.lora_dir), float(m)) for name, m in tags]
         self._lora_apply(specs, self._lora_strict)
 
+    def _lora_rewrite(self, component: str, store) -> None:
+        if self._lora_manager is not None:
+            self._lora_manager.rewrite(component, store)
+
     def _lora_manager_differs(self) -> bool:
         cur = [(r.path, r.scale) for r in self._lora_manager.reports]
         return cur != [(str(p), s) for p, s in self._lora_specs]
@@ -142,8 +190,11 @@ class Model:
                 sampler: str = "euler_a", scheduler: str = "discrete", seed: Optional[int] = None,
                 batch_size: int = 1, clip_skip: Optional[int] = None, latents: Optional[np.ndarray] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                progress: bool = False) -> list:
-        """Generate images from a prompt. Returns a list with one entry per image."""
+                progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+        """Generate images from a prompt. Returns a list with one entry per image.
+
+        vae_tiling: decode in overlapping tiles of ``model.vae_tile_size`` pixels (True), whole
+        (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md."""
         size = _DEFAULT_SIZE[self.family]
         width = size if width is None else width
         height = size if height is None else height
@@ -155,29 +206,30 @@ class Model:
                 height, width = latents.shape[2] * 8, latents.shape[3] * 8
             batch_size = latents.shape[0]
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
-                              seed, batch_size, clip_skip, output_type, rng)
+                              seed, batch_size, clip_skip, output_type, rng, vae_tiling)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, latents, None, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            return self._outputs(final, params, output_type, progress)
 
     def img2img(self, image, prompt: str, negative_prompt: str = "", *, strength: float = 0.75,
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
                 seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                resize: bool = False, progress: bool = False) -> list:
-        """Transform an image (PIL, or float HxWx3 / 3xHxW array in [0, 1]) guided by a prompt."""
+                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+        """Transform an image (PIL, or float HxWx3 / 3xHxW array in [0, 1]) guided by a prompt.
+        vae_tiling: as for txt2img, for the encode and the decode."""
         pixels = _image_to_array(image, resize)
         height, width = pixels.shape[-2:]
         if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
             raise errors.InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
-                              seed, batch_size, clip_skip, output_type, rng)
+                              seed, batch_size, clip_skip, output_type, rng, vae_tiling)
         params.strength = float(strength)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            return self._outputs(final, params, output_type, progress)
 
     def close(self) -> None:
         """Free the native weights and buffers now (otherwise freed with the object)."""
@@ -198,7 +250,7 @@ class Model:
 
     # ------------------------------------------------------------------ internals
     def _params(self, prompt, negative, width, height, steps, cfg_scale, sampler, scheduler, seed,
-                batch_size, clip_skip, output_type, rng) -> GenerationParams:
+                batch_size, clip_skip, output_type, rng, vae_tiling=None) -> GenerationParams:
         if not isinstance(prompt, str):
             raise errors.InvalidArgumentError(f"prompt must be a str, got {type(prompt).__name__}")
         if not isinstance(negative, str):
@@ -224,16 +276,56 @@ class Model:
             seed = secrets.randbits(63)
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2 ** 64):
             raise errors.InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        _check_memory(self, int(batch_size), int(height), int(width), float(cfg_scale) != 1.0)
-        return GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
-                                sampler, scheduler, int(seed), int(batch_size), clip_skip)
+        if vae_tiling not in (None, True, False):
+            raise errors.InvalidArgumentError(f"vae_tiling must be True, False or None (automatic), got {vae_tiling!r}")
+        tiled = self._tiles(vae_tiling, int(height), int(width))
+        _check_memory(self, int(batch_size), int(height), int(width), float(cfg_scale) != 1.0,
+                      self.vae_tile_size if tiled else None)
+        p = GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
+                             sampler, scheduler, int(seed), int(batch_size), clip_skip)
+        p.extra["vae_tiling"] = tiled
+        return p
+
+    def _tiles(self, vae_tiling: Optional[bool], height: int, width: int) -> bool:
+        """Whether the VAE runs in tiles: as asked, else above AUTO_TILE_PIXELS; never when the
+        image fits in one tile (diffusers' rule: tiles only when a side exceeds the tile)."""
+        from .engine.vae_tiling import check_tile, needs_tiles
+
+        want = height * width > AUTO_TILE_PIXELS if vae_tiling is None else bool(vae_tiling)
+        if not want:
+            return False
+        check_tile(self.vae_tile_size, self.vae_tile_overlap, 8)
+        return needs_tiles((height, width), self.vae_tile_size)
+
+    # -- VAE and U-Net phases under the memory policy (sdcpp.memory) ---------------------------
+    def _vae_run(self, encode: bool, x: np.ndarray, tiled: bool) -> np.ndarray:
+        vae = self._c["vae"]
+        try:
+            if not tiled:
+                return vae.encode(x) if encode else vae.decode(x)
+            if encode:
+                return vae.encode_tiled(x, tile=self.vae_tile_size, overlap=self.vae_tile_overlap)
+            return vae.decode_tiled(x, tile=self.vae_tile_size // vae.factor, overlap=self.vae_tile_overlap)
+        finally:
+            if self.memory.vae_on_demand:
+                vae.resident.release()
+            elif self.memory.free_vae_buffers:
+                vae.free_compute_memory()
+
+    def _release_text_encoders(self) -> None:
+        if self.memory.release_text_encoders:
+            for enc in self._c["text_encoders"]:
+                enc.resident.release()
 
     def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
         from .engine import sampling
         from .engine.vae import split_moments
 
         gen = sampling.Generator(p.seed, rng)
-        cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+        try:
+            cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+        finally:
+            self._release_text_encoders()
         sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
         h, w = p.height // 8, p.width // 8
         shape = (p.batch_size, 4, h, w)
@@ -244,7 +336,8 @@ class Model:
         else:
             # diffusers img2img: encode (sampling the posterior with the generator), scale, then
             # start at the strength's point of the schedule with fresh noise.
-            moments = self._c["vae"].encode(np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0))
+            moments = self._vae_run(True, np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0),
+                                    p.extra["vae_tiling"])
             mean, logvar = split_moments(moments)
             std = np.exp(0.5 * logvar)
             init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
@@ -256,11 +349,10 @@ class Model:
 
         denoise = self._denoiser(cond, uncond, p)
         total = len(sigmas) - 1
-        bar = _progress_bar(total) if progress else None
+        bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if callback is not None and callback(step, total, x_now) is False:
                 return False
             return True
@@ -270,8 +362,7 @@ class Model:
         except KeyboardInterrupt:
             raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
 
     def _denoiser(self, cond, uncond, p: GenerationParams) -> Callable[[np.ndarray, float], np.ndarray]:
         from .engine import sampling
@@ -281,6 +372,12 @@ class Model:
         b = p.batch_size
         parts = [uncond, cond] if use_cfg else [cond]
         context = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+        # One shape's buffers at a time (memory != "fast"): a new latent/context shape drops the
+        # graphs and buffers sized for the previous one before they would grow to both.
+        shape = (len(context), p.height // 8, p.width // 8, context.shape[1])
+        if self.memory.fit_unet_to_shape and self._unet_shape not in (None, shape):
+            unet.clear()
+        self._unet_shape = shape
         pooled = time_ids = None
         if self.family == "sdxl":
             pooled = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts])
@@ -306,10 +403,18 @@ class Model:
 
         return denoise
 
-    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str) -> list:
+    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str, progress: bool = False) -> list:
         if output_type == "latent":
             return [final[i] for i in range(final.shape[0])]
-        images = self._c["vae"].decode(final / np.float32(self.vae_scale))
+        if self.memory.free_unet_before_decode:
+            self._c["unet"].clear()
+            self._unet_shape = None
+        bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
+        try:
+            images = self._vae_run(False, final / np.float32(self.vae_scale), p.extra["vae_tiling"])
+            bar.update(final.shape[0])
+        finally:
+            bar.close()
         images = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
         if output_type == "np":
             return [images[i] for i in range(images.shape[0])]
@@ -324,12 +429,6 @@ class Model:
                                 model_hash=self.model_hash)
 
 
-def _progress_bar(total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step")
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
@@ -368,31 +467,49 @@ def _available_memory() -> Optional[int]:
     return None
 
 
-def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool) -> None:
-    """Refuse sizes whose activations cannot fit, before any work starts. The estimate covers
-    the largest buffers: self-attention scores at the first attention level and the VAE's
-    full-resolution activations."""
+def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool,
+                  vae_tile: Optional[int] = None) -> None:
+    """Refuse sizes whose compute buffers cannot fit, before any work starts. The U-Net's buffers
+    (batch x 2 with CFG) and the VAE decoder's (one image, or one tile, at a time) are planned by
+    ggml's allocator for these shapes (UNet.measure / VAE.measure: nothing computed, no memory
+    touched); what the model holds already is not counted twice."""
+    from .memory import LazyComponent
+
     dev = model.device.info
     avail = dev["memory_free"] if dev["type"] != "cpu" else _available_memory()
     if not avail:
         return
     n = batch * (2 if cfg else 1)
-    unet = model.info.unet
-    tokens = (height // 8) * (width // 8)
-    levels = list(unet.get("down_block_types", []))
-    first_attn = next((i for i, t in enumerate(levels) if "CrossAttn" in t), None)
-    attn_bytes = 0
-    if first_attn is not None:
-        tokens_at = tokens // (4 ** first_attn)
-        heads = unet.get("num_attention_heads") or unet.get("attention_head_dim") or 8
-        heads = heads[first_attn] if isinstance(heads, (list, tuple)) else heads
-        attn_bytes = n * int(heads) * tokens_at * tokens_at * 4
-    vae_bytes = batch * height * width * 128 * 4 * 12  # a few full-res 128-channel maps + im2col
-    need = max(attn_bytes, vae_bytes)
+    unet = model._c["unet"]
+
+    def too_large(what: str) -> errors.InvalidArgumentError:
+        return errors.InvalidArgumentError(
+            f"{width}x{height} with batch {batch} needs more working memory for the {what} than "
+            f"{dev['name']} can allocate; use a smaller size or batch")
+    try:
+        unet_need = max(0, unet.measure(n, height // 8, width // 8, 77) - unet.compute_buffer_size)
+    except errors.BackendError:       # the plan itself could not be allocated (even virtually)
+        raise too_large("U-Net") from None
+    vae = model._c.get("vae")
+    vh, vw = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
+    if vae is None:
+        vae_need = 0
+    elif isinstance(vae, LazyComponent) and not vae.resident.resident:
+        # memory="low": measuring would load the VAE now; its decoder keeps about twelve
+        # 128-channel f32 maps of one image (tile) live at its widest level.
+        vae_need = vh * vw * 128 * 4 * 12
+    else:
+        try:
+            vae_need = max(0, vae.measure(True, vh // 8, vw // 8) - vae.compute_buffer_size)
+        except errors.BackendError:
+            raise too_large("VAE") from None
+    need = max(unet_need, vae_need) if model.memory.free_unet_before_decode else unet_need + vae_need
     if need > avail:
         raise errors.InvalidArgumentError(
-            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory, "
-            f"more than the {avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch")
+            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory "
+            f"(compute buffers: U-Net {unet_need / 2**30:.1f} GiB, VAE {vae_need / 2**30:.1f} GiB), more than the "
+            f"{avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch, "
+            f"vae_tiling=True or memory=\"low\"")
 
 
 # ---------------------------------------------------------------------- load
@@ -400,7 +517,8 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          weight_type: Optional[str] = None, threads: Optional[int] = None,
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
          lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
-         revision: Optional[str] = None) -> Model:
+         revision: Optional[str] = None, memory: Optional[str] = None,
+         embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
     weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
@@ -410,12 +528,21 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     tag or commit).
     loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the
     folder searched for the prompt's ``<lora:name:scale>`` tags.
+    memory: "low" | "balanced" (default) | "fast": which weights and compute buffers stay
+    between the phases of a call (sdcpp.memory, docs/generation.md "Memory"); results are the
+    same in every mode, only memory and time differ.
+    embeddings: textual-inversion files or folders (see :meth:`Model.load_embeddings`).
+    progress: a progress bar (tqdm, stderr) while the weights load, as txt2img's progress=True
+    shows the sampling and decoding phases.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
-                       prediction_type=prediction_type, variant=variant, revision=revision)
+                       prediction_type=prediction_type, variant=variant, revision=revision, memory=memory,
+                       progress=progress)
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)
+    if embeddings:
+        model.load_embeddings(embeddings)
     return model

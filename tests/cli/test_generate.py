@@ -65,3 +65,16 @@ def test_usage_errors_exit_2(capsys):
 def test_inspect_cli(tiny_path, capsys):
     assert main(["inspect", tiny_path]) == 0
     assert "sd1 (bk-sdm-tiny)" in capsys.readouterr().out
+
+
+def test_memory_and_vae_tiling_flags_change_nothing_at_this_size(tiny_path, tmp_path):
+    """--memory low and --vae-tiling auto (64x64 is far below the automatic size) give the image
+    of the defaults: the modes change memory and time only."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["txt2img", "-m", tiny_path, "-p", "a red fox", "--steps", "2", "-W", "64", "-H", "64", "-s", "3",
+                 "-o", str(a), "--no-progress"]) == 0
+    assert main(["txt2img", "-m", tiny_path, "-p", "a red fox", "--steps", "2", "-W", "64", "-H", "64", "-s", "3",
+                 "-o", str(b), "--no-progress", "--memory", "low", "--vae-tiling", "auto"]) == 0
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    with pytest.raises(SystemExit):
+        main(["txt2img", "-m", tiny_path, "-p", "x", "--memory", "tiny"])

@@ -140,3 +140,35 @@ def test_separate_vae_replaces_the_checkpoints(model_fixtures, tmp_path):
     err = np.abs(ours - ref).max()
     assert err <= 1e-4, err
     assert np.abs(own - ref).max() > 100 * 1e-4, "the two VAEs must differ for this test to mean anything"
+
+
+def test_preflight_memory_check_uses_the_planned_buffers(model_fixtures, monkeypatch):
+    """The pre-flight check plans the U-Net's and the VAE's compute buffers with ggml's allocator:
+    the plan equals what a run then holds, and the check refuses exactly when it does not fit."""
+    from sdcpp import pipeline
+
+    fx = model_fixtures.get("bk-sdm-tiny")
+    model = sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2)
+    unet, vae = model._c["unet"], model._c["vae"]
+    need = unet.measure(2, SIZE // 8, SIZE // 8, 77) + vae.measure(True, SIZE // 8, SIZE // 8)
+    assert unet.compute_buffer_size == 0 and vae.compute_buffer_size == 0      # planning holds nothing
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: need - 1)
+    with pytest.raises(errors.InvalidArgumentError, match="working memory"):
+        gen(model)
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: need + 1)
+    gen(model, output_type="latent")
+    assert unet.compute_buffer_size == unet.measure(2, SIZE // 8, SIZE // 8, 77)
+
+
+def test_progress_shows_load_sample_and_decode_phases(model_fixtures, capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)     # bars are drawn on terminals only
+    fx = model_fixtures.get("bk-sdm-tiny")
+    model = sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2, progress=True)
+    assert "load" in capsys.readouterr().err
+    gen(model, progress=True)
+    err = capsys.readouterr().err
+    assert "sample" in err and "decode" in err
+    gen(model)                                   # progress=False stays silent
+    assert capsys.readouterr().err == ""

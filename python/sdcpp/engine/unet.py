@@ -124,6 +124,11 @@ class UNet:
     def compute_buffer_size(self) -> int:
         return int(self._native.compute_buffer_size)
 
+    def measure(self, batch: int, height: int, width: int, context_length: int = 77) -> int:
+        """Bytes of compute buffers a forward pass of these shapes needs (latent height x width),
+        planned by ggml's allocator without computing or touching memory."""
+        return int(call_native(self._native.measure, int(batch), int(height), int(width), int(context_length)))
+
     def clear(self) -> None:
         """Drop the cached graphs and compute buffers."""
         self._native.clear()

@@ -44,8 +44,9 @@ Measured for a 512x512 decode of the SD VAE (2 threads): compute buffer 781 MB, 
 the whole process 1.2 GB (diffusers float32: 1.7 GB).
 On other devices the same graph uses ggml's own im2col. The mid-block attention's score
 matrix is computed in query chunks of at most ``max_attention_mb``. Batches are decoded one
-image at a time (same graph, memory of one image). ``decode_tiled`` decodes overlapping latent
-tiles and blends them (the scheme of diffusers' ``tiled_decode``) for very large images.
+image at a time (same graph, memory of one image). ``decode_tiled`` / ``encode_tiled`` run
+overlapping tiles and blend them (diffusers' ``enable_tiling()`` scheme, ``vae_tiling.py``), so
+that the compute buffers stay those of one tile for any image size.
 """
 from __future__ import annotations
 
@@ -172,6 +173,11 @@ class VAE:
     def compute_buffer_size(self) -> int:
         return int(self._vae.compute_buffer_size)
 
+    def measure(self, decoder: bool, height: int, width: int) -> int:
+        """Bytes of compute buffers for one image: decoding a latent of height x width, or
+        encoding an image of height x width; planned without computing."""
+        return int(call_native(self._vae.measure, bool(decoder), int(height), int(width)))
+
     # -- compute -----------------------------------------------------------------------------
     def decode(self, latent) -> np.ndarray:
         """latent [B, C_latent, h, w] (already divided by the scaling factor) -> image
@@ -186,60 +192,27 @@ class VAE:
         return call_native(self._vae.encode, x)
 
     def decode_tiled(self, latent, tile: int = 64, overlap: float = 0.25) -> np.ndarray:
-        """Decode overlapping latent tiles of ``tile`` x ``tile`` and blend them linearly, the same
-        scheme as diffusers' ``AutoencoderKL.tiled_decode`` (tile_latent_min_size=tile,
-        tile_sample_min_size=tile*f, tile_overlap_factor=overlap). Not exact: the mid-block
-        attention sees one tile at a time. Peak memory is that of one tile."""
+        """Decode overlapping latent tiles of ``tile`` x ``tile`` latents and blend them linearly,
+        diffusers' ``AutoencoderKL.tiled_decode`` (tile_latent_min_size=tile,
+        tile_sample_min_size=tile*factor, tile_overlap_factor=overlap; see
+        ``sdcpp.engine.vae_tiling``). Not exact: the mid-block attention sees one tile at a time.
+        The compute buffers are those of one tile whatever the latent's size."""
+        from .vae_tiling import tiled_decode
+
         z = _as_f32(latent, "latent")
-        if int(tile) != tile or tile < 1:
-            raise errors.InvalidArgumentError(f"tile must be a positive integer, got {tile!r}")
-        if not (0.0 <= overlap < 1.0):
-            raise errors.InvalidArgumentError(f"overlap must be in [0, 1), got {overlap!r}")
-        tile = int(tile)
-        f = self.factor
-        step = int(tile * (1 - overlap))            # latent stride between tiles
-        sample = tile * f                           # decoded tile size
-        blend = int(sample * overlap)               # blended rows/columns in image space
-        keep = sample - blend                       # what each tile contributes
-        if step < 1:
-            raise errors.InvalidArgumentError("tile too small for this overlap")
-        B, _, h, w = z.shape
-        rows = []
-        for i in range(0, h, step):
-            row = []
-            for j in range(0, w, step):
-                row.append(self.decode(z[:, :, i:i + tile, j:j + tile]))
-            rows.append(row)
-        out_rows = []
-        for ri, row in enumerate(rows):
-            parts = []
-            for ci, t in enumerate(row):
-                t = t.copy()
-                if ri > 0:
-                    _blend_v(rows[ri - 1][ci], t, blend)
-                if ci > 0:
-                    _blend_h(row[ci - 1], t, blend)
-                row[ci] = t
-                parts.append(t[:, :, :keep, :keep])
-            out_rows.append(np.concatenate(parts, axis=3))
-        return np.ascontiguousarray(np.concatenate(out_rows, axis=2)[:, :, :h * f, :w * f])
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+            raise errors.InvalidArgumentError(f"tile must be a positive integer (latents), got {tile!r}")
+        return tiled_decode(self.decode, z, self.factor, int(tile) * self.factor, overlap)
 
+    def encode_tiled(self, image, tile: int = 512, overlap: float = 0.25) -> np.ndarray:
+        """Encode overlapping image tiles of ``tile`` x ``tile`` pixels and blend their raw moments,
+        diffusers' ``AutoencoderKL._tiled_encode`` (tile_sample_min_size=tile,
+        tile_latent_min_size=tile/factor). ``tile * (1 - overlap)`` must be a multiple of the
+        factor (image tiles must be). Compute buffers of one tile."""
+        from .vae_tiling import tiled_encode
 
-def _blend_v(above: np.ndarray, below: np.ndarray, extent: int) -> None:
-    """Linear ramp over the first rows of `below` from the last rows of `above` (in place)."""
-    extent = min(above.shape[2], below.shape[2], extent)
-    if extent <= 0:
-        return
-    y = (np.arange(extent, dtype=np.float32) / extent)[None, None, :, None]
-    below[:, :, :extent, :] = above[:, :, above.shape[2] - extent:, :] * (1 - y) + below[:, :, :extent, :] * y
-
-
-def _blend_h(left: np.ndarray, right: np.ndarray, extent: int) -> None:
-    extent = min(left.shape[3], right.shape[3], extent)
-    if extent <= 0:
-        return
-    x = (np.arange(extent, dtype=np.float32) / extent)[None, None, None, :]
-    right[:, :, :, :extent] = left[:, :, :, left.shape[3] - extent:] * (1 - x) + right[:, :, :, :extent] * x
+        x = _as_f32(image, "image")
+        return tiled_encode(self.encode, x, self.factor, tile, overlap)
 
 
 __all__ = ["VAE", "DEFAULT_WEIGHT_TYPE", "native_config", "storage_type", "split_moments"]

@@ -86,9 +86,11 @@ def _as_native_array(arr: np.ndarray) -> np.ndarray:
 
 
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
-                type_of: Callable[[str, tuple, str], str] = storage_type):
+                type_of: Callable[[str, tuple, str], str] = storage_type,
+                on_tensor: Optional[Callable[[int], None]] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
-    one tensor at a time so peak host memory stays at one tensor."""
+    one tensor at a time so peak host memory stays at one tensor. `on_tensor(elements)` is
+    called after each tensor (progress)."""
     core = native()
     store = core.WeightStore(device)
     for name, value in tensors.items():
@@ -97,5 +99,8 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     store.allocate()
     for name, value in tensors.items():
         arr = value if isinstance(value, np.ndarray) else value.numpy()
-        store.set(name, _as_native_array(np.asarray(arr)))
+        arr = np.asarray(arr)
+        store.set(name, _as_native_array(arr))
+        if on_tensor is not None:
+            on_tensor(int(arr.size))
     return store

@@ -181,6 +181,7 @@ class LoraManager:
         self.stores = dict(stores)
         self._index: Optional[ModuleIndex] = None
         self._applied: dict[str, tuple] = {}      # canonical tensor name -> recipe now merged
+        self._merges: dict[str, tuple] = {}       # name -> ("w"|"b", contributions) behind _applied
         self._files: dict[tuple, LoraFile] = {}   # file identity -> parsed file
         self._lock = threading.RLock()
         self.reports: list[LoraFileReport] = []   # the set now merged
@@ -322,6 +323,22 @@ class LoraManager:
         self._check_file(rec.file)
         return _as_native_array(np.asarray(rec.numpy()))   # exactly what the loader stored
 
+    def _merged(self, name: str, how: tuple) -> np.ndarray:
+        merged = np.array(self._original(name), dtype=np.float32)   # a fresh, writable copy
+        kind, contribs = how
+        for _, mod, target, s in contribs:
+            merged += weight_delta(mod, target, s) if kind == "w" else bias_delta(mod, s)
+        return merged
+
+    def rewrite(self, component: str, store) -> int:
+        """Write the merged tensors of `component` into `store` again: the model rebuilt that
+        component's weights from the checkpoint (sdcpp.memory, memory="low"). Returns how many."""
+        with self._lock:
+            names = [n for n in self._applied if n.split(".", 1)[0] == component]
+            for name in names:
+                store.set(name, self._merged(name, self._merges[name]))
+            return len(names)
+
     def _write(self, weights: dict, biases: dict) -> tuple[int, int]:
         recipes = {}
         for table in (weights, biases):
@@ -334,21 +351,18 @@ class LoraManager:
         set_lock = threading.Lock()     # stores are written one tensor at a time
 
         def merge(name: str) -> None:
-            merged = np.array(self._original(name), dtype=np.float32)   # a fresh, writable copy
-            if name in weights:
-                for _, mod, target, s in weights[name]:
-                    merged += weight_delta(mod, target, s)
-            else:
-                for _, mod, target, s in biases[name]:
-                    merged += bias_delta(mod, s)
+            how = ("w", weights[name]) if name in weights else ("b", biases[name])
+            merged = self._merged(name, how)
             with set_lock:
                 self._store(name).set(name, merged)
                 self._applied[name] = recipes[name]
+                self._merges[name] = how
 
         try:
             for name in restore:
                 self._store(name).set(name, self._original(name))
                 del self._applied[name]
+                self._merges.pop(name, None)
             # numpy and the store release the GIL: tensors are merged in parallel (each worker
             # holds one float32 tensor at a time).
             workers = min(MERGE_WORKERS, len(change))
@@ -370,6 +384,7 @@ class LoraManager:
             try:
                 self._store(name).set(name, self._original(name))
                 del self._applied[name]
+                self._merges.pop(name, None)
             except Exception:   # pragma: no cover - the original error is re-raised
                 pass
         self.reports = []

@@ -1,0 +1,128 @@
+"""Memory modes of a loaded model (``sdcpp.load(..., memory=...)``) and the components whose
+native weights can be dropped and rebuilt.
+
+What each mode keeps (docs/generation.md, "Memory"):
+
+==========================  =========  ==========  =====
+                            low        balanced    fast
+==========================  =========  ==========  =====
+text-encoder weights        prompt     always      always
+VAE weights                 enc/dec    always      always
+VAE compute buffers         enc/dec    enc/dec     always
+U-Net compute buffers       sampling   one shape   all
+==========================  =========  ==========  =====
+
+*prompt*: built for encoding, freed right after; rebuilt from the (memory-mapped) source for the
+next prompt. *enc/dec*: present only while the VAE encodes or decodes. *one shape*: when a call
+has another latent shape than the previous one, the U-Net's graphs and compute buffers are
+dropped first, so 512 then 1024 then 512 holds the 512 buffers again (each GraphRunner keeps
+one set of buffers, grown to the largest graph it ran since it was last cleared). *sampling*:
+dropped before the VAE decodes. Every mode computes the same numbers: only memory and time
+change.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import errors
+
+MEMORY_MODES = ("low", "balanced", "fast")
+DEFAULT_MEMORY = "balanced"
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    mode: str
+    release_text_encoders: bool     # free the text encoders' weights after encoding
+    vae_on_demand: bool             # VAE weights only while encoding / decoding
+    free_vae_buffers: bool          # free the VAE's compute buffers after each encode / decode
+    free_unet_before_decode: bool   # free the U-Net's compute buffers before decoding
+    fit_unet_to_shape: bool         # drop the U-Net's buffers when the latent shape changes
+
+
+def policy(mode: Optional[str]) -> MemoryPolicy:
+    mode = DEFAULT_MEMORY if mode is None else mode
+    if mode not in MEMORY_MODES:
+        raise errors.InvalidArgumentError(f"memory must be one of {MEMORY_MODES}, got {mode!r}")
+    low = mode == "low"
+    return MemoryPolicy(mode, release_text_encoders=low, vae_on_demand=low, free_vae_buffers=mode != "fast",
+                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast")
+
+
+class Resident:
+    """One component (a text encoder, the VAE) over its own WeightStore, which can be freed and
+    rebuilt from the source's tensor records.
+
+    ``build_store() -> WeightStore`` fills a new store (the loader's conversion), ``make(store)``
+    wraps it (TextEncoder, VAE). ``on_rebuild`` callbacks run on every rebuilt store (the LoRA
+    manager writes its merged tensors again). ``builds`` and ``build_seconds`` say what rebuilding
+    cost (docs, tests)."""
+
+    def __init__(self, name: str, build_store: Callable[[], Any], make: Callable[[Any], Any]):
+        self.name = name
+        self._build_store = build_store
+        self._make = make
+        self.store = None
+        self.obj = None
+        self.on_rebuild: list[Callable[[str, Any], None]] = []
+        self.builds = 0
+        self.build_seconds = 0.0
+
+    @property
+    def resident(self) -> bool:
+        return self.obj is not None
+
+    def get(self):
+        if self.obj is None:
+            t0 = time.perf_counter()
+            store = self._build_store()
+            obj = self._make(store)
+            self.store, self.obj = store, obj
+            if self.builds:
+                for cb in self.on_rebuild:
+                    cb(self.name, store)
+            self.builds += 1
+            self.build_seconds += time.perf_counter() - t0
+        return self.obj
+
+    def release(self) -> None:
+        """Drop the weights and the component (its graphs and compute buffers go with it)."""
+        self.obj = None
+        self.store = None
+
+
+class LazyComponent:
+    """Stands where the pipeline expects a TextEncoder / VAE: every attribute is looked up on the
+    resident component, built on first use."""
+
+    def __init__(self, resident: Resident):
+        self._resident = resident
+
+    def __getattr__(self, name):
+        return getattr(self._resident.get(), name)
+
+    @property
+    def resident(self) -> Resident:
+        return self._resident
+
+
+class StoreHandle:
+    """A Resident's store as the LoRA manager writes it: a write to a freed store is dropped (the
+    manager writes every merged tensor again when the store is rebuilt, see ``on_rebuild``);
+    reads build the store."""
+
+    def __init__(self, resident: Resident):
+        self._resident = resident
+
+    def set(self, name, array) -> None:
+        if self._resident.store is not None:
+            self._resident.store.set(name, array)
+
+    def __getattr__(self, name):
+        self._resident.get()
+        return getattr(self._resident.store, name)
+
+
+__all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "MemoryPolicy", "policy", "Resident", "LazyComponent", "StoreHandle"]
