@@ -119,9 +119,7 @@ def create_app(config: ServerConfig, *, model=None, loader: Optional[Callable[[s
     app = FastAPI(title="sdcpp", lifespan=lifespan)
     app.state.sdcpp = state
     install_handlers(app)
-    if config.api_key:
-        auth.install(app, config.api_key)
-    _install_body_limit(app, config.limits.max_body_bytes)
+    app.add_middleware(auth.Guard, api_key=config.api_key, max_body_bytes=config.limits.max_body_bytes)
 
     @app.get("/health")
     def health():
@@ -137,17 +135,3 @@ def create_app(config: ServerConfig, *, model=None, loader: Optional[Callable[[s
     app.include_router(openai_api.router(state))
     return app
 
-
-def _install_body_limit(app, max_bytes: int) -> None:
-    """Refuse bodies announced over the limit before reading them (413)."""
-    from fastapi.responses import JSONResponse
-
-    from .errors import error_body
-
-    @app.middleware("http")
-    async def _limit(request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
-            err = ApiError(413, f"request body of {length} bytes is over the server's limit of {max_bytes}", None)
-            return JSONResponse(error_body(request.url.path, err), status_code=413)
-        return await call_next(request)

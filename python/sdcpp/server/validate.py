@@ -150,12 +150,13 @@ def fit(image, width: int, height: int):
 def parse_size(size: Optional[str], default: int, limits: Limits, name: str = "size") -> tuple[int, int]:
     """OpenAI's "WIDTHxHEIGHT" ("auto" or absent: the model's native size)."""
     if size is None or size == "auto":
-        return default, default
-    if not isinstance(size, str):
+        w = h = str(default)
+    elif not isinstance(size, str):
         raise bad_request(name, f"{name} must be a string like '512x512'")
-    w, sep, h = size.lower().partition("x")
-    if not sep or not w.strip().isdigit() or not h.strip().isdigit():
-        raise bad_request(name, f"{name} must look like '512x512', got {size!r}")
+    else:
+        w, sep, h = size.lower().partition("x")
+        if not sep or not w.strip().isdigit() or not h.strip().isdigit():
+            raise bad_request(name, f"{name} must look like '512x512', got {size!r}")
     try:
         return check_size(int(w), int(h), limits, names=(name, name))
     except ApiError as exc:
