@@ -91,6 +91,10 @@ def router(state):
     def upscalers():
         return []
 
+    @r.get("/scripts")
+    def scripts():
+        return {"txt2img": [], "img2img": []}     # no A1111 scripts/extensions (webuiapi asks)
+
     @r.get("/embeddings")
     def embeddings():
         return {"loaded": {}, "skipped": {}}

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class A1111Txt2Img(BaseModel):
-    """POST /sdapi/v1/txt2img (A1111's StableDiffusionProcessingTxt2Img defaults)."""
+class _NullMeansDefault(BaseModel):
+    """Clients send null for "not set" (webuiapi sends "scheduler": null, "override_settings": null
+    ...): a null field takes its default instead of failing validation."""
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data):
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class A1111Txt2Img(_NullMeansDefault):
+    """POST /sdapi/v1/txt2img (A1111's StableDiffusionProcessingTxt2Img defaults)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -43,9 +55,8 @@ class A1111Img2Img(A1111Txt2Img):
     include_init_images: bool = False
 
 
-class OpenAIGenerate(BaseModel):
+class OpenAIGenerate(_NullMeansDefault):
     """POST /v1/images/generations; steps, seed ... are sdcpp extensions (OpenAI has no such fields)."""
-    model_config = ConfigDict(extra="allow")
 
     prompt: str
     model: Optional[str] = None
