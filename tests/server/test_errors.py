@@ -55,6 +55,12 @@ def test_a1111_bad_requests(make_client, path, change, status, field, words):
     assert client.post("/sdapi/v1/txt2img", json=body()).status_code == 200   # still serving
 
 
+def test_lora_tags_in_the_negative_prompt_are_not_looked_up(make_client):
+    """Only the prompt's tags are applied (docs/lora.md); a tag in the negative prompt is no error."""
+    r = make_client().post("/sdapi/v1/txt2img", json=body(negative_prompt="ugly <lora:absent:1>"))
+    assert r.status_code == 200, r.text
+
+
 def test_broken_json_and_huge_bodies(make_client):
     client = make_client(limits=Limits(max_body_bytes=1000))
     r = client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})

@@ -1,14 +1,15 @@
 """The AUTOMATIC1111 web API (/sdapi/v1/...), in the shapes A1111 clients parse."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 from fastapi import APIRouter, Body, Request  # route annotations are resolved from this module
 
 from .. import __version__ as _version
-from . import generate
 from .. import errors
+from . import generate
 from .errors import ApiError, bad_request
 from .images import encode_png
 from .jobs import Job
@@ -26,7 +27,9 @@ def router(state):
     r = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
     async def generation(request: Request, req, mode: str) -> dict:
-        spec = a1111_spec(req, mode, state.limits, state.config.lora_dir)
+        # Decoding uploads and encoding PNGs take milliseconds to seconds: off the event loop, so
+        # /progress and /interrupt keep answering.
+        spec = await asyncio.to_thread(a1111_spec, req, mode, state.limits, state.config.lora_dir)
         job = Job(mode, lambda j: generate.run(j, spec, state.store, state.metrics),
                   images=spec.count, steps=spec.steps)
         ckpt = req.override_settings.get("sd_model_checkpoint")
@@ -38,7 +41,7 @@ def router(state):
                 return _inner(j)
             job.work = work
         result = await state.run_job(request, job)
-        return _response(req, spec, result)
+        return await asyncio.to_thread(_response, req, spec, result)
 
     @r.post("/txt2img")
     async def txt2img(req: A1111Txt2Img, request: Request):

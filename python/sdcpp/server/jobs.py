@@ -68,7 +68,7 @@ class Job:
         # The first step of an image also holds the prompt encoding; it is not a step's time.
         self.step_seconds = None if self.last_step_at is None else now - self.last_step_at
         self.step, self.steps = step + 1, total
-        for hook in self.hooks:
+        for hook in tuple(self.hooks):
             hook(self, step, total)
         self.last_step_at = time.perf_counter()   # after the hooks: their time is not the step's
         return not (self.cancelled or self.skip_image)

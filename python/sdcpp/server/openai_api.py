@@ -8,6 +8,7 @@ for edits, strength.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -34,7 +35,7 @@ def router(state):
 
     def common(prompt, n, size, response_format, negative, steps, cfg, sampler, scheduler, seed, mode) -> GenSpec:
         prompt = check_prompt(prompt, "prompt", state.limits, state.config.lora_dir)
-        negative = check_prompt(negative, "negative_prompt", state.limits, state.config.lora_dir)
+        negative = check_prompt(negative, "negative_prompt", state.limits, state.config.lora_dir, loras=False)
         if not isinstance(n, int) or not 1 <= n <= _MAX_N:
             raise bad_request("n", f"n must be an integer in [1, {_MAX_N}], got {n!r}")
         check_count(n, state.limits, "n")
@@ -54,9 +55,10 @@ def router(state):
         result = await state.run_job(request, job)
         if result.interrupted and not result.images:
             raise ApiError(503, "the generation was interrupted before an image was done", None)
+        encoded = await asyncio.to_thread(lambda: [encode_png(img) for img in result.images])
         return {"created": int(time.time()),
-                "data": [{"b64_json": encode_png(img), "revised_prompt": spec.prompt, "seed": seed}
-                         for img, seed in zip(result.images, result.seeds)]}
+                "data": [{"b64_json": b64, "revised_prompt": spec.prompt, "seed": seed}
+                         for b64, seed in zip(encoded, result.seeds)]}
 
     @r.post("/images/generations")
     async def generations(req: OpenAIGenerate, request: Request):
@@ -77,7 +79,7 @@ def router(state):
         if upload is None or isinstance(upload, str):
             raise bad_request("image", "image must be an uploaded file (multipart/form-data)")
         raw = await upload.read()
-        image = decode_image_bytes(raw, "image", state.limits.max_upload_pixels)
+        image = await asyncio.to_thread(decode_image_bytes, raw, "image", state.limits.max_upload_pixels)
         prompt = form.get("prompt")
         if not isinstance(prompt, str):
             raise bad_request("prompt", "prompt is required")
@@ -93,7 +95,7 @@ def router(state):
         if not 0.0 < strength <= 1.0:
             raise bad_request("strength", f"strength must be in (0, 1], got {strength!r}")
         spec.strength = strength
-        spec.init_images = [fit(image, spec.width, spec.height)]
+        spec.init_images = [await asyncio.to_thread(fit, image, spec.width, spec.height)]
         return await run(request, spec)
 
     @r.get("/models")

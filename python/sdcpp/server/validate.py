@@ -35,12 +35,16 @@ class GenSpec:
     strength: Optional[float] = None
 
 
-def check_prompt(text, field_name: str, limits: Limits, lora_dir: Optional[str]) -> str:
+def check_prompt(text, field_name: str, limits: Limits, lora_dir: Optional[str], loras: bool = True) -> str:
+    """Length, and (loras=True) that every <lora:name:w> tag names a file in lora_dir. Only the
+    prompt's tags are applied (docs/lora.md), so the negative prompt's are not looked up."""
     if not isinstance(text, str):
         raise bad_request(field_name, f"{field_name} must be a string")
     if len(text) > limits.max_prompt_chars:
         raise bad_request(field_name, f"{field_name} is {len(text)} characters, over the limit of "
                                       f"{limits.max_prompt_chars}")
+    if not loras:
+        return text
     from ..lora import resolve_lora_name
     from ..tokenizer.prompt import extract_lora_tags
 
@@ -108,7 +112,7 @@ def a1111_spec(req, mode: str, limits: Limits, lora_dir: Optional[str]) -> GenSp
     if req.enable_hr:
         raise bad_request("enable_hr", "hires fix (enable_hr) is not supported by sdcpp serve")
     prompt = check_prompt(req.prompt, "prompt", limits, lora_dir)
-    negative = check_prompt(req.negative_prompt, "negative_prompt", limits, lora_dir)
+    negative = check_prompt(req.negative_prompt, "negative_prompt", limits, lora_dir, loras=False)
     width, height = check_size(req.width, req.height, limits)
     steps = check_steps(req.steps, limits)
     if req.batch_size < 1:
