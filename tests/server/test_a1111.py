@@ -149,3 +149,31 @@ def test_options_switches_the_checkpoint(make_client, model_fixtures, tiny_path,
     assert np.array_equal(pixels(decode(data["images"][0])), pixels(ref))
     r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"})
     assert r.status_code == 400 and r.json()["field"] == "sd_model_checkpoint"
+
+
+def test_hires_fix_and_inpainting_equal_the_python_api(make_client, reference):
+    """enable_hr maps onto txt2img(hires=...), an img2img mask onto inpaint(); pixels equal."""
+    from PIL import Image
+
+    client = make_client()
+    r = client.post("/sdapi/v1/txt2img", json=body(sampler_name="Euler", enable_hr=True, hr_scale=1.5,
+                                                   hr_second_pass_steps=2, denoising_strength=0.6,
+                                                   hr_upscaler="Latent (nearest)"))
+    assert r.status_code == 200, r.text
+    (ref,) = reference.txt2img(PROMPT, "blurry", width=SIZE, height=SIZE, steps=2, sampler="euler", seed=42,
+                               hires=dict(scale=1.5, steps=2, denoise=0.6, upscaler="latent-nearest"))
+    img = decode(r.json()["images"][0])
+    assert img.size == (96, 96) and np.array_equal(pixels(img), pixels(ref))
+
+    src = init_image()
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[:, : SIZE // 2] = 255
+    mask = Image.fromarray(m, "L")
+    for invert in (0, 1):
+        r = client.post("/sdapi/v1/img2img", json=body(sampler_name="Euler", init_images=[b64_png(src)],
+                                                       mask=b64_png(mask.convert("RGB")), denoising_strength=0.8,
+                                                       inpainting_mask_invert=invert))
+        assert r.status_code == 200, r.text
+        want = Image.fromarray(255 - m, "L") if invert else mask
+        (ref,) = reference.inpaint(src, want, PROMPT, "blurry", strength=0.8, steps=2, sampler="euler", seed=42)
+        assert np.array_equal(pixels(decode(r.json()["images"][0])), pixels(ref))

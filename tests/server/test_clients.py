@@ -81,7 +81,7 @@ def test_openai_client(server, reference):
     with pytest.raises(openai.APIStatusError) as exc:
         client.images.edit(image=("in.png", buf.getvalue(), "image/png"), mask=("m.png", buf.getvalue(), "image/png"),
                            prompt=PROMPT)
-    assert exc.value.status_code == 501
+    assert exc.value.status_code == 400 and exc.value.body["param"] == "mask"    # no alpha channel
 
 
 def test_concurrent_clients_and_queue_full(server, reference):

@@ -31,7 +31,9 @@ def body(**kw):
     ("txt2img", dict(prompt=["a", "b"]), 422, "prompt", "valid string"),
     ("txt2img", dict(prompt="x <lora:nowhere:1>"), 400, "prompt", "no LoRA folder"),
     ("txt2img", dict(prompt="x <lora::1>"), 400, "prompt", "has no name"),
-    ("txt2img", dict(enable_hr=True), 400, "enable_hr", "not supported"),
+    ("txt2img", dict(enable_hr=True, hr_upscaler="R-ESRGAN 4x+"), 400, "hr_upscaler", "not available"),
+    ("txt2img", dict(enable_hr=True, hr_scale=8.0), 400, "hr_resize_x", "limit of 256"),
+    ("txt2img", dict(enable_hr=True, denoising_strength=0), 400, "denoising_strength", "(0, 1]"),
     ("txt2img", dict(override_settings={"sd_model_checkpoint": "nope"}), 400,
      "override_settings.sd_model_checkpoint", "no checkpoint 'nope'"),
     ("img2img", dict(), 400, "init_images", "at least one image"),
@@ -39,7 +41,7 @@ def body(**kw):
     ("img2img", dict(init_images=["aGVsbG8="]), 400, "init_images[0]", "not a readable image"),
     ("img2img", dict(init_images=[123]), 400, "init_images[0]", "base64 string"),
     ("img2img", dict(init_images=["IMG"], denoising_strength=0), 400, "denoising_strength", "(0, 1]"),
-    ("img2img", dict(init_images=["IMG"], mask="IMG"), 501, "mask", "inpainting"),
+    ("img2img", dict(init_images=["IMG"], mask="%%%"), 400, "mask", "not valid base64"),
 ])
 def test_a1111_bad_requests(make_client, path, change, status, field, words):
     client = make_client(limits=Limits(max_width=256, max_height=256, max_steps=10, max_images=4))

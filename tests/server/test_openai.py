@@ -59,7 +59,7 @@ def test_edits_are_img2img(make_client, reference):
     ("gen", dict(response_format="url"), 400, "response_format"),
     ("gen", dict(sampler="plms"), 400, "sampler"),
     ("gen", dict(prompt=None), 422, "prompt"),
-    ("edit", dict(mask=True), 501, "mask"),
+    ("edit", dict(mask=True), 400, "mask"),          # a mask without an alpha channel
     ("edit", dict(image=b"not an image"), 400, "image"),
     ("edit", dict(image=None), 400, "image"),
     ("edit", dict(strength="2"), 400, "strength"),
@@ -92,3 +92,22 @@ def test_openai_bad_requests(make_client, kind, change, status, param):
 def test_models(make_client):
     data = make_client().get("/v1/models").json()
     assert data["object"] == "list" and data["data"][0]["id"] == "model.safetensors"
+
+
+def test_edit_with_an_alpha_mask_is_inpainting(make_client, reference):
+    """OpenAI's edits: the mask's fully transparent pixels are repainted."""
+    from PIL import Image
+
+    src = init_image()
+    rgba = np.full((SIZE, SIZE, 4), 255, np.uint8)
+    rgba[: SIZE // 2, :, 3] = 0                          # top half transparent: edit it
+    files = {"image": ("in.png", _upload(src), "image/png"),
+             "mask": ("mask.png", _upload(Image.fromarray(rgba, "RGBA")), "image/png")}
+    r = make_client().post("/v1/images/edits", files=files,
+                           data={"prompt": PROMPT, "steps": "2", "seed": "3", "strength": "0.9"})
+    assert r.status_code == 200, r.text
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[: SIZE // 2] = 255
+    (ref,) = reference.inpaint(src, Image.fromarray(m, "L"), PROMPT, strength=0.9, steps=2, sampler="euler_a", seed=3)
+    got = decode(r.json()["data"][0]["b64_json"])
+    assert np.array_equal(pixels(got), pixels(ref))

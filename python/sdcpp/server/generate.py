@@ -36,6 +36,10 @@ def run(job, spec: GenSpec, store, metrics) -> GenResult:
         try:
             if spec.mode == "txt2img":
                 (image,) = model.txt2img(spec.prompt, spec.negative_prompt, width=spec.width, height=spec.height,
+                                         seed=seed, hires=spec.hires, **common)
+            elif spec.mode == "inpaint":
+                init = spec.init_images[i % len(spec.init_images)]
+                (image,) = model.inpaint(init, spec.mask, spec.prompt, spec.negative_prompt, strength=spec.strength,
                                          seed=seed, **common)
             else:
                 init = spec.init_images[i % len(spec.init_images)]

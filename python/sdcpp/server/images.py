@@ -37,7 +37,9 @@ def decode_b64_image(text, field: str, max_pixels: int):
     return decode_image_bytes(raw, field, max_pixels)
 
 
-def decode_image_bytes(raw: bytes, field: str, max_pixels: int):
+def decode_image_bytes(raw: bytes, field: str, max_pixels: int, keep_alpha: bool = False):
+    """Bytes -> RGB PIL image (transparency composited on white), or with `keep_alpha` the image
+    as stored in RGBA (an OpenAI edit mask)."""
     from PIL import Image
 
     try:
@@ -51,6 +53,9 @@ def decode_image_bytes(raw: bytes, field: str, max_pixels: int):
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise bad_request(field, f"{field} is not a readable image: {exc}") from None
+    if keep_alpha:
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        return img.convert("RGBA") if has_alpha else img.convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))   # transparent pixels on white, as A1111 does

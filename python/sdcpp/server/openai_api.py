@@ -1,8 +1,8 @@
 """OpenAI's images API (/v1/images/generations, /v1/images/edits, /v1/models).
 
 Not OpenAI's: the `model` field picks nothing (the loaded checkpoint answers; switch it with
-/sdapi/v1/options), `response_format` "url" is refused (there is no file host), and an edit's
-`mask` gets 501 (sdcpp has no inpainting yet): an edit without a mask is an img2img of the image.
+/sdapi/v1/options), `response_format` "url" is refused (there is no file host); an edit without a mask is an img2img
+of the image, with one (transparent = edit) an inpainting.
 Extensions a client may add: negative_prompt, steps, cfg_scale, sampler, scheduler, seed and,
 for edits, strength.
 """
@@ -72,9 +72,6 @@ def router(state):
             form = await request.form(max_files=4, max_fields=64)
         except Exception as exc:   # malformed multipart
             raise bad_request("image", f"the body must be multipart/form-data with an image: {exc}") from None
-        if form.get("mask") is not None:
-            raise ApiError(501, "inpainting (mask) is not supported by sdcpp yet; send the image without a mask "
-                                "for an image-to-image edit", "mask")
         upload = form.get("image") or form.get("image[]")
         if upload is None or isinstance(upload, str):
             raise bad_request("image", "image must be an uploaded file (multipart/form-data)")
@@ -96,6 +93,17 @@ def router(state):
             raise bad_request("strength", f"strength must be in (0, 1], got {strength!r}")
         spec.strength = strength
         spec.init_images = [await asyncio.to_thread(fit, image, spec.width, spec.height)]
+        mask_upload = form.get("mask")
+        if mask_upload is not None:     # OpenAI: the fully transparent pixels of the mask are edited
+            if isinstance(mask_upload, str):
+                raise bad_request("mask", "mask must be an uploaded PNG file")
+            mask = await asyncio.to_thread(decode_image_bytes, await mask_upload.read(), "mask",
+                                           state.limits.max_upload_pixels, True)
+            if "A" not in mask.getbands():
+                raise bad_request("mask", "mask must be a PNG with an alpha channel (transparent = edit)")
+            alpha = await asyncio.to_thread(fit, mask.getchannel("A"), spec.width, spec.height)
+            spec.mask = alpha.point(lambda a: 255 if a < 128 else 0)
+            spec.mode = "inpaint"
         return await run(request, spec)
 
     @r.get("/models")

@@ -41,6 +41,12 @@ class A1111Txt2Img(_NullMeansDefault):
     width: int = 512
     height: int = 512
     enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: Optional[str] = None            # "Latent" (default), "Latent (nearest)", "Lanczos"
+    hr_second_pass_steps: int = 0                # 0: the first pass's steps
+    hr_resize_x: int = 0                         # 0: from hr_scale
+    hr_resize_y: int = 0
+    denoising_strength: Optional[float] = None   # hires second pass (A1111 default 0.7)
     override_settings: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
     save_images: bool = False
@@ -51,7 +57,9 @@ class A1111Img2Img(A1111Txt2Img):
     init_images: list[Any] = Field(default_factory=list)
     denoising_strength: float = 0.75
     resize_mode: int = 0
-    mask: Optional[str] = None
+    mask: Optional[str] = None                   # base64; white = repaint (inpainting)
+    inpainting_mask_invert: int = 0              # 1: black = repaint
+    mask_blur: int = 4                           # accepted, not applied: the mask is binarised (diffusers)
     include_init_images: bool = False
 
 

@@ -33,6 +33,8 @@ class GenSpec:
     clip_skip: Optional[int] = None
     init_images: list = field(default_factory=list)   # RGB PIL images, already width x height
     strength: Optional[float] = None
+    mask: object = None           # inpainting: an "L" PIL image, width x height, white = repaint
+    hires: Optional[dict] = None  # txt2img's hires fix (sdcpp.hires)
 
 
 def check_prompt(text, field_name: str, limits: Limits, lora_dir: Optional[str], loras: bool = True) -> str:
@@ -109,8 +111,6 @@ def sampler_and_scheduler(sampler, scheduler, default: str, names=("sampler_name
 
 def a1111_spec(req, mode: str, limits: Limits, lora_dir: Optional[str]) -> GenSpec:
     """An A1111 txt2img / img2img body -> GenSpec."""
-    if req.enable_hr:
-        raise bad_request("enable_hr", "hires fix (enable_hr) is not supported by sdcpp serve")
     prompt = check_prompt(req.prompt, "prompt", limits, lora_dir)
     negative = check_prompt(req.negative_prompt, "negative_prompt", limits, lora_dir, loras=False)
     width, height = check_size(req.width, req.height, limits)
@@ -128,9 +128,15 @@ def a1111_spec(req, mode: str, limits: Limits, lora_dir: Optional[str]) -> GenSp
         raise bad_request("override_settings.CLIP_stop_at_last_layers",
                           f"CLIP_stop_at_last_layers must be an integer in [1, 12], got {clip_skip!r}")
     spec = GenSpec(mode, prompt, negative, width, height, steps, cfg, sampler, scheduler, seed, count, clip_skip)
+    if mode == "txt2img" and req.enable_hr:
+        spec.hires = hires_of(req, width, height, steps, limits)
     if mode == "img2img":
         if req.mask is not None:
-            raise ApiError(501, "inpainting (mask) is not supported by sdcpp yet; send no mask for img2img", "mask")
+            from PIL import ImageOps
+
+            mask = fit(decode_b64_image(req.mask, "mask", limits.max_upload_pixels).convert("L"), width, height)
+            spec.mask = ImageOps.invert(mask) if req.inpainting_mask_invert else mask
+            spec.mode = "inpaint"
         if not req.init_images:
             raise bad_request("init_images", "img2img needs at least one image in init_images")
         if len(req.init_images) > limits.max_images:
@@ -142,6 +148,30 @@ def a1111_spec(req, mode: str, limits: Limits, lora_dir: Optional[str]) -> GenSp
         spec.init_images = [fit(decode_b64_image(b, f"init_images[{i}]", limits.max_upload_pixels), width, height)
                             for i, b in enumerate(req.init_images)]
     return spec
+
+
+_HR_UPSCALERS = {None: "latent", "latent": "latent", "latent (bilinear)": "latent", "latent (nearest)": "latent-nearest",
+                 "latent (nearest-exact)": "latent-nearest", "lanczos": "lanczos"}
+
+
+def hires_of(req, width: int, height: int, steps: int, limits: Limits) -> dict:
+    """A1111's enable_hr fields -> txt2img's hires dict (sdcpp.hires), sizes within the limits."""
+    key = req.hr_upscaler.lower() if isinstance(req.hr_upscaler, str) else req.hr_upscaler
+    if key not in _HR_UPSCALERS:
+        raise bad_request("hr_upscaler", f"hr_upscaler {req.hr_upscaler!r} is not available; sdcpp has "
+                                         "'Latent', 'Latent (nearest)' and 'Lanczos'")
+    scale = req.hr_scale
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 < scale <= 8:
+        raise bad_request("hr_scale", f"hr_scale must be a number in (0, 8], got {scale!r}")
+    w = req.hr_resize_x or int(width * scale) // 8 * 8
+    h = req.hr_resize_y or int(height * scale) // 8 * 8
+    check_size(w, h, limits, names=("hr_resize_x", "hr_resize_y"))
+    second = req.hr_second_pass_steps or steps
+    check_steps(second, limits, "hr_second_pass_steps")
+    s = 0.7 if req.denoising_strength is None else req.denoising_strength
+    if not isinstance(s, (int, float)) or not math.isfinite(s) or not 0.0 < s <= 1.0:
+        raise bad_request("denoising_strength", f"denoising_strength must be in (0, 1], got {s!r}")
+    return dict(width=w, height=h, steps=second, denoise=float(s), upscaler=_HR_UPSCALERS[key])
 
 
 def fit(image, width: int, height: int):
