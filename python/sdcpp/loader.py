@@ -6,6 +6,7 @@ or swapped (a separate VAE, text encoders dropped after encoding) without touchi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -97,10 +98,24 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
 
+    def named(make, prefix: str):
+        """`make`, with the native model's complaints (a weight of the wrong shape, a missing
+        one) re-raised as CheckpointError naming the file and the tensor as stored in it."""
+        def build(store):
+            try:
+                return make(store)
+            except (errors.InvalidArgumentError, errors.BackendError) as exc:
+                m = re.search(r"'((?:unet|vae|text_encoder(?:_2)?)\.[^']+)'", str(exc))
+                tensor = info.origin.get(m.group(1), m.group(1)) if m else None
+                raise errors.CheckpointError(f"the {prefix[:-1]} cannot be built from this checkpoint: {exc}",
+                                             file=info.path, tensor=tensor) from None
+        return build
+
     def component(prefix: str, make, on_demand: bool, type_of=storage_type):
         """The component over a store of `prefix`'s tensors; with `on_demand`, a LazyComponent
         whose weights can be freed and rebuilt (sdcpp.memory). Built here either way, so bad
         weights fail at load."""
+        make = named(make, prefix)
         if not on_demand:
             stores[prefix[:-1]] = fill(prefix, type_of)
             return make(stores[prefix[:-1]])

@@ -172,3 +172,19 @@ def test_progress_shows_load_sample_and_decode_phases(model_fixtures, capsys, mo
     assert "sample" in err and "decode" in err
     gen(model)                                   # progress=False stays silent
     assert capsys.readouterr().err == ""
+
+
+def test_a_weight_of_the_wrong_shape_names_the_file_and_tensor(model_fixtures, tmp_path):
+    """Shape mismatches found while building the native model name the file and the tensor as
+    the checkpoint spells it (issue 11), like the readers' errors."""
+    from safetensors.numpy import load_file, save_file
+
+    fx = model_fixtures.get("bk-sdm-tiny")
+    tensors = load_file(str(fx.path("ldm")))
+    key = next(k for k in sorted(tensors) if k.endswith("emb_layers.1.bias"))
+    tensors[key] = tensors[key][:-1].copy()
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad))
+    with pytest.raises(errors.CheckpointError) as exc:
+        sdcpp.load(str(bad), device="cpu", threads=2)
+    assert exc.value.file == str(bad) and exc.value.tensor == key, str(exc.value)
