@@ -65,6 +65,26 @@ class Conditioner:
     def encode(self, prompt: str, clip_skip: Optional[int] = None, n_chunks: Optional[int] = None) -> Conditioning:
         return self.encode_many([prompt], clip_skip, n_chunks)[0]
 
+    def encode_schedules(self, prompt: str, negative: str, clip_skip: Optional[int],
+                         steps: int) -> tuple[list, list]:
+        """Prompt editing / alternation (sdcpp.tokenizer.schedule) over `steps` sampling steps:
+        ([(end_step, Conditioning)] of the prompt, the same of the negative prompt). Every
+        distinct text is encoded once, all in one batched call per encoder, padded to the same
+        number of chunks so any two entries can stand in one batch."""
+        from .tokenizer.schedule import prompt_schedule
+
+        ps, ns = prompt_schedule(prompt, steps), prompt_schedule(negative, steps)
+        zero_negative = self.zero_empty_negative and negative == ""
+        texts = list(dict.fromkeys([t for _, t in ps] + ([] if zero_negative else [t for _, t in ns])))
+        n = max(self.n_chunks(t) for t in texts)
+        encoded = dict(zip(texts, self.encode_many(texts, clip_skip, n)))
+        cond = [(end, encoded[t]) for end, t in ps]
+        if zero_negative:
+            c0 = cond[0][1]
+            return cond, [(steps, Conditioning(np.zeros_like(c0.context),
+                                               None if c0.pooled is None else np.zeros_like(c0.pooled), []))]
+        return cond, [(end, encoded[t]) for end, t in ns]
+
     def encode_pair(self, prompt: str, negative: str, clip_skip: Optional[int]) -> tuple[Conditioning, Conditioning]:
         n = max(self.n_chunks(prompt), self.n_chunks(negative))
         if self.zero_empty_negative and negative == "":

@@ -373,8 +373,10 @@ class Model:
         from .engine.vae import split_moments
 
         gen = gen if gen is not None else sampling.Generator(p.seed, rng)
+        img2img = init_pixels is not None or init_latents is not None
+        run_steps = min(int(p.steps * p.strength), p.steps) if img2img else p.steps
         try:
-            cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+            cond, uncond = self.conditioner.encode_schedules(p.prompt, p.negative_prompt, p.clip_skip, max(1, run_steps))
         finally:
             self._release_text_encoders()
         sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
@@ -401,11 +403,13 @@ class Model:
                 return init.astype(np.float32)
             x = (init + gen.randn(shape) * sigmas[0]).astype(np.float32)
 
-        denoise = self._denoiser(cond, uncond, p)
+        clock = _StepClock()
+        denoise = self._denoiser(cond, uncond, p, clock=clock)
         total = len(sigmas) - 1
         bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
+            clock.step = step + 1
             bar.update(1)
             if callback is not None and callback(step, total, x_now) is False:
                 return False
@@ -427,8 +431,9 @@ class Model:
         from .hires import resize_latents
 
         gen = sampling.Generator(p.seed, rng)
+        run_steps = min(int(p.steps * p.strength), p.steps)
         try:
-            cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+            cond, uncond = self.conditioner.encode_schedules(p.prompt, p.negative_prompt, p.clip_skip, run_steps)
         finally:
             self._release_text_encoders()
         sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
@@ -458,11 +463,13 @@ class Model:
         else:
             gen.randn((1, 4, h, w))      # diffusers samples the masked image's posterior here too (unused)
 
-        denoise = self._denoiser(cond, uncond, p, extra=extra)
+        clock = _StepClock()
+        denoise = self._denoiser(cond, uncond, p, extra=extra, clock=clock)
         total = len(sigmas) - 1
         bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray):
+            clock.step = step + 1
             bar.update(1)
             if not nine:  # the known region, noised to the next level (clean after the last step)
                 known = image_latents if step == total - 1 else image_latents + noise * np.float32(sigmas[step + 1])
@@ -478,26 +485,41 @@ class Model:
         finally:
             bar.close()
 
-    def _denoiser(self, cond, uncond, p: GenerationParams,
-                  extra: Optional[np.ndarray] = None) -> Callable[[np.ndarray, float], np.ndarray]:
-        """x, sigma -> the x0 estimate; `extra` [B, C, h, w]: unscaled channels appended to the
-        U-Net input (a 9-channel inpainting model's mask and masked-image latents)."""
+    def _denoiser(self, cond: list, uncond: list, p: GenerationParams, extra: Optional[np.ndarray] = None,
+                  clock: Optional["_StepClock"] = None) -> Callable[[np.ndarray, float], np.ndarray]:
+        """x, sigma -> the x0 estimate. cond / uncond: [(end_step, Conditioning)] schedules
+        (prompt editing), the entry for `clock.step` is used. `extra` [B, C, h, w]: unscaled
+        channels appended to the U-Net input (a 9-channel inpainting model's mask and
+        masked-image latents)."""
         from .engine import sampling
+        from .tokenizer.schedule import text_at
 
         unet = self._c["unet"]
         use_cfg = p.cfg_scale != 1.0
         b = p.batch_size
-        parts = [uncond, cond] if use_cfg else [cond]
-        context = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+        clock = clock or _StepClock()
+        cached: dict = {}
+
+        def conditioning(step: int):
+            """(context, pooled) of the schedules' entries at `step`, built once per pair."""
+            key = (text_at(cond, step), text_at(uncond, step) if use_cfg else -1)
+            if key not in cached:
+                parts = [uncond[key[1]][1], cond[key[0]][1]] if use_cfg else [cond[key[0]][1]]
+                ctx = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+                pool = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts]) if self.family == "sdxl" else None
+                cached[key] = (ctx, pool)
+            return cached[key]
+
+        n_parts = 2 if use_cfg else 1
+        context, _ = conditioning(0)
         # One shape's buffers at a time (memory != "fast"): a new latent/context shape drops the
         # graphs and buffers sized for the previous one before they would grow to both.
         shape = (len(context), p.height // 8, p.width // 8, context.shape[1])
         if self.memory.fit_unet_to_shape and self._unet_shape not in (None, shape):
             unet.clear()
         self._unet_shape = shape
-        pooled = time_ids = None
+        time_ids = None
         if self.family == "sdxl":
-            pooled = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts])
             ids = np.array([p.height, p.width, 0, 0, p.height, p.width], dtype=np.float32)
             time_ids = np.repeat(ids[None], len(context), axis=0)
         v_pred = self.prediction_type == "v_prediction"
@@ -506,11 +528,12 @@ class Model:
         def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
             sigma = float(sigma)
             c_in = np.float32(1.0 / np.sqrt(sigma * sigma + 1.0))
-            t = np.full(len(context), sampling.sigma_to_t(sigma), dtype=np.float32)
-            x_in = np.concatenate([x] * len(parts)) * c_in
+            ctx, pooled = conditioning(clock.step)
+            t = np.full(len(ctx), sampling.sigma_to_t(sigma), dtype=np.float32)
+            x_in = np.concatenate([x] * n_parts) * c_in
             if extra is not None:
-                x_in = np.concatenate([x_in, np.concatenate([extra] * len(parts))], axis=1)
-            out = unet(x_in, t, context, text_embeds=pooled, time_ids=time_ids)
+                x_in = np.concatenate([x_in, np.concatenate([extra] * n_parts)], axis=1)
+            out = unet(x_in, t, ctx, text_embeds=pooled, time_ids=time_ids)
             if use_cfg:
                 out_u, out_c = out[:b], out[b:]
                 out = out_u + g * (out_c - out_u)
@@ -566,6 +589,14 @@ class Model:
                                 model_hash=self.model_hash)
 
 
+
+
+class _StepClock:
+    """The sampling step the next model call belongs to (0-based), advanced by the step
+    callback: every model call of a multi-call step sees the same step."""
+
+    def __init__(self):
+        self.step = 0
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
