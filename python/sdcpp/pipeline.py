@@ -200,15 +200,23 @@ class Model:
         hires: A1111's hires fix, e.g. ``dict(scale=2.0, steps=10, denoise=0.5, upscaler="latent")``
         (sdcpp.hires): the result has the upscaled size; `callback` sees both passes' steps."""
         size = _DEFAULT_SIZE[self.family]
-        width = size if width is None else width
-        height = size if height is None else height
         if latents is not None:
+            # The latents set the size and the batch; a width / height / batch_size that says
+            # otherwise is an error, not silently overruled.
             latents = np.asarray(latents, dtype=np.float32)
             if latents.ndim != 4 or latents.shape[1] != 4:
                 raise errors.InvalidArgumentError(f"latents must be [batch, 4, h/8, w/8], got {latents.shape}")
-            if width is None or (latents.shape[2] * 8, latents.shape[3] * 8) != (height, width):
-                height, width = latents.shape[2] * 8, latents.shape[3] * 8
-            batch_size = latents.shape[0]
+            lh, lw = latents.shape[2] * 8, latents.shape[3] * 8
+            if (width is not None and width != lw) or (height is not None and height != lh):
+                raise errors.InvalidArgumentError(
+                    f"latents {tuple(latents.shape)} are for a {lw}x{lh} image, but width x height is "
+                    f"{width}x{height}; leave width/height out or make them agree")
+            if batch_size not in (1, latents.shape[0]):
+                raise errors.InvalidArgumentError(
+                    f"latents hold {latents.shape[0]} images but batch_size is {batch_size}")
+            height, width, batch_size = lh, lw, latents.shape[0]
+        width = size if width is None else width
+        height = size if height is None else height
         from .engine import sampling
         from .hires import infotext_fields, parse_hires
 

@@ -188,3 +188,12 @@ def test_a_weight_of_the_wrong_shape_names_the_file_and_tensor(model_fixtures, t
     with pytest.raises(errors.CheckpointError) as exc:
         sdcpp.load(str(bad), device="cpu", threads=2)
     assert exc.value.file == str(bad) and exc.value.tensor == key, str(exc.value)
+
+
+def test_latents_that_disagree_with_the_size_or_batch_are_refused(tiny):
+    lat = np.zeros((2, 4, SIZE // 8, SIZE // 8), np.float32)
+    with pytest.raises(errors.InvalidArgumentError, match="width x height"):
+        tiny.txt2img(PROMPT, width=SIZE * 2, height=SIZE, steps=1, latents=lat)
+    with pytest.raises(errors.InvalidArgumentError, match="batch_size is 3"):
+        tiny.txt2img(PROMPT, steps=1, latents=lat, batch_size=3)
+    assert len(tiny.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, latents=lat, output_type="latent")) == 2
