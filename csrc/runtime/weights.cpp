@@ -15,9 +15,20 @@ ggml_type parse_type(const std::string& name) {
     std::transform(n.begin(), n.end(), n.begin(), ::tolower);
     for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
         const char* tn = ggml_type_name(static_cast<ggml_type>(t));
-        if (tn && n == tn && ggml_type_size(static_cast<ggml_type>(t)) > 0) return static_cast<ggml_type>(t);
+        if (!tn || ggml_type_size(static_cast<ggml_type>(t)) == 0) continue;
+        std::string lower = tn;  // ggml spells the k-quants "q4_K"
+        std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+        if (n == lower) return static_cast<ggml_type>(t);
     }
-    throw InvalidArgument("unknown weight type '" + name + "' (use f32, f16, bf16 or a ggml quantized type such as q8_0)");
+    throw InvalidArgument("unknown weight type '" + name + "' (use f32, f16, bf16, q8_0, q5_0 or q4_0)");
+}
+
+bool storable_type(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
+        case GGML_TYPE_Q8_0: case GGML_TYPE_Q5_0: case GGML_TYPE_Q4_0: return true;
+        default: return false;
+    }
 }
 
 WeightStore::WeightStore(DevicePtr device) : device_(std::move(device)) {}
@@ -31,9 +42,25 @@ void WeightStore::declare(const std::string& name, const std::vector<int64_t>& s
     SD_CHECK(!buffer_, "weights are already allocated; cannot declare '" + name + "'");
     SD_CHECK(!shape.empty() && shape.size() <= 4, "tensor '" + name + "' must have 1 to 4 dims");
     for (int64_t d : shape) SD_CHECK(d > 0, "tensor '" + name + "' has a non-positive dimension");
-    const int64_t row = shape.back();
-    if (ggml_blck_size(type) > 1 && row % ggml_blck_size(type) != 0) type = GGML_TYPE_F16;  // rows not block-aligned
-    specs_.push_back({name, shape, type});
+    SD_CHECK(storable_type(type), "tensor '" + name + "': weights cannot be stored as " + ggml_type_name(type) +
+                                      " (use f32, f16, bf16, q8_0, q5_0 or q4_0)");
+    SD_CHECK(spec_index_.find(name) == spec_index_.end(), "tensor '" + name + "' declared twice");
+    std::vector<int64_t> storage = shape;
+    if (ggml_is_quantized(type)) {
+        // Blocks run along the reduction length: a row of a linear weight, IC*KH*KW of a conv kernel.
+        int64_t k = shape.back();
+        if (shape.size() >= 3) {
+            k = 1;
+            for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+            storage = {shape[0], k};
+        }
+        if (k % ggml_blck_size(type) != 0) {
+            type = GGML_TYPE_F16;  // no whole blocks: f16 keeps the declared layout
+            storage = shape;
+        }
+    }
+    spec_index_[name] = specs_.size();
+    specs_.push_back({name, shape, storage, type});
 }
 
 void WeightStore::allocate() {
@@ -45,10 +72,9 @@ void WeightStore::allocate() {
     ctx_ = ggml_init(params);
     if (!ctx_) throw Error("ggml_init failed for the weight context");
     for (const Spec& s : specs_) {
-        SD_CHECK(tensors_.find(s.name) == tensors_.end(), "tensor '" + s.name + "' declared twice");
         int64_t ne[4] = {1, 1, 1, 1};
-        const int n = static_cast<int>(s.shape.size());
-        for (int i = 0; i < n; ++i) ne[i] = s.shape[n - 1 - i];
+        const int n = static_cast<int>(s.storage.size());
+        for (int i = 0; i < n; ++i) ne[i] = s.storage[n - 1 - i];
         ggml_tensor* t = ggml_new_tensor(ctx_, s.type, n, ne);
         ggml_set_name(t, s.name.size() < GGML_MAX_NAME ? s.name.c_str() : s.name.substr(s.name.size() - GGML_MAX_NAME + 1).c_str());
         tensors_[s.name] = t;
@@ -77,9 +103,11 @@ std::vector<std::string> WeightStore::names() const {
 }
 
 std::vector<int64_t> WeightStore::shape(const std::string& name) const {
-    ggml_tensor* t = get(name);
-    std::vector<int64_t> out(ggml_n_dims(t));
-    for (size_t i = 0; i < out.size(); ++i) out[i] = t->ne[out.size() - 1 - i];
+    get(name);  // throws naming a missing tensor
+    const Spec& s = specs_[spec_index_.at(name)];
+    // as ggml_n_dims would report it: trailing size-1 dims of the declared shape dropped
+    std::vector<int64_t> out = s.shape;
+    while (out.size() > 1 && out.front() == 1) out.erase(out.begin());
     return out;
 }
 
@@ -90,19 +118,33 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     ggml_tensor* t = get(name);
     SD_CHECK(static_cast<int64_t>(count) == ggml_nelements(t),
              "tensor '" + name + "': got " + std::to_string(count) + " values, expected " + std::to_string(ggml_nelements(t)));
-    SD_CHECK(src_type == GGML_TYPE_F32 || src_type == GGML_TYPE_F16 || src_type == GGML_TYPE_BF16,
-             "tensor '" + name + "': source data must be f32, f16 or bf16");
+    const bool quant_src = ggml_is_quantized(src_type);
+    SD_CHECK(src_type == GGML_TYPE_F32 || src_type == GGML_TYPE_F16 || src_type == GGML_TYPE_BF16 || quant_src,
+             "tensor '" + name + "': source data must be f32, f16, bf16 or ggml-quantized");
+    if (quant_src) {
+        // Blocks run along the flattened values, so a block-aligned source has whole blocks here.
+        SD_CHECK(count % ggml_blck_size(src_type) == 0,
+                 "tensor '" + name + "': " + std::to_string(count) + " values are not whole " + ggml_type_name(src_type) + " blocks");
+    }
     if (src_type == t->type) {
-        ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));
+        ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
-    // Convert through f32 (exact for f16/bf16 sources).
+    // Convert through f32 (exact for f16/bf16 and for dequantized blocks), one tensor at a time.
     std::vector<float> f32;
     const float* src = static_cast<const float*>(data);
     if (src_type != GGML_TYPE_F32) {
         f32.resize(count);
-        if (src_type == GGML_TYPE_F16) ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(data), f32.data(), count);
-        else ggml_bf16_to_fp32_row(static_cast<const ggml_bf16_t*>(data), f32.data(), count);
+        if (src_type == GGML_TYPE_F16) {
+            ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(data), f32.data(), count);
+        } else if (src_type == GGML_TYPE_BF16) {
+            ggml_bf16_to_fp32_row(static_cast<const ggml_bf16_t*>(data), f32.data(), count);
+        } else {
+            const ggml_type_traits* tr = ggml_get_type_traits(src_type);
+            if (!tr || !tr->to_float)
+                throw InvalidArgument("tensor '" + name + "': cannot dequantize " + ggml_type_name(src_type));
+            tr->to_float(data, f32.data(), static_cast<int64_t>(count));
+        }
         src = f32.data();
     }
     if (t->type == GGML_TYPE_F32) {
@@ -115,6 +157,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     } else if (t->type == GGML_TYPE_BF16) {
         ggml_fp32_to_bf16_row_ref(src, reinterpret_cast<ggml_bf16_t*>(dst.data()), count);
     } else {
+        // ggml's reference quantizers, row by row of the stored matrix (conv kernels: rows of
+        // IC*KH*KW, the declared OIHW values in their own order).
         const int64_t per_row = t->ne[0];
         ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
     }
