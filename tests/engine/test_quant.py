@@ -298,3 +298,29 @@ def test_bad_weight_types_are_typed_errors(device, model_fixtures):
     store.allocate()
     with pytest.raises(ValueError, match="bytes"):
         store.set_blocks("w", np.zeros(10, np.uint8), "q8_0")
+
+
+# ------------------------------------------------------------------------------------- LoRA
+def test_lora_on_quantized_weights_restores_bit_for_bit(model_fixtures, tmp_path):
+    """A LoRA merged into q8_0 weights (requantized per row) changes them; set_loras([]) gives
+    the loaded blocks back exactly: quantized at load from f32, and a GGUF's own Q8_0 blocks."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("peft")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lora"))
+    import lora_helpers as LH
+
+    fx = model_fixtures.get("sd1")
+    lora = LH.write_kohya(fx, LH.make_lora(fx, seed=3), tmp_path / "l.safetensors")
+    path = tmp_path / "sd1-q8.gguf"
+    _write_gguf(path, fx.ldm_state_dict(junk=False), gguf.GGMLQuantizationType.Q8_0)
+    for model in (sdcpp.load(str(fx.path("ldm")), device="cpu", weight_type="q8_0", threads=1),
+                  sdcpp.load(str(path), device="cpu", threads=1)):
+        before = LH.store_snapshot(model)
+        model.set_loras([(lora, 1.0)])
+        during = LH.store_snapshot(model)
+        changed = [n for n in before if not np.array_equal(before[n], during[n])]
+        assert any(model.weight_types()["unet"].get(n) == "q8_0" for n in changed)
+        model.set_loras([])
+        after = LH.store_snapshot(model)
+        for n in before:
+            np.testing.assert_array_equal(after[n], before[n], err_msg=n)

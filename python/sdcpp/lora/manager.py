@@ -344,10 +344,15 @@ class LoraManager:
         """Put the loaded weight back: the original record through the loader's own path (a
         GGUF's quantized blocks copied as they are, anything else converted the same way)."""
         from ..engine.weights import set_value
+        from ..memory import StoreHandle
 
         rec = self.info.tensors[name]
         self._check_file(rec.file)
-        set_value(self._store(name), name, rec)
+        store = self._store(name)
+        if isinstance(store, StoreHandle):   # memory="low": a freed store drops the write
+            store.set_value(name, rec)
+        else:
+            set_value(store, name, rec)
 
     def _write(self, weights: dict, biases: dict) -> tuple[int, int]:
         recipes = {}
