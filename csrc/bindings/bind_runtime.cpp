@@ -83,7 +83,8 @@ void bind_runtime(py::module_& m) {
         .def_property("threads", &Device::threads, &Device::set_threads);
 
     py::class_<WeightStore, std::shared_ptr<WeightStore>>(m, "WeightStore")
-        .def(py::init<DevicePtr>(), py::arg("device"))
+        .def(py::init<DevicePtr, bool>(), py::arg("device"), py::arg("repack") = true)
+        .def("repacked", &WeightStore::repacked)
         .def("declare",
              [](WeightStore& s, const std::string& name, const std::vector<int64_t>& shape, const std::string& type) {
                  s.declare(name, shape, parse_type(type));

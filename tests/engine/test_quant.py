@@ -105,9 +105,10 @@ def _unet_errors(name: str):
     dev = weights.open_device("cpu", 1)
     out = {}
     for wt in ("f16",) + QUANT:
-        store = weights.build_store(dev, tensors, wt)
+        store = weights.build_store(dev, tensors, wt)           # q4_0: repacked where ggml can
         ours = UNet(store, nc)(x, 500.0, ctx, **kw)
-        deq = {k[len("unet."):]: store.get(k).reshape(v.shape) for k, v in tensors.items()}
+        readable = weights.build_store(dev, tensors, wt, repack=False)   # the same blocks, readable
+        deq = {k[len("unet."):]: readable.get(k).reshape(v.shape) for k, v in tensors.items()}
         out[wt] = (rel(ours, ref), rel(ours, _unet_reference(model, x, ctx, kw, deq)), store)
         print(f"{name} {wt}: vs fp32 {out[wt][0]:.3e}, vs dequantized weights {out[wt][1]:.3e}")
     return out
@@ -142,8 +143,15 @@ def test_storage_rules(device):
         assert types["unet.time_embedding.linear_1.weight"] == "f32"
         assert types["unet.down_blocks.0.resnets.0.norm1.weight"] == "f32"
         assert types["unet.down_blocks.0.resnets.0.conv1.bias"] == "f32"
-    store = weights.build_store(device, tensors, "q8_0")
+    # q4_0 on a CPU with ggml's repacked kernels (AVX2, NEON dot product): the matrices live in
+    # the CPU_REPACK buffer and cannot be read back (a typed error, not a crash)
+    q4 = weights.build_store(device, tensors, "q4_0")
     name = "unet.down_blocks.0.resnets.0.conv1.weight"
+    if q4.repacked(name):
+        with pytest.raises(ValueError, match="repacked"):
+            q4.get(name)
+    assert not weights.build_store(device, tensors, "q4_0", repack=False).repacked(name)
+    store = weights.build_store(device, tensors, "q8_0")
     assert tuple(store.shape(name)) == tensors[name].shape     # the declared OIHW shape is kept
     # read back: q8_0 of the f32 values in their OIHW order, blocks of 32 consecutive values:
     # at most half a step (amax / 127) off, plus the scale's f16 rounding (127 steps * 2^-11)
@@ -216,7 +224,7 @@ def test_gguf_quantized_tensors_load_as_they_are(device, tmp_path, qname):
     assert recs["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"].dtype == qname
     # weight_type f16: the Q tensors whose role takes the type keep their type and blocks; the
     # time embedding (f32 by rule) is dequantized; the others follow weight_type
-    store = weights.build_store(device, recs, "f16")
+    store = weights.build_store(device, recs, "f16", repack=False)   # readable (q4_0 is repacked by default)
     types = store.types()
     q = qname.lower()
     kept = [n for n in deq if weights.storage_type(n, tensors[n].shape, q) == q]
@@ -228,9 +236,11 @@ def test_gguf_quantized_tensors_load_as_they_are(device, tmp_path, qname):
     # and they compute like the fp32 model holding the same dequantized values
     x, ctx, kw = _unet_inputs(nc, seed=4)
     state = {k[len("unet."):]: (deq[k].reshape(v.shape) if k in deq else v) for k, v in tensors.items()}
-    err = rel(UNet(store, nc)(x, 500.0, ctx, **kw), _unet_reference(model, x, ctx, kw, state))
-    print(f"GGUF {qname}: vs the dequantized fp32 model {err:.3e}")
-    assert err <= UNET_TOL["q8_0"], err
+    ref = _unet_reference(model, x, ctx, kw, state)
+    for st in (store, weights.build_store(device, recs, "f16")):    # readable, and as loaded (repacked)
+        err = rel(UNet(st, nc)(x, 500.0, ctx, **kw), ref)
+        print(f"GGUF {qname}: vs the dequantized fp32 model {err:.3e}")
+        assert err <= UNET_TOL["q8_0"], err
 
 
 def test_gguf_round_trip_through_load(model_fixtures, tmp_path):

@@ -143,16 +143,20 @@ def set_value(store, name: str, value) -> None:
 
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type,
-                on_tensor: Optional[Callable[[int], None]] = None):
+                on_tensor: Optional[Callable[[int], None]] = None, repack: bool = True):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
     one tensor at a time so peak host memory stays at one tensor. `on_tensor(elements)` is
     called after each tensor (progress).
 
     A record already quantized in q8_0 / q5_0 / q4_0 (GGUF) keeps its type and its blocks
     when its role takes that type (``type_of(name, shape, that type)`` returns it), whatever
-    `weight_type` is: dequantizing would add no precision. Elsewhere it is dequantized."""
+    `weight_type` is: dequantizing would add no precision. Elsewhere it is dequantized.
+
+    repack: on the CPU, q4_0 matrices go to ggml's CPU_REPACK buffer (rows interleaved for its
+    AVX2 / NEON GEMM kernels); ``store.repacked(name)`` tells, and such tensors cannot be read
+    back with ``store.get`` (False keeps every tensor readable)."""
     core = native()
-    store = core.WeightStore(device)
+    store = core.WeightStore(device, repack)
     for name, value in tensors.items():
         shape = tuple(int(d) for d in value.shape)
         declared = type_of(name, shape, weight_type)
