@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import errors
+from .engine.weights import WEIGHT_TYPES
 from .pipeline import SAMPLERS, SCHEDULERS
 
 
@@ -35,7 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="PNG path; with a batch, _1, _2 ... are appended before the suffix")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, vulkan, metal")
-    p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=("f32", "f16", "bf16"))
+    p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=WEIGHT_TYPES,
+                   help="U-Net and text-encoder storage (default f16; q8_0/q5_0/q4_0: quantized, integer products)")
     p.add_argument("--vae", default=None, help="a separate VAE file or folder")
     p.add_argument("--variant", default=None, help="diffusers weight variant (e.g. fp16); hub repos default to fp16 when present")
     p.add_argument("--revision", default=None, help="Hugging Face Hub revision (branch, tag or commit)")

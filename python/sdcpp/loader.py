@@ -13,16 +13,19 @@ from typing import Optional, Union
 import numpy as np
 
 from . import errors
-from .engine.weights import WEIGHT_TYPES, build_store, open_device, storage_type
+from .engine.weights import QUANT_TYPES, WEIGHT_TYPES, build_store, open_device, storage_type
 
 PathLike = Union[str, os.PathLike]
 
 
 def _vae_storage_type(name: str, shape: tuple, weight_type: str) -> str:
     """The VAE computes in f32 whatever its storage (its activations overflow f16) and is a small
-    share of the model, so it keeps its exact default storage unless bf16 was asked for."""
+    share of the model, so it keeps its exact default storage unless bf16 was asked for (it is
+    never quantized)."""
     from .engine.vae import DEFAULT_WEIGHT_TYPE, storage_type as vae_storage
 
+    if weight_type in QUANT_TYPES:  # asked of a GGUF's quantized record (build_store): never
+        return "f32" if len(shape) < 2 else DEFAULT_WEIGHT_TYPE
     return vae_storage(name, shape, "bf16" if weight_type == "bf16" else DEFAULT_WEIGHT_TYPE)
 
 
@@ -41,7 +44,8 @@ def _default_weight_type(tensors: dict) -> str:
     """The U-Net's and text encoders' storage type when none is asked for: f16, except that a
     bf16 checkpoint stays bf16. f16 halves the resident size of an f32 checkpoint (SSD-1B: 9 GB
     -> 4.6 GB) at a fidelity cost far below the sampling noise (final latents within 5e-3 of
-    diffusers fp32 in the tests); ask for weight_type="f32" to compute exactly."""
+    diffusers fp32 in the tests); ask for weight_type="f32" to compute exactly. Tensors a GGUF
+    holds in q8_0 / q5_0 / q4_0 keep that type whatever weight_type is (engine.weights.build_store)."""
     counts: dict[str, int] = {}
     for name, rec in tensors.items():
         if name.startswith("unet.") and len(rec.shape) >= 2:

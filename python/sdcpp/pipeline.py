@@ -136,6 +136,12 @@ class Model:
         return table.names()
 
     # ------------------------------------------------------------------ LoRA
+    def weight_types(self) -> dict:
+        """The storage type of every weight, per component: ``{"unet": {name: "q8_0", ...},
+        "text_encoder": ..., "vae": ...}`` (what weight_type, the f16 fallbacks and a GGUF's own
+        quantized tensors gave)."""
+        return {k: dict(s.types()) for k, s in (self._c.get("stores") or {}).items()}
+
     def set_loras(self, loras: Sequence = (), strict: bool = True):
         """Merge LoRAs into the weights: ``[(path, scale), ...]`` (or bare paths, scale 1).
         Replaces the previous set (only the tensors that change are rewritten); ``[]`` restores
@@ -697,9 +703,12 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
-    weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
-    (a bf16 checkpoint stays bf16); "f32" computes exactly. The VAE computes in f32 whatever
-    its storage. variant: the diffusers weight variant ("fp16" ...); for a Hugging Face repo id
+    weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16" | "q8_0" |
+    "q5_0" | "q4_0"; default f16 (a bf16 checkpoint stays bf16); "f32" computes exactly. The
+    quantized types cover linear and convolution weights (norms, biases, embeddings and the
+    time embedding stay f32; weights whose reduction length is not a multiple of 32 take f16)
+    and run ggml's integer dot products; a GGUF's q8_0/q5_0/q4_0 tensors load as they are.
+    The VAE is never quantized and computes in f32 whatever its storage. variant: the diffusers weight variant ("fp16" ...); for a Hugging Face repo id
     the fp16 files are preferred when the repo has them (variant="" asks for the plain ones). revision: the Hub revision (branch,
     tag or commit).
     loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the

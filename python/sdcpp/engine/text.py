@@ -2,7 +2,8 @@
 
 ``TextEncoder(store, prefix, config)`` runs transformers' ``CLIPTextModel`` /
 ``CLIPTextModelWithProjection`` forward over the weights ``prefix + <transformers name>`` held
-in a native WeightStore (docs/internals.md §3-4). numpy in, numpy out.
+in a native WeightStore (docs/internals.md §3-4), stored in any of weights.WEIGHT_TYPES (quantized
+linear weights run ggml's integer dot products). numpy in, numpy out.
 """
 from __future__ import annotations
 
