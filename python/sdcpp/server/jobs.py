@@ -176,22 +176,24 @@ class JobQueue:
                 job = self._pending.popleft()
                 self.running = job
             job.started = time.time()
-            outcome = "ok"
+            outcome, result, error = "ok", None, None
             try:
                 result = job.work(job)
             except errors.Cancelled as exc:
-                outcome = "cancelled"
-                job.future.set_exception(exc)
+                outcome, error = "cancelled", exc
             except BaseException as exc:  # noqa: BLE001 - the worker outlives every job
-                outcome = "error"
-                job.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+                outcome, error = "error", exc
             else:
                 if job.cancelled:
                     outcome = "interrupted" if job.cancel_reason == "interrupt" else "cancelled"
-                job.future.set_result(result)
-            finally:
-                with self._cond:
-                    self.running = None
+            with self._cond:
+                self.running = None
+            # Metrics first, then the caller: a client that reads /metrics right after its
+            # answer sees its own job counted.
             self._finished(job, outcome)
+            if error is not None:
+                job.future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise error
+            else:
+                job.future.set_result(result)
