@@ -57,7 +57,8 @@ def _default_weight_type(tensors: dict) -> str:
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
                weight_type: Optional[str] = None, threads: Optional[int] = None,
                prediction_type: Optional[str] = None, variant: Optional[str] = None,
-               revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False):
+               revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False,
+               preview_vae: Optional[PathLike] = None):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.unet import UNet
@@ -76,13 +77,20 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
 
     from .io import open_source
 
+    from .tiny_vae_source import read_tiny_vae
+
     info = inspect(open_source(source, variant=variant, revision=revision))
     tensors = dict(info.tensors)
-    if vae is not None:
+    tiny = read_tiny_vae(vae) if vae is not None else None       # TAESD in place of the VAE
+    preview = read_tiny_vae(preview_vae) if preview_vae is not None else None
+    if preview_vae is not None and preview is None:
+        raise errors.UnknownArchitectureError("preview_vae= must be a tiny autoencoder (TAESD / TAESDXL)",
+                                              file=preview_vae)
+    if vae is not None and tiny is None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("vae.")}
         tensors.update(_separate_vae(vae))
         info = info.with_vae(tensors)
-    if info.vae is None:
+    if info.vae is None and tiny is None:
         raise errors.MissingTensorError("the checkpoint has no VAE; pass vae= with a VAE file or folder",
                                         file=info.path)
     if not info.text_encoders:
@@ -128,10 +136,24 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         stores[prefix[:-1]] = StoreHandle(res)
         return LazyComponent(res)
 
-    # The VAE first: with memory="low" it is checked and freed before the rest is built.
-    vae_obj = component("vae.", lambda st: VAE(st, info.vae_native_config()), mem.vae_on_demand, _vae_storage_type)
-    if mem.vae_on_demand:
-        vae_obj.resident.release()
+    def tiny_vae(found):
+        from .engine.taesd import TinyVAE
+
+        t_tensors, t_config, t_path = found
+        try:
+            return TinyVAE.from_tensors(dev, t_tensors, t_config)
+        except (errors.InvalidArgumentError, errors.BackendError) as exc:
+            raise errors.CheckpointError(f"not a usable tiny autoencoder: {exc}", file=t_path) from None
+
+    # The VAE first: with memory="low" it is checked and freed before the rest is built. A tiny
+    # autoencoder (a few MB) stays resident in every mode.
+    if tiny is not None:
+        vae_obj = tiny_vae(tiny)
+    else:
+        vae_obj = component("vae.", lambda st: VAE(st, info.vae_native_config()), mem.vae_on_demand,
+                            _vae_storage_type)
+        if mem.vae_on_demand:
+            vae_obj.resident.release()
     encoders = []
     for meta, cfg in zip(info.text_encoders, info.text_encoder_native_configs()):
         prefix = meta["name"] + "."
@@ -140,6 +162,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "text_encoders": encoders,
         "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), False),
         "vae": vae_obj,
+        "preview": tiny_vae(preview) if preview is not None else None,
         "stores": stores,
         "memory": mem,
     }

@@ -60,6 +60,7 @@ class GenerationParams:
     clip_skip: Optional[int]
     strength: Optional[float] = None
     vae_tiling: bool = False          # the VAE runs in tiles for this size (not written to PNG text)
+    preview: Optional[tuple] = None   # (callable(step, PIL image), every n steps): live previews
     extra: dict = field(default_factory=dict)    # further A1111 "parameters" fields
 
 
@@ -85,7 +86,11 @@ class Model:
         self._lock = threading.Lock()
         self._model_hash: Optional[str] = None
         self.family: str = info.family
-        self.vae_scale: float = float(info.vae["scaling_factor"])
+        self.vae_scale: float = float(info.vae["scaling_factor"]) if info.vae else 1.0
+        from .engine.taesd import TinyVAE
+        # TAESD as the VAE (load(vae=<taesd>)): it works in the scaled latent space and encodes
+        # without a posterior to sample (diffusers' AutoencoderTiny semantics).
+        self._tiny_vae = isinstance(components["vae"], TinyVAE)
         slots = []
         for enc, meta in zip(components["text_encoders"], info.text_encoders):
             n = int(meta["layers"])
@@ -198,7 +203,8 @@ class Model:
                 batch_size: int = 1, clip_skip: Optional[int] = None, latents: Optional[np.ndarray] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
                 progress: bool = False, vae_tiling: Optional[bool] = None,
-                hires: Optional[Mapping[str, Any]] = None) -> list:
+                hires: Optional[Mapping[str, Any]] = None, preview: Optional[Callable] = None,
+                preview_every: int = 1) -> list:
         """Generate images from a prompt. Returns a list with one entry per image.
 
         vae_tiling: decode in overlapping tiles of ``model.vae_tile_size`` pixels (True), whole
@@ -235,6 +241,7 @@ class Model:
                                   scheduler, params.seed, params.batch_size, clip_skip, output_type, rng, vae_tiling)
             second.strength = params.strength = spec.denoise
             params.extra.update(infotext_fields(spec))
+        params.preview = self._check_preview(preview, preview_every)
         with self._lock:
             self._prompt_loras(prompt)
             gen = sampling.Generator(params.seed, rng)
@@ -248,7 +255,8 @@ class Model:
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
                 seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None,
+                preview: Optional[Callable] = None, preview_every: int = 1) -> list:
         """Transform an image (PIL, or float HxWx3 / 3xHxW array in [0, 1]) guided by a prompt.
         vae_tiling: as for txt2img, for the encode and the decode."""
         pixels = _image_to_array(image, resize)
@@ -258,6 +266,7 @@ class Model:
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
                               seed, batch_size, clip_skip, output_type, rng, vae_tiling)
         params.strength = float(strength)
+        params.preview = self._check_preview(preview, preview_every)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
@@ -267,7 +276,8 @@ class Model:
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
                 seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None,
+                preview: Optional[Callable] = None, preview_every: int = 1) -> list:
         """Repaint the white part of `mask` (PIL image or array, resized to the image when its
         size differs) in `image`, diffusers' semantics (sdcpp.inpaint): 4-channel models blend
         the known region back after every step, 9-channel inpainting models (``info.inpainting``)
@@ -284,6 +294,7 @@ class Model:
         params.strength = float(strength)
         if min(int(steps * strength), steps) < 1:
             raise errors.InvalidArgumentError(f"strength {strength} of {steps} steps leaves no step to run")
+        params.preview = self._check_preview(preview, preview_every)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run_inpaint(params, pixels, m, callback, rng, progress)
@@ -407,10 +418,13 @@ class Model:
                 # diffusers img2img: encode (sampling the posterior with the generator), scale,
                 # then start at the strength's point of the schedule with fresh noise.
                 px = init_pixels if init_pixels.ndim == 4 else np.repeat(init_pixels[None], p.batch_size, axis=0)
-                moments = self._vae_run(True, px * 2 - 1, p.vae_tiling)
-                mean, logvar = split_moments(moments)
-                std = np.exp(0.5 * logvar)
-                init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
+                if self._tiny_vae:
+                    init = self._c["vae"].encode(px * 2 - 1)
+                else:
+                    moments = self._vae_run(True, px * 2 - 1, p.vae_tiling)
+                    mean, logvar = split_moments(moments)
+                    std = np.exp(0.5 * logvar)
+                    init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
             t_start = p.steps - min(int(p.steps * p.strength), p.steps)
             sigmas = sigmas[t_start:]
             if len(sigmas) < 2:
@@ -425,6 +439,7 @@ class Model:
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
             clock.step = step + 1
             bar.update(1)
+            self._send_preview(p, clock, step, total)
             if callback is not None and callback(step, total, x_now) is False:
                 return False
             return True
@@ -458,6 +473,8 @@ class Model:
         image = (pixels[None] * 2 - 1).astype(np.float32)          # [1, 3, H, W]
 
         def encode_sampled(x: np.ndarray) -> np.ndarray:             # one image's latents, posterior sampled
+            if self._tiny_vae:
+                return self._c["vae"].encode(x)
             mean, logvar = split_moments(self._vae_run(True, x, p.vae_tiling))
             return ((mean + np.exp(0.5 * logvar) * gen.randn(mean.shape)) * self.vae_scale).astype(np.float32)
 
@@ -485,6 +502,7 @@ class Model:
         def on_step(step: int, _total: int, x_now: np.ndarray):
             clock.step = step + 1
             bar.update(1)
+            self._send_preview(p, clock, step, total)
             if not nine:  # the known region, noised to the next level (clean after the last step)
                 known = image_latents if step == total - 1 else image_latents + noise * np.float32(sigmas[step + 1])
                 x_now = ((1 - mask_lat) * known + mask_lat * x_now).astype(np.float32)
@@ -554,8 +572,10 @@ class Model:
             if v_pred:
                 c_skip = 1.0 / (sigma * sigma + 1.0)
                 c_out = -sigma / np.sqrt(sigma * sigma + 1.0)
-                return (c_skip * x + c_out * out).astype(np.float32)
-            return (x - sigma * out).astype(np.float32)
+                clock.x0 = (c_skip * x + c_out * out).astype(np.float32)
+                return clock.x0
+            clock.x0 = (x - sigma * out).astype(np.float32)
+            return clock.x0
 
         return denoise
 
@@ -564,12 +584,43 @@ class Model:
         """The hires fix's second pass: img2img at p2's size from the upscaled first pass."""
         from .hires import lanczos, resize_latents
 
+        p2.preview = p1.preview
         if spec.upscaler == "lanczos":
             pixels = lanczos(self._decode(first, p1, progress), p2.height, p2.width)
             return self._run(p2, None, pixels, callback, rng, progress, gen=gen)
         mode = "nearest" if spec.upscaler == "latent-nearest" else "bilinear"
         up = resize_latents(first, p2.height // 8, p2.width // 8, mode)
         return self._run(p2, None, None, callback, rng, progress, gen=gen, init_latents=up)
+
+    def _check_preview(self, preview, every) -> Optional[tuple]:
+        """(callable, every) for live previews; they need a tiny autoencoder (load(vae= or
+        preview_vae=<TAESD>)) so the main VAE is never touched mid-run."""
+        if preview is None:
+            return None
+        if not callable(preview):
+            raise errors.InvalidArgumentError("preview must be callable (step, image)")
+        if not isinstance(every, (int, np.integer)) or every < 1:
+            raise errors.InvalidArgumentError(f"preview_every must be an integer >= 1, got {every!r}")
+        if self._preview_vae() is None:
+            raise errors.InvalidArgumentError(
+                "live previews need a tiny autoencoder: sdcpp.load(..., preview_vae='taesd folder or file')")
+        return preview, int(every)
+
+    def _preview_vae(self):
+        return self._c.get("preview") or (self._c["vae"] if self._tiny_vae else None)
+
+    def _send_preview(self, p: GenerationParams, clock, step: int, total: int) -> None:
+        """Every n steps (and after the last), the current x0 estimate decoded by the tiny
+        autoencoder, as a PIL image (the first of the batch), to the preview callable."""
+        if p.preview is None or clock.x0 is None:
+            return
+        fn, every = p.preview
+        if (step + 1) % every and step + 1 != total:
+            return
+        from .outputs import to_pil
+
+        img = self._preview_vae().decode(clock.x0[:1])[0]
+        fn(step, to_pil(np.clip(img / 2 + 0.5, 0, 1).transpose(1, 2, 0).astype(np.float32), ""))
 
     def _decode(self, final: np.ndarray, p: GenerationParams, progress: bool) -> np.ndarray:
         """Latents (as sampled) -> float32 images [B, 3, H, W] in [0, 1]."""
@@ -578,7 +629,10 @@ class Model:
             self._unet_shape = None
         bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
         try:
-            images = self._vae_run(False, final / np.float32(self.vae_scale), p.vae_tiling)
+            if self._tiny_vae:
+                images = self._c["vae"].decode(final)
+            else:
+                images = self._vae_run(False, final / np.float32(self.vae_scale), p.vae_tiling)
             bar.update(final.shape[0])
         finally:
             bar.close()
@@ -611,6 +665,7 @@ class _StepClock:
 
     def __init__(self):
         self.step = 0
+        self.x0 = None     # the last x0 estimate (live previews decode it)
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
@@ -674,7 +729,9 @@ def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool,
         raise too_large("U-Net") from None
     vae = model._c.get("vae")
     vh, vw = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
-    if vae is None:
+    from .engine.taesd import TinyVAE
+
+    if vae is None or isinstance(vae, TinyVAE):     # a tiny autoencoder's buffers are a few MB per tile
         vae_need = 0
     elif isinstance(vae, LazyComponent) and not vae.resident.resident:
         # memory="low": measuring would load the VAE now; its decoder keeps about twelve
@@ -700,7 +757,8 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
          lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
          revision: Optional[str] = None, memory: Optional[str] = None,
-         embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False) -> Model:
+         embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False,
+         preview_vae: Optional[PathLike] = None) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
     weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16" | "q8_0" |
@@ -719,12 +777,16 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     embeddings: textual-inversion files or folders (see :meth:`Model.load_embeddings`).
     progress: a progress bar (tqdm, stderr) while the weights load, as txt2img's progress=True
     shows the sampling and decoding phases.
+    vae: also a tiny autoencoder (TAESD for sd1/sd2, TAESDXL for sdxl: an AutoencoderTiny folder,
+    a file, the original taesd_decoder/_encoder files, a hub id) to decode and encode with it.
+    preview_vae: a tiny autoencoder for live previews only (txt2img(preview=...)); the main VAE
+    stays as it is.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
                        prediction_type=prediction_type, variant=variant, revision=revision, memory=memory,
-                       progress=progress)
+                       progress=progress, preview_vae=preview_vae)
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)
