@@ -66,7 +66,7 @@ struct VAEOptions {
     bool portable = false;  // CPU: build the graph other devices get (stock ggml ops only; for tests)
     size_t max_im2col_bytes = size_t(128) << 20;   // per strip (ConvMode::Strips)
     size_t max_attention_bytes = size_t(256) << 20;  // score matrix per query chunk
-    size_t winograd_strip_bytes = size_t(8) << 20;   // transformed input / products per strip (Winograd)
+    size_t winograd_strip_bytes = size_t(32) << 20;  // transformed input / products per strip (Winograd)
 };
 
 class VAE {

@@ -33,7 +33,13 @@ f32; about 1.8x less CPU time than f32 on an AVX512-BF16 CPU, relative error abo
 
 Memory and speed
 ----------------
-On the CPU, 3x3 convolutions use a custom im2col op (threads split output rows, padding read
+On the CPU the default ``conv="winograd"`` computes the 3x3 stride-1 convolutions by Winograd
+F(4x4, 3x3) (36 products per 4x4 output tile instead of 144) in row strips whose transformed
+input stays cache-sized (8 MiB), the decoder's nearest-2x upsampling read through by the input
+transform and the bias / residual added by the output transform; relative error vs direct f32
+convolution ~1e-6. The remaining convolutions (1x1, the encoder's stride-2 downsamplers, and
+every 3x3 one with ``compute="bf16"``) take the ``"strips"`` path. With ``conv="strips"``,
+3x3 convolutions use a custom im2col op (threads split output rows, padding read
 as zeros, optionally bf16) followed by ggml's matrix product; large convolutions are computed
 in horizontal strips written into one output so that no im2col buffer exceeds
 ``max_im2col_mb`` (128 MiB by default; the whole-image im2col of a 3x3 conv with 256 input
@@ -152,7 +158,7 @@ class VAE:
     def set_options(self, conv: Optional[str] = None, max_im2col_mb: Optional[float] = None,
                     max_attention_mb: Optional[float] = None, compute: Optional[str] = None,
                     portable: Optional[bool] = None) -> None:
-        """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
+        """conv: 'winograd' (default), 'strips', 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
         (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products);
         portable: on the CPU, build the graph of stock ggml ops that other devices get (tests).
         See the module docstring."""
