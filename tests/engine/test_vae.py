@@ -170,9 +170,9 @@ def test_bf16_variants(cpu, small_tensors, small_cfg, refs, weight_type, compute
     ("winograd", 4, 1, False), ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
     ("strips", 4, 1, True), ("im2col", 128, 256, True)])
 def test_execution_strategies_match(cpu, small_tensors, small_cfg, refs_large, conv, im2col_mb, attention_mb, portable):
-    """Winograd F(4x4, 3x3) strips (the default; at 160x128 the 8 MiB strip budget cuts the
-    full-resolution convolutions into 2 strips, and the 1x1 / stride-2 convolutions take the
-    strips path), strips (a 4 MiB budget cuts the full-resolution convolutions into 6-15 strips),
+    """Winograd F(4x4, 3x3) strips (the default; the 1x1 / stride-2 convolutions take the
+    strips path; several strips per convolution are tested in test_winograd_conv_matches_torch),
+    strips (a 4 MiB budget cuts the full-resolution convolutions into 6-15 strips),
     ggml_conv_2d_direct, a chunked attention, and the portable graph (stock ggml ops only, what
     GPUs run: ggml_im2col on row views with explicit padding, ggml_upscale) all give diffusers'
     result."""
