@@ -35,7 +35,7 @@ Memory and speed
 ----------------
 On the CPU the default ``conv="winograd"`` computes the 3x3 stride-1 convolutions by Winograd
 F(4x4, 3x3) (36 products per 4x4 output tile instead of 144) in row strips whose transformed
-input stays cache-sized (8 MiB), the decoder's nearest-2x upsampling read through by the input
+input stays cache-sized (32 MiB), the decoder's nearest-2x upsampling read through by the input
 transform and the bias / residual added by the output transform; relative error vs direct f32
 convolution ~1e-6. The remaining convolutions (1x1, the encoder's stride-2 downsamplers, and
 every 3x3 one with ``compute="bf16"``) take the ``"strips"`` path. With ``conv="strips"``,
