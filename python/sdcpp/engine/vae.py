@@ -27,7 +27,8 @@ f32). ``"bf16"`` is NaN-free too, at about 1e-2. All three run at the same speed
 
 ``set_options(compute="bf16")`` (CPU only) is the fast mode: the 3x3 convolutions' im2col and
 kernels are rounded to bf16 (f32's exponent range, so no overflow either) and accumulated in
-f32; about 1.8x less CPU time than f32 on an AVX512-BF16 CPU, relative error about 1e-2
+f32; about 1.8x less CPU time than f32 im2col strips on an AVX512-BF16 CPU (not measured
+against the Winograd default), relative error about 1e-2
 (diffusers' own bfloat16 decode is about 2.5e-2 from its float32 one). Everything else
 (norms, attention, 1x1 convolutions) stays f32.
 
@@ -46,7 +47,8 @@ in horizontal strips written into one output so that no im2col buffer exceeds
 channels at 512x512 would be 2.4 GB). ``set_options(conv="direct")`` uses
 ``ggml_conv_2d_direct`` instead (16 MiB work buffer, about 2x slower here) and
 ``conv="im2col"`` the unbounded whole-image im2col (no faster, about 2 GB more peak memory).
-Measured for a 512x512 decode of the SD VAE (2 threads): compute buffer 781 MB, peak RSS of
+Measured for a 512x512 decode of the SD VAE (2 threads): compute buffer 708 MB (781 MB with
+``conv="strips"``), peak RSS of
 the whole process 1.2 GB (diffusers float32: 1.7 GB).
 On other devices the same graph uses ggml's own im2col. The mid-block attention's score
 matrix is computed in query chunks of at most ``max_attention_mb``. Batches are decoded one
