@@ -8,8 +8,9 @@ all use the same thread count.
     PYTHONPATH=python python bench/bench_vae.py [--threads 2] [--size 64] [--repeat 1]
         [--configs sdcpp-f32,sdcpp-f16,sdcpp-bf16,diffusers-fp32,diffusers-bf16]
 
-Extra configurations: sdcpp-<weights>[-<option>...] with options direct (ggml_conv_2d_direct),
-im2col (whole-image im2col, no strips), strips<N> (strip budget N MiB), cbf16 (bf16 compute),
+Extra configurations: sdcpp-<weights>[-<option>...] with options winograd (the CPU default:
+Winograd F(4x4, 3x3) strips), direct (ggml_conv_2d_direct), im2col (whole-image im2col, no
+strips), strips<N> (im2col strips, budget N MiB; the default before Winograd), cbf16 (bf16 compute),
 e.g. sdcpp-bf16-cbf16.
 """
 from __future__ import annotations

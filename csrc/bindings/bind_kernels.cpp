@@ -1,8 +1,14 @@
 // The CPU kernel seam as seen from Python: levels (detected, active, cap) and, for the tests,
 // each element-wise kernel run at a given level on numpy arrays.
+#include <cstring>
+#include <optional>
+
 #include "../kernels/cpu/cpu_level.h"
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
+#include "../kernels/cpu/winograd_f43.h"
+#include "../model/winograd_strips.h"
+#include "ggml-cpu.h"
 #include "common.h"
 
 namespace sdcpp::bind {
@@ -37,6 +43,7 @@ void bind_kernels(py::module_& m) {
         d["detected"] = kc::level_name(kc::detected_level());
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
+        d["winograd"] = kc::level_name(kc::winograd_f43().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
@@ -46,6 +53,55 @@ void bind_kernels(py::module_& m) {
         d["features"] = f;
         return d;
     }, "which variant each CPU kernel uses");
+
+    // The VAE's Winograd F(4x4, 3x3) convolution as a graph of its own (strips, transforms at
+    // `level`, the level cap restored afterwards): x [1, C, H, W], w [OC, C, 3, 3], b [OC],
+    // residual [1, OC, H*up, W*up] or None -> [1, OC, H*up, W*up].
+    m.def("cpu_winograd_conv3x3", [](F32Array x, F32Array w, F32Array b, std::optional<F32Array> residual, int up,
+                                     const std::string& level, double strip_kb, int threads) {
+        require_ndim(x, 4, "x");
+        require_ndim(w, 4, "w");
+        table_for(level);  // throws for a level this CPU lacks
+        const int64_t C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
+        if (x.shape(0) != 1 || w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || b.size() != OC)
+            throw InvalidArgument("x must be [1, C, H, W], w [OC, C, 3, 3] and b [OC]");
+        if (up != 1 && up != 2) throw InvalidArgument("up must be 1 or 2");
+        const int64_t OH = H * up, OW = W * up;
+        if (residual && (residual->ndim() != 4 || residual->shape(0) != 1 || residual->shape(1) != OC ||
+                         residual->shape(2) != OH || residual->shape(3) != OW))
+            throw InvalidArgument("residual must be [1, OC, H*up, W*up]");
+        const int64_t T = ((OW + 3) / 4) * ((OH + 3) / 4);
+        const size_t bytes = sizeof(float) * size_t(36 * T * (C + OC) + 36 * C * OC + W * H * C + 9 * C * OC + 2 * OH * OW * OC + OC);
+        ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
+        ggml_context* ctx = ggml_init(ip);
+        if (!ctx) throw std::runtime_error("ggml_init failed");
+        const kc::Level cap = kc::level_cap();
+        kc::set_level_cap(kc::parse_level(level));
+        F32Array y = new_f32({1, OC, OH, OW});
+        try {
+            ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, 1);
+            ggml_tensor* tw = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 3, 3, C, OC);
+            ggml_tensor* tb = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC);
+            ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, 1) : nullptr;
+            std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+            std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+            std::memcpy(tb->data, b.data(), ggml_nbytes(tb));
+            if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
+            ggml_tensor* out = winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024));
+            ggml_cgraph* gf = ggml_new_graph_custom(ctx, 16384, false);
+            ggml_build_forward_expand(gf, out);
+            if (ggml_graph_compute_with_ctx(ctx, gf, threads) != GGML_STATUS_SUCCESS) throw std::runtime_error("graph compute failed");
+            std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
+        } catch (...) {
+            kc::set_level_cap(cap);
+            ggml_free(ctx);
+            throw;
+        }
+        kc::set_level_cap(cap);
+        ggml_free(ctx);
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("residual"), py::arg("up"), py::arg("level"),
+       py::arg("strip_kb") = 8192.0, py::arg("threads") = 2);
 
     // Test hooks: one kernel at one level (work unit 0 of 1), on C-contiguous float32 arrays.
     m.def("cpu_kernel_group_norm", [](F32Array x, F32Array w, F32Array b, int groups, float eps, bool silu, const std::string& level) {

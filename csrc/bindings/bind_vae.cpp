@@ -41,6 +41,7 @@ model::VAEConfig parse_config(const py::dict& d) {
 
 const char* conv_mode_name(model::ConvMode m) {
     switch (m) {
+        case model::ConvMode::Winograd: return "winograd";
         case model::ConvMode::Strips: return "strips";
         case model::ConvMode::Im2col: return "im2col";
         case model::ConvMode::Direct: return "direct";
@@ -83,10 +84,11 @@ void bind_vae(py::module_& m) {
             [](model::VAE& v, const std::string& conv, double max_im2col_mb, double max_attention_mb,
                const std::string& compute, bool portable) {
                 model::VAEOptions o = v.options();
-                if (conv == "strips") o.conv = model::ConvMode::Strips;
+                if (conv == "winograd") o.conv = model::ConvMode::Winograd;
+                else if (conv == "strips") o.conv = model::ConvMode::Strips;
                 else if (conv == "im2col") o.conv = model::ConvMode::Im2col;
                 else if (conv == "direct") o.conv = model::ConvMode::Direct;
-                else throw InvalidArgument("conv must be 'strips', 'im2col' or 'direct', got '" + conv + "'");
+                else throw InvalidArgument("conv must be 'winograd', 'strips', 'im2col' or 'direct', got '" + conv + "'");
                 if (compute == "f32") o.compute = model::ComputeType::F32;
                 else if (compute == "bf16") o.compute = model::ComputeType::BF16;
                 else throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + compute + "'");
@@ -97,7 +99,7 @@ void bind_vae(py::module_& m) {
                 o.max_attention_bytes = size_t(max_attention_mb * (1 << 20));
                 v.set_options(o);
             },
-            py::arg("conv") = "strips", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0, py::arg("compute") = "f32", py::arg("portable") = false)
+            py::arg("conv") = "winograd", py::arg("max_im2col_mb") = 128.0, py::arg("max_attention_mb") = 256.0, py::arg("compute") = "f32", py::arg("portable") = false)
         .def(
             "decode",
             [](model::VAE& v, const F32Array& z) {

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "../runtime/error.h"
+#include "winograd_strips.h"
 
 namespace sdcpp::model {
 
@@ -316,6 +317,12 @@ struct Builder {
             x = ggml_upscale(ctx, x, up, GGML_SCALE_MODE_NEAREST);
             up = 1;
         }
+        if (opt.conv == ConvMode::Winograd && cpu && KW == 3 && KH == 3 && stride == 1 && pl == 1 && pr == 1 && pt == 1 &&
+            pb == 1 && opt.compute == ComputeType::F32) {
+            // Bias, residual and the 2x upsampling are folded into the Winograd strips.
+            return winograd::conv3x3_f43(ctx, x, weight(name + ".weight"), f32(weight(name + ".bias")), residual, up,
+                                         opt.winograd_strip_bytes);
+        }
         const int64_t W = x->ne[0] * up, H = x->ne[1] * up;
         ggml_tensor* y;
         if (!cpu && KW == 1 && KH == 1 && stride == 1 && pl == 0 && pr == 0 && pt == 0 && pb == 0) {
@@ -344,7 +351,7 @@ struct Builder {
         }
 
         int64_t rows = OH;
-        if (opt.conv == ConvMode::Strips) {
+        if (opt.conv == ConvMode::Strips || opt.conv == ConvMode::Winograd) {
             const size_t per_row = size_t(OW) * size_t(K) * sizeof(float);
             rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / per_row)));
             if (rows < OH) {  // even strips
@@ -359,7 +366,7 @@ struct Builder {
             ggml_tensor* wr = weight(name + ".weight");
             w2 = ggml_reshape_2d(ctx, wr->type == GGML_TYPE_BF16 ? wr : ggml_cast(ctx, wr, GGML_TYPE_BF16), K, OC);
         }
-        if (opt.conv == ConvMode::Strips && rows < OH && bf16) {  // the budget holds twice the rows in bf16
+        if ((opt.conv == ConvMode::Strips || opt.conv == ConvMode::Winograd) && rows < OH && bf16) {  // the budget holds twice the rows in bf16
             rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / (size_t(OW) * K * elt))));
             const int64_t n = (OH + rows - 1) / rows;
             rows = (OH + n - 1) / n;

@@ -13,6 +13,10 @@
 // and are computed in horizontal strips of output rows, each strip's im2col bounded by
 // `max_im2col_bytes`, written in place into one output tensor. ggml_conv_2d_direct (a bounded
 // 16 MB work buffer) is available as an alternative. Other devices use ggml_im2col.
+// Speed: on the CPU the default ConvMode::Winograd computes the 3x3 stride-1 convolutions
+// (all but the encoder's downsamplers) by Winograd F(4x4, 3x3) in row strips, the decoder's
+// nearest-2x upsampling read through by the input transform; with ComputeType::BF16 the
+// strips' bf16 im2col is used instead.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -43,6 +47,8 @@ struct VAEConfig {
 };
 
 enum class ConvMode {
+    Winograd,  // CPU: 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) in cache-sized row strips
+               // (winograd_strips.h); the other convolutions (and other devices) as Strips
     Strips,  // f32 im2col + mul_mat, split into row strips when the im2col exceeds the budget
     Im2col,  // f32 im2col of the whole output at once (fastest when memory is plentiful)
     Direct,  // ggml_conv_2d_direct with f32 kernels (bounded work buffer)
@@ -55,11 +61,12 @@ enum class ComputeType {
 };
 
 struct VAEOptions {
-    ConvMode conv = ConvMode::Strips;
+    ConvMode conv = ConvMode::Winograd;
     ComputeType compute = ComputeType::F32;
     bool portable = false;  // CPU: build the graph other devices get (stock ggml ops only; for tests)
     size_t max_im2col_bytes = size_t(128) << 20;   // per strip (ConvMode::Strips)
     size_t max_attention_bytes = size_t(256) << 20;  // score matrix per query chunk
+    size_t winograd_strip_bytes = size_t(32) << 20;  // transformed input / products per strip (Winograd)
 };
 
 class VAE {

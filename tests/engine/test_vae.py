@@ -14,9 +14,12 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+import sdcpp
 from sdcpp import errors
 from sdcpp.engine import vae as V
 from sdcpp.engine.weights import build_store, open_device
+
+core = sdcpp.engine.weights.native()
 
 SMALL = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=8, latent_channels=4,
              in_channels=3, out_channels=3, sample_size=64,
@@ -164,10 +167,12 @@ def test_bf16_variants(cpu, small_tensors, small_cfg, refs, weight_type, compute
 
 
 @pytest.mark.parametrize("conv,im2col_mb,attention_mb,portable", [
-    ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
+    ("winograd", 4, 1, False), ("strips", 4, 1, False), ("direct", 128, 256, False), ("im2col", 128, 1, False),
     ("strips", 4, 1, True), ("im2col", 128, 256, True)])
 def test_execution_strategies_match(cpu, small_tensors, small_cfg, refs_large, conv, im2col_mb, attention_mb, portable):
-    """Strips (a 4 MiB budget cuts the full-resolution convolutions into 6-15 strips),
+    """Winograd F(4x4, 3x3) strips (the default; the 1x1 / stride-2 convolutions take the
+    strips path; several strips per convolution are tested in test_winograd_conv_matches_torch),
+    strips (a 4 MiB budget cuts the full-resolution convolutions into 6-15 strips),
     ggml_conv_2d_direct, a chunked attention, and the portable graph (stock ggml ops only, what
     GPUs run: ggml_im2col on row views with explicit padding, ggml_upscale) all give diffusers'
     result."""
@@ -180,6 +185,64 @@ def test_execution_strategies_match(cpu, small_tensors, small_cfg, refs_large, c
     print(f"{conv} (im2col {im2col_mb} MiB, attention {attention_mb} MiB, portable {portable}): "
           f"decode {err_dec:.2e}, encode {err_enc:.2e}")
     assert err_dec <= 1e-4 and err_enc <= 1e-4
+
+
+CONV_MODES = ["winograd", "strips", "im2col", "direct"]
+
+
+@pytest.fixture
+def restore_level():
+    cap = core.cpu_kernels()["cap"]
+    yield
+    core.set_cpu_level(cap)
+
+
+@pytest.mark.parametrize("level", core.cpu_levels())
+@pytest.mark.parametrize("conv", CONV_MODES)
+def test_conv_modes_at_each_cpu_level(cpu, small_tensors, small_cfg, refs, conv, level, restore_level):
+    """Decode and encode in every conv mode with the CPU kernels (Winograd transforms, norms,
+    attention) capped at every level this machine has."""
+    assert core.set_cpu_level(level) == level
+    if conv == "winograd":
+        assert core.cpu_kernels()["winograd"] == level
+    vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
+    vae.set_options(conv=conv)
+    z, ref_z, x, ref_x = refs
+    err_dec, err_enc = rel(vae.decode(z), ref_z), rel(vae.encode(x), ref_x)
+    print(f"{conv} at {level}: decode {err_dec:.2e}, encode {err_enc:.2e}")
+    assert err_dec <= 1e-4 and err_enc <= 1e-4
+
+
+@pytest.mark.parametrize("level", core.cpu_levels())
+@pytest.mark.parametrize("C,OC,H,W,up,residual,strip_kb", [
+    (13, 7, 11, 9, 1, True, 4),        # one tile row per strip, partial tiles on both edges
+    (5, 19, 6, 10, 2, False, 8192),    # nearest-2x upsampling read through, one strip
+    (24, 40, 23, 70, 2, True, 64),     # 8 and 16 lane groups plus scalar tails, several strips
+    (37, 9, 1, 3, 1, False, 8192),     # a single row
+    (3, 5, 4, 4, 1, True, 1),          # exactly one tile
+])
+def test_winograd_conv_matches_torch(C, OC, H, W, up, residual, strip_kb, level):
+    """The Winograd F(4x4, 3x3) strip convolution alone against torch's float64 conv2d (after
+    nearest 2x upsampling when up = 2), with bias and residual, H/W not multiples of 4 and
+    channel counts not multiples of 8, at each CPU level."""
+    rng = np.random.default_rng(C * 1000 + H)
+    x = rng.standard_normal((1, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((OC, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32)
+    res = rng.standard_normal((1, OC, H * up, W * up)).astype(np.float32) if residual else None
+    xt = torch.from_numpy(x).double()
+    if up == 2:
+        xt = torch.nn.functional.interpolate(xt, scale_factor=2, mode="nearest")
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), torch.from_numpy(b).double(), padding=1).numpy()
+    if residual:
+        ref = ref + res
+    out = core.cpu_winograd_conv3x3(x, w, b, res, up, level, strip_kb, 2)
+    assert out.shape == ref.shape
+    err = rel(out, ref)
+    scale = float(np.abs(ref).max())
+    print(f"winograd {level} C={C} OC={OC} {H}x{W} up={up}: rel L2 {err:.2e}, max abs {np.abs(out - ref).max():.2e}")
+    # F(4, 3) in f32: a few ulps of the result's magnitude (direct f32 convolution: ~1e-7).
+    assert err <= 3e-6 and float(np.abs(out - ref).max()) <= 3e-6 * max(scale, 1.0) * 10
 
 
 def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, refs):
@@ -332,15 +395,15 @@ def test_wrong_weight_shape_or_config(cpu, small_tensors, small_cfg):
 
 
 def test_bad_options(vae_f32):
-    with pytest.raises(ValueError):
-        vae_f32.set_options(conv="winograd")
+    with pytest.raises(ValueError, match="winograd"):
+        vae_f32.set_options(conv="fft")
     with pytest.raises(ValueError):
         vae_f32.set_options(compute="f16")
     with pytest.raises(ValueError):
         vae_f32.set_options(max_im2col_mb=0)
     with pytest.raises(ValueError):
         V.VAE.from_tensors(None, {}, {})
-    assert vae_f32.options()["conv"] == "strips"
+    assert vae_f32.options()["conv"] == "winograd"
 
 
 def test_decoder_only_and_encoder_only_stores(cpu, small_tensors, small_cfg):

@@ -27,20 +27,28 @@ f32). ``"bf16"`` is NaN-free too, at about 1e-2. All three run at the same speed
 
 ``set_options(compute="bf16")`` (CPU only) is the fast mode: the 3x3 convolutions' im2col and
 kernels are rounded to bf16 (f32's exponent range, so no overflow either) and accumulated in
-f32; about 1.8x less CPU time than f32 on an AVX512-BF16 CPU, relative error about 1e-2
+f32; about 1.8x less CPU time than f32 im2col strips on an AVX512-BF16 CPU (not measured
+against the Winograd default), relative error about 1e-2
 (diffusers' own bfloat16 decode is about 2.5e-2 from its float32 one). Everything else
 (norms, attention, 1x1 convolutions) stays f32.
 
 Memory and speed
 ----------------
-On the CPU, 3x3 convolutions use a custom im2col op (threads split output rows, padding read
+On the CPU the default ``conv="winograd"`` computes the 3x3 stride-1 convolutions by Winograd
+F(4x4, 3x3) (36 products per 4x4 output tile instead of 144) in row strips whose transformed
+input stays cache-sized (32 MiB), the decoder's nearest-2x upsampling read through by the input
+transform and the bias / residual added by the output transform; relative error vs direct f32
+convolution ~1e-6. The remaining convolutions (1x1, the encoder's stride-2 downsamplers, and
+every 3x3 one with ``compute="bf16"``) take the ``"strips"`` path. With ``conv="strips"``,
+3x3 convolutions use a custom im2col op (threads split output rows, padding read
 as zeros, optionally bf16) followed by ggml's matrix product; large convolutions are computed
 in horizontal strips written into one output so that no im2col buffer exceeds
 ``max_im2col_mb`` (128 MiB by default; the whole-image im2col of a 3x3 conv with 256 input
 channels at 512x512 would be 2.4 GB). ``set_options(conv="direct")`` uses
 ``ggml_conv_2d_direct`` instead (16 MiB work buffer, about 2x slower here) and
 ``conv="im2col"`` the unbounded whole-image im2col (no faster, about 2 GB more peak memory).
-Measured for a 512x512 decode of the SD VAE (2 threads): compute buffer 781 MB, peak RSS of
+Measured for a 512x512 decode of the SD VAE (2 threads): compute buffer 708 MB (781 MB with
+``conv="strips"``), peak RSS of
 the whole process 1.2 GB (diffusers float32: 1.7 GB).
 On other devices the same graph uses ggml's own im2col. The mid-block attention's score
 matrix is computed in query chunks of at most ``max_attention_mb``. Batches are decoded one
@@ -160,7 +168,7 @@ class VAE:
     def set_options(self, conv: Optional[str] = None, max_im2col_mb: Optional[float] = None,
                     max_attention_mb: Optional[float] = None, compute: Optional[str] = None,
                     portable: Optional[bool] = None) -> None:
-        """conv: 'strips' (default), 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
+        """conv: 'winograd' (default), 'strips', 'direct' or 'im2col'; budgets in MiB; compute: 'f32'
         (default, exact) or 'bf16' (CPU: faster 3x3 convolutions, bf16-rounded products);
         portable: on the CPU, build the graph of stock ggml ops that other devices get (tests).
         See the module docstring."""

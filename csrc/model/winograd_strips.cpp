@@ -1,0 +1,166 @@
+#include "winograd_strips.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "../kernels/cpu/winograd_f43.h"
+#include "ggml-cpu.h"
+
+namespace sdcpp::winograd {
+
+namespace {
+
+namespace kc = sdcpp::kernels::cpu;
+
+constexpr int64_t kChunk = 16;  // tiles per input-transform work unit (its patch: 6 x 66 x C floats)
+
+struct StripParams {
+    int64_t ty0, nty;  // the strip's first tile row and its number of tile rows
+    int up;
+    bool first;  // the first strip allocates the output; the others write into it in place
+    bool operator<(const StripParams& o) const { return std::tie(ty0, nty, up, first) < std::tie(o.ty0, o.nty, o.up, o.first); }
+};
+
+// Custom ops keep a pointer to their parameters: intern them for the life of the process
+// (one entry per distinct strip geometry).
+const StripParams* intern(const StripParams& p) {
+    static std::mutex mu;
+    static std::set<StripParams> table;
+    std::lock_guard<std::mutex> lock(mu);
+    return &*table.insert(p).first;
+}
+
+std::vector<float>& scratch(size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf;
+}
+
+// V [C, nty * TW, 36] for the strip's tiles from x [W, H, C, 1] (read through the upsampling).
+// Work units are (tile row, chunk of kChunk tiles): each copies the six input rows its tiles
+// read into a channels-last patch (zeros for the padding), then transforms it.
+void input_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const StripParams& p = *static_cast<const StripParams*>(userdata);
+    const ggml_tensor* x = dst->src[0];
+    const int up = p.up;
+    const int64_t W = x->ne[0] * up, H = x->ne[1] * up, C = x->ne[2];
+    const int64_t TW = (W + 3) / 4;
+    const int64_t chunks = (TW + kChunk - 1) / kChunk;
+    const kc::WinogradF43& k = kc::winograd_f43();
+    float* v = static_cast<float*>(dst->data);
+    const int64_t p_stride = dst->nb[2] / sizeof(float);
+    const char* base = static_cast<const char*>(x->data);
+    for (int64_t unit = ith; unit < p.nty * chunks; unit += nth) {
+        const int64_t r = unit / chunks, tx0 = (unit % chunks) * kChunk;
+        const int64_t nt = std::min(kChunk, TW - tx0);
+        const int64_t cols = 4 * nt + 2;
+        float* patch = scratch(size_t(6 * cols * C)).data();
+        const int64_t x0 = 4 * tx0 - 1;
+        // Columns [k_lo, k_hi) of the patch lie inside the image.
+        const int64_t k_lo = std::max<int64_t>(0, -x0), k_hi = std::min<int64_t>(cols, W - x0);
+        for (int i = 0; i < 6; ++i) {
+            const int64_t iy = 4 * (p.ty0 + r) - 1 + i;
+            float* prow = patch + i * cols * C;
+            if (iy < 0 || iy >= H) {
+                std::memset(prow, 0, sizeof(float) * cols * C);
+                continue;
+            }
+            for (int64_t kx = 0; kx < k_lo; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
+            for (int64_t kx = std::max(k_lo, k_hi); kx < cols; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
+            for (int64_t c = 0; c < C; ++c) {
+                const float* src = reinterpret_cast<const float*>(base + c * x->nb[2] + (iy / up) * x->nb[1]);
+                float* d = prow + c;
+                if (up == 1) {
+                    for (int64_t kx = k_lo; kx < k_hi; ++kx) d[kx * C] = src[x0 + kx];
+                } else {
+                    for (int64_t kx = k_lo; kx < k_hi; ++kx) d[kx * C] = src[(x0 + kx) / 2];
+                }
+            }
+        }
+        k.input_tiles(patch, C, nt, v + (r * TW + tx0) * C, p_stride);
+    }
+}
+
+// U [C, OC, 36] from w [3, 3, C, OC]; threads take output channels.
+void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* w = dst->src[0];
+    const int64_t C = w->ne[2], OC = w->ne[3];
+    float* g = scratch(size_t(9 * C)).data();
+    const int64_t p_stride = dst->nb[2] / sizeof(float);
+    for (int64_t oc = ith; oc < OC; oc += nth) {
+        const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
+        switch (w->type) {
+            case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
+            case GGML_TYPE_F16: ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(src), g, 9 * C); break;
+            default: ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(src), g, 9 * C); break;
+        }
+        kc::winograd_f43_kernel(g, C, static_cast<float*>(dst->data) + oc * (dst->nb[1] / sizeof(float)), p_stride);
+    }
+}
+
+// The strip's rows of y [W, H, OC, 1] = A^T M A + b (+ residual), M [nty * TW, OC, 36].
+// Sources: (y, when in place), M, b, residual.
+void output_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
+    const StripParams& p = *static_cast<const StripParams*>(userdata);
+    const int s0 = p.first ? 0 : 1;
+    const ggml_tensor* m = dst->src[s0];
+    const ggml_tensor* b = dst->src[s0 + 1];
+    const ggml_tensor* res = dst->src[s0 + 2];
+    const int64_t W = dst->ne[0], H = dst->ne[1], OC = dst->ne[2];
+    const int64_t TW = (W + 3) / 4;
+    const kc::WinogradF43& k = kc::winograd_f43();
+    const int64_t m_p = m->nb[2] / sizeof(float);
+    for (int64_t unit = ith; unit < OC * p.nty; unit += nth) {
+        const int64_t oc = unit / p.nty, r = unit % p.nty;
+        const int64_t y0 = 4 * (p.ty0 + r);
+        const int rows = static_cast<int>(std::min<int64_t>(4, H - y0));
+        const float* mp = reinterpret_cast<const float*>(static_cast<const char*>(m->data) + oc * m->nb[1]) + r * TW;
+        const float bias = *reinterpret_cast<const float*>(static_cast<const char*>(b->data) + oc * b->nb[0]);
+        const float* rp = res ? reinterpret_cast<const float*>(static_cast<const char*>(res->data) + oc * res->nb[2] + y0 * res->nb[1])
+                              : nullptr;
+        float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + oc * dst->nb[2] + y0 * dst->nb[1]);
+        k.output_tiles(mp, m_p, TW, rows, W, bias, rp, res ? res->nb[1] / sizeof(float) : 0, out, dst->nb[1] / sizeof(float));
+    }
+}
+
+}  // namespace
+
+ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_tensor* residual, int up,
+                         size_t strip_bytes) {
+    if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+    if (!ggml_is_contiguous(w)) w = ggml_cont(ctx, w);
+    if (residual && (residual->nb[0] != sizeof(float) || residual->type != GGML_TYPE_F32)) residual = ggml_cont(ctx, residual);
+    const int64_t W = x->ne[0] * up, H = x->ne[1] * up, C = x->ne[2], OC = w->ne[3];
+    const int64_t TW = (W + 3) / 4, TH = (H + 3) / 4;
+    // Tile rows per strip: the strip's V and M each within the budget, strips of even size.
+    const size_t per_row = size_t(TW) * 36 * sizeof(float) * size_t(std::max(C, OC));
+    int64_t nty = std::max<int64_t>(1, std::min<int64_t>(TH, int64_t(strip_bytes / per_row)));
+    const int64_t n = (TH + nty - 1) / nty;
+    nty = (TH + n - 1) / n;
+
+    ggml_tensor* wa[1] = {w};
+    ggml_tensor* u = ggml_custom_4d(ctx, GGML_TYPE_F32, C, OC, 36, 1, wa, 1, kernel_op, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor* y = nullptr;
+    for (int64_t ty0 = 0; ty0 < TH; ty0 += nty) {
+        const int64_t rows = std::min(nty, TH - ty0);
+        const StripParams* p = intern({ty0, rows, up, y == nullptr});
+        ggml_tensor* xa[1] = {x};
+        ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, rows * TW, 36, 1, xa, 1, input_op, GGML_N_TASKS_MAX,
+                                        const_cast<StripParams*>(p));
+        ggml_tensor* m = ggml_mul_mat(ctx, v, u);  // [rows * TW, OC, 36]
+        ggml_tensor* args[3] = {m, b, residual};
+        const int nargs = residual ? 3 : 2;
+        if (!y) {
+            y = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, 1, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));
+        } else {
+            y = ggml_custom_inplace(ctx, y, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));
+        }
+    }
+    return y;
+}
+
+}  // namespace sdcpp::winograd

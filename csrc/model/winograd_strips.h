@@ -1,0 +1,25 @@
+// 3x3 stride-1 pad-1 convolution by Winograd F(4x4, 3x3) on the CPU backend, computed in
+// horizontal strips of tile rows (the VAE's convolutions).
+//
+// Per 4x4 output tile: 36 products instead of 144 (4x fewer multiplications than direct or
+// im2col + GEMM). The 36 channel sums are 36 batched matrix products [tiles x C] @ [C x OC]
+// done by ggml_mul_mat; the input, kernel and output transforms are ggml custom ops whose
+// inner loops are the per-ISA kernels of csrc/kernels/cpu/winograd_f43.h. A whole-image
+// transform of a 512x512x128 activation is 300 MB, so the image is cut into strips whose
+// transformed input and products each stay within `strip_bytes` (cache-sized); every strip's
+// output transform writes its rows in place into one output tensor, adding the bias and the
+// residual on the way (no second full-size tensor, no copy).
+#pragma once
+#include <cstddef>
+
+#include "ggml.h"
+
+namespace sdcpp::winograd {
+
+// y [W*up, H*up, OC, 1] = conv3x3(x') + b (+ residual), x' = x [W, H, C, 1] (f32, contiguous)
+// or, with up = 2, its nearest-neighbour 2x upsampling (read through, never materialized).
+// w [3, 3, C, OC] f32 / f16 / bf16; b [OC] f32; residual f32 of y's shape, or null.
+ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_tensor* residual, int up,
+                         size_t strip_bytes);
+
+}  // namespace sdcpp::winograd
