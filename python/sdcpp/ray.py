@@ -1,5 +1,5 @@
 """sdcpp on Ray: the `sdcpp serve` HTTP API as a Ray Serve deployment with N replicas, and a
-callable class for Ray Data's ``map_batches`` (offline batch generation). docs/server.md, "Ray".
+callable class for Ray Data's ``map_batches`` (offline batch generation). docs/serve.md, "Ray".
 
 Needs ``pip install "sdcpp[ray]"``; ``import sdcpp`` never imports Ray. Each replica / Ray Data
 actor loads its own model and answers exactly as one `sdcpp serve` process (or one
@@ -32,7 +32,7 @@ class SdcppReplica:
 
 def deployment(config: ServerConfig, *, num_replicas: Optional[int] = 1, num_cpus: Optional[float] = None,
                num_gpus: Optional[float] = None, autoscaling_config: Optional[dict] = None, **serve_options: Any):
-    """A bound Ray Serve application serving the A1111 and OpenAI APIs of docs/server.md:
+    """A bound Ray Serve application serving the A1111 and OpenAI APIs of docs/serve.md:
 
         from ray import serve
         serve.run(sdcpp.ray.deployment(ServerConfig(model="m.safetensors"), num_replicas=2, num_cpus=4),

@@ -1,4 +1,4 @@
-"""`sdcpp serve`: the A1111 and OpenAI image APIs over one model (docs/server.md).
+"""`sdcpp serve`: the A1111 and OpenAI image APIs over one model (docs/serve.md).
 
 Needs the server extra (``pip install "sdcpp[server]"``: FastAPI, uvicorn, python-multipart);
 ``import sdcpp`` never imports this package.

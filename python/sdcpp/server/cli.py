@@ -10,7 +10,7 @@ from .. import errors
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the A1111 and OpenAI image APIs over HTTP (needs sdcpp[server])",
                        description="Serve one model over the AUTOMATIC1111 (/sdapi/v1) and OpenAI (/v1/images) "
-                                   "HTTP APIs. See docs/server.md.")
+                                   "HTTP APIs. See docs/serve.md.")
     p.add_argument("-m", "--model", required=True, help="checkpoint file, diffusers folder or Hugging Face repo id")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
