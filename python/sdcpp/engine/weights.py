@@ -88,7 +88,9 @@ def _as_native_array(arr: np.ndarray) -> np.ndarray:
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
-    one tensor at a time so peak host memory stays at one tensor."""
+    one tensor at a time so peak host memory stays at one tensor. A record's file pages are
+    released from this process's mapping as soon as its tensor is stored (io.mmap_view
+    .release_pages), so the checkpoint's pages never sit in RSS beside the whole copy."""
     core = native()
     store = core.WeightStore(device)
     for name, value in tensors.items():
@@ -98,4 +100,15 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     for name, value in tensors.items():
         arr = value if isinstance(value, np.ndarray) else value.numpy()
         store.set(name, _as_native_array(np.asarray(arr)))
+        if not isinstance(value, np.ndarray):
+            # the copy is in the store: the mapped file's pages need not stay in our RSS
+            _release(value)
     return store
+
+
+def _release(record) -> None:
+    from ..io.mmap_view import release_pages
+    from ..io.records import TensorRecord
+
+    if isinstance(record, TensorRecord):
+        release_pages(record)
