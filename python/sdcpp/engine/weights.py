@@ -13,6 +13,7 @@ import numpy as np
 from .. import errors
 
 WEIGHT_TYPES = ("f32", "f16", "bf16")
+LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
 
 
 def native():
@@ -88,7 +89,8 @@ def _as_native_array(arr: np.ndarray) -> np.ndarray:
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
-    one tensor at a time so peak host memory stays at one tensor. A record's file pages are
+    one tensor per worker thread at a time (LOAD_WORKERS) so peak host memory beyond the store
+    stays at a few tensors. A record's file pages are
     released from this process's mapping as soon as its tensor is stored (io.mmap_view
     .release_pages), so the checkpoint's pages never sit in RSS beside the whole copy."""
     core = native()
@@ -97,12 +99,28 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
         shape = tuple(int(d) for d in value.shape)
         store.declare(name, list(shape), type_of(name, shape, weight_type))
     store.allocate()
-    for name, value in tensors.items():
+
+    def fill(name, value) -> None:
         arr = value if isinstance(value, np.ndarray) else value.numpy()
         store.set(name, _as_native_array(np.asarray(arr)))
         if not isinstance(value, np.ndarray):
             # the copy is in the store: the mapped file's pages need not stay in our RSS
             _release(value)
+
+    items = list(tensors.items())
+    workers = min(LOAD_WORKERS, len(items))
+    if workers <= 1:
+        for name, value in items:
+            fill(name, value)
+        return store
+    # The copy is bound by page faults (reading the mapped file, first touch of the store's
+    # memory) and conversions, both outside the GIL: a few threads overlap them. Each holds at
+    # most one converted tensor. Errors surface in tensor order.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(fill, name, value) for name, value in items]:
+            fut.result()
     return store
 
 
