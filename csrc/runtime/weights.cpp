@@ -8,6 +8,14 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define SDCPP_HAVE_MMAP 1
+#endif
+
 namespace sdcpp {
 
 ggml_type parse_type(const std::string& name) {
@@ -24,20 +32,91 @@ WeightStore::WeightStore(DevicePtr device) : device_(std::move(device)) {}
 
 WeightStore::~WeightStore() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
+    for (Mapping& m : maps_) {
+        if (m.buffer) ggml_backend_buffer_free(m.buffer);  // a from_ptr buffer: frees no memory
+#ifdef SDCPP_HAVE_MMAP
+        if (m.addr) munmap(m.addr, m.size);
+#endif
+    }
     if (ctx_) ggml_free(ctx_);
 }
 
+bool WeightStore::mapping_supported() {
+#ifdef SDCPP_HAVE_MMAP
+    return true;
+#else
+    return false;
+#endif
+}
+
+void WeightStore::map_to_file(const std::string& name, const std::string& file, uint64_t offset) {
+    SD_CHECK(!allocated_, "weights are already allocated; cannot map '" + name + "'");
+    SD_CHECK(mapping_supported(), "zero-copy weights need mmap (not available on this system)");
+    SD_CHECK(device_->is_cpu(), "zero-copy weights work on the CPU device only");
+    auto it = spec_index_.find(name);
+    SD_CHECK(it != spec_index_.end(), "tensor '" + name + "' was not declared");
+    Spec& s = specs_[it->second];
+    SD_CHECK(ggml_blck_size(s.type) == 1, "tensor '" + name + "': only plain types can be mapped");
+    SD_CHECK(offset % ggml_type_size(s.type) == 0, "tensor '" + name + "': file offset " + std::to_string(offset) +
+                                                       " is not a multiple of its element size");
+    s.file = file;
+    s.offset = offset;
+}
+
+bool WeightStore::is_mapped(const std::string& name) const {
+    auto it = spec_index_.find(name);
+    return allocated_ && it != spec_index_.end() && !specs_[it->second].file.empty();
+}
+
+void WeightStore::map_specs() {
+#ifdef SDCPP_HAVE_MMAP
+    std::unordered_map<std::string, size_t> by_file;  // file -> maps_ index
+    for (const Spec& s : specs_) {
+        if (s.file.empty()) continue;
+        auto f = by_file.find(s.file);
+        if (f == by_file.end()) {
+            const int fd = ::open(s.file.c_str(), O_RDONLY);
+            SD_CHECK(fd >= 0, "cannot open '" + s.file + "' to map its weights");
+            struct stat st {};
+            const bool ok = fstat(fd, &st) == 0 && st.st_size > 0;
+            void* addr = ok ? mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+            ::close(fd);  // the mapping keeps the file
+            SD_CHECK(addr != MAP_FAILED, "cannot map '" + s.file + "'");
+            Mapping m;
+            m.addr = addr;
+            m.size = size_t(st.st_size);
+            maps_.push_back(m);
+            m.buffer = ggml_backend_cpu_buffer_from_ptr(addr, m.size);
+            maps_.back().buffer = m.buffer;
+            SD_CHECK(m.buffer, "cannot wrap the mapping of '" + s.file + "' in a ggml buffer");
+            ggml_backend_buffer_set_usage(m.buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            f = by_file.emplace(s.file, maps_.size() - 1).first;
+        }
+        const Mapping& m = maps_[f->second];
+        ggml_tensor* t = tensors_.at(s.name);
+        const size_t nb = ggml_nbytes(t);
+        SD_CHECK(s.offset + nb <= m.size, "tensor '" + s.name + "' (bytes " + std::to_string(s.offset) + ".." +
+                                              std::to_string(s.offset + nb) + ") lies outside '" + s.file + "'");
+        SD_CHECK(ggml_backend_tensor_alloc(m.buffer, t, static_cast<char*>(m.addr) + s.offset) == GGML_STATUS_SUCCESS,
+                 "cannot place tensor '" + s.name + "' in the mapping of '" + s.file + "'");
+        mapped_bytes_ += nb;
+    }
+#endif
+}
+
 void WeightStore::declare(const std::string& name, const std::vector<int64_t>& shape, ggml_type type) {
-    SD_CHECK(!buffer_, "weights are already allocated; cannot declare '" + name + "'");
+    SD_CHECK(!allocated_, "weights are already allocated; cannot declare '" + name + "'");
     SD_CHECK(!shape.empty() && shape.size() <= 4, "tensor '" + name + "' must have 1 to 4 dims");
     for (int64_t d : shape) SD_CHECK(d > 0, "tensor '" + name + "' has a non-positive dimension");
     const int64_t row = shape.back();
     if (ggml_blck_size(type) > 1 && row % ggml_blck_size(type) != 0) type = GGML_TYPE_F16;  // rows not block-aligned
-    specs_.push_back({name, shape, type});
+    SD_CHECK(spec_index_.find(name) == spec_index_.end(), "tensor '" + name + "' declared twice");
+    spec_index_[name] = specs_.size();
+    specs_.push_back({name, shape, type, std::string(), 0});
 }
 
 void WeightStore::allocate() {
-    SD_CHECK(!buffer_, "weights are already allocated");
+    SD_CHECK(!allocated_, "weights are already allocated");
     SD_CHECK(!specs_.empty(), "no weights were declared");
     ggml_init_params params{};
     params.mem_size = ggml_tensor_overhead() * (specs_.size() + 1);
@@ -53,10 +132,16 @@ void WeightStore::allocate() {
         ggml_set_name(t, s.name.size() < GGML_MAX_NAME ? s.name.c_str() : s.name.substr(s.name.size() - GGML_MAX_NAME + 1).c_str());
         tensors_[s.name] = t;
     }
-    buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, device_->backend());
-    if (!buffer_)
-        throw Error("out of memory on " + device_->info().name + " allocating the model weights");
-    ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    map_specs();  // zero-copy tensors first: ggml-alloc then skips them (their data is set)
+    bool owned = false;
+    for (const Spec& s : specs_) owned = owned || s.file.empty();
+    if (owned) {
+        buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, device_->backend());
+        if (!buffer_)
+            throw Error("out of memory on " + device_->info().name + " allocating the model weights");
+        ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
+    allocated_ = true;
 }
 
 ggml_tensor* WeightStore::find(const std::string& name) const {
@@ -83,10 +168,10 @@ std::vector<int64_t> WeightStore::shape(const std::string& name) const {
     return out;
 }
 
-size_t WeightStore::nbytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+size_t WeightStore::nbytes() const { return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) + mapped_bytes_; }
 
 void WeightStore::set(const std::string& name, const void* data, ggml_type src_type, size_t count) {
-    SD_CHECK(buffer_, "weights are not allocated yet");
+    SD_CHECK(allocated_, "weights are not allocated yet");
     ggml_tensor* t = get(name);
     SD_CHECK(static_cast<int64_t>(count) == ggml_nelements(t),
              "tensor '" + name + "': got " + std::to_string(count) + " values, expected " + std::to_string(ggml_nelements(t)));

@@ -14,6 +14,8 @@ from .. import errors
 
 WEIGHT_TYPES = ("f32", "f16", "bf16")
 LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
+# Weights used in place from the checkpoint where possible (build_store); SDCPP_ZERO_COPY=0 copies.
+ZERO_COPY = os.environ.get("SDCPP_ZERO_COPY", "1") != "0"
 
 
 def native():
@@ -86,19 +88,49 @@ def _as_native_array(arr: np.ndarray) -> np.ndarray:
     raise errors.InvalidArgumentError(f"cannot store an array of dtype {arr.dtype}")
 
 
+# What a record's on-disk dtype must be for the store to use its bytes in place (zero copy).
+_IN_PLACE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+
+def _mappable(record, stored: str) -> bool:
+    """Whether `record`'s bytes can serve as the stored tensor as they are: same type, C order
+    (no transposed/strided view), at a multiple of the element size, in a plain file (records
+    of .ckpt archives are stored members, still plain bytes of the file)."""
+    from ..io.records import DTYPE_ITEMSIZE, TensorRecord
+    from ..io.safetensors_reader import contiguous_strides
+
+    return (isinstance(record, TensorRecord) and _IN_PLACE.get(record.dtype) == stored
+            and tuple(record.strides) == tuple(contiguous_strides(record.shape))
+            and record.offset % DTYPE_ITEMSIZE[record.dtype] == 0 and len(record.shape) >= 1
+            and all(int(d) > 0 for d in record.shape))
+
+
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
-                type_of: Callable[[str, tuple, str], str] = storage_type):
+                type_of: Callable[[str, tuple, str], str] = storage_type, zero_copy: Optional[bool] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
     one tensor per worker thread at a time (LOAD_WORKERS) so peak host memory beyond the store
-    stays at a few tensors. A record's file pages are
-    released from this process's mapping as soon as its tensor is stored (io.mmap_view
-    .release_pages), so the checkpoint's pages never sit in RSS beside the whole copy."""
+    stays at a few tensors.
+
+    zero_copy (default ZERO_COPY; CPU only): a TensorRecord already in its stored type, C order
+    in its file (at a multiple of the element size) is not copied: the store maps the file privately and uses
+    those bytes in place (WeightStore.map_to_file; copy-on-write if a LoRA writes it). The other
+    records' file pages are released from this process's mapping as soon as their tensor is
+    stored (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the
+    whole copy."""
     core = native()
     store = core.WeightStore(device)
+    zero_copy = ZERO_COPY if zero_copy is None else bool(zero_copy)
+    zero_copy = zero_copy and device.is_cpu and core.WeightStore.mapping_supported()
+    mapped = set()
     for name, value in tensors.items():
         shape = tuple(int(d) for d in value.shape)
-        store.declare(name, list(shape), type_of(name, shape, weight_type))
+        stored = type_of(name, shape, weight_type)
+        store.declare(name, list(shape), stored)
+        if zero_copy and _mappable(value, stored):
+            store.map_to_file(name, str(value.file), int(value.offset))
+            mapped.add(name)
     store.allocate()
+    tensors = {k: v for k, v in tensors.items() if k not in mapped}
 
     def fill(name, value) -> None:
         arr = value if isinstance(value, np.ndarray) else value.numpy()
