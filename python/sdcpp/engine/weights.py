@@ -129,7 +129,13 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
         if zero_copy and _mappable(value, stored):
             store.map_to_file(name, str(value.file), int(value.offset))
             mapped.add(name)
-    store.allocate()
+    try:
+        store.allocate()
+    except Exception:
+        if not mapped:
+            raise
+        # a file system that refuses private writable maps: copy instead
+        return build_store(device, tensors, weight_type, type_of, zero_copy=False)
     tensors = {k: v for k, v in tensors.items() if k not in mapped}
 
     def fill(name, value) -> None:
