@@ -87,3 +87,22 @@ def test_zero_copy_pipeline_is_bit_identical_and_matches_diffusers(aligned_file,
     assert np.array_equal(out[True], out[False])
     ref = run_diffusers(fx, "ldm", latents=latents, height=SIZE, width=SIZE)
     assert rel(out[True], ref[0]) <= 1e-3
+
+
+def test_tensors_sharing_bytes_are_copied(aligned_file):
+    """Two records over the same bytes (tied weights of a pickled checkpoint): mapping both
+    would let a write to one change the other, so both are copied."""
+    from dataclasses import replace
+
+    _, path = aligned_file
+    recs = read_tensors(path)
+    k = next(n for n, r in recs.items() if r.dtype == "F32" and len(r.shape) == 2)
+    sub = {"a": recs[k].renamed("a"), "b": recs[k].renamed("b"),
+           "c": replace(recs[k], name="c", offset=recs[k].offset + 4 * recs[k].shape[1], shape=(2, recs[k].shape[1]))}
+    other = next(n for n, r in recs.items() if r.dtype == "F32" and n != k and len(r.shape) == 2
+                 and abs(r.offset - recs[k].offset) > 10 * recs[k].numpy().nbytes)
+    sub["d"] = recs[other]
+    store = W.build_store(W.open_device("cpu", 1), sub, "f32", zero_copy=True)
+    assert [store.is_mapped(n) for n in "abcd"] == [False, False, False, True]
+    store.set("a", np.zeros(recs[k].shape, np.float32))
+    assert np.array_equal(store.get("b"), recs[k].numpy())

@@ -105,6 +105,25 @@ def _mappable(record, stored: str) -> bool:
             and all(int(d) > 0 for d in record.shape))
 
 
+def _without_aliases(records: dict) -> set:
+    """The names whose bytes overlap no other record's: tensors sharing storage (a pickled
+    checkpoint's tied weights) must stay separate copies, or a LoRA written into one would
+    change the other through the shared mapping."""
+    from ..io.records import DTYPE_ITEMSIZE
+
+    spans = sorted((str(r.file), int(r.offset), int(r.offset) + DTYPE_ITEMSIZE[r.dtype] * int(np.prod(r.shape)), n)
+                   for n, r in records.items())
+    # sorted by start: a span overlapping anything overlaps the earlier span reaching furthest
+    clash: set = set()
+    end, prev = {}, {}
+    for f, s0, e, n in spans:
+        if f in end and s0 < end[f]:
+            clash.update((n, prev[f]))
+        if f not in end or e > end[f]:
+            end[f], prev[f] = e, n
+    return set(records) - clash
+
+
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type, zero_copy: Optional[bool] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
@@ -121,14 +140,16 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     store = core.WeightStore(device)
     zero_copy = ZERO_COPY if zero_copy is None else bool(zero_copy)
     zero_copy = zero_copy and device.is_cpu and core.WeightStore.mapping_supported()
-    mapped = set()
+    candidates = {}
     for name, value in tensors.items():
         shape = tuple(int(d) for d in value.shape)
         stored = type_of(name, shape, weight_type)
         store.declare(name, list(shape), stored)
         if zero_copy and _mappable(value, stored):
-            store.map_to_file(name, str(value.file), int(value.offset))
-            mapped.add(name)
+            candidates[name] = value
+    mapped = _without_aliases(candidates)
+    for name in mapped:
+        store.map_to_file(name, str(tensors[name].file), int(tensors[name].offset))
     try:
         store.allocate()
     except Exception:
