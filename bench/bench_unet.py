@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""U-Net seconds per step: sdcpp (f32 / f16 / bf16 weights) vs diffusers (float32 / bfloat16).
+"""U-Net seconds per step: sdcpp (f32 / f16 / bf16 / q8_0 / q5_0 / q4_0 weights) vs diffusers (float32 / bfloat16).
 
 Every configuration runs in its own subprocess (so peak RSS is its own), with the same thread
 count (ggml threads / torch.set_num_threads), random weights, batch 2 (as under classifier-free
@@ -40,7 +40,7 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
 
 
 def load_config(model: str) -> dict:

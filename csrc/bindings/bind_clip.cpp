@@ -35,7 +35,7 @@ py::array_t<int32_t, py::array::c_style> int32_array(const py::object& o, int nd
 }
 
 py::tuple encode(model::ClipTextEncoder& enc, const py::object& ids_obj, int layers, bool final_norm,
-                 const py::object& pooled_obj) {
+                 const py::object& pooled_obj, const py::object& extra_obj) {
     auto ids = int32_array(ids_obj, 2, "ids");
     const int64_t B = ids.shape(0), L = ids.shape(1);
     py::array_t<int32_t, py::array::c_style> pidx;
@@ -53,12 +53,21 @@ py::tuple encode(model::ClipTextEncoder& enc, const py::object& ids_obj, int lay
         pooled_ptr = p.mutable_data();
         pooled_out = p;
     }
+    py::array_t<float, py::array::c_style> extra;
+    int64_t n_extra = 0;
+    if (!extra_obj.is_none()) {
+        extra = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(extra_obj);
+        SD_CHECK(extra && extra.ndim() == 2 && extra.shape(1) == enc.config().hidden_size,
+                 "extra embeddings must be a float32 array [n, " + std::to_string(enc.config().hidden_size) + "]");
+        n_extra = extra.shape(0);
+    }
+    const float* extra_ptr = n_extra > 0 ? extra.data() : nullptr;
     const int32_t* ids_ptr = ids.data();
     const int32_t* pidx_ptr = pooled ? pidx.data() : nullptr;
     float* hidden_ptr = hidden.mutable_data();
     {
         py::gil_scoped_release nogil;
-        enc.encode(ids_ptr, B, L, layers, final_norm, pidx_ptr, hidden_ptr, pooled_ptr);
+        enc.encode(ids_ptr, B, L, layers, final_norm, pidx_ptr, hidden_ptr, pooled_ptr, extra_ptr, n_extra);
     }
     return py::make_tuple(hidden, pooled_out);
 }
@@ -74,8 +83,9 @@ void bind_clip(py::module_& m) {
              py::arg("store"), py::arg("prefix"), py::arg("config"),
              "CLIP text transformer over the weights `prefix` + transformers names in `store`.")
         .def("encode", &encode, py::arg("ids"), py::arg("layers"), py::arg("final_norm") = true,
-             py::arg("pooled_index") = py::none(),
-             "ids int32 [B, L] -> (hidden f32 [B, L, hidden], pooled f32 [B, hidden|projection_dim] or None).")
+             py::arg("pooled_index") = py::none(), py::arg("extra") = py::none(),
+             "ids int32 [B, L] -> (hidden f32 [B, L, hidden], pooled f32 [B, hidden|projection_dim] or None); "
+             "extra f32 [n, hidden]: input embeddings of ids vocab_size .. vocab_size + n - 1.")
         .def("clear", &model::ClipTextEncoder::clear)
         .def_property_readonly("compute_buffer_size", &model::ClipTextEncoder::compute_buffer_size)
         .def_property_readonly("pooled_dim", &model::ClipTextEncoder::pooled_dim)

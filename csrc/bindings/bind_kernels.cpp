@@ -37,7 +37,9 @@ void bind_kernels(py::module_& m) {
         d["detected"] = kc::level_name(kc::detected_level());
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
-        d["attention_f32"] = fused_attention::available_f32() ? "avx512" : "ggml_flash";
+        d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
+                             : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
+                                                                               : "avx2";
         d["attention_bf16"] = fused_attention::available_bf16() ? "avx512_bf16" : "ggml_flash";
         py::dict f;
         for (const auto& [name, has] : kc::reported_features()) f[py::str(name)] = has;
@@ -72,6 +74,18 @@ void bind_kernels(py::module_& m) {
         const int64_t F = x.shape(1) / 2;
         F32Array y = new_f32({x.shape(0), F});
         kc::geglu_rows(k, x.data(), y.mutable_data(), x.shape(0), F, 0, 1);
+        return y;
+    });
+    m.def("cpu_kernel_activation", [](F32Array x, const std::string& act, const std::string& level) {
+        require_ndim(x, 2, "x");
+        const auto& k = table_for(level);
+        F32Array y = new_f32({x.shape(0), x.shape(1)});
+        if (act == "quick_gelu")
+            kc::quick_gelu_rows(k, x.data(), y.mutable_data(), x.shape(0), x.shape(1), 0, 1);
+        else if (act == "gelu")
+            kc::gelu_rows(k, x.data(), y.mutable_data(), x.shape(0), x.shape(1), 0, 1);
+        else
+            throw InvalidArgument("activation must be 'quick_gelu' or 'gelu', got '" + act + "'");
         return y;
     });
 }

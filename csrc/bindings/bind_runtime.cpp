@@ -83,7 +83,8 @@ void bind_runtime(py::module_& m) {
         .def_property("threads", &Device::threads, &Device::set_threads);
 
     py::class_<WeightStore, std::shared_ptr<WeightStore>>(m, "WeightStore")
-        .def(py::init<DevicePtr>(), py::arg("device"))
+        .def(py::init<DevicePtr, bool>(), py::arg("device"), py::arg("repack") = true)
+        .def("repacked", &WeightStore::repacked)
         .def("declare",
              [](WeightStore& s, const std::string& name, const std::vector<int64_t>& shape, const std::string& type) {
                  s.declare(name, shape, parse_type(type));
@@ -118,6 +119,33 @@ void bind_runtime(py::module_& m) {
                  s.set(name, data, src, n);
              },
              py::arg("name"), py::arg("array"))
+        .def("set_blocks",
+             [](WeightStore& s, const std::string& name, py::array_t<uint8_t, py::array::c_style> blocks,
+                const std::string& type) {
+                 // Raw ggml blocks (a GGUF tensor's bytes) of `type`, holding the declared shape's values.
+                 const ggml_type src = parse_type(type);
+                 if (!ggml_is_quantized(src))
+                     throw InvalidArgument("weight '" + name + "': set_blocks takes a quantized type, got '" + type + "'");
+                 int64_t count = 1;
+                 for (int64_t d : s.shape(name)) count *= d;
+                 if (count % ggml_blck_size(src) != 0)
+                     throw InvalidArgument("weight '" + name + "': " + std::to_string(count) + " values are not whole " +
+                                           type + " blocks");
+                 const size_t want = static_cast<size_t>(count / ggml_blck_size(src)) * ggml_type_size(src);
+                 if (static_cast<size_t>(blocks.nbytes()) != want)
+                     throw InvalidArgument("weight '" + name + "': " + std::to_string(blocks.nbytes()) + " bytes of " + type +
+                                           " blocks, expected " + std::to_string(want));
+                 const void* data = blocks.data();
+                 py::gil_scoped_release nogil;
+                 s.set(name, data, src, static_cast<size_t>(count));
+             },
+             py::arg("name"), py::arg("blocks"), py::arg("type"))
+        .def("types",
+             [](const WeightStore& s) {
+                 py::dict out;
+                 for (const auto& n : s.names()) out[py::str(n)] = std::string(ggml_type_name(s.type(n)));
+                 return out;
+             })
         .def("get",
              [](const WeightStore& s, const std::string& name) {
                  auto shape = s.shape(name);

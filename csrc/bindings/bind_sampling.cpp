@@ -164,11 +164,18 @@ void bind_sampling(py::module_& parent) {
             PyDenoiser model(std::move(denoiser), shape);
             StepCallback cb;
             if (!callback.is_none()) {
-                cb = [&callback, &shape](const StepInfo& info, const float* xs, size_t nn) -> bool {
+                cb = [&callback, &shape](const StepInfo& info, float* xs, size_t nn) -> bool {
                     py::gil_scoped_acquire gil;
                     F32Array xa(shape);
                     std::copy(xs, xs + nn, xa.mutable_data());
                     py::object r = callback(info.step, info.total, xa);
+                    if (py::isinstance<py::array>(r)) {  // a replacement for x (same size)
+                        auto arr = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(r);
+                        SD_CHECK(arr && static_cast<size_t>(arr.size()) == nn,
+                                 "the step callback returned an array of another size than x");
+                        std::copy(arr.data(), arr.data() + nn, xs);
+                        return true;
+                    }
                     return r.ptr() != Py_False;
                 };
             }

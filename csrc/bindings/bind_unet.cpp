@@ -194,6 +194,13 @@ void bind_unet(py::module_& m) {
         .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)
         .def_property_readonly("pooled_dim", [](const UNet& u) { return u.config().add_time_dim > 0 ? u.config().pooled_dim() : 0; })
         .def_property_readonly("compute_buffer_size", &UNet::compute_buffer_size)
+        .def("measure",
+             [](UNet& u, int64_t B, int64_t H, int64_t W, int64_t L) {
+                 py::gil_scoped_release nogil;
+                 return u.measure(B, H, W, L);
+             },
+             py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"),
+             "compute-buffer bytes a forward pass of these shapes needs (planned, nothing computed)")
         .def("graph_nodes", &UNet::graph_nodes, py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
         .def("profile",
              [](UNet& u, int64_t B, int64_t H, int64_t W, int64_t L) {

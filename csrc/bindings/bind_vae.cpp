@@ -137,6 +137,13 @@ void bind_vae(py::module_& m) {
             v.clear();
         })
         .def_property_readonly("compute_buffer_size", &model::VAE::compute_buffer_size)
+        .def("measure",
+             [](model::VAE& v, bool decoder, int64_t h, int64_t w) {
+                 py::gil_scoped_release nogil;
+                 return v.measure(decoder, h, w);
+             },
+             py::arg("decoder"), py::arg("height"), py::arg("width"),
+             "compute-buffer bytes of one image (latent h x w to decode, image h x w to encode), planned")
         .def("graph_nodes", &model::VAE::graph_nodes, py::arg("decoder"), py::arg("height"), py::arg("width"));
 }
 

@@ -47,6 +47,7 @@ void bind_runtime(py::module_& m);
 void bind_clip(py::module_& m);
 void bind_unet(py::module_& m);
 void bind_vae(py::module_& m);
+void bind_taesd(py::module_& m);
 void bind_sampling(py::module_& m);
 void bind_kernels(py::module_& m);
 

@@ -20,6 +20,7 @@ PYBIND11_MODULE(_core, m) {
     sdcpp::bind::bind_clip(m);
     sdcpp::bind::bind_unet(m);
     sdcpp::bind::bind_vae(m);
+    sdcpp::bind::bind_taesd(m);
     sdcpp::bind::bind_sampling(m);
     sdcpp::bind::bind_kernels(m);
 }

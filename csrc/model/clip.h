@@ -49,15 +49,18 @@ class ClipTextEncoder {
     const std::string& prefix() const { return prefix_; }
     int64_t pooled_dim() const { return cfg_.projection_dim > 0 ? cfg_.projection_dim : cfg_.hidden_size; }
 
-    // ids: int32 [B, L] row-major, 1 <= L <= max_positions, every id in [0, vocab_size).
+    // ids: int32 [B, L] row-major, 1 <= L <= max_positions, every id in [0, vocab_size + n_extra).
     // layers: transformer layers whose output is returned (1..num_layers).
     // final_norm: apply final_layer_norm to the returned hidden states.
     // pooled_index: nullptr (no pooled output) or int32 [B], each in [0, L): the position whose
     //   final-LN output of the LAST layer is pooled (and projected when projection_dim > 0).
     // hidden_out: [B, L, hidden_size] f32; pooled_out: [B, pooled_dim()] f32 (when pooled_index).
+    // extra: nullptr or f32 [n_extra, hidden_size]: input embeddings for ids vocab_size + i
+    //   (textual-inversion vectors), used in place of token_embedding rows.
     // Validates everything before touching ggml; thread-safe (one call at a time).
     void encode(const int32_t* ids, int64_t batch, int64_t length, int layers, bool final_norm,
-                const int32_t* pooled_index, float* hidden_out, float* pooled_out);
+                const int32_t* pooled_index, float* hidden_out, float* pooled_out, const float* extra = nullptr,
+                int64_t n_extra = 0);
 
     void clear();  // drop cached graphs and compute buffers
     size_t compute_buffer_size() const;
@@ -66,7 +69,7 @@ class ClipTextEncoder {
     std::string name(const std::string& rel) const { return prefix_ + rel; }
     void check_weights() const;
     void build(ggml_context* ctx, BuiltGraph& g, int64_t batch, int64_t length, int layers, bool final_norm,
-               bool pooled) const;
+               bool pooled, int64_t n_extra) const;
 
     std::shared_ptr<WeightStore> store_;
     std::string prefix_;

@@ -145,35 +145,26 @@ struct UNet::Walk {
         for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
         return r + ")";
     }
-    static std::string tensor_shape_str(const ggml_tensor* t) {
-        std::vector<int64_t> v;
-        int n = 4;
-        while (n > 1 && t->ne[n - 1] == 1) --n;
-        for (int i = n - 1; i >= 0; --i) v.push_back(t->ne[i]);
-        return shape_str(v);
-    }
-    // `shape` in numpy order; trailing-1 ggml dims compare equal.
-    static bool same_shape(const ggml_tensor* t, const std::vector<int64_t>& shape) {
-        int64_t ne[4] = {1, 1, 1, 1};
-        const size_t n = shape.size();
-        for (size_t i = 0; i < n; ++i) ne[i] = shape[n - 1 - i];
-        for (int i = 0; i < 4; ++i)
-            if (t->ne[i] != ne[i]) return false;
-        return true;
+    // The declared (logical) shape: quantized conv kernels are stored as [OC, IC*KH*KW]
+    // matrices (runtime/weights.h) but declared, and checked, as [OC, IC, KH, KW].
+    static bool same_dims(std::vector<int64_t> a, std::vector<int64_t> b) {
+        while (a.size() > 1 && a.front() == 1) a.erase(a.begin());
+        while (b.size() > 1 && b.front() == 1) b.erase(b.begin());
+        return a == b;
     }
     ggml_tensor* need(const std::string& name, const std::vector<int64_t>& shape) const {
         ggml_tensor* t = s.find(name);
         if (!t) throw InvalidArgument("U-Net: missing weight '" + name + "' (expected shape " + shape_str(shape) + ")");
         if (used) used->insert(name);
-        if (!same_shape(t, shape))
-            throw InvalidArgument("U-Net: weight '" + name + "' has shape " + tensor_shape_str(t) + ", expected " +
+        if (!same_dims(s.shape(name), shape))
+            throw InvalidArgument("U-Net: weight '" + name + "' has shape " + shape_str(s.shape(name)) + ", expected " +
                                   shape_str(shape));
         return t;
     }
     // A matrix used as mul_mat src0 with rows of `k` values (quantized rows must be whole blocks).
     ggml_tensor* need_matrix(const std::string& name, const std::vector<int64_t>& shape, int64_t k) const {
         ggml_tensor* t = need(name, shape);
-        if (k % ggml_blck_size(t->type) != 0)
+        if (ggml_is_quantized(t->type) && (k % ggml_blck_size(t->type) != 0 || t->ne[0] != k))
             throw InvalidArgument("U-Net: weight '" + name + "' of type " + ggml_type_name(t->type) +
                                   " cannot be used (rows of " + std::to_string(k) + " values)");
         return t;
@@ -197,24 +188,35 @@ struct UNet::Walk {
         if (w && used) used->insert(p + ".weight");
         const std::vector<int64_t> lin{c, c}, conv{c, c, 1, 1};
         const bool as_conv = !cfg.use_linear_projection;
-        if (w && (same_shape(w, as_conv ? conv : lin) || same_shape(w, as_conv ? lin : conv))) {
+        if (w && (same_dims(s.shape(p + ".weight"), lin) || same_dims(s.shape(p + ".weight"), conv))) {
             // either layout works (some converters store the other one)
         } else {
             need(p + ".weight", as_conv ? conv : lin);  // throws with the expected shape
         }
-        if (c % ggml_blck_size(w->type) != 0)
+        if (ggml_is_quantized(w->type) && (c % ggml_blck_size(w->type) != 0 || w->ne[0] != c))
             throw InvalidArgument("U-Net: weight '" + p + ".weight' of type " + ggml_type_name(w->type) +
                                   " cannot be used (rows of " + std::to_string(c) + " values)");
         ggml_tensor* b = need_vector(p + ".bias", c);
         return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
     }
     Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
-        ggml_tensor* w = need_matrix(p + ".weight", {out, x.c, k, k}, k);
-        if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->type != GGML_TYPE_BF16)
-            throw InvalidArgument("U-Net: convolution weight '" + p + ".weight' must be f32, f16 or bf16, got " +
+        ggml_tensor* w = need(p + ".weight", {out, x.c, k, k});
+        const bool quant = ggml_is_quantized(w->type);
+        if (quant) {
+            // stored as the matrix [OC, IC*KH*KW] (runtime/weights.h)
+            if (w->ne[0] != x.c * k * k || w->ne[1] != out || ggml_n_dims(w) != 2)
+                throw InvalidArgument("U-Net: quantized convolution weight '" + p + ".weight' is not stored as a [" +
+                                      std::to_string(out) + ", " + std::to_string(x.c * k * k) + "] matrix");
+        } else if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->type != GGML_TYPE_BF16) {
+            throw InvalidArgument("U-Net: convolution weight '" + p + ".weight' must be f32, f16, bf16, q8_0, q5_0 or q4_0, got " +
                                   ggml_type_name(w->type));
+        }
         ggml_tensor* b = need_vector(p + ".bias", out);
         if (!ctx) return {nullptr, out};
+        // Quantized kernels: im2col + a product with the quantized matrix as src0, i.e. ggml's
+        // integer dot products (activations quantized to q8 per row). Winograd would need the
+        // kernel transformed (and so dequantized) every pass.
+        if (quant) return {unet_ops::conv2d_matrix(ctx, x.t, w, b, k, stride, pad), out};
         // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
         // 256 output pixels (measured; below that im2col + GEMM is as fast).
         const bool big = x.t->ne[0] * x.t->ne[1] * x.t->ne[3] >= winograd_min_pixels;
@@ -492,6 +494,13 @@ void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* late
     if (!add_in.empty()) in["add_in"] = add_in.data();
     runner_->run(g, in);
     runner_->read_output(g, 0, out);
+}
+
+size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
+    check_shapes(B, H, W, L, cfg_.add_time_dim > 0, cfg_.add_time_dim > 0);
+    std::lock_guard<std::mutex> lock(mu_);
+    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    return runner_->measure(g);
 }
 
 void UNet::clear() {

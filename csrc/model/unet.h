@@ -91,6 +91,8 @@ class UNet {
     };
     std::vector<NodeTime> profile(int64_t B, int64_t H, int64_t W, int64_t L);
 
+    // Compute-buffer bytes a forward pass of these shapes needs (GraphRunner::measure).
+    size_t measure(int64_t B, int64_t H, int64_t W, int64_t L);
     void clear();  // drop cached graphs and compute buffers
     size_t compute_buffer_size() const;
     int64_t graph_nodes(int64_t B, int64_t H, int64_t W, int64_t L);

@@ -47,6 +47,28 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     return y;
 }
 
+ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int k, int stride,
+                           int pad) {
+    const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
+    ggml_tensor* y;
+    if (k == 1 && stride == 1 && pad == 0) {
+        const int64_t W = x->ne[0], H = x->ne[1];
+        ggml_tensor* r = ggml_mul_mat(ctx, w, nn::image_to_sequence(ctx, x));  // [OC, WH, N]
+        y = nn::sequence_to_image(ctx, r, W, H);
+    } else {
+        // ggml_im2col reads only the kernel's shape (KW, KH, IC) from its first operand: a
+        // data-less f16 stand-in of that shape (w's ne0 could not hold KW for a quantized type).
+        ggml_tensor* kshape = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, k, k, IC, 1);
+        ggml_tensor* col = ggml_im2col(ctx, kshape, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
+        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+        ggml_tensor* r = ggml_mul_mat(ctx, w, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+        r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+        y = ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+    }
+    if (b) y = ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, OC, 1));
+    return y;
+}
+
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps) {
     ggml_tensor* y = ggml_group_norm(ctx, x, groups, eps);
     const int64_t C = x->ne[2];

@@ -33,6 +33,11 @@ ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
 // same stride and padding on both axes. Exact f32 for f32 weights.
 ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int stride, int pad);
 
+// The same convolution with the kernel stored as the matrix w [IC*k*k, OC] (ggml ne; a
+// quantized kernel, runtime/weights.h): an f32 im2col times w as mul_mat's src0, so that a
+// quantized w runs ggml's integer dot products. 1x1 stride-1 kernels skip the im2col.
+ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int k, int stride, int pad);
+
 // GroupNorm over the channels (ne2) of x [W, H, C, N] with per-channel affine (w, b may be null).
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps);
 

@@ -619,6 +619,13 @@ void VAE::clear() {
 
 size_t VAE::compute_buffer_size() const { return runner_.compute_buffer_size(); }
 
+size_t VAE::measure(bool decoder, int64_t h, int64_t w) {
+    if (decoder) check_decode_input(1, cfg_.latent_channels, h, w);
+    else check_encode_input(1, cfg_.in_channels, h, w);
+    std::lock_guard<std::mutex> lock(mu_);
+    return runner_.measure(decoder ? decoder_graph(h, w) : encoder_graph(h, w));
+}
+
 int VAE::graph_nodes(bool decoder, int64_t h, int64_t w) {
     if (decoder) check_decode_input(1, cfg_.latent_channels, h, w);
     else check_encode_input(1, cfg_.in_channels, h, w);

@@ -84,6 +84,9 @@ class VAE {
 
     void clear();                       // drop cached graphs and compute buffers
     size_t compute_buffer_size() const;  // bytes held by the scheduler's buffers now
+    // Compute-buffer bytes one image of this size needs (latent h x w to decode, or image
+    // h x w to encode), planned without computing (GraphRunner::measure).
+    size_t measure(bool decoder, int64_t h, int64_t w);
     int graph_nodes(bool decoder, int64_t h, int64_t w);
     std::string memory_trace(bool decoder, int64_t h, int64_t w);  // node count of a graph (diagnostics)
 

@@ -95,6 +95,31 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     if (st != GGML_STATUS_SUCCESS) throw Error(std::string("graph compute failed: ") + ggml_status_to_string(st));
 }
 
+size_t GraphRunner::measure(BuiltGraph& g) {
+    std::vector<ggml_backend_t> backends;
+    backends.push_back(device_->backend());
+    if (!device_->is_cpu()) backends.push_back(device_->cpu());
+    ggml_backend_sched_t s = ggml_backend_sched_new(backends.data(), nullptr, static_cast<int>(backends.size()),
+                                                    max_nodes_, /*parallel=*/false, /*op_offload=*/true);
+    if (!s) throw Error("failed to create the ggml scheduler");
+    auto reset = [&] {
+        for (ggml_tensor* t = ggml_get_first_tensor(g.ctx); t; t = ggml_get_next_tensor(g.ctx, t)) {
+            t->data = nullptr;
+            t->buffer = nullptr;
+        }
+    };
+    reset();
+    const bool ok = ggml_backend_sched_reserve(s, g.graph);
+    size_t total = 0;
+    for (int i = 0; ok && i < ggml_backend_sched_get_n_backends(s); ++i)
+        total += ggml_backend_sched_get_buffer_size(s, ggml_backend_sched_get_backend(s, i));
+    ggml_backend_sched_free(s);
+    reset();
+    last_id_ = 0;  // the running scheduler plans its next graph afresh
+    if (!ok) throw Error("out of memory on " + device_->info().name + " planning the compute graph");
+    return total;
+}
+
 void GraphRunner::read_output(const BuiltGraph& g, size_t i, float* dst) const {
     SD_CHECK(i < g.outputs.size(), "no such graph output");
     ggml_tensor* t = g.outputs[i];

@@ -50,6 +50,11 @@ class GraphRunner {
     // Copy output i back to the host as float32 (outputs are f32 by construction).
     void read_output(const BuiltGraph& g, size_t i, float* dst) const;
 
+    // Bytes of compute buffers `g` needs on this runner's device, planned on a scheduler of its
+    // own and freed again (nothing is computed; host buffers are only reserved, never touched,
+    // so this costs no resident memory): the pre-flight memory check.
+    size_t measure(BuiltGraph& g);
+
     void clear();  // drop cached graphs and compute buffers (frees memory)
     size_t compute_buffer_size() const;
     size_t cached_graphs() const { return cache_.size(); }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "error.h"
 #include "ggml-alloc.h"
@@ -23,15 +24,75 @@ ggml_type parse_type(const std::string& name) {
     std::transform(n.begin(), n.end(), n.begin(), ::tolower);
     for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
         const char* tn = ggml_type_name(static_cast<ggml_type>(t));
-        if (tn && n == tn && ggml_type_size(static_cast<ggml_type>(t)) > 0) return static_cast<ggml_type>(t);
+        if (!tn || ggml_type_size(static_cast<ggml_type>(t)) == 0) continue;
+        std::string lower = tn;  // ggml spells the k-quants "q4_K"
+        std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+        if (n == lower) return static_cast<ggml_type>(t);
     }
-    throw InvalidArgument("unknown weight type '" + name + "' (use f32, f16, bf16 or a ggml quantized type such as q8_0)");
+    throw InvalidArgument("unknown weight type '" + name + "' (use f32, f16, bf16, q8_0, q5_0 or q4_0)");
 }
 
-WeightStore::WeightStore(DevicePtr device) : device_(std::move(device)) {}
+bool storable_type(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
+        case GGML_TYPE_Q8_0: case GGML_TYPE_Q5_0: case GGML_TYPE_Q4_0: return true;
+        default: return false;
+    }
+}
+
+namespace {
+
+// ggml's CPU_REPACK buffer type (an "extra" buffer type of the CPU device), or null.
+ggml_backend_buffer_type_t cpu_repack_buffer_type(ggml_backend_t backend) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    if (!dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return nullptr;
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    auto get = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts"));
+    if (!get) return nullptr;
+    for (ggml_backend_buffer_type_t* b = get(dev); b && *b; ++b)
+        if (std::strcmp(ggml_backend_buft_name(*b), "CPU_REPACK") == 0) return *b;
+    return nullptr;
+}
+
+// The q4_0 matrices ggml repacks on this CPU (its ggml_repack_get_optimal_repack_type for
+// Q4_0: AVX2 with rows in groups of 8; NEON with int8 matmul or dot product, groups of 4). A
+// tensor the repack buffer could not lay out would abort in ggml, so this errs on "no".
+bool repackable(ggml_type type, const std::vector<int64_t>& storage) {
+    if (type != GGML_TYPE_Q4_0 || storage.size() != 2 || storage[1] % 32 != 0) return false;
+    const int64_t rows = storage[0];  // ggml ne1
+    if (ggml_cpu_has_avx2()) return rows % 8 == 0;
+    if (ggml_cpu_has_neon() && (ggml_cpu_has_matmul_int8() || ggml_cpu_has_dotprod())) return rows % 4 == 0;
+    return false;
+}
+
+// While a tensor is written into the repack buffer: ggml logs one DEBUG line per tensor it
+// repacks (to stderr by default); drop DEBUG lines, pass the rest on to the previous logger.
+class QuietRepackLog {
+   public:
+    QuietRepackLog() {
+        ggml_log_get(&prev_, &prev_ud_);
+        ggml_log_set(&QuietRepackLog::filter, this);
+    }
+    ~QuietRepackLog() { ggml_log_set(prev_, prev_ud_); }
+
+   private:
+    static void filter(ggml_log_level level, const char* text, void* ud) {
+        auto* self = static_cast<QuietRepackLog*>(ud);
+        if (level == GGML_LOG_LEVEL_DEBUG || level == GGML_LOG_LEVEL_CONT) return;
+        if (self->prev_) self->prev_(level, text, self->prev_ud_);
+    }
+    ggml_log_callback prev_ = nullptr;
+    void* prev_ud_ = nullptr;
+};
+
+}  // namespace
+
+WeightStore::WeightStore(DevicePtr device, bool repack) : device_(std::move(device)), repack_(repack) {}
 
 WeightStore::~WeightStore() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (repack_buffer_) ggml_backend_buffer_free(repack_buffer_);
     for (Mapping& m : maps_) {
         if (m.buffer) ggml_backend_buffer_free(m.buffer);  // a from_ptr buffer: frees no memory
 #ifdef SDCPP_HAVE_MMAP
@@ -39,6 +100,7 @@ WeightStore::~WeightStore() {
 #endif
     }
     if (ctx_) ggml_free(ctx_);
+    if (repack_ctx_) ggml_free(repack_ctx_);
 }
 
 bool WeightStore::mapping_supported() {
@@ -56,7 +118,7 @@ void WeightStore::map_to_file(const std::string& name, const std::string& file, 
     auto it = spec_index_.find(name);
     SD_CHECK(it != spec_index_.end(), "tensor '" + name + "' was not declared");
     Spec& s = specs_[it->second];
-    SD_CHECK(ggml_blck_size(s.type) == 1, "tensor '" + name + "': only plain types can be mapped");
+    SD_CHECK(!ggml_is_quantized(s.type) && s.storage == s.shape, "tensor '" + name + "': only plain types can be mapped");
     SD_CHECK(offset % ggml_type_size(s.type) == 0, "tensor '" + name + "': file offset " + std::to_string(offset) +
                                                        " is not a multiple of its element size");
     s.file = file;
@@ -85,11 +147,10 @@ void WeightStore::map_specs() {
             Mapping m;
             m.addr = addr;
             m.size = size_t(st.st_size);
-            maps_.push_back(m);
-            m.buffer = ggml_backend_cpu_buffer_from_ptr(addr, m.size);
-            maps_.back().buffer = m.buffer;
-            SD_CHECK(m.buffer, "cannot wrap the mapping of '" + s.file + "' in a ggml buffer");
-            ggml_backend_buffer_set_usage(m.buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            maps_.push_back(m);  // owned from here: the destructor unmaps it
+            maps_.back().buffer = ggml_backend_cpu_buffer_from_ptr(addr, m.size);
+            SD_CHECK(maps_.back().buffer, "cannot wrap the mapping of '" + s.file + "' in a ggml buffer");
+            ggml_backend_buffer_set_usage(maps_.back().buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
             f = by_file.emplace(s.file, maps_.size() - 1).first;
         }
         const Mapping& m = maps_[f->second];
@@ -108,11 +169,25 @@ void WeightStore::declare(const std::string& name, const std::vector<int64_t>& s
     SD_CHECK(!allocated_, "weights are already allocated; cannot declare '" + name + "'");
     SD_CHECK(!shape.empty() && shape.size() <= 4, "tensor '" + name + "' must have 1 to 4 dims");
     for (int64_t d : shape) SD_CHECK(d > 0, "tensor '" + name + "' has a non-positive dimension");
-    const int64_t row = shape.back();
-    if (ggml_blck_size(type) > 1 && row % ggml_blck_size(type) != 0) type = GGML_TYPE_F16;  // rows not block-aligned
+    SD_CHECK(storable_type(type), "tensor '" + name + "': weights cannot be stored as " + ggml_type_name(type) +
+                                      " (use f32, f16, bf16, q8_0, q5_0 or q4_0)");
     SD_CHECK(spec_index_.find(name) == spec_index_.end(), "tensor '" + name + "' declared twice");
+    std::vector<int64_t> storage = shape;
+    if (ggml_is_quantized(type)) {
+        // Blocks run along the reduction length: a row of a linear weight, IC*KH*KW of a conv kernel.
+        int64_t k = shape.back();
+        if (shape.size() >= 3) {
+            k = 1;
+            for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+            storage = {shape[0], k};
+        }
+        if (k % ggml_blck_size(type) != 0) {
+            type = GGML_TYPE_F16;  // no whole blocks: f16 keeps the declared layout
+            storage = shape;
+        }
+    }
     spec_index_[name] = specs_.size();
-    specs_.push_back({name, shape, type, std::string(), 0});
+    specs_.push_back({name, shape, storage, type});
 }
 
 void WeightStore::allocate() {
@@ -123,25 +198,40 @@ void WeightStore::allocate() {
     params.no_alloc = true;
     ctx_ = ggml_init(params);
     if (!ctx_) throw Error("ggml_init failed for the weight context");
+    ggml_backend_buffer_type_t rbuft = repack_ ? cpu_repack_buffer_type(device_->backend()) : nullptr;
+    if (rbuft) {
+        repack_ctx_ = ggml_init(params);
+        if (!repack_ctx_) throw Error("ggml_init failed for the weight context");
+    }
+    size_t in_repack = 0, in_main = 0;
     for (const Spec& s : specs_) {
-        SD_CHECK(tensors_.find(s.name) == tensors_.end(), "tensor '" + s.name + "' declared twice");
         int64_t ne[4] = {1, 1, 1, 1};
-        const int n = static_cast<int>(s.shape.size());
-        for (int i = 0; i < n; ++i) ne[i] = s.shape[n - 1 - i];
-        ggml_tensor* t = ggml_new_tensor(ctx_, s.type, n, ne);
+        const int n = static_cast<int>(s.storage.size());
+        for (int i = 0; i < n; ++i) ne[i] = s.storage[n - 1 - i];
+        const bool rp = rbuft && s.file.empty() && repackable(s.type, s.storage);
+        ggml_tensor* t = ggml_new_tensor(rp ? repack_ctx_ : ctx_, s.type, n, ne);
+        if (s.file.empty()) ++(rp ? in_repack : in_main);  // mapped tensors need no allocation
         ggml_set_name(t, s.name.size() < GGML_MAX_NAME ? s.name.c_str() : s.name.substr(s.name.size() - GGML_MAX_NAME + 1).c_str());
         tensors_[s.name] = t;
     }
     map_specs();  // zero-copy tensors first: ggml-alloc then skips them (their data is set)
-    bool owned = false;
-    for (const Spec& s : specs_) owned = owned || s.file.empty();
-    if (owned) {
+    if (in_main) {
         buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, device_->backend());
-        if (!buffer_)
-            throw Error("out of memory on " + device_->info().name + " allocating the model weights");
+        if (!buffer_) throw Error("out of memory on " + device_->info().name + " allocating the model weights");
         ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     }
+    if (in_repack) {
+        repack_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(repack_ctx_, rbuft);
+        if (!repack_buffer_)
+            throw Error("out of memory on " + device_->info().name + " allocating the repacked model weights");
+        ggml_backend_buffer_set_usage(repack_buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
     allocated_ = true;
+}
+
+bool WeightStore::repacked(const std::string& name) const {
+    ggml_tensor* t = get(name);
+    return repack_buffer_ != nullptr && t->buffer == repack_buffer_;
 }
 
 ggml_tensor* WeightStore::find(const std::string& name) const {
@@ -162,32 +252,53 @@ std::vector<std::string> WeightStore::names() const {
 }
 
 std::vector<int64_t> WeightStore::shape(const std::string& name) const {
-    ggml_tensor* t = get(name);
-    std::vector<int64_t> out(ggml_n_dims(t));
-    for (size_t i = 0; i < out.size(); ++i) out[i] = t->ne[out.size() - 1 - i];
+    get(name);  // throws naming a missing tensor
+    const Spec& s = specs_[spec_index_.at(name)];
+    // as ggml_n_dims would report it: trailing size-1 dims of the declared shape dropped
+    std::vector<int64_t> out = s.shape;
+    while (out.size() > 1 && out.front() == 1) out.erase(out.begin());
     return out;
 }
 
-size_t WeightStore::nbytes() const { return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) + mapped_bytes_; }
+size_t WeightStore::nbytes() const {
+    return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) +
+           (repack_buffer_ ? ggml_backend_buffer_get_size(repack_buffer_) : 0) + mapped_bytes_;
+}
 
 void WeightStore::set(const std::string& name, const void* data, ggml_type src_type, size_t count) {
     SD_CHECK(allocated_, "weights are not allocated yet");
     ggml_tensor* t = get(name);
     SD_CHECK(static_cast<int64_t>(count) == ggml_nelements(t),
              "tensor '" + name + "': got " + std::to_string(count) + " values, expected " + std::to_string(ggml_nelements(t)));
-    SD_CHECK(src_type == GGML_TYPE_F32 || src_type == GGML_TYPE_F16 || src_type == GGML_TYPE_BF16,
-             "tensor '" + name + "': source data must be f32, f16 or bf16");
+    const bool quant_src = ggml_is_quantized(src_type);
+    SD_CHECK(src_type == GGML_TYPE_F32 || src_type == GGML_TYPE_F16 || src_type == GGML_TYPE_BF16 || quant_src,
+             "tensor '" + name + "': source data must be f32, f16, bf16 or ggml-quantized");
+    if (quant_src) {
+        // Blocks run along the flattened values, so a block-aligned source has whole blocks here.
+        SD_CHECK(count % ggml_blck_size(src_type) == 0,
+                 "tensor '" + name + "': " + std::to_string(count) + " values are not whole " + ggml_type_name(src_type) + " blocks");
+    }
+    std::unique_ptr<QuietRepackLog> quiet;
+    if (repacked(name)) quiet = std::make_unique<QuietRepackLog>();
     if (src_type == t->type) {
-        ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));
+        ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
-    // Convert through f32 (exact for f16/bf16 sources).
+    // Convert through f32 (exact for f16/bf16 and for dequantized blocks), one tensor at a time.
     std::vector<float> f32;
     const float* src = static_cast<const float*>(data);
     if (src_type != GGML_TYPE_F32) {
         f32.resize(count);
-        if (src_type == GGML_TYPE_F16) ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(data), f32.data(), count);
-        else ggml_bf16_to_fp32_row(static_cast<const ggml_bf16_t*>(data), f32.data(), count);
+        if (src_type == GGML_TYPE_F16) {
+            ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(data), f32.data(), count);
+        } else if (src_type == GGML_TYPE_BF16) {
+            ggml_bf16_to_fp32_row(static_cast<const ggml_bf16_t*>(data), f32.data(), count);
+        } else {
+            const ggml_type_traits* tr = ggml_get_type_traits(src_type);
+            if (!tr || !tr->to_float)
+                throw InvalidArgument("tensor '" + name + "': cannot dequantize " + ggml_type_name(src_type));
+            tr->to_float(data, f32.data(), static_cast<int64_t>(count));
+        }
         src = f32.data();
     }
     if (t->type == GGML_TYPE_F32) {
@@ -200,6 +311,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     } else if (t->type == GGML_TYPE_BF16) {
         ggml_fp32_to_bf16_row_ref(src, reinterpret_cast<ggml_bf16_t*>(dst.data()), count);
     } else {
+        // ggml's reference quantizers, row by row of the stored matrix (conv kernels: rows of
+        // IC*KH*KW, the declared OIHW values in their own order).
         const int64_t per_row = t->ne[0];
         ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
     }
@@ -208,6 +321,9 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
 
 std::vector<float> WeightStore::get_f32(const std::string& name) const {
     ggml_tensor* t = get(name);
+    if (repacked(name))
+        throw InvalidArgument("weight '" + name + "' is held repacked for the CPU's " + ggml_type_name(t->type) +
+                              " kernels and cannot be read back (build the store with repack=False to read it)");
     const size_t n = ggml_nelements(t);
     std::vector<uint8_t> raw(ggml_nbytes(t));
     ggml_backend_tensor_get(t, raw.data(), 0, raw.size());

@@ -8,6 +8,14 @@
 // checkpoint's bytes in place, through a private (copy-on-write) mapping of the file, instead of
 // an allocated copy: the weights are then the OS page cache's pages (no second copy, nothing to
 // fault in at load), and a LoRA write copies only the pages it changes.
+//
+// Quantized storage (q8_0, q5_0, q4_0): ggml quantizes along ne0 in blocks of 32, and a
+// matrix product with a quantized src0 runs ggml's integer dot products. A linear weight
+// [out, in] is stored as it is (rows of `in`). A convolution kernel [OC, IC, KH, KW] is stored
+// as the matrix [OC, IC*KH*KW] (rows = the im2col reduction length, same bytes in the same
+// order), because its ne0 = KW could never hold a block; shape() still reports the declared
+// (logical) shape, so shape checks and set() / get() see the kernel as declared. A weight
+// whose reduction length is not a multiple of the block size is stored as f16 instead.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -21,7 +29,9 @@ namespace sdcpp {
 
 class WeightStore {
    public:
-    explicit WeightStore(DevicePtr device);
+    // repack: on the CPU, hold q4_0 matrices in ggml's CPU_REPACK buffer (rows interleaved for
+    // its AVX2 / NEON GEMM kernels, ~2x faster products); such tensors cannot be read back.
+    explicit WeightStore(DevicePtr device, bool repack = true);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;
     WeightStore& operator=(const WeightStore&) = delete;
@@ -29,9 +39,9 @@ class WeightStore {
     // shape in numpy order (d0..dn-1, at most 4 dims); stored as ggml ne (dn-1..d0).
     void declare(const std::string& name, const std::vector<int64_t>& shape, ggml_type type);
     // Zero copy: the tensor's bytes are `file` at byte `offset`, already in its stored type and
-    // C order (the caller checks that). CPU device only; offset a multiple of the element size:
-    // ggml's CPU kernels (and ours) load weights with unaligned vector loads, and checkpoints
-    // rarely keep a 32-byte alignment past their first odd-sized tensor.
+    // C order (the caller checks that). CPU device, plain types only; offset a multiple of the
+    // element size: ggml's CPU kernels (and ours) load weights with unaligned vector loads, and
+    // checkpoints rarely keep a 32-byte alignment past their first odd-sized tensor.
     void map_to_file(const std::string& name, const std::string& file, uint64_t offset);
     static bool mapping_supported();
     void allocate();
@@ -39,8 +49,10 @@ class WeightStore {
     bool is_mapped(const std::string& name) const;
     size_t mapped_nbytes() const { return mapped_bytes_; }
 
-    // Copy `count` elements of `src_type` (F32, F16 or BF16, C-contiguous) into the tensor,
-    // converting to its storage type (F32, F16, BF16 or a ggml quantized type).
+    // Copy `count` elements of `src_type` (F32, F16, BF16 or a ggml quantized type, C-contiguous
+    // in the declared shape) into the tensor, converting to its storage type (F32, F16, BF16 or
+    // a quantized type). Quantized data of the storage type is copied block for block (GGUF
+    // tensors load as they are); other quantized data is dequantized first.
     void set(const std::string& name, const void* data, ggml_type src_type, size_t count);
     // The tensor's values as float32 (dequantized), numpy order.
     std::vector<float> get_f32(const std::string& name) const;
@@ -49,14 +61,17 @@ class WeightStore {
     ggml_tensor* find(const std::string& name) const;  // nullptr when absent
     bool has(const std::string& name) const { return find(name) != nullptr; }
     std::vector<std::string> names() const;
-    std::vector<int64_t> shape(const std::string& name) const;  // numpy order
+    std::vector<int64_t> shape(const std::string& name) const;  // declared (logical) shape, numpy order
+    ggml_type type(const std::string& name) const { return get(name)->type; }
     size_t nbytes() const;
+    bool repacked(const std::string& name) const;  // held in ggml's CPU_REPACK buffer
     const DevicePtr& device() const { return device_; }
 
    private:
     struct Spec {
         std::string name;
-        std::vector<int64_t> shape;
+        std::vector<int64_t> shape;    // declared, numpy order
+        std::vector<int64_t> storage;  // the ggml tensor's shape, numpy order
         ggml_type type;
         std::string file;  // zero copy: the file and byte offset holding the tensor
         uint64_t offset = 0;
@@ -68,17 +83,23 @@ class WeightStore {
     };
     DevicePtr device_;
     std::vector<Spec> specs_;
-    ggml_context* ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
-    std::unordered_map<std::string, ggml_tensor*> tensors_;
     std::unordered_map<std::string, size_t> spec_index_;
-    std::vector<Mapping> maps_;
+    bool repack_ = true;
     bool allocated_ = false;
+    ggml_context* ctx_ = nullptr;
+    ggml_context* repack_ctx_ = nullptr;
+    ggml_backend_buffer_t buffer_ = nullptr;
+    ggml_backend_buffer_t repack_buffer_ = nullptr;
+    std::unordered_map<std::string, ggml_tensor*> tensors_;
+    std::vector<Mapping> maps_;
     size_t mapped_bytes_ = 0;
     void map_specs();
 };
 
-// Parse "f32" / "f16" / "bf16" / "q8_0" ... (ggml's type names) into a ggml_type.
+// Parse "f32" / "f16" / "bf16" / "q8_0" ... (ggml's type names, any case) into a ggml_type.
 ggml_type parse_type(const std::string& name);
+
+// The types a WeightStore may be declared with: f32, f16, bf16, q8_0, q5_0, q4_0.
+bool storable_type(ggml_type t);
 
 }  // namespace sdcpp

@@ -29,7 +29,9 @@ struct StepInfo {
     float sigma_next;  // sigma the step went to
 };
 // Called after every step with the current x; return false to stop sampling.
-using StepCallback = std::function<bool(const StepInfo&, const float* x, size_t n)>;
+// After each step; may rewrite x in place (inpainting blends the known region back), returns
+// false to stop.
+using StepCallback = std::function<bool(const StepInfo&, float* x, size_t n)>;
 
 struct SamplerOptions {
     // Noise amount for euler_a / dpm++2s_a (default 1) and ddim_trailing (default 0);

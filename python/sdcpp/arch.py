@@ -449,16 +449,23 @@ class ModelInfo:
         p = prefix + "."
         return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
 
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel inpainting U-Net (latent + mask + masked-image latent in conv_in)."""
+        return int(self.unet.get("in_channels", 4)) == 9
+
     def summary(self) -> dict:
         """JSON-able description (no records)."""
         return {"path": str(self.path) if self.path else None, "layout": self.layout, "family": self.family,
-                "variant": self.variant, "prediction_type": self.prediction_type, "unet": self.unet,
+                "variant": self.variant, "inpainting": self.inpainting, "prediction_type": self.prediction_type,
+                "unet": self.unet,
                 "text_encoders": self.text_encoders, "vae": self.vae, "tensors": len(self.tensors),
                 "ignored": len(self.ignored), "unknown": list(self.unknown), "notes": list(self.notes)}
 
     def describe(self) -> str:
         u = self.unet
-        lines = [f"{self.path}: {self.family} ({self.variant}), {self.layout}, {len(self.tensors)} tensors",
+        lines = [f"{self.path}: {self.family} ({self.variant}{', inpainting' if self.inpainting else ''}), "
+                 f"{self.layout}, {len(self.tensors)} tensors",
                  f"  unet: channels {u['block_out_channels']}, down {u['down_block_types']}, "
                  f"layers {u['layers_per_block']}, depth {u['transformer_layers_per_block']}"
                  + (f" / up {u['reverse_transformer_layers_per_block']}" if u["reverse_transformer_layers_per_block"] else "")

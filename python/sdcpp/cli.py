@@ -51,7 +51,13 @@ def _generation_commands(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_generation_commands]
+def _serve_command(sub: argparse._SubParsersAction) -> None:
+    from .server.cli import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_generation_commands, _serve_command]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import errors
+from .engine.weights import WEIGHT_TYPES
 from .pipeline import SAMPLERS, SCHEDULERS
 
 
@@ -35,7 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="PNG path; with a batch, _1, _2 ... are appended before the suffix")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, vulkan, metal")
-    p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=("f32", "f16", "bf16"))
+    p.add_argument("--type", "--weight-type", dest="weight_type", default=None, choices=WEIGHT_TYPES,
+                   help="U-Net and text-encoder storage (default f16; q8_0/q5_0/q4_0: quantized, integer products)")
     p.add_argument("--vae", default=None, help="a separate VAE file or folder")
     p.add_argument("--variant", default=None, help="diffusers weight variant (e.g. fp16); hub repos default to fp16 when present")
     p.add_argument("--revision", default=None, help="Hugging Face Hub revision (branch, tag or commit)")
@@ -43,6 +45,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="apply a LoRA (repeatable)")
     p.add_argument("--lora-dir", "--lora-model-dir", dest="lora_dir", default=None,
                    help="folder searched for <lora:name:scale> tags in the prompt")
+    p.add_argument("--embd-dir", "--embedding", dest="embeddings", action="append", default=[], metavar="PATH",
+                   help="textual-inversion embeddings: a file or a folder of them (repeatable); "
+                        "use one by writing its file name (without suffix) in the prompt")
     p.add_argument("--rng", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--memory", default="balanced", choices=("low", "balanced", "fast"),
                    help="low: text encoders and VAE weights only while used (re-built per prompt); "
@@ -60,15 +65,24 @@ def _outputs(path: str, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.png'}") for i in range(n)]
 
 
-def _run(args: argparse.Namespace, mode: str) -> int:
+def _open_image(path: str, what: str):
     from PIL import Image
 
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except OSError as exc:
+        raise errors.InvalidArgumentError(f"cannot read the {what} {path!r}: {exc}") from None
+
+
+def _run(args: argparse.Namespace, mode: str) -> int:
     from .outputs import save_png
     from .pipeline import load
 
     model = load(args.model, vae=args.vae, device=args.device, weight_type=args.weight_type,
                  threads=args.threads, loras=args.lora or None, variant=args.variant, revision=args.revision,
-                 memory=args.memory)
+                 embeddings=args.embeddings or None, memory=args.memory, progress=not args.no_progress)
     model.vae_tile_size = args.vae_tile_size
     if args.lora_dir and hasattr(model, "lora_dir"):
         model.lora_dir = args.lora_dir
@@ -79,14 +93,20 @@ def _run(args: argparse.Namespace, mode: str) -> int:
                   progress=not args.no_progress,
                   vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling])
     if mode == "txt2img":
-        images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height, **common)
+        hires = None
+        if args.hires_scale is not None:
+            hires = dict(scale=args.hires_scale, steps=args.hires_steps, denoise=args.hires_denoise,
+                         upscaler=args.hires_upscaler)
+        images = model.txt2img(args.prompt, args.negative_prompt, width=args.width, height=args.height,
+                               hires=hires, **common)
     else:
-        try:
-            init = Image.open(args.init_img)
-        except OSError as exc:
-            raise errors.InvalidArgumentError(f"cannot read the init image {args.init_img!r}: {exc}") from None
-        images = model.img2img(init, args.prompt, args.negative_prompt, strength=args.strength,
-                               resize=args.resize, **common)
+        init = _open_image(args.init_img, "init image")
+        if mode == "inpaint":
+            images = model.inpaint(init, _open_image(args.mask, "mask"), args.prompt, args.negative_prompt,
+                                   strength=args.strength, resize=args.resize, **common)
+        else:
+            images = model.img2img(init, args.prompt, args.negative_prompt, strength=args.strength,
+                                   resize=args.resize, **common)
     for img, path in zip(images, _outputs(args.output, len(images))):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(img, str(path))
@@ -99,6 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("-W", "--width", type=int, default=None)
     p.add_argument("-H", "--height", type=int, default=None)
+    p.add_argument("--hires-scale", type=float, default=None,
+                   help="hires fix: upscale the first pass by this factor and refine it (A1111)")
+    p.add_argument("--hires-steps", type=int, default=None, help="hires fix: second-pass steps (default --steps)")
+    p.add_argument("--hires-denoise", type=float, default=0.5, help="hires fix: second-pass strength")
+    p.add_argument("--hires-upscaler", default="latent", choices=("latent", "latent-nearest", "lanczos"))
     p.set_defaults(func=lambda a: _run(a, "txt2img"))
 
     p = sub.add_parser("img2img", help="transform an image guided by a prompt")
@@ -107,3 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=0.75)
     p.add_argument("--resize", action="store_true", help="resize the init image down to a multiple of 8")
     p.set_defaults(func=lambda a: _run(a, "img2img"))
+
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask in an image")
+    _add_common(p)
+    p.add_argument("-i", "--init-img", required=True)
+    p.add_argument("--mask", required=True, help="white = repaint (resized to the image when it differs)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--resize", action="store_true", help="resize the init image down to a multiple of 8")
+    p.set_defaults(func=lambda a: _run(a, "inpaint"))

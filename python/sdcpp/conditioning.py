@@ -41,6 +41,19 @@ class Conditioner:
         self.family = family
         self.slots = list(slots)
         self.zero_empty_negative = zero_empty_negative
+        self.embeddings = None         # sdcpp.embeddings.EmbeddingTable, set by set_embeddings
+        self._token_map = None
+
+    def slot_keys(self) -> list[str]:
+        """The embedding-file key of each encoder: "" for one encoder, clip_l / clip_g for SDXL."""
+        return ["clip_l", "clip_g"] if len(self.slots) == 2 else [""] * len(self.slots)
+
+    def set_embeddings(self, table) -> None:
+        """Use a textual-inversion EmbeddingTable (or None) for the prompts that follow."""
+        from .tokenizer import get_tokenizer
+
+        self.embeddings = table if table is not None and len(table) else None
+        self._token_map = self.embeddings.token_map(get_tokenizer()) if self.embeddings else None
 
     def _layers(self, slot: EncoderSlot, clip_skip: Optional[int]) -> int:
         skip = slot.default_skip if clip_skip is None else int(clip_skip)
@@ -50,39 +63,82 @@ class Conditioner:
         return max(1, slot.num_layers - (skip - 1))
 
     def encode(self, prompt: str, clip_skip: Optional[int] = None, n_chunks: Optional[int] = None) -> Conditioning:
-        hidden_parts, pooled, loras = [], None, []
-        for i, slot in enumerate(self.slots):
-            chunks = encode_prompt_chunks(prompt, slot.pad_id)
-            loras = chunks.loras
-            ids, weights, eos = chunks.ids, chunks.weights, chunks.eos_index
-            if n_chunks is not None and len(ids) < n_chunks:  # pad with empty chunks (A1111)
-                empty = encode_prompt_chunks("", slot.pad_id)
-                extra = n_chunks - len(ids)
-                ids = np.concatenate([ids, np.repeat(empty.ids, extra, 0)])
-                weights = np.concatenate([weights, np.repeat(empty.weights, extra, 0)])
-                eos = np.concatenate([eos, np.repeat(empty.eos_index, extra, 0)])
-            hidden, pool = slot.encoder.encode(ids, layers=self._layers(slot, clip_skip),
-                                               final_norm=slot.final_norm, pooled_index=eos)
-            if not np.all(weights == 1.0):
-                hidden = apply_emphasis(hidden, weights)
-            hidden_parts.append(hidden.reshape(1, -1, hidden.shape[-1]))
-            if i == len(self.slots) - 1 and self.family == "sdxl":
-                pooled = pool[:1]
-        context = np.concatenate(hidden_parts, axis=-1).astype(np.float32)
-        return Conditioning(context, pooled, loras)
+        return self.encode_many([prompt], clip_skip, n_chunks)[0]
 
-    def n_chunks(self, prompt: str) -> int:
-        return len(encode_prompt_chunks(prompt, PAD_EOS).ids)
+    def encode_schedules(self, prompt: str, negative: str, clip_skip: Optional[int],
+                         steps: int) -> tuple[list, list]:
+        """Prompt editing / alternation (sdcpp.tokenizer.schedule) over `steps` sampling steps:
+        ([(end_step, Conditioning)] of the prompt, the same of the negative prompt). Every
+        distinct text is encoded once, all in one batched call per encoder, padded to the same
+        number of chunks so any two entries can stand in one batch."""
+        from .tokenizer.schedule import prompt_schedule
+
+        ps, ns = prompt_schedule(prompt, steps), prompt_schedule(negative, steps)
+        zero_negative = self.zero_empty_negative and negative == ""
+        texts = list(dict.fromkeys([t for _, t in ps] + ([] if zero_negative else [t for _, t in ns])))
+        n = max(self.n_chunks(t) for t in texts)
+        encoded = dict(zip(texts, self.encode_many(texts, clip_skip, n)))
+        cond = [(end, encoded[t]) for end, t in ps]
+        if zero_negative:
+            c0 = cond[0][1]
+            return cond, [(steps, Conditioning(np.zeros_like(c0.context),
+                                               None if c0.pooled is None else np.zeros_like(c0.pooled), []))]
+        return cond, [(end, encoded[t]) for end, t in ns]
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: Optional[int]) -> tuple[Conditioning, Conditioning]:
         n = max(self.n_chunks(prompt), self.n_chunks(negative))
-        cond = self.encode(prompt, clip_skip, n)
         if self.zero_empty_negative and negative == "":
+            cond = self.encode_many([prompt], clip_skip, n)[0]
             uncond = Conditioning(np.zeros_like(cond.context),
                                   None if cond.pooled is None else np.zeros_like(cond.pooled), [])
-        else:
-            uncond = self.encode(negative, clip_skip, n)
+            return cond, uncond
+        cond, uncond = self.encode_many([prompt, negative], clip_skip, n)
         return cond, uncond
+
+    def encode_many(self, prompts: Sequence[str], clip_skip: Optional[int] = None,
+                    n_chunks: Optional[int] = None) -> list[Conditioning]:
+        """Several prompts (each padded to the same number of chunks) through each encoder in
+        one batched call: one graph run per encoder instead of one per prompt."""
+        if n_chunks is None:
+            n_chunks = max(self.n_chunks(pr) for pr in prompts)
+        hidden_parts: list[list[np.ndarray]] = [[] for _ in prompts]
+        pooled: list[Optional[np.ndarray]] = [None] * len(prompts)
+        loras: list[list] = [[] for _ in prompts]
+        for i, slot in enumerate(self.slots):
+            ids, weights, eos = [], [], []
+            for j, prompt in enumerate(prompts):
+                chunks = encode_prompt_chunks(prompt, slot.pad_id, embeddings=self._token_map)
+                loras[j] = chunks.loras
+                c_ids, c_w, c_eos = chunks.ids, chunks.weights, chunks.eos_index
+                if len(c_ids) < n_chunks:  # pad with empty chunks (A1111)
+                    empty = encode_prompt_chunks("", slot.pad_id)
+                    extra = n_chunks - len(c_ids)
+                    c_ids = np.concatenate([c_ids, np.repeat(empty.ids, extra, 0)])
+                    c_w = np.concatenate([c_w, np.repeat(empty.weights, extra, 0)])
+                    c_eos = np.concatenate([c_eos, np.repeat(empty.eos_index, extra, 0)])
+                ids.append(c_ids)
+                weights.append(c_w)
+                eos.append(c_eos)
+            # Only SDXL's last encoder contributes a pooled vector; the others skip it (and
+            # with clip_skip, the layers after the ones returned).
+            wants_pooled = self.family == "sdxl" and i == len(self.slots) - 1
+            extra = self.embeddings.extra(self.slot_keys()[i]) if self.embeddings else None
+            hidden, pool = slot.encoder.encode(np.concatenate(ids), layers=self._layers(slot, clip_skip),
+                                               final_norm=slot.final_norm,
+                                               pooled_index=np.concatenate(eos) if wants_pooled else None,
+                                               pooled=wants_pooled, extra=extra)
+            for j in range(len(prompts)):
+                h = hidden[j * n_chunks:(j + 1) * n_chunks]
+                if not np.all(weights[j] == 1.0):
+                    h = apply_emphasis(h, weights[j])
+                hidden_parts[j].append(h.reshape(1, -1, h.shape[-1]))
+                if wants_pooled:
+                    pooled[j] = pool[j * n_chunks:j * n_chunks + 1]
+        return [Conditioning(np.concatenate(hidden_parts[j], axis=-1).astype(np.float32), pooled[j], loras[j])
+                for j in range(len(prompts))]
+
+    def n_chunks(self, prompt: str) -> int:
+        return len(encode_prompt_chunks(prompt, PAD_EOS, embeddings=self._token_map).ids)
 
 
 def default_pad(kind: str) -> int:

@@ -51,12 +51,30 @@ class UnknownArchitectureError(CheckpointError):
     """The tensors do not describe an architecture sdcpp knows how to run."""
 
 
+class ConfigError(CheckpointError):
+    """A config file (model_index.json, config.json, scheduler_config.json, adapter_config.json)
+    holds a value of the wrong type or range. Names the file and the key."""
+
+    def __init__(self, message: str, *, file: Optional[str | Path] = None, key: Optional[str] = None):
+        self.key = key
+        super().__init__(f"{message} | key {key!r}" if key is not None else message, file=file)
+
+
+class AmbiguousSourceError(CheckpointError):
+    """A folder holds two weight files for one component that sdcpp cannot order (e.g. two
+    stems of the same format holding the same tensors); sdcpp does not silently pick one."""
+
+
 class BackendError(SdcppError):
     """The native engine failed (allocation, unsupported op or device)."""
 
 
 class LoraError(SdcppError):
     """A LoRA cannot be applied (unmatched keys, wrong family, bad shapes)."""
+
+
+class EmbeddingError(SdcppError):
+    """A textual-inversion embedding cannot be read or does not fit the model (names the file)."""
 
 
 class Cancelled(SdcppError):
@@ -66,5 +84,6 @@ class Cancelled(SdcppError):
 __all__ = [
     "SdcppError", "InvalidArgumentError", "CheckpointError", "CorruptFileError",
     "UnsupportedFormatError", "UnsafePickleError", "MissingTensorError",
-    "UnknownArchitectureError", "BackendError", "LoraError", "Cancelled",
+    "UnknownArchitectureError", "ConfigError", "AmbiguousSourceError", "BackendError", "LoraError",
+    "EmbeddingError", "Cancelled",
 ]

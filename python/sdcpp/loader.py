@@ -6,20 +6,26 @@ or swapped (a separate VAE, text encoders dropped after encoding) without touchi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
+
 from . import errors
-from .engine.weights import WEIGHT_TYPES, build_store, open_device, storage_type
+from .engine.weights import QUANT_TYPES, WEIGHT_TYPES, build_store, open_device, storage_type
 
 PathLike = Union[str, os.PathLike]
 
 
 def _vae_storage_type(name: str, shape: tuple, weight_type: str) -> str:
     """The VAE computes in f32 whatever its storage (its activations overflow f16) and is a small
-    share of the model, so it keeps its exact default storage unless bf16 was asked for."""
+    share of the model, so it keeps its exact default storage unless bf16 was asked for (it is
+    never quantized)."""
     from .engine.vae import DEFAULT_WEIGHT_TYPE, storage_type as vae_storage
 
+    if weight_type in QUANT_TYPES:  # asked of a GGUF's quantized record (build_store): never
+        return "f32" if len(shape) < 2 else DEFAULT_WEIGHT_TYPE
     return vae_storage(name, shape, "bf16" if weight_type == "bf16" else DEFAULT_WEIGHT_TYPE)
 
 
@@ -38,7 +44,8 @@ def _default_weight_type(tensors: dict) -> str:
     """The U-Net's and text encoders' storage type when none is asked for: f16, except that a
     bf16 checkpoint stays bf16. f16 halves the resident size of an f32 checkpoint (SSD-1B: 9 GB
     -> 4.6 GB) at a fidelity cost far below the sampling noise (final latents within 5e-3 of
-    diffusers fp32 in the tests); ask for weight_type="f32" to compute exactly."""
+    diffusers fp32 in the tests); ask for weight_type="f32" to compute exactly. Tensors a GGUF
+    holds in q8_0 / q5_0 / q4_0 keep that type whatever weight_type is (engine.weights.build_store)."""
     counts: dict[str, int] = {}
     for name, rec in tensors.items():
         if name.startswith("unet.") and len(rec.shape) >= 2:
@@ -50,7 +57,7 @@ def _default_weight_type(tensors: dict) -> str:
 def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "auto",
                weight_type: Optional[str] = None, threads: Optional[int] = None,
                prediction_type: Optional[str] = None, variant: Optional[str] = None,
-               revision: Optional[str] = None, memory: Optional[str] = None):
+               revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.unet import UNet
@@ -85,18 +92,34 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     wt = weight_type or _default_weight_type(tensors)
 
     stores = {}     # component -> WeightStore (kept for LoRA merging, sdcpp.lora)
+    from .progress import phases
+    bar = phases(progress).bar("load", sum(int(np.prod(v.shape)) for v in tensors.values()), "param", scale=True)
 
     def fill(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            return build_store(dev, sub, wt, type_of)
+            return build_store(dev, sub, wt, type_of, on_tensor=bar.update)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
+
+    def named(make, prefix: str):
+        """`make`, with the native model's complaints (a weight of the wrong shape, a missing
+        one) re-raised as CheckpointError naming the file and the tensor as stored in it."""
+        def build(store):
+            try:
+                return make(store)
+            except (errors.InvalidArgumentError, errors.BackendError) as exc:
+                m = re.search(r"'((?:unet|vae|text_encoder(?:_2)?)\.[^']+)'", str(exc))
+                tensor = info.origin.get(m.group(1), m.group(1)) if m else None
+                raise errors.CheckpointError(f"the {prefix[:-1]} cannot be built from this checkpoint: {exc}",
+                                             file=info.path, tensor=tensor) from None
+        return build
 
     def component(prefix: str, make, on_demand: bool, type_of=storage_type):
         """The component over a store of `prefix`'s tensors; with `on_demand`, a LazyComponent
         whose weights can be freed and rebuilt (sdcpp.memory). Built here either way, so bad
         weights fail at load."""
+        make = named(make, prefix)
         if not on_demand:
             stores[prefix[:-1]] = fill(prefix, type_of)
             return make(stores[prefix[:-1]])
@@ -120,5 +143,6 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "stores": stores,
         "memory": mem,
     }
+    bar.close()
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)

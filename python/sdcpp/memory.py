@@ -120,6 +120,13 @@ class StoreHandle:
         if self._resident.store is not None:
             self._resident.store.set(name, array)
 
+    def set_value(self, name, value) -> None:
+        """engine.weights.set_value (a GGUF's quantized blocks as they are), dropped when freed."""
+        if self._resident.store is not None:
+            from .engine.weights import set_value
+
+            set_value(self._resident.store, name, value)
+
     def __getattr__(self, name):
         self._resident.get()
         return getattr(self._resident.store, name)

@@ -12,12 +12,13 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import errors
 from .conditioning import Conditioner, EncoderSlot, default_pad
+from .progress import phases
 from .engine.sampling import SAMPLERS, SCHEDULES
 
 PathLike = Union[str, os.PathLike]
@@ -58,7 +59,8 @@ class GenerationParams:
     batch_size: int
     clip_skip: Optional[int]
     strength: Optional[float] = None
-    extra: dict = field(default_factory=dict)
+    vae_tiling: bool = False          # the VAE runs in tiles for this size (not written to PNG text)
+    extra: dict = field(default_factory=dict)    # further A1111 "parameters" fields
 
 
 class Model:
@@ -108,7 +110,38 @@ class Model:
                 comp.resident.on_rebuild.append(self._lora_rewrite)
         self.info.loras = []
 
+    # ------------------------------------------------------------ embeddings
+    def load_embeddings(self, sources: Sequence[PathLike]) -> list[str]:
+        """Load textual-inversion embeddings (files, or folders of them): A1111 ``.pt`` /
+        ``.safetensors`` (``emb_params``, ``string_to_param``, SDXL ``clip_l``/``clip_g``) and
+        diffusers ``learned_embeds``. Each is used by writing its file stem in a prompt or
+        negative prompt (``"a photo, easynegative"``). Adds to the embeddings loaded before (a
+        file with the same stem replaces the older one); returns the words now known. Raises
+        :class:`sdcpp.errors.EmbeddingError` naming the file when one cannot be read or does not
+        fit this model (another family's width); nothing is added then."""
+        from .embeddings import EmbeddingTable, embedding_files, read_embedding
+
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        metas = self.info.text_encoders      # (not the encoders: memory="low" may have freed them)
+        table = EmbeddingTable(list(zip(self.conditioner.slot_keys(), (int(t["width"]) for t in metas))),
+                               int(metas[0]["vocab_size"]))
+        if self.conditioner.embeddings is not None:
+            for emb in self.conditioner.embeddings.embeddings.values():
+                table.add(emb)
+        for path in embedding_files(sources):
+            table.add(read_embedding(path))
+        with self._lock:
+            self.conditioner.set_embeddings(table)
+        return table.names()
+
     # ------------------------------------------------------------------ LoRA
+    def weight_types(self) -> dict:
+        """The storage type of every weight, per component: ``{"unet": {name: "q8_0", ...},
+        "text_encoder": ..., "vae": ...}`` (what weight_type, the f16 fallbacks and a GGUF's own
+        quantized tensors gave)."""
+        return {k: dict(s.types()) for k, s in (self._c.get("stores") or {}).items()}
+
     def set_loras(self, loras: Sequence = (), strict: bool = True):
         """Merge LoRAs into the weights: ``[(path, scale), ...]`` (or bare paths, scale 1).
         Replaces the previous set (only the tensors that change are rewritten); ``[]`` restores
@@ -164,27 +197,52 @@ class Model:
                 sampler: str = "euler_a", scheduler: str = "discrete", seed: Optional[int] = None,
                 batch_size: int = 1, clip_skip: Optional[int] = None, latents: Optional[np.ndarray] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
-                progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+                progress: bool = False, vae_tiling: Optional[bool] = None,
+                hires: Optional[Mapping[str, Any]] = None) -> list:
         """Generate images from a prompt. Returns a list with one entry per image.
 
         vae_tiling: decode in overlapping tiles of ``model.vae_tile_size`` pixels (True), whole
-        (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md."""
+        (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md.
+        hires: A1111's hires fix, e.g. ``dict(scale=2.0, steps=10, denoise=0.5, upscaler="latent")``
+        (sdcpp.hires): the result has the upscaled size; `callback` sees both passes' steps."""
         size = _DEFAULT_SIZE[self.family]
-        width = size if width is None else width
-        height = size if height is None else height
         if latents is not None:
+            # The latents set the size and the batch; a width / height / batch_size that says
+            # otherwise is an error, not silently overruled.
             latents = np.asarray(latents, dtype=np.float32)
             if latents.ndim != 4 or latents.shape[1] != 4:
                 raise errors.InvalidArgumentError(f"latents must be [batch, 4, h/8, w/8], got {latents.shape}")
-            if width is None or (latents.shape[2] * 8, latents.shape[3] * 8) != (height, width):
-                height, width = latents.shape[2] * 8, latents.shape[3] * 8
-            batch_size = latents.shape[0]
+            lh, lw = latents.shape[2] * 8, latents.shape[3] * 8
+            if (width is not None and width != lw) or (height is not None and height != lh):
+                raise errors.InvalidArgumentError(
+                    f"latents {tuple(latents.shape)} are for a {lw}x{lh} image, but width x height is "
+                    f"{width}x{height}; leave width/height out or make them agree")
+            if batch_size not in (1, latents.shape[0]):
+                raise errors.InvalidArgumentError(
+                    f"latents hold {latents.shape[0]} images but batch_size is {batch_size}")
+            height, width, batch_size = lh, lw, latents.shape[0]
+        width = size if width is None else width
+        height = size if height is None else height
+        from .engine import sampling
+        from .hires import infotext_fields, parse_hires
+
         params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
                               seed, batch_size, clip_skip, output_type, rng, vae_tiling)
+        spec = parse_hires(hires, width, height, steps)
+        second = None
+        if spec is not None:
+            second = self._params(prompt, negative_prompt, spec.width, spec.height, spec.steps, cfg_scale, sampler,
+                                  scheduler, params.seed, params.batch_size, clip_skip, output_type, rng, vae_tiling)
+            second.strength = params.strength = spec.denoise
+            params.extra.update(infotext_fields(spec))
         with self._lock:
             self._prompt_loras(prompt)
-            final = self._run(params, latents, None, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            gen = sampling.Generator(params.seed, rng)
+            final = self._run(params, latents, None, callback, rng, progress, gen=gen)
+            if second is None:
+                return self._outputs(final, params, output_type, progress)
+            final = self._hires_pass(final, params, second, spec, callback, rng, progress, gen)
+            return self._outputs(final, second, output_type, progress, info=params)
 
     def img2img(self, image, prompt: str, negative_prompt: str = "", *, strength: float = 0.75,
                 steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
@@ -203,7 +261,33 @@ class Model:
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
-            return self._outputs(final, params, output_type)
+            return self._outputs(final, params, output_type, progress)
+
+    def inpaint(self, image, mask, prompt: str, negative_prompt: str = "", *, strength: float = 1.0,
+                steps: int = 20, cfg_scale: float = 7.0, sampler: str = "euler_a", scheduler: str = "discrete",
+                seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
+                output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
+                resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None) -> list:
+        """Repaint the white part of `mask` (PIL image or array, resized to the image when its
+        size differs) in `image`, diffusers' semantics (sdcpp.inpaint): 4-channel models blend
+        the known region back after every step, 9-channel inpainting models (``info.inpainting``)
+        take the mask and the masked image as extra input. strength < 1 starts from the image."""
+        from .inpaint import mask_to_array
+
+        pixels = _image_to_array(image, resize)
+        height, width = pixels.shape[-2:]
+        if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
+            raise errors.InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+        m = mask_to_array(mask, height, width)
+        params = self._params(prompt, negative_prompt, width, height, steps, cfg_scale, sampler, scheduler,
+                              seed, batch_size, clip_skip, output_type, rng, vae_tiling, inpainting=True)
+        params.strength = float(strength)
+        if min(int(steps * strength), steps) < 1:
+            raise errors.InvalidArgumentError(f"strength {strength} of {steps} steps leaves no step to run")
+        with self._lock:
+            self._prompt_loras(prompt)
+            final = self._run_inpaint(params, pixels, m, callback, rng, progress)
+            return self._outputs(final, params, output_type, progress)
 
     def close(self) -> None:
         """Free the native weights and buffers now (otherwise freed with the object)."""
@@ -224,9 +308,12 @@ class Model:
 
     # ------------------------------------------------------------------ internals
     def _params(self, prompt, negative, width, height, steps, cfg_scale, sampler, scheduler, seed,
-                batch_size, clip_skip, output_type, rng, vae_tiling=None) -> GenerationParams:
+                batch_size, clip_skip, output_type, rng, vae_tiling=None, inpainting=False) -> GenerationParams:
         if not isinstance(prompt, str):
             raise errors.InvalidArgumentError(f"prompt must be a str, got {type(prompt).__name__}")
+        if self.info.inpainting and not inpainting:
+            raise errors.InvalidArgumentError(
+                f"{self.source.name} is a 9-channel inpainting model: use model.inpaint(image, mask, prompt)")
         if not isinstance(negative, str):
             raise errors.InvalidArgumentError(f"negative_prompt must be a str, got {type(negative).__name__}")
         for name, value in (("width", width), ("height", height)):
@@ -257,7 +344,7 @@ class Model:
                       self.vae_tile_size if tiled else None)
         p = GenerationParams(prompt, negative, int(width), int(height), int(steps), float(cfg_scale),
                              sampler, scheduler, int(seed), int(batch_size), clip_skip)
-        p.extra["vae_tiling"] = tiled
+        p.vae_tiling = tiled
         return p
 
     def _tiles(self, vae_tiling: Optional[bool], height: int, width: int) -> bool:
@@ -291,43 +378,53 @@ class Model:
             for enc in self._c["text_encoders"]:
                 enc.resident.release()
 
-    def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress) -> np.ndarray:
+    def _run(self, p: GenerationParams, latents, init_pixels, callback, rng, progress, gen=None,
+             init_latents: Optional[np.ndarray] = None) -> np.ndarray:
+        """Sample: from noise (txt2img), or img2img from init_pixels (an image [3, H, W] for the
+        whole batch, or [B, 3, H, W]) or from init_latents [B, 4, h, w] (scaled, as sampled).
+        `gen` continues a generator (hires fix); by default one is seeded from p.seed."""
         from .engine import sampling
         from .engine.vae import split_moments
 
-        gen = sampling.Generator(p.seed, rng)
+        gen = gen if gen is not None else sampling.Generator(p.seed, rng)
+        img2img = init_pixels is not None or init_latents is not None
+        run_steps = min(int(p.steps * p.strength), p.steps) if img2img else p.steps
         try:
-            cond, uncond = self.conditioner.encode_pair(p.prompt, p.negative_prompt, p.clip_skip)
+            cond, uncond = self.conditioner.encode_schedules(p.prompt, p.negative_prompt, p.clip_skip, max(1, run_steps))
         finally:
             self._release_text_encoders()
         sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
         h, w = p.height // 8, p.width // 8
         shape = (p.batch_size, 4, h, w)
 
-        if init_pixels is None:
+        if init_pixels is None and init_latents is None:
             noise = latents if latents is not None else gen.randn(shape)
             x = noise.astype(np.float32) * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
         else:
-            # diffusers img2img: encode (sampling the posterior with the generator), scale, then
-            # start at the strength's point of the schedule with fresh noise.
-            moments = self._vae_run(True, np.repeat(init_pixels[None] * 2 - 1, p.batch_size, axis=0),
-                                    p.extra["vae_tiling"])
-            mean, logvar = split_moments(moments)
-            std = np.exp(0.5 * logvar)
-            init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
+            if init_latents is not None:   # diffusers img2img handed latents: used as they are
+                init = np.asarray(init_latents, dtype=np.float32)
+            else:
+                # diffusers img2img: encode (sampling the posterior with the generator), scale,
+                # then start at the strength's point of the schedule with fresh noise.
+                px = init_pixels if init_pixels.ndim == 4 else np.repeat(init_pixels[None], p.batch_size, axis=0)
+                moments = self._vae_run(True, px * 2 - 1, p.vae_tiling)
+                mean, logvar = split_moments(moments)
+                std = np.exp(0.5 * logvar)
+                init = (mean + std * gen.randn(mean.shape)) * self.vae_scale
             t_start = p.steps - min(int(p.steps * p.strength), p.steps)
             sigmas = sigmas[t_start:]
             if len(sigmas) < 2:
                 return init.astype(np.float32)
             x = (init + gen.randn(shape) * sigmas[0]).astype(np.float32)
 
-        denoise = self._denoiser(cond, uncond, p)
+        clock = _StepClock()
+        denoise = self._denoiser(cond, uncond, p, clock=clock)
         total = len(sigmas) - 1
-        bar = _progress_bar(total) if progress else None
+        bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
-            if bar is not None:
-                bar.update(1)
+            clock.step = step + 1
+            bar.update(1)
             if callback is not None and callback(step, total, x_now) is False:
                 return False
             return True
@@ -337,26 +434,106 @@ class Model:
         except KeyboardInterrupt:
             raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
 
-    def _denoiser(self, cond, uncond, p: GenerationParams) -> Callable[[np.ndarray, float], np.ndarray]:
+    def _run_inpaint(self, p: GenerationParams, pixels: np.ndarray, mask: np.ndarray, callback, rng,
+                     progress) -> np.ndarray:
+        """diffusers' inpainting loop (generator draws in its order: image latents when needed,
+        the noise, the masked image's latents)."""
         from .engine import sampling
+        from .engine.vae import split_moments
+        from .hires import resize_latents
+
+        gen = sampling.Generator(p.seed, rng)
+        run_steps = min(int(p.steps * p.strength), p.steps)
+        try:
+            cond, uncond = self.conditioner.encode_schedules(p.prompt, p.negative_prompt, p.clip_skip, run_steps)
+        finally:
+            self._release_text_encoders()
+        sigmas = sampling.sigmas(p.scheduler, p.steps, family="sdxl" if self.family == "sdxl" else "sd1")
+        sigmas = sigmas[p.steps - min(int(p.steps * p.strength), p.steps):]
+        b, h, w = p.batch_size, p.height // 8, p.width // 8
+        nine = self.info.inpainting
+        strength_max = p.strength == 1.0
+        image = (pixels[None] * 2 - 1).astype(np.float32)          # [1, 3, H, W]
+
+        def encode_sampled(x: np.ndarray) -> np.ndarray:             # one image's latents, posterior sampled
+            mean, logvar = split_moments(self._vae_run(True, x, p.vae_tiling))
+            return ((mean + np.exp(0.5 * logvar) * gen.randn(mean.shape)) * self.vae_scale).astype(np.float32)
+
+        image_latents = None
+        if not nine or not strength_max:
+            image_latents = np.repeat(encode_sampled(image), b, axis=0)
+        noise = gen.randn((b, 4, h, w)).astype(np.float32)
+        if strength_max:
+            x = noise * np.float32(_initial_noise_scale(p.sampler, float(sigmas[0])))
+        else:
+            x = (image_latents + noise * sigmas[0]).astype(np.float32)
+        masked = image * (mask < 0.5)
+        mask_lat = resize_latents(mask, h, w, "nearest")           # [1, 1, h, w]
+        extra = None
+        if nine:
+            extra = np.concatenate([np.repeat(mask_lat, b, axis=0), np.repeat(encode_sampled(masked), b, axis=0)], axis=1)
+        else:
+            gen.randn((1, 4, h, w))      # diffusers samples the masked image's posterior here too (unused)
+
+        clock = _StepClock()
+        denoise = self._denoiser(cond, uncond, p, extra=extra, clock=clock)
+        total = len(sigmas) - 1
+        bar = phases(progress).bar("sample", total, "step")
+
+        def on_step(step: int, _total: int, x_now: np.ndarray):
+            clock.step = step + 1
+            bar.update(1)
+            if not nine:  # the known region, noised to the next level (clean after the last step)
+                known = image_latents if step == total - 1 else image_latents + noise * np.float32(sigmas[step + 1])
+                x_now = ((1 - mask_lat) * known + mask_lat * x_now).astype(np.float32)
+            if callback is not None and callback(step, total, x_now) is False:
+                return False
+            return x_now
+
+        try:
+            return sampling.sample(p.sampler, denoise, x, sigmas, gen, callback=on_step)
+        except KeyboardInterrupt:
+            raise errors.Cancelled("generation interrupted (Ctrl-C); the model is still usable") from None
+        finally:
+            bar.close()
+
+    def _denoiser(self, cond: list, uncond: list, p: GenerationParams, extra: Optional[np.ndarray] = None,
+                  clock: Optional["_StepClock"] = None) -> Callable[[np.ndarray, float], np.ndarray]:
+        """x, sigma -> the x0 estimate. cond / uncond: [(end_step, Conditioning)] schedules
+        (prompt editing), the entry for `clock.step` is used. `extra` [B, C, h, w]: unscaled
+        channels appended to the U-Net input (a 9-channel inpainting model's mask and
+        masked-image latents)."""
+        from .engine import sampling
+        from .tokenizer.schedule import text_at
 
         unet = self._c["unet"]
         use_cfg = p.cfg_scale != 1.0
         b = p.batch_size
-        parts = [uncond, cond] if use_cfg else [cond]
-        context = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+        clock = clock or _StepClock()
+        cached: dict = {}
+
+        def conditioning(step: int):
+            """(context, pooled) of the schedules' entries at `step`, built once per pair."""
+            key = (text_at(cond, step), text_at(uncond, step) if use_cfg else -1)
+            if key not in cached:
+                parts = [uncond[key[1]][1], cond[key[0]][1]] if use_cfg else [cond[key[0]][1]]
+                ctx = np.concatenate([np.repeat(c.context, b, axis=0) for c in parts])
+                pool = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts]) if self.family == "sdxl" else None
+                cached[key] = (ctx, pool)
+            return cached[key]
+
+        n_parts = 2 if use_cfg else 1
+        context, _ = conditioning(0)
         # One shape's buffers at a time (memory != "fast"): a new latent/context shape drops the
         # graphs and buffers sized for the previous one before they would grow to both.
         shape = (len(context), p.height // 8, p.width // 8, context.shape[1])
         if self.memory.fit_unet_to_shape and self._unet_shape not in (None, shape):
             unet.clear()
         self._unet_shape = shape
-        pooled = time_ids = None
+        time_ids = None
         if self.family == "sdxl":
-            pooled = np.concatenate([np.repeat(c.pooled, b, axis=0) for c in parts])
             ids = np.array([p.height, p.width, 0, 0, p.height, p.width], dtype=np.float32)
             time_ids = np.repeat(ids[None], len(context), axis=0)
         v_pred = self.prediction_type == "v_prediction"
@@ -365,9 +542,12 @@ class Model:
         def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
             sigma = float(sigma)
             c_in = np.float32(1.0 / np.sqrt(sigma * sigma + 1.0))
-            t = np.full(len(context), sampling.sigma_to_t(sigma), dtype=np.float32)
-            x_in = np.concatenate([x] * len(parts)) * c_in
-            out = unet(x_in, t, context, text_embeds=pooled, time_ids=time_ids)
+            ctx, pooled = conditioning(clock.step)
+            t = np.full(len(ctx), sampling.sigma_to_t(sigma), dtype=np.float32)
+            x_in = np.concatenate([x] * n_parts) * c_in
+            if extra is not None:
+                x_in = np.concatenate([x_in, np.concatenate([extra] * n_parts)], axis=1)
+            out = unet(x_in, t, ctx, text_embeds=pooled, time_ids=time_ids)
             if use_cfg:
                 out_u, out_c = out[:b], out[b:]
                 out = out_u + g * (out_c - out_u)
@@ -379,19 +559,42 @@ class Model:
 
         return denoise
 
-    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str) -> list:
-        if output_type == "latent":
-            return [final[i] for i in range(final.shape[0])]
+    def _hires_pass(self, first: np.ndarray, p1: GenerationParams, p2: GenerationParams, spec, callback, rng,
+                    progress, gen) -> np.ndarray:
+        """The hires fix's second pass: img2img at p2's size from the upscaled first pass."""
+        from .hires import lanczos, resize_latents
+
+        if spec.upscaler == "lanczos":
+            pixels = lanczos(self._decode(first, p1, progress), p2.height, p2.width)
+            return self._run(p2, None, pixels, callback, rng, progress, gen=gen)
+        mode = "nearest" if spec.upscaler == "latent-nearest" else "bilinear"
+        up = resize_latents(first, p2.height // 8, p2.width // 8, mode)
+        return self._run(p2, None, None, callback, rng, progress, gen=gen, init_latents=up)
+
+    def _decode(self, final: np.ndarray, p: GenerationParams, progress: bool) -> np.ndarray:
+        """Latents (as sampled) -> float32 images [B, 3, H, W] in [0, 1]."""
         if self.memory.free_unet_before_decode:
             self._c["unet"].clear()
             self._unet_shape = None
-        images = self._vae_run(False, final / np.float32(self.vae_scale), p.extra["vae_tiling"])
-        images = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
+        bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
+        try:
+            images = self._vae_run(False, final / np.float32(self.vae_scale), p.vae_tiling)
+            bar.update(final.shape[0])
+        finally:
+            bar.close()
+        return np.clip(images / 2 + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def _outputs(self, final: np.ndarray, p: GenerationParams, output_type: str, progress: bool = False,
+                 info: Optional[GenerationParams] = None) -> list:
+        """The call's result; `info` gives the PNG "parameters" (the first pass of a hires run)."""
+        if output_type == "latent":
+            return [final[i] for i in range(final.shape[0])]
+        images = self._decode(final, p, progress).transpose(0, 2, 3, 1)
         if output_type == "np":
             return [images[i] for i in range(images.shape[0])]
         from .outputs import to_pil
 
-        return [to_pil(images[i], self._parameters_text(p, i)) for i in range(images.shape[0])]
+        return [to_pil(images[i], self._parameters_text(info or p, i)) for i in range(images.shape[0])]
 
     def _parameters_text(self, p: GenerationParams, index: int) -> str:
         from .outputs import a1111_parameters
@@ -400,12 +603,14 @@ class Model:
                                 model_hash=self.model_hash)
 
 
-def _progress_bar(total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step")
+
+
+class _StepClock:
+    """The sampling step the next model call belongs to (0-based), advanced by the step
+    callback: every model call of a multi-call step sees the same step."""
+
+    def __init__(self):
+        self.step = 0
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:
@@ -446,32 +651,47 @@ def _available_memory() -> Optional[int]:
 
 def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool,
                   vae_tile: Optional[int] = None) -> None:
-    """Refuse sizes whose activations cannot fit, before any work starts. The estimate covers
-    the largest buffers: self-attention scores at the first attention level and the VAE's
-    full-resolution activations (one tile's when the VAE runs in tiles)."""
+    """Refuse sizes whose compute buffers cannot fit, before any work starts. The U-Net's buffers
+    (batch x 2 with CFG) and the VAE decoder's (one image, or one tile, at a time) are planned by
+    ggml's allocator for these shapes (UNet.measure / VAE.measure: nothing computed, no memory
+    touched); what the model holds already is not counted twice."""
+    from .memory import LazyComponent
+
     dev = model.device.info
     avail = dev["memory_free"] if dev["type"] != "cpu" else _available_memory()
     if not avail:
         return
     n = batch * (2 if cfg else 1)
-    unet = model.info.unet
-    tokens = (height // 8) * (width // 8)
-    levels = list(unet.get("down_block_types", []))
-    first_attn = next((i for i, t in enumerate(levels) if "CrossAttn" in t), None)
-    attn_bytes = 0
-    if first_attn is not None:
-        tokens_at = tokens // (4 ** first_attn)
-        heads = unet.get("num_attention_heads") or unet.get("attention_head_dim") or 8
-        heads = heads[first_attn] if isinstance(heads, (list, tuple)) else heads
-        attn_bytes = n * int(heads) * tokens_at * tokens_at * 4
-    vae_h, vae_w = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
-    # one image at a time (the native VAE loops over the batch): a few full-res 128-channel maps + im2col
-    vae_bytes = vae_h * vae_w * 128 * 4 * 12
-    need = max(attn_bytes, vae_bytes)
+    unet = model._c["unet"]
+
+    def too_large(what: str) -> errors.InvalidArgumentError:
+        return errors.InvalidArgumentError(
+            f"{width}x{height} with batch {batch} needs more working memory for the {what} than "
+            f"{dev['name']} can allocate; use a smaller size or batch")
+    try:
+        unet_need = max(0, unet.measure(n, height // 8, width // 8, 77) - unet.compute_buffer_size)
+    except errors.BackendError:       # the plan itself could not be allocated (even virtually)
+        raise too_large("U-Net") from None
+    vae = model._c.get("vae")
+    vh, vw = (min(height, vae_tile), min(width, vae_tile)) if vae_tile else (height, width)
+    if vae is None:
+        vae_need = 0
+    elif isinstance(vae, LazyComponent) and not vae.resident.resident:
+        # memory="low": measuring would load the VAE now; its decoder keeps about twelve
+        # 128-channel f32 maps of one image (tile) live at its widest level.
+        vae_need = vh * vw * 128 * 4 * 12
+    else:
+        try:
+            vae_need = max(0, vae.measure(True, vh // 8, vw // 8) - vae.compute_buffer_size)
+        except errors.BackendError:
+            raise too_large("VAE") from None
+    need = max(unet_need, vae_need) if model.memory.free_unet_before_decode else unet_need + vae_need
     if need > avail:
         raise errors.InvalidArgumentError(
-            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory, "
-            f"more than the {avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch")
+            f"{width}x{height} with batch {batch} needs about {need / 2**30:.1f} GiB of working memory "
+            f"(compute buffers: U-Net {unet_need / 2**30:.1f} GiB, VAE {vae_need / 2**30:.1f} GiB), more than the "
+            f"{avail / 2**30:.1f} GiB available on {dev['name']}; use a smaller size or batch, "
+            f"vae_tiling=True or memory=\"low\"")
 
 
 # ---------------------------------------------------------------------- load
@@ -479,12 +699,16 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
          weight_type: Optional[str] = None, threads: Optional[int] = None,
          prediction_type: Optional[str] = None, loras: Optional[Sequence] = None,
          lora_dir: Optional[PathLike] = None, variant: Optional[str] = None,
-         revision: Optional[str] = None, memory: Optional[str] = None) -> Model:
+         revision: Optional[str] = None, memory: Optional[str] = None,
+         embeddings: Optional[Sequence[PathLike]] = None, progress: bool = False) -> Model:
     """Load a checkpoint (file, diffusers folder or Hugging Face repo id) onto a device.
 
-    weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16"; default f16
-    (a bf16 checkpoint stays bf16); "f32" computes exactly. The VAE computes in f32 whatever
-    its storage. variant: the diffusers weight variant ("fp16" ...); for a Hugging Face repo id
+    weight_type: storage of the U-Net and text encoders, "f32" | "f16" | "bf16" | "q8_0" |
+    "q5_0" | "q4_0"; default f16 (a bf16 checkpoint stays bf16); "f32" computes exactly. The
+    quantized types cover linear and convolution weights (norms, biases, embeddings and the
+    time embedding stay f32; weights whose reduction length is not a multiple of 32 take f16)
+    and run ggml's integer dot products; a GGUF's q8_0/q5_0/q4_0 tensors load as they are.
+    The VAE is never quantized and computes in f32 whatever its storage. variant: the diffusers weight variant ("fp16" ...); for a Hugging Face repo id
     the fp16 files are preferred when the repo has them (variant="" asks for the plain ones). revision: the Hub revision (branch,
     tag or commit).
     loras: ``[(path, scale), ...]`` merged at load (see :meth:`Model.set_loras`); lora_dir: the
@@ -492,12 +716,18 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     memory: "low" | "balanced" (default) | "fast": which weights and compute buffers stay
     between the phases of a call (sdcpp.memory, docs/generation.md "Memory"); results are the
     same in every mode, only memory and time differ.
+    embeddings: textual-inversion files or folders (see :meth:`Model.load_embeddings`).
+    progress: a progress bar (tqdm, stderr) while the weights load, as txt2img's progress=True
+    shows the sampling and decoding phases.
     """
     from .loader import load_model
 
     model = load_model(source, vae=vae, device=device, weight_type=weight_type, threads=threads,
-                       prediction_type=prediction_type, variant=variant, revision=revision, memory=memory)
+                       prediction_type=prediction_type, variant=variant, revision=revision, memory=memory,
+                       progress=progress)
     model.lora_dir = lora_dir
     if loras:
         model.set_loras(loras)
+    if embeddings:
+        model.load_embeddings(embeddings)
     return model

@@ -78,3 +78,48 @@ def test_memory_and_vae_tiling_flags_change_nothing_at_this_size(tiny_path, tmp_
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     with pytest.raises(SystemExit):
         main(["txt2img", "-m", tiny_path, "-p", "x", "--memory", "tiny"])
+
+
+def test_hires_and_embedding_flags_reach_the_model(tiny_path, tmp_path):
+    """--hires-* give the API's hires result; --embd-dir loads a folder of embeddings."""
+    import sdcpp
+    from safetensors.numpy import save_file
+
+    out = tmp_path / "h.png"
+    assert main(["txt2img", "-m", tiny_path, "-p", "a red fox", "--steps", "2", "-W", "64", "-H", "64", "-s", "5",
+                 "--sampler", "euler", "--hires-scale", "1.5", "--hires-steps", "2", "--hires-denoise", "0.6",
+                 "-o", str(out), "--no-progress"]) == 0
+    ref = sdcpp.load(tiny_path, threads=2).txt2img("a red fox", width=64, height=64, steps=2, seed=5, sampler="euler",
+                                                   hires=dict(scale=1.5, steps=2, denoise=0.6))[0]
+    got = Image.open(out)
+    assert got.size == (96, 96) and np.array_equal(np.asarray(got), np.asarray(ref))
+    emb = tmp_path / "embs"
+    emb.mkdir()
+    width = sdcpp.inspect(tiny_path).text_encoders[0]["width"]
+    save_file({"emb_params": np.full((1, width), 0.5, np.float32)}, str(emb / "foxstyle.safetensors"))
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    common = ["txt2img", "-m", tiny_path, "-p", "a foxstyle fox", "--steps", "2", "-W", "64", "-H", "64", "-s", "5",
+              "--no-progress"]
+    assert main(common + ["-o", str(a)]) == 0
+    assert main(common + ["-o", str(b), "--embd-dir", str(emb)]) == 0
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_inpaint_command(tiny_path, tmp_path):
+    import sdcpp
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8), "RGB")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    img.save(tmp_path / "in.png")
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    assert main(["inpaint", "-m", tiny_path, "-i", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "-p", "a red fox", "--steps", "2", "-s", "4", "--sampler", "euler", "-o", str(out),
+                 "--no-progress"]) == 0
+    ref = sdcpp.load(tiny_path, threads=2).inpaint(img, Image.fromarray(mask, "L"), "a red fox", steps=2, seed=4,
+                                                   sampler="euler")[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(ref))
+    assert main(["inpaint", "-m", tiny_path, "-i", str(tmp_path / "in.png"), "--mask", str(tmp_path / "no.png"),
+                 "-p", "x", "--no-progress"]) == 1

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from fixtures.random_init import randomize_strongly_  # noqa: E402
+from sdcpp import errors as sdcpp_errors  # noqa: E402
 from sdcpp.engine import text as text_mod  # noqa: E402
 from sdcpp.engine.text import TextEncoder, config_from_transformers  # noqa: E402
 from sdcpp.engine.weights import build_store, native, open_device  # noqa: E402
@@ -148,6 +149,50 @@ def test_parity_f32(device, kind, pad, batch):
     model, enc = small(kind, device)
     ids = make_ids(batch, pad, seed=10 * batch + pad % 7)
     compare_all(model, enc, ids, F32_TOL, f"{kind} f32 batch={batch} pad={pad}")
+
+
+@pytest.mark.parametrize("level", native().cpu_levels())
+@pytest.mark.parametrize("kind", ["L", "G"])
+def test_parity_at_each_cpu_level(device, kind, level):
+    """The fused CPU ops of the text graph (LayerNorm, quick GELU / GELU) at every CPU level
+    this machine has, against transformers in float32."""
+    core = native()
+    cap = core.cpu_kernels()["cap"]
+    try:
+        core.set_cpu_level(level)
+        model, enc = small(kind, device)
+        compare_all(model, enc, make_ids(2, EOS, seed=3), F32_TOL, f"{kind} f32 at {level}")
+    finally:
+        core.set_cpu_level(cap)
+
+
+@pytest.mark.parametrize("kind", ["L", "G"])
+def test_extra_embeddings_match_a_resized_vocabulary(device, kind):
+    """Textual-inversion input vectors (ids >= vocab_size) against transformers with the token
+    embedding table grown by those rows, as diffusers' load_textual_inversion does."""
+    model, enc = small(kind, device)
+    C = model.config.hidden_size
+    rng = np.random.default_rng(11)
+    extra = (rng.standard_normal((3, C)) * 0.5).astype(np.float32)
+    ids = make_ids(2, EOS, seed=4)
+    ids[0, 2:5] = [VOCAB, VOCAB + 1, VOCAB + 2]   # a 3-vector embedding
+    ids[1, 3] = VOCAB + 1
+    import copy
+    big = copy.deepcopy(model)
+    big.resize_token_embeddings(VOCAB + 3)
+    with torch.no_grad():
+        text_transformer(big).embeddings.token_embedding.weight[VOCAB:] = torch.from_numpy(extra)
+        ref = big(torch.from_numpy(ids), output_hidden_states=True)
+    pooled_ref = (ref.text_embeds if hasattr(ref, "text_embeds") else ref.pooler_output).numpy()
+    hidden, pooled = enc.encode(ids, pooled_index=first_eos(ids), extra=extra)
+    assert rel_err(hidden, ref.last_hidden_state.numpy()) <= F32_TOL
+    assert rel_err(pooled, pooled_ref) <= F32_TOL
+    plain, _ = enc.encode(ids.clip(0, VOCAB - 1), pooled=False)
+    assert rel_err(plain, ref.last_hidden_state.numpy()) > 1e-2   # the vectors matter
+    with pytest.raises(sdcpp_errors.InvalidArgumentError, match="outside"):
+        enc.encode(ids, extra=extra[:1])
+    with pytest.raises(sdcpp_errors.InvalidArgumentError, match="shape"):
+        enc.encode(ids, extra=extra[:, :5])
 
 
 @pytest.mark.parametrize("kind", ["L", "H", "G"])

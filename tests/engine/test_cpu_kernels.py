@@ -85,6 +85,49 @@ def test_geglu_variants(level):
         assert np.abs(ours - core.cpu_kernel_geglu(x, "portable")).max() <= 2e-6 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_activation_variants(level, act):
+    """The CLIP MLP activations (x * sigmoid(1.702 x) and erf GELU) against float64 PyTorch."""
+    torch = _torch()
+    rng = np.random.default_rng(4)
+    for n in (3072, 37):
+        x = (rng.standard_normal((7, n)) * 4).astype(np.float32)
+        x[0, :4] = [0.0, -30.0, 30.0, 1e-8]
+        ours = core.cpu_kernel_activation(x, act, level)
+        xd = torch.from_numpy(x).double()
+        ref = (xd * torch.sigmoid(1.702 * xd) if act == "quick_gelu" else torch.nn.functional.gelu(xd)).numpy()
+        assert rel(ours, ref) <= 2e-6, (level, act, n, rel(ours, ref))
+        assert np.abs(ours - core.cpu_kernel_activation(x, act, "portable")).max() <= 2e-6 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="activation must be"):
+        core.cpu_kernel_activation(x, "relu", level)
+
+
+@pytest.mark.parametrize("level", [lv for lv in LEVELS if lv in ("avx2", "avx512", "avx512_bf16")])
+def test_fused_attention_f32_at_each_level(level, restore_level):
+    """The fused f32 attention variant of each x86 level (8-lane AVX2, 16-lane AVX-512) against a
+    float64 softmax(q k^T / sqrt(d)) v, on head widths and key counts that are not multiples of
+    the kernels' tiles."""
+    core.set_cpu_level(level)
+    variant = "avx2" if level == "avx2" else "avx512"
+    assert sdcpp.system_info()["cpu_kernels"]["attention_f32"] == variant
+    rng = np.random.default_rng(8)
+    for N, Lq, Lk, D, H in [(2, 100, 77, 80, 2), (1, 64, 130, 128, 2), (2, 33, 64, 160, 1), (1, 70, 200, 66, 2),
+                            (1, 5, 3, 40, 1), (1, 25, 33, 24, 3)]:
+        q = rng.standard_normal((N, Lq, D)).astype(np.float32) * 2
+        k = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        v = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        d = D // H
+        qh = q.astype(np.float64).reshape(N, Lq, H, d).transpose(0, 2, 1, 3)
+        kh = k.astype(np.float64).reshape(N, Lk, H, d).transpose(0, 2, 1, 3)
+        vh = v.astype(np.float64).reshape(N, Lk, H, d).transpose(0, 2, 1, 3)
+        s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(d)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        ref = ((s / s.sum(-1, keepdims=True)) @ vh).transpose(0, 2, 1, 3).reshape(N, Lq, D)
+        ours = sdcpp._core.unet_attention(q, k, v, H, "fused", "f32")
+        assert rel(ours, ref) <= 1e-5, (level, (N, Lq, Lk, D, H), rel(ours, ref))
+
+
 def test_levels_are_detected_and_capped(restore_level):
     assert LEVELS[0] == "portable"
     info = sdcpp.system_info()["cpu_kernels"]

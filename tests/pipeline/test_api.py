@@ -140,3 +140,60 @@ def test_separate_vae_replaces_the_checkpoints(model_fixtures, tmp_path):
     err = np.abs(ours - ref).max()
     assert err <= 1e-4, err
     assert np.abs(own - ref).max() > 100 * 1e-4, "the two VAEs must differ for this test to mean anything"
+
+
+def test_preflight_memory_check_uses_the_planned_buffers(model_fixtures, monkeypatch):
+    """The pre-flight check plans the U-Net's and the VAE's compute buffers with ggml's allocator:
+    the plan equals what a run then holds, and the check refuses exactly when it does not fit."""
+    from sdcpp import pipeline
+
+    fx = model_fixtures.get("bk-sdm-tiny")
+    model = sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2)
+    unet, vae = model._c["unet"], model._c["vae"]
+    need = unet.measure(2, SIZE // 8, SIZE // 8, 77) + vae.measure(True, SIZE // 8, SIZE // 8)
+    assert unet.compute_buffer_size == 0 and vae.compute_buffer_size == 0      # planning holds nothing
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: need - 1)
+    with pytest.raises(errors.InvalidArgumentError, match="working memory"):
+        gen(model)
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: need + 1)
+    gen(model, output_type="latent")
+    assert unet.compute_buffer_size == unet.measure(2, SIZE // 8, SIZE // 8, 77)
+
+
+def test_progress_shows_load_sample_and_decode_phases(model_fixtures, capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)     # bars are drawn on terminals only
+    fx = model_fixtures.get("bk-sdm-tiny")
+    model = sdcpp.load(str(fx.path("ldm")), device="cpu", threads=2, progress=True)
+    assert "load" in capsys.readouterr().err
+    gen(model, progress=True)
+    err = capsys.readouterr().err
+    assert "sample" in err and "decode" in err
+    gen(model)                                   # progress=False stays silent
+    assert capsys.readouterr().err == ""
+
+
+def test_a_weight_of_the_wrong_shape_names_the_file_and_tensor(model_fixtures, tmp_path):
+    """Shape mismatches found while building the native model name the file and the tensor as
+    the checkpoint spells it (issue 11), like the readers' errors."""
+    from safetensors.numpy import load_file, save_file
+
+    fx = model_fixtures.get("bk-sdm-tiny")
+    tensors = load_file(str(fx.path("ldm")))
+    key = next(k for k in sorted(tensors) if k.endswith("emb_layers.1.bias"))
+    tensors[key] = tensors[key][:-1].copy()
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad))
+    with pytest.raises(errors.CheckpointError) as exc:
+        sdcpp.load(str(bad), device="cpu", threads=2)
+    assert exc.value.file == str(bad) and exc.value.tensor == key, str(exc.value)
+
+
+def test_latents_that_disagree_with_the_size_or_batch_are_refused(tiny):
+    lat = np.zeros((2, 4, SIZE // 8, SIZE // 8), np.float32)
+    with pytest.raises(errors.InvalidArgumentError, match="width x height"):
+        tiny.txt2img(PROMPT, width=SIZE * 2, height=SIZE, steps=1, latents=lat)
+    with pytest.raises(errors.InvalidArgumentError, match="batch_size is 3"):
+        tiny.txt2img(PROMPT, steps=1, latents=lat, batch_size=3)
+    assert len(tiny.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, latents=lat, output_type="latent")) == 2

@@ -1,5 +1,7 @@
 #include "elementwise.h"
 
+#include <vector>
+
 #include <cmath>
 
 namespace sdcpp::kernels::cpu {
@@ -46,6 +48,22 @@ void geglu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, in
         const float* xr = x + r * 2 * F;
         k.geglu_row(y + r * F, xr, xr + F, F);
     }
+}
+
+void quick_gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth) {
+    constexpr float kAlpha = 1.702f;
+    constexpr float kInv = 1.0f / kAlpha;
+    for (int64_t r = ith; r < rows; r += nth) {
+        float* yr = y + r * n;
+        k.affine_row(yr, x + r * n, kAlpha, 0.0f, n, /*silu=*/true);  // the row stays in L1 for the rescale
+        for (int64_t i = 0; i < n; ++i) yr[i] *= kInv;
+    }
+}
+
+void gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth) {
+    thread_local std::vector<float> ones;
+    if (static_cast<int64_t>(ones.size()) < n) ones.assign(static_cast<size_t>(n), 1.0f);
+    for (int64_t r = ith; r < rows; r += nth) k.geglu_row(y + r * n, ones.data(), x + r * n, n);
 }
 
 }  // namespace sdcpp::kernels::cpu

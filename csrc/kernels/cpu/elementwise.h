@@ -43,5 +43,9 @@ void layer_norm_rows(const Elementwise& k, const float* x, float* y, int64_t row
                      const float* b, float eps, int ith, int nth);
 // GEGLU over rows of 2F values (h | g) -> rows of F.
 void geglu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t F, int ith, int nth);
+// Activations over rows of n values (the CLIP text encoders' MLPs): quick GELU
+// x * sigmoid(1.702 x) = silu(1.702 x) / 1.702, and exact erf GELU (GEGLU's kernel with h = 1).
+void quick_gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth);
+void gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth);
 
 }  // namespace sdcpp::kernels::cpu

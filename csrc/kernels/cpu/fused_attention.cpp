@@ -8,6 +8,7 @@
 
 #include "../../runtime/error.h"
 #include "cpu_level.h"
+#include "fused_attention_avx2.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SD_BF16_ATTN 1
@@ -387,16 +388,25 @@ namespace kc = sdcpp::kernels::cpu;
 
 bool available_bf16() { return kc::runs(kc::active_level(), kc::Level::Avx512Bf16); }
 
-bool available_f32() { return kc::runs(kc::active_level(), kc::Level::Avx512); }
+bool available_f32() {
+    const kc::Level level = kc::active_level();
+    return kc::runs(level, kc::Level::Avx512) || kc::runs(level, kc::Level::Avx2);
+}
 
 ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
-    if (!available_f32()) throw Error("the fused f32 attention needs the CPU level avx512");
+    if (!available_f32()) throw Error("the fused f32 attention needs the CPU level avx2 or avx512");
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
     const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
     void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
     ggml_tensor* kv[2] = {k, v};
+    if (!kc::runs(kc::active_level(), kc::Level::Avx512)) {  // the 8-lane variant (its own K/V layout)
+        ggml_tensor* packed = ggml_custom_4d(ctx, GGML_TYPE_F32, avx2::packed_floats(m.D, m.Lk, m.N, heads), 1, 1, 1, kv,
+                                             2, avx2::pack, GGML_N_TASKS_MAX, ud);
+        ggml_tensor* args[3] = {q, packed, k};
+        return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, avx2::attend, GGML_N_TASKS_MAX, ud);
+    }
     ggml_tensor* packed =
         ggml_custom_4d(ctx, GGML_TYPE_F32, m.N * m.heads * f32_head_size(m), 1, 1, 1, kv, 2, pack_f32, GGML_N_TASKS_MAX, ud);
     ggml_tensor* args[3] = {q, packed, k};

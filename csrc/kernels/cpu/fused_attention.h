@@ -1,5 +1,6 @@
 // Fused multi-head attention for the CPU backend: bf16 products (level avx512_bf16), or f32
-// (level avx512); below those levels callers use ggml's flash attention.
+// (level avx512, or the 8-lane variant in fused_attention_avx2.cpp at level avx2); below
+// those levels callers use ggml's flash attention.
 //
 // softmax(q k^T * scale) v for every head, flash-style (online softmax over key tiles, no
 // score matrix): q.k and p.v are bf16 dot products with f32 accumulation (vdpbf16ps), the
@@ -13,12 +14,12 @@
 namespace sdcpp::fused_attention {
 
 bool available_bf16();  // level avx512_bf16: attention_bf16()
-bool available_f32();   // level avx512: attention_f32()
+bool available_f32();   // level avx2 or avx512: attention_f32()
 
 // q [D, Lq, N], k, v [D, Lk, N] f32 (contiguous rows); returns [D, Lq, N] f32.
 ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
 
-// The same kernel with f32 operands (AVX-512 FMA): f32-exact like ggml's flash attention, no
+// The same kernel with f32 operands (AVX-512 or AVX2 FMA, by the active level): f32-exact like ggml's flash attention, no
 // head-dim padding, no permute / copy nodes.
 ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
 

@@ -33,6 +33,14 @@ void geglu_op(ggml_tensor* dst, int ith, int nth, void*) {
     kc::geglu_rows(kc::elementwise(), f32(dst->src[0]), f32(dst), rows, F, ith, nth);
 }
 
+void quick_gelu_op(ggml_tensor* dst, int ith, int nth, void*) {
+    kc::quick_gelu_rows(kc::elementwise(), f32(dst->src[0]), f32(dst), ggml_nrows(dst), dst->ne[0], ith, nth);
+}
+
+void gelu_op(ggml_tensor* dst, int ith, int nth, void*) {
+    kc::gelu_rows(kc::elementwise(), f32(dst->src[0]), f32(dst), ggml_nrows(dst), dst->ne[0], ith, nth);
+}
+
 void group_norm_op(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* x = dst->src[0];
     const uint32_t small = param_small(ud);
@@ -55,6 +63,17 @@ ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x) {
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0] / 2, x->ne[1], x->ne[2], x->ne[3], a, 1, geglu_op, GGML_N_TASKS_MAX,
                           nullptr);
 }
+
+namespace {
+ggml_tensor* unary(ggml_context* ctx, ggml_tensor* x, ggml_custom_op_t op) {
+    if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+    ggml_tensor* a[1] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], a, 1, op, GGML_N_TASKS_MAX, nullptr);
+}
+}  // namespace
+
+ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x) { return unary(ctx, x, quick_gelu_op); }
+ggml_tensor* gelu(ggml_context* ctx, ggml_tensor* x) { return unary(ctx, x, gelu_op); }
 
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps, bool silu) {
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);

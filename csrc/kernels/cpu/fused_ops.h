@@ -3,6 +3,7 @@
 // level, chosen when the op runs:
 //   geglu:      h * gelu(g) for [2F, T, N] -> [F, T, N] (diffusers GEGLU: proj = (h | g)),
 //               exact erf GELU.
+//   quick_gelu / gelu: the CLIP text encoders' MLP activations in one pass.
 //   group_norm / layer_norm: the normalization with its affine weight and bias (and an
 //               optional SiLU) in one pass after the statistics.
 // Graph builders use these only where custom ops may run (the CPU backend).
@@ -20,5 +21,10 @@ ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
 
 // LayerNorm over ne0 of x [C, ...] (every row of every higher dimension) times w [C] plus b [C].
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);
+
+// Activations of x (any shape, f32): x * sigmoid(1.702 x) (CLIP's quick GELU, which ggml's
+// GELU_QUICK computes from an f16 table), and exact erf GELU.
+ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x);
+ggml_tensor* gelu(ggml_context* ctx, ggml_tensor* x);
 
 }  // namespace sdcpp::fused

@@ -212,7 +212,8 @@ def sample(sampler: str, denoiser_fn: DenoiserFn, x: np.ndarray, sigmas: np.ndar
     that draw noise (euler_a, dpm++2s_a, lcm; ddim_trailing with eta > 0); noise is drawn
     one randn(x.shape) per injection, in the order diffusers' schedulers draw it.
     callback(step, total, x) runs after every step; returning False stops sampling with
-    errors.Cancelled (its ``latent`` and ``steps_done`` hold the partial result).
+    errors.Cancelled (its ``latent`` and ``steps_done`` hold the partial result); returning an
+    array of x's shape replaces x from there on (inpainting's blend of the known region).
     eta: noise amount of euler_a/dpm++2s_a (default 1) and ddim_trailing (default 0).
     """
     _check_name("sampler", sampler, SAMPLERS)

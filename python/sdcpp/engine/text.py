@@ -2,7 +2,8 @@
 
 ``TextEncoder(store, prefix, config)`` runs transformers' ``CLIPTextModel`` /
 ``CLIPTextModelWithProjection`` forward over the weights ``prefix + <transformers name>`` held
-in a native WeightStore (docs/internals.md §3-4). numpy in, numpy out.
+in a native WeightStore (docs/internals.md §3-4), stored in any of weights.WEIGHT_TYPES (quantized
+linear weights run ggml's integer dot products). numpy in, numpy out.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class TextEncoder:
         return np.where(is_eos.any(axis=1), first, np.argmax(ids, axis=1)).astype(np.int32)
 
     def encode(self, ids, *, layers: Optional[int] = None, final_norm: bool = True,
-               pooled_index=None, pooled: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+               pooled_index=None, pooled: bool = True, extra=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Token ids [B, L] (any integer dtype, 1 <= L <= max_positions) ->
         (hidden [B, L, hidden_size] float32, pooled [B, pooled_dim] float32).
 
@@ -113,8 +114,21 @@ class TextEncoder:
             text_projection when the model has one), whatever `layers` is.
         pooled: False skips the pooled output (returns None in its place) and the layers after
             `layers`.
+        extra: float [n, hidden_size] input embeddings (textual inversion) for the ids
+            vocab_size .. vocab_size + n - 1, which then stand where they appear in `ids`.
         """
         cfg = self.config
+        n_extra = 0
+        if extra is not None:
+            extra = np.ascontiguousarray(extra, dtype=np.float32)
+            if extra.ndim != 2 or extra.shape[1] != cfg["hidden_size"]:
+                raise errors.InvalidArgumentError(
+                    f"extra embeddings must have shape [n, {cfg['hidden_size']}], got {extra.shape}")
+            if not np.all(np.isfinite(extra)):
+                raise errors.InvalidArgumentError("extra embeddings hold non-finite values")
+            n_extra = extra.shape[0]
+            if n_extra == 0:
+                extra = None
         ids = _int_array(ids, "ids")
         if ids.ndim != 2:
             raise errors.InvalidArgumentError(f"ids must have shape [batch, length], got {ids.shape}")
@@ -122,9 +136,10 @@ class TextEncoder:
         if batch < 1 or not 1 <= length <= cfg["max_positions"]:
             raise errors.InvalidArgumentError(
                 f"ids shape {ids.shape}: need batch >= 1 and 1 <= length <= {cfg['max_positions']}")
-        if ids.min() < 0 or ids.max() >= cfg["vocab_size"]:
-            bad = ids[(ids < 0) | (ids >= cfg["vocab_size"])].ravel()[0]
-            raise errors.InvalidArgumentError(f"token id {int(bad)} is outside [0, {cfg['vocab_size']})")
+        limit = cfg["vocab_size"] + n_extra
+        if ids.min() < 0 or ids.max() >= limit:
+            bad = ids[(ids < 0) | (ids >= limit)].ravel()[0]
+            raise errors.InvalidArgumentError(f"token id {int(bad)} is outside [0, {limit})")
         n = cfg["num_layers"]
         layers = n if layers is None else _int(layers, "layers")
         if not 1 <= layers <= n:
@@ -148,7 +163,7 @@ class TextEncoder:
             raise errors.InvalidArgumentError("pooled_index was given with pooled=False")
 
         ids32 = np.ascontiguousarray(ids, dtype=np.int32)
-        hidden, pooled_out = call_native(self._native.encode, ids32, int(layers), bool(final_norm), pidx)
+        hidden, pooled_out = call_native(self._native.encode, ids32, int(layers), bool(final_norm), pidx, extra)
         return hidden, pooled_out
 
     def clear(self) -> None:

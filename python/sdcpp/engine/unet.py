@@ -2,9 +2,10 @@
 
 One class runs SD1, SD2, SDXL, SSD-1B, Segmind Vega and BK-SDM: they differ only in the
 native config dict (docs/internals.md §4). Weights come from a WeightStore holding the
-canonical ``unet.<diffusers state_dict key>`` tensors.
+canonical ``unet.<diffusers state_dict key>`` tensors, in any of weights.WEIGHT_TYPES
+(quantized convolutions run as im2col + integer-dot-product matrix products, not Winograd).
 
-    store = weights.build_store(device, {"unet." + k: v for k, v in sd.items()}, "f16")
+    store = weights.build_store(device, {"unet." + k: v for k, v in sd.items()}, "f16")   # or "q8_0" ...
     unet = UNet(store, config)
     eps = unet(latent, timestep, context)                       # SD1 / SD2
     eps = unet(latent, t, context, text_embeds=pooled, time_ids=ids)   # SDXL family
@@ -123,6 +124,11 @@ class UNet:
     @property
     def compute_buffer_size(self) -> int:
         return int(self._native.compute_buffer_size)
+
+    def measure(self, batch: int, height: int, width: int, context_length: int = 77) -> int:
+        """Bytes of compute buffers a forward pass of these shapes needs (latent height x width),
+        planned by ggml's allocator without computing or touching memory."""
+        return int(call_native(self._native.measure, int(batch), int(height), int(width), int(context_length)))
 
     def clear(self) -> None:
         """Drop the cached graphs and compute buffers."""

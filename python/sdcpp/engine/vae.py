@@ -59,6 +59,7 @@ from .native_call import call_native
 from .weights import build_store, native, storage_type  # noqa: F401 (re-exported)
 
 DEFAULT_WEIGHT_TYPE = "f32"
+VAE_WEIGHT_TYPES = ("f32", "f16", "bf16")  # never quantized (its convolutions dominate its error)
 _F16_MAX = 65504.0
 
 
@@ -120,7 +121,13 @@ class VAE:
         if not selected:
             raise errors.InvalidArgumentError(f"no tensor named {pre}* was given")
 
+        if weight_type not in VAE_WEIGHT_TYPES:
+            raise errors.InvalidArgumentError(
+                f"VAE weight_type must be one of {VAE_WEIGHT_TYPES}, got {weight_type!r} (the VAE is not quantized)")
+
         def type_of(name, shape, wt):
+            if wt not in VAE_WEIGHT_TYPES:  # a GGUF's quantized blocks are dequantized for the VAE
+                return "f32" if len(shape) < 2 else DEFAULT_WEIGHT_TYPE
             t = storage_type(name, shape, wt)
             if t == "f16":
                 v = selected[name]
@@ -172,6 +179,11 @@ class VAE:
     @property
     def compute_buffer_size(self) -> int:
         return int(self._vae.compute_buffer_size)
+
+    def measure(self, decoder: bool, height: int, width: int) -> int:
+        """Bytes of compute buffers for one image: decoding a latent of height x width, or
+        encoding an image of height x width; planned without computing."""
+        return int(call_native(self._vae.measure, bool(decoder), int(height), int(width)))
 
     # -- compute -----------------------------------------------------------------------------
     def decode(self, latent) -> np.ndarray:

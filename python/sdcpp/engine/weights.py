@@ -1,18 +1,26 @@
 """Devices and weight stores: canonical tensors into ggml backend buffers.
 
 Python decides *what* (names, shapes, the storage type of each tensor); the native
-WeightStore does the copy and the f32 -> f16/bf16 conversion with the GIL released.
+WeightStore does the copy and the f32 -> f16/bf16/q8_0/q5_0/q4_0 conversion with the GIL
+released. Tensors that a GGUF file already holds in one of the quantized types are copied
+block for block where their role takes that type (``build_store``).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 from .. import errors
 
-WEIGHT_TYPES = ("f32", "f16", "bf16")
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q4_0")
+# ggml's block-quantized types (32 values per block): products with them run ggml's integer
+# dot products (the activations are quantized to q8 per row).
+QUANT_TYPES = ("q8_0", "q5_0", "q4_0")
+# Quantized types are not worth their error on matrices with fewer output rows than this
+# (the U-Net's conv_out: 4): those stay f16.
+MIN_QUANT_ROWS = 32
 LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
 # Weights used in place from the checkpoint where possible (build_store); SDCPP_ZERO_COPY=0 copies.
 ZERO_COPY = os.environ.get("SDCPP_ZERO_COPY", "1") != "0"
@@ -71,12 +79,17 @@ def open_device(device: str = "auto", threads: Optional[int] = None):
 
 def storage_type(name: str, shape: tuple[int, ...], weight_type: str) -> str:
     """The ggml type a tensor is stored in: matrices and conv kernels take `weight_type`;
-    vectors (biases, norms), embeddings and tiny tensors stay f32 (they cost little and
-    ggml's element-wise ops want f32)."""
+    vectors (biases, norms), embeddings (token/position tables, the time embedding) and tiny
+    tensors stay f32 (they cost little and ggml's element-wise ops want f32). With a quantized
+    `weight_type`, matrices of fewer than MIN_QUANT_ROWS output rows take f16, and the native
+    store takes f16 for a weight whose reduction length (a row; IC*KH*KW of a conv kernel) is
+    not a whole number of 32-value blocks (``WeightStore.types()`` says what was stored)."""
     if weight_type not in WEIGHT_TYPES:
         raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
     if len(shape) < 2 or "embedding" in name or "norm" in name:
         return "f32"
+    if weight_type in QUANT_TYPES and shape[0] < MIN_QUANT_ROWS:
+        return "f16"
     return weight_type
 
 
@@ -86,6 +99,49 @@ def _as_native_array(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind in "fiub":
         return arr.astype(np.float32)
     raise errors.InvalidArgumentError(f"cannot store an array of dtype {arr.dtype}")
+
+
+def _quant_dtype(value) -> Optional[str]:
+    """The quantized type ("q8_0"...) of a TensorRecord that holds WEIGHT_TYPES' quantized blocks."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(dtype, str) and dtype.lower() in QUANT_TYPES:
+        return dtype.lower()
+    return None
+
+
+def _raw_blocks(rec) -> Optional[np.ndarray]:
+    """The record's quantized blocks as uint8 bytes, or None when its view is not the whole
+    contiguous tensor (a row slice that splits the file's order is dequantized instead)."""
+    from ..io.safetensors_reader import contiguous_strides
+    from ..io.mmap_view import file_map
+    from ..io.quants import QUANT_BLOCKS
+
+    if tuple(rec.strides) != tuple(contiguous_strides(tuple(rec.shape))):
+        return None
+    block, type_size = QUANT_BLOCKS[rec.dtype]
+    count = int(np.prod(rec.shape, dtype=np.int64))
+    if count % block:
+        return None
+    nbytes = count // block * type_size
+    mm, size = file_map(rec.file)
+    if mm is None or rec.offset < 0 or rec.offset + nbytes > size:
+        raise errors.CorruptFileError(
+            f"{rec.dtype} tensor data (bytes {rec.offset}..{rec.offset + nbytes}) lies outside the file ({size} bytes)",
+            file=rec.file, tensor=rec.name)
+    return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=rec.offset)
+
+
+def set_value(store, name: str, value) -> None:
+    """Write one tensor (numpy array or TensorRecord) into `store`: quantized records of the
+    stored type as their blocks, anything else as numbers (converted natively)."""
+    qt = _quant_dtype(value)
+    if qt is not None and store.type(name) == qt:
+        blocks = _raw_blocks(value)
+        if blocks is not None:
+            store.set_blocks(name, blocks, qt)
+            return
+    arr = value if isinstance(value, np.ndarray) else value.numpy()
+    store.set(name, _as_native_array(np.asarray(arr)))
 
 
 # What a record's on-disk dtype must be for the store to use its bytes in place (zero copy).
@@ -125,27 +181,40 @@ def _without_aliases(records: dict) -> set:
 
 
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
-                type_of: Callable[[str, tuple, str], str] = storage_type, zero_copy: Optional[bool] = None):
+                type_of: Callable[[str, tuple, str], str] = storage_type,
+                on_tensor: Optional[Callable[[int], None]] = None, repack: bool = True,
+                zero_copy: Optional[bool] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
     one tensor per worker thread at a time (LOAD_WORKERS) so peak host memory beyond the store
-    stays at a few tensors.
+    stays at a few tensors. `on_tensor(elements)` is called after each tensor (progress).
 
-    zero_copy (default ZERO_COPY; CPU only): a TensorRecord already in its stored type, C order
-    in its file (at a multiple of the element size) is not copied: the store maps the file privately and uses
-    those bytes in place (WeightStore.map_to_file; copy-on-write if a LoRA writes it). The other
-    records' file pages are released from this process's mapping as soon as their tensor is
-    stored (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the
-    whole copy."""
+    A record already quantized in q8_0 / q5_0 / q4_0 (GGUF) keeps its type and its blocks
+    when its role takes that type (``type_of(name, shape, that type)`` returns it), whatever
+    `weight_type` is: dequantizing would add no precision. Elsewhere it is dequantized.
+
+    repack: on the CPU, q4_0 matrices go to ggml's CPU_REPACK buffer (rows interleaved for its
+    AVX2 / NEON GEMM kernels); ``store.repacked(name)`` tells, and such tensors cannot be read
+    back with ``store.get`` (False keeps every tensor readable).
+
+    zero_copy (default ZERO_COPY; CPU only): a TensorRecord already in its stored plain type
+    (f32/f16/bf16), C order, at a multiple of its element size in its file and sharing no bytes
+    with another record is not copied: the store maps the file privately and uses those bytes in
+    place (WeightStore.map_to_file; copy-on-write if a LoRA writes it). The other records' file
+    pages are released from this process's mapping as soon as their tensor is stored
+    (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the copy."""
     core = native()
-    store = core.WeightStore(device)
+    store = core.WeightStore(device, repack)
     zero_copy = ZERO_COPY if zero_copy is None else bool(zero_copy)
     zero_copy = zero_copy and device.is_cpu and core.WeightStore.mapping_supported()
     candidates = {}
     for name, value in tensors.items():
         shape = tuple(int(d) for d in value.shape)
-        stored = type_of(name, shape, weight_type)
-        store.declare(name, list(shape), stored)
-        if zero_copy and _mappable(value, stored):
+        declared = type_of(name, shape, weight_type)
+        qt = _quant_dtype(value)
+        if qt is not None and type_of(name, shape, qt) == qt:
+            declared = qt
+        store.declare(name, list(shape), declared)
+        if zero_copy and _mappable(value, declared):
             candidates[name] = value
     mapped = _without_aliases(candidates)
     for name in mapped:
@@ -156,17 +225,27 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
         if not mapped:
             raise
         # a file system that refuses private writable maps: copy instead
-        return build_store(device, tensors, weight_type, type_of, zero_copy=False)
-    tensors = {k: v for k, v in tensors.items() if k not in mapped}
+        return build_store(device, tensors, weight_type, type_of, on_tensor, repack, zero_copy=False)
+    import threading
+
+    progress_lock = threading.Lock()
+
+    def done(value) -> None:
+        if on_tensor is not None:
+            with progress_lock:
+                on_tensor(int(np.prod(value.shape, dtype=np.int64)))
+
+    for name in mapped:
+        done(tensors[name])
 
     def fill(name, value) -> None:
-        arr = value if isinstance(value, np.ndarray) else value.numpy()
-        store.set(name, _as_native_array(np.asarray(arr)))
+        set_value(store, name, value)
         if not isinstance(value, np.ndarray):
             # the copy is in the store: the mapped file's pages need not stay in our RSS
             _release(value)
+        done(value)
 
-    items = list(tensors.items())
+    items = [(k, v) for k, v in tensors.items() if k not in mapped]
     workers = min(LOAD_WORKERS, len(items))
     if workers <= 1:
         for name, value in items:

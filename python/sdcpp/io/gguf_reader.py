@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, CorruptFileError, UnsupportedFormatError
+from .limits import check_shape
 from .quants import GGML_TYPE_NAMES, QUANT_BLOCKS
 from .records import DTYPE_ITEMSIZE, TensorRecord
 from .safetensors_reader import contiguous_strides
@@ -195,6 +196,9 @@ def _parse(buf, path: Path, size: int) -> tuple[Tensors, Metadata]:
         if name in records:
             raise CorruptFileError("tensor name appears twice", file=path, tensor=name)
         shape = tuple(int(d) for d in reversed(ne))
+        # non-empty tensors are bounded by `nbytes` above; this also bounds the other dims of
+        # an empty one (ggml quants pack at most 8 elements per byte)
+        check_shape(shape, 8 * size, file=path, tensor=name)
         records[name] = TensorRecord(name=name, dtype=dtype, shape=shape, strides=contiguous_strides(shape),
                                      file=path, offset=data_start + offset)
     return records, metadata

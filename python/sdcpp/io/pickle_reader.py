@@ -27,18 +27,30 @@ Which tensors are returned (``flatten_checkpoint``):
      with ``.`` (``{"a": {"b": t}}`` -> ``"a.b"``, lists by index); a bare tensor at the top is
      returned under the name ``""``;
   3. non-tensor values (ints, strings, epoch numbers, placeholders) are skipped.
+
+Hostile files (docs/formats.md, Hostile files): every pickle is first dry-run by
+``pickle_scan.scan_pickle`` (sizes, memo indices, nesting bounded by the stream), the stand-ins
+charge what they copy against a budget proportional to the pickle's size, and the flattening
+walk is iterative, depth-limited and charged too -- so a file of N bytes costs O(N) time and
+memory whatever it declares, and shared references cannot make the walk exponential.
 """
 from __future__ import annotations
 
+import contextvars
 import io
+import mmap
 import os
 import pickle
+import reprlib
 import struct
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import CheckpointError, CorruptFileError, UnsafePickleError, UnsupportedFormatError
+from .limits import MAX_NAME_CHARS, MAX_NDIM, MAX_PICKLE_DEPTH, check_shape
+from .pickle_scan import scan_pickle
 from .records import DTYPE_ITEMSIZE, TensorRecord
 
 Tensors = dict[str, TensorRecord]
@@ -105,6 +117,44 @@ INERT_GLOBALS = {
     "numpy._core.numeric._frombuffer",
 }
 INERT_MODULES = {"numpy.dtypes"}
+
+# Work the stand-ins and the flattener may do per byte of pickle (elements copied, name
+# characters built). Real checkpoints use well under 2; a quadratic or exponential structure
+# of shared references needs far more.
+PICKLE_COPY_BUDGET_PER_BYTE = 2
+FLATTEN_BUDGET_PER_BYTE = 8
+_BUDGET_SLACK = 1 << 16
+_budget: "contextvars.ContextVar[Optional[list[int]]]" = contextvars.ContextVar("sdcpp_pickle_budget",
+                                                                               default=None)
+
+
+def _charge(n: int) -> None:
+    """Count `n` elements copied by a stand-in against the running load's budget."""
+    b = _budget.get()
+    if b is not None:
+        b[0] -= n
+        if b[0] < 0:
+            raise CorruptFileError("pickle makes more copies of its values than its size can justify "
+                                   "(a quadratic structure of shared references?)")
+
+
+def _sized(x) -> int:
+    try:
+        return len(x)
+    except TypeError:
+        return 1
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+
+
+def _short(x: Any) -> str:
+    """repr for messages: bounded in length and depth, never failing (huge ints, deep lists)."""
+    try:
+        return _REPR.repr(x)
+    except Exception:
+        return f"<{type(x).__name__}>"
 
 
 # --------------------------------------------------------------------------- stand-ins
@@ -243,18 +293,28 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_small_int(x) -> bool:
+    """An int that prints in a name (str() of a 5000-digit int raises)."""
+    return _is_int(x) and -(1 << 63) <= x < (1 << 63)
+
+
 def _tensor(ref, storage_offset, size, stride, dtype_marker: Optional[DType]) -> PickledTensor:
     if not isinstance(ref, StorageRef):
         raise CorruptFileError(f"tensor rebuilt from {type(ref).__name__}, not from a storage")
     if not _is_int(storage_offset) or storage_offset < 0:
-        raise CorruptFileError(f"bad tensor storage offset {storage_offset!r}")
+        raise CorruptFileError(f"bad tensor storage offset {_short(storage_offset)}")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise CorruptFileError(f"bad tensor size {_short(size)} / stride {_short(stride)}")
+    if len(size) > MAX_NDIM:
+        raise CorruptFileError(f"tensor has {len(size)} dims (at most {MAX_NDIM} are read)")
+    _charge(len(size) + len(stride))
     size, stride = tuple(size), tuple(stride)
     if (len(size) != len(stride) or not all(_is_int(d) and d >= 0 for d in size)
             or not all(_is_int(s) for s in stride)):
-        raise CorruptFileError(f"bad tensor size {size!r} / stride {stride!r}")
+        raise CorruptFileError(f"bad tensor size {_short(size)} / stride {_short(stride)}")
     if dtype_marker is not None:
         if not isinstance(dtype_marker, DType):
-            raise CorruptFileError(f"tensor dtype {dtype_marker!r} is not a torch dtype")
+            raise CorruptFileError(f"tensor dtype {_short(dtype_marker)} is not a torch dtype")
         dtype, name = dtype_marker.dtype, dtype_marker.qualname
     else:
         st = ref.storage.stype
@@ -286,24 +346,29 @@ def _rebuild_from_type(func, new_type, args, state=None, *_ignored):
         raise UnsafePickleError(f"tensor subclass rebuilt with {func!r}, which is not an allowed rebuild function")
     if not isinstance(args, tuple):
         raise CorruptFileError("tensor subclass rebuilt with non-tuple arguments")
+    _charge(len(args))
     return func(*args)
 
 
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
-    if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"_codecs.encode only allowed for latin-1 strings, got {encoding!r}")
+    if (not isinstance(obj, str) or not isinstance(encoding, str)
+            or encoding.lower().replace("_", "-") not in ("latin1", "latin-1")):
+        raise UnsafePickleError(f"_codecs.encode only allowed for latin-1 strings, got {_short(encoding)}")
+    _charge(len(obj))
     return obj.encode("latin-1")
 
 
 def _bytes(*args):
     if args and not isinstance(args[0], (bytes, bytearray, str, list, tuple)):
         raise UnsafePickleError("builtins.bytes with a non-bytes argument")
+    _charge(sum(_sized(a) for a in args))
     return bytes(*args)
 
 
 def _bytearray(*args):
     if args and not isinstance(args[0], (bytes, bytearray, str, list, tuple)):
         raise UnsafePickleError("builtins.bytearray with a non-bytes argument")
+    _charge(sum(_sized(a) for a in args))
     return bytearray(*args)
 
 
@@ -317,10 +382,25 @@ def _defaultdict(*args, **kwargs):
     return {}
 
 
+class _StateDict(OrderedDict):
+    """collections.OrderedDict as the pickle builds it. Copies from a (shared) argument are
+    charged; BUILD's state (torch's ``_metadata``) is charged and dropped."""
+
+    def __init__(self, *args):
+        if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, dict))):
+            raise UnsafePickleError("collections.OrderedDict called with unexpected arguments")
+        _charge(sum(len(a) for a in args))
+        super().__init__(*args)
+
+    def __setstate__(self, state):
+        _charge(_sized(state))
+
+
 def _container(ctor):
     def build(*args):
         if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, dict, set, frozenset, str, bytes))):
             raise UnsafePickleError(f"builtins.{ctor.__name__} called with unexpected arguments")
+        _charge(sum(len(a) for a in args))
         return ctor(*args)
     return build
 
@@ -329,12 +409,12 @@ def _scalar(ctor):
     def build(*args):
         if not all(isinstance(a, (str, bytes, int, float, bool)) for a in args) or len(args) > 2:
             raise UnsafePickleError(f"builtins.{ctor.__name__} called with unexpected arguments")
+        _charge(sum(len(a) for a in args if isinstance(a, (str, bytes))))
         return ctor(*args)
     return build
 
 
 def _make_allowed() -> dict[str, Any]:
-    from collections import OrderedDict
     allowed: dict[str, Any] = {}
 
     def fn(qualname: str, f: Callable) -> None:
@@ -352,7 +432,7 @@ def _make_allowed() -> dict[str, Any]:
     fn("_codecs.encode", _codecs_encode)
     fn("copyreg._reconstructor", _reconstructor)
     fn("copy_reg._reconstructor", _reconstructor)
-    allowed["collections.OrderedDict"] = OrderedDict          # a dict; safe to construct/fill
+    allowed["collections.OrderedDict"] = _StateDict           # a dict; safe to construct/fill
     fn("collections.defaultdict", _defaultdict)
     for b in ("builtins", "__builtin__"):
         for ctor in (dict, list, tuple, set, frozenset):
@@ -430,11 +510,14 @@ class _StorageTable:
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
             kind = pid[0] if isinstance(pid, tuple) and pid else pid
             raise UnsupportedFormatError(f"unsupported persistent id kind {kind!r}", file=self.source)
-        stype, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
+        stype, key, numel = pid[1], pid[2], pid[4]          # pid[3]: device location, unused
+        if not (isinstance(key, str) or _is_small_int(key)):
+            raise CorruptFileError(f"storage key {_short(key)} is not a string", file=self.source)
+        key = str(key)
         if not isinstance(stype, StorageType):
-            raise CorruptFileError(f"persistent id names {stype!r}, not a storage type", file=self.source)
+            raise CorruptFileError(f"persistent id names {_short(stype)}, not a storage type", file=self.source)
         if not _is_int(numel) or numel < 0:
-            raise CorruptFileError(f"storage {key!r} has bad size {numel!r}", file=self.source)
+            raise CorruptFileError(f"storage {key!r} has bad size {_short(numel)}", file=self.source)
         st = self.storages.get(key)
         if st is None:
             st = Storage(key, stype, numel)
@@ -446,7 +529,7 @@ class _StorageTable:
             return StorageRef(st)
         # legacy storage view: (view_key, offset_in_root_elements, view_size)
         if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and view[1] >= 0):
-            raise CorruptFileError(f"bad storage view metadata {view!r}", file=self.source)
+            raise CorruptFileError(f"bad storage view metadata {_short(view)}", file=self.source)
         return StorageRef(st, view[1] * st.itemsize)
 
 
@@ -466,7 +549,23 @@ def _local_data_offset(f, info: zipfile.ZipInfo, size: int, member: str) -> int:
     return start
 
 
-def _load_zip(path: Path) -> Any:
+def _read_small_member(zf: zipfile.ZipFile, name: str, size: int, path: Path) -> bytes:
+    """A member's bytes, after checking its declared sizes fit the archive (a deflated member
+    may claim to inflate to terabytes; zipfile stops at the declared size, so bounding that
+    bounds the memory)."""
+    info = zf.getinfo(name)
+    if info.file_size > size or info.compress_size > size:
+        raise CorruptFileError(
+            f"zip member {name!r} declares {info.file_size} bytes ({info.compress_size} compressed), "
+            f"more than the {size}-byte archive can hold", file=path)
+    try:
+        return zf.read(info)
+    except Exception as e:   # BadZipFile (CRC), zlib.error, EOFError, OSError, NotImplementedError...
+        raise CorruptFileError(f"cannot read {name!r} from the archive: {e}", file=path) from None
+
+
+def _load_zip(path: Path) -> tuple[Any, int]:
+    """The object pickle's value and its length in bytes."""
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
@@ -479,12 +578,9 @@ def _load_zip(path: Path) -> Any:
             raise UnsupportedFormatError("zip archive without data.pkl: not a torch checkpoint", file=path)
         prefix = pkls[0][: -len("data.pkl")]
         if prefix + "byteorder" in names:
-            try:
-                order = zf.read(prefix + "byteorder").strip()
-            except Exception as e:
-                raise CorruptFileError(f"cannot read the byteorder record: {e}", file=path) from None
+            order = _read_small_member(zf, prefix + "byteorder", min(size, 64), path).strip()
             if order != b"little":
-                raise UnsupportedFormatError(f"torch checkpoint byte order {order!r} is not little-endian",
+                raise UnsupportedFormatError(f"torch checkpoint byte order {_short(order)} is not little-endian",
                                              file=path)
 
         def locate(st: Storage) -> None:
@@ -509,18 +605,21 @@ def _load_zip(path: Path) -> Any:
                 return
             st.nbytes = info.file_size
 
-        try:
-            data = zf.read(pkls[0])
-        except Exception as e:   # BadZipFile (CRC), zlib.error, EOFError, OSError...
-            raise CorruptFileError(f"cannot read {pkls[0]!r} from the archive: {e}", file=path) from None
+        data = _read_small_member(zf, pkls[0], size, path)
         table = _StorageTable(path, locate)
-        obj = _unpickle(io.BytesIO(data), path, table)
-    return obj
+        obj, _ = _unpickle(data, 0, path, table)
+    return obj, len(data)
 
 
-def _unpickle(f, path: Path, persistent: Optional[Callable] = None) -> Any:
+def _unpickle(buf, start: int, path: Path, persistent: Optional[Callable] = None) -> tuple[Any, int]:
+    """Load the pickle at `buf[start:]` (bytes or a file's mmap): its value and end offset.
+
+    The dry run (``scan_pickle``) checks it first; the real unpickler then only sees those
+    bytes, with a copy budget proportional to their length."""
+    end = scan_pickle(buf, start, file=path)
+    token = _budget.set([PICKLE_COPY_BUDGET_PER_BYTE * (end - start) + _BUDGET_SLACK])
     try:
-        return SafeUnpickler(f, source=path, persistent_load=persistent).load()
+        return SafeUnpickler(io.BytesIO(buf[start:end]), source=path, persistent_load=persistent).load(), end
     except CheckpointError as e:
         if e.file is None:       # raised by a stand-in that does not know the file: add it
             raise type(e)(str(e), file=path, tensor=e.tensor) from None
@@ -530,41 +629,50 @@ def _unpickle(f, path: Path, persistent: Optional[Callable] = None) -> Any:
     except MemoryError:
         raise CorruptFileError("pickle needs too much memory", file=path) from None
     except Exception as e:  # pickle.UnpicklingError, EOFError, TypeError from malformed opcodes...
-        raise CorruptFileError(f"cannot unpickle ({type(e).__name__}: {e}); truncated or corrupt?",
+        raise CorruptFileError(f"cannot unpickle ({type(e).__name__}: {_short(str(e))}); truncated or corrupt?",
                                file=path) from None
+    finally:
+        _budget.reset(token)
 
 
-def _load_legacy(path: Path) -> Any:
+def _load_legacy(path: Path) -> tuple[Any, int]:
+    """The object pickle's value and its length in bytes (storages are located in place)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        magic = _unpickle(f, path)
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"cannot memory-map file: {e}", file=path) from None
+    with mm:
+        magic, pos = _unpickle(mm, 0, path)
         if magic != LEGACY_MAGIC:
             raise UnsupportedFormatError("a pickle, but not a torch checkpoint (no torch magic number)",
                                          file=path)
-        proto = _unpickle(f, path)
+        proto, pos = _unpickle(mm, pos, path)
         if proto != LEGACY_PROTOCOL:
-            raise UnsupportedFormatError(f"torch legacy protocol {proto!r} is not supported", file=path)
-        sys_info = _unpickle(f, path)
+            raise UnsupportedFormatError(f"torch legacy protocol {_short(proto)} is not supported", file=path)
+        sys_info, pos = _unpickle(mm, pos, path)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise UnsupportedFormatError("big-endian torch checkpoint", file=path)
         table = _StorageTable(path)
-        obj = _unpickle(f, path, table)
-        keys = _unpickle(f, path)
+        obj_start = pos
+        obj, pos = _unpickle(mm, pos, path, table)
+        obj_len = pos - obj_start
+        keys, offset = _unpickle(mm, pos, path)
         if not isinstance(keys, list):
             raise CorruptFileError("legacy storage key list is missing", file=path)
-        offset = f.tell()
         for key in keys:
+            if not (isinstance(key, str) or _is_small_int(key)):
+                raise CorruptFileError(f"legacy storage key {_short(key)} is not a string", file=path)
             key = str(key)
             st = table.storages.get(key)
             if st is None or st.stype.itemsize is None:
                 raise CorruptFileError(f"storage {key!r} is listed but its element size is unknown; "
                                        f"cannot find the storages after it", file=path)
-            f.seek(offset)
-            head = f.read(8)
-            if len(head) < 8:
+            if offset + 8 > size:
                 raise CorruptFileError(f"storage {key!r} header runs past the end of the file; truncated?",
                                        file=path)
-            count = int.from_bytes(head, "little", signed=True)
+            count = int.from_bytes(mm[offset:offset + 8], "little", signed=True)
             nbytes = count * st.itemsize
             if count < 0 or offset + 8 + nbytes > size:
                 raise CorruptFileError(f"storage {key!r} ({count} elements) runs past the end of the file; "
@@ -574,7 +682,7 @@ def _load_legacy(path: Path) -> Any:
         for st in table.storages.values():
             if st.data_offset is None and st.problem is None:
                 st.problem = (CorruptFileError, f"storage {st.key!r} is not in the file's storage list")
-    return obj
+    return obj, obj_len
 
 
 # -------------------------------------------------------------------- flattening
@@ -593,33 +701,59 @@ def _select_root(obj: Any) -> Any:
     return obj
 
 
-def flatten_checkpoint(obj: Any) -> list[tuple[str, PickledTensor]]:
-    """(dotted name, tensor) pairs of a loaded checkpoint object; see the module docstring."""
+def _children(x: Any):
+    """(key, value) pairs of a container, keys that cannot be part of a name left out."""
+    if isinstance(x, dict):
+        return ((k, v) for k, v in x.items() if isinstance(k, str) or _is_small_int(k))
+    return enumerate(x)
+
+
+def flatten_checkpoint(obj: Any, *, budget: Optional[int] = None,
+                       file: Optional[Path] = None) -> list[tuple[str, PickledTensor]]:
+    """(dotted name, tensor) pairs of a loaded checkpoint object; see the module docstring.
+
+    Iterative (no recursion), at most MAX_PICKLE_DEPTH containers deep. `budget` bounds the
+    work (one unit per value visited plus the characters of each name built): shared
+    containers are walked once per path, so a DAG of them is refused rather than expanded
+    exponentially."""
+    root = _select_root(obj)
+    if isinstance(root, PickledTensor):
+        return [("", root)]
+    if not isinstance(root, (dict, list, tuple)):
+        return []
     out: list[tuple[str, PickledTensor]] = []
-    active: set[int] = set()
-
-    def walk(x: Any, prefix: str) -> None:
-        if isinstance(x, PickledTensor):
-            out.append((prefix, x))
-            return
-        if isinstance(x, dict):
-            items = [(k, v) for k, v in x.items() if isinstance(k, (str, int)) and not isinstance(k, bool)]
-        elif isinstance(x, (list, tuple)):
-            items = list(enumerate(x))
-        else:
-            return
-        if id(x) in active:
-            return                                   # a container that contains itself
-        active.add(id(x))
-        for k, v in items:
-            walk(v, f"{prefix}.{k}" if prefix else str(k))
-        active.discard(id(x))
-
-    walk(_select_root(obj), "")
+    left = budget
+    frames = [(iter(_children(root)), "", id(root))]
+    active = {id(root)}                          # containers on the current path (cycles)
+    while frames:
+        it, prefix, xid = frames[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            frames.pop()
+            active.discard(xid)
+            continue
+        k, v = nxt
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if left is not None:
+            left -= 1 + len(name)
+            if left < 0:
+                raise CorruptFileError("checkpoint's shared references expand to far more names than its "
+                                       "size can hold (an exponential structure?)", file=file)
+        if len(name) > MAX_NAME_CHARS:
+            raise CorruptFileError(f"flattened tensor name is longer than {MAX_NAME_CHARS} characters",
+                                   file=file, tensor=name[:80] + "...")
+        if isinstance(v, PickledTensor):
+            out.append((name, v))
+        elif isinstance(v, (dict, list, tuple)) and id(v) not in active:
+            if len(frames) >= MAX_PICKLE_DEPTH:
+                raise CorruptFileError(f"checkpoint nests containers more than {MAX_PICKLE_DEPTH} deep",
+                                       file=file, tensor=name[:200])
+            active.add(id(v))
+            frames.append((iter(_children(v)), name, id(v)))
     return out
 
 
-def _to_record(name: str, t: PickledTensor, path: Path) -> TensorRecord:
+def _to_record(name: str, t: PickledTensor, path: Path, file_size: int) -> TensorRecord:
     st = t.ref.storage
     if t.dtype is None:
         raise UnsupportedFormatError(f"tensor dtype {t.dtype_name} is not supported", file=path, tensor=name)
@@ -628,30 +762,33 @@ def _to_record(name: str, t: PickledTensor, path: Path) -> TensorRecord:
         raise cls(message, file=path, tensor=name)
     if st.data_offset is None or st.nbytes is None:
         raise CorruptFileError(f"storage {st.key!r} has no data in the file", file=path, tensor=name)
+    if any(s < 0 for s in t.stride):
+        # torch never writes one; a view reading backwards from its offset is a lie
+        raise CorruptFileError(f"negative stride in {t.stride}", file=path, tensor=name)
     item = DTYPE_ITEMSIZE[t.dtype]
+    check_shape(t.size, file_size, file=path, tensor=name, itemsize=item)
     start = t.ref.byte_offset + t.storage_offset * item          # relative to the storage's bytes
     if all(d > 0 for d in t.size):
-        lo = hi = start
-        for d, s in zip(t.size, t.stride):
-            if s >= 0:
-                hi += (d - 1) * s * item
-            else:
-                lo += (d - 1) * s * item
-        hi += item
-        if lo < 0 or hi > st.nbytes:
+        hi = start + item
+        for d, s in zip(t.size, t.stride):      # strides are >= 0 (checked above)
+            hi += (d - 1) * s * item
+        if hi > st.nbytes:
             raise CorruptFileError(
-                f"tensor view (bytes {lo}..{hi} of its storage) exceeds storage {st.key!r} "
+                f"tensor view (bytes {start}..{hi} of its storage) exceeds storage {st.key!r} "
                 f"({st.nbytes} bytes)", file=path, tensor=name)
     return TensorRecord(name=name, dtype=t.dtype, shape=tuple(t.size), strides=tuple(t.stride),
                         file=path, offset=st.data_offset + start)
 
 
-def _records(obj: Any, path: Path) -> Tensors:
+def _records(loaded: tuple[Any, int], path: Path) -> Tensors:
+    obj, pickle_len = loaded
+    file_size = path.stat().st_size
     records: Tensors = {}
-    for name, t in flatten_checkpoint(obj):
+    budget = FLATTEN_BUDGET_PER_BYTE * pickle_len + _BUDGET_SLACK
+    for name, t in flatten_checkpoint(obj, budget=budget, file=path):
         if name in records:
             raise CorruptFileError("two tensors flatten to the same name", file=path, tensor=name)
-        records[name] = _to_record(name, t, path)
+        records[name] = _to_record(name, t, path, file_size)
     return records
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CheckpointError, CorruptFileError, UnsupportedFormatError
+from .json_safe import loads_json
+from .limits import check_shape
 from .records import DTYPE_ITEMSIZE, TensorRecord
 
 # The safetensors library refuses headers above 100 MB; so do we.
@@ -46,6 +48,12 @@ def _meta_str(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
+def _short_json(v: Any) -> str:
+    """A header value for a message: at most ~100 characters (values can be megabytes)."""
+    s = repr(v) if not isinstance(v, (list, dict)) else json.dumps(v)
+    return s if len(s) <= 100 else s[:100] + "..."
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[Tensors, Metadata]:
     """Records and ``__metadata__`` of one .safetensors file. Nothing but the header is read."""
     path = Path(os.path.abspath(path))
@@ -70,10 +78,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[Tensors, Metadata]:
         raise CheckpointError("expected a file, got a directory", file=path) from None
     if len(raw) != n:
         raise CorruptFileError("file shrank while reading the header", file=path)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptFileError(f"safetensors header is not valid JSON: {e}", file=path) from None
+    header = loads_json(raw, file=path, what="safetensors header", object_pairs_hook=_reject_duplicates)
     if not isinstance(header, dict):
         raise CorruptFileError("safetensors header is not a JSON object", file=path)
 
@@ -97,15 +102,16 @@ def read_safetensors(path: str | os.PathLike) -> tuple[Tensors, Metadata]:
                 raise bad(f"header entry lacks {key!r}")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str):
-            raise bad(f"dtype {dtype!r} is not a string")
+            raise bad(f"dtype {_short_json(dtype)} is not a string")
         if dtype not in DTYPE_ITEMSIZE:
-            raise bad(f"dtype {dtype!r} is not supported (known: {', '.join(DTYPE_ITEMSIZE)})",
+            raise bad(f"dtype {_short_json(dtype)} is not supported (known: {', '.join(DTYPE_ITEMSIZE)})",
                       UnsupportedFormatError)
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise bad(f"shape {shape!r} is not a list of non-negative integers")
+            raise bad(f"shape {_short_json(shape)} is not a list of non-negative integers")
+        check_shape(shape, size, file=path, tensor=name, itemsize=DTYPE_ITEMSIZE[dtype])
         if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)
                 or not 0 <= offs[0] <= offs[1]):
-            raise bad(f"data_offsets {offs!r} is not [start, end] with 0 <= start <= end")
+            raise bad(f"data_offsets {_short_json(offs)} is not [start, end] with 0 <= start <= end")
         count = 1
         for d in shape:
             count *= d
@@ -130,15 +136,10 @@ def read_sharded_index(path: str | os.PathLike,
     """
     path = Path(os.path.abspath(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError("No such file or directory", file=path) from None
-    except UnicodeDecodeError as e:
-        raise CorruptFileError(f"index is not UTF-8 text: {e}", file=path) from None
-    try:
-        index = json.loads(text)
-    except ValueError as e:
-        raise CorruptFileError(f"index is not valid JSON: {e}", file=path) from None
+    index = loads_json(raw, file=path, what="index")
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
         raise CorruptFileError("index has no 'weight_map' object of tensor name -> shard file", file=path)
@@ -153,6 +154,8 @@ def read_sharded_index(path: str | os.PathLike,
         shard_path = (path.parent / shard)
         if os.path.isabs(shard) or ".." in Path(shard).parts:
             raise CorruptFileError(f"shard path {shard!r} leaves the index's folder", file=path)
+        if shard.lower().endswith(".json"):        # an index naming an index would loop forever
+            raise CorruptFileError(f"shard {shard!r} is itself a JSON index, not a weights file", file=path)
         if not shard_path.is_file():
             raise CheckpointError(f"shard {shard!r} named by the index is missing "
                                   f"(No such file: {shard_path})", file=path)

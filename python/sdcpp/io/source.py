@@ -1,15 +1,16 @@
 """read_tensors / open_source: from a path or Hub id to TensorRecords (docs/internals.md §2)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import CheckpointError, CorruptFileError, UnsupportedFormatError
+from ..errors import AmbiguousSourceError, CheckpointError, CorruptFileError, UnsupportedFormatError
+from .config_check import check_component_config
 from .gguf_reader import read_gguf
+from .json_safe import load_json_file
 from .pickle_reader import is_legacy_torch, read_torch_legacy, read_torch_zip
 from .records import TensorRecord
 from .safetensors_reader import MAX_HEADER_SIZE, read_safetensors, read_sharded_index
@@ -144,14 +145,52 @@ def pick_weights_file(names: Iterable[str], variant: Optional[str] = None) -> Op
 
 
 # ------------------------------------------------------------------------ folders
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"invalid JSON: {e}", file=path) from None
+# Configs are small; a bigger "config" is not one (and is not read into memory whole).
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def _load_json(path: Path, kind: Optional[str] = None) -> dict:
+    """A JSON object file (depth-limited parse); `kind` names the schema its keys are checked
+    against (config_check.SCHEMAS: "unet", "vae", "model_index"...)."""
+    data = load_json_file(path, max_bytes=MAX_CONFIG_BYTES)
     if not isinstance(data, dict):
         raise CorruptFileError("JSON file is not an object", file=path)
+    if kind is not None:
+        check_component_config(kind, data, file=path)
     return data
+
+
+def _preference_level(name: str, variant: Optional[str]) -> Optional[tuple[str, str]]:
+    """Files of one component that ``pick_weights_file`` cannot order share a level: the same
+    format (safetensors / bin) and the same kind (plain, the requested variant, fp16, another
+    variant), differing only in stem or in single-file vs sharded form."""
+    for ext in ("safetensors", "bin"):
+        for stem in WEIGHT_STEMS:
+            if name in (f"{stem}.{ext}", f"{stem}.{ext}.index.json"):
+                return "plain", ext
+    v = _variant_of(name)
+    if v is None:
+        return None
+    var, ext = v
+    if variant and var == variant:
+        return "requested", ext
+    return ("fp16" if var == "fp16" else "variant"), ext
+
+
+def _ambiguity(folder: Path, pick: str, names: list[str], variant: Optional[str], tensors: Tensors) -> None:
+    """Refuse a folder whose weight files for one component tie with `pick` (AmbiguousSourceError):
+    sdcpp would otherwise load one of two sources and silently ignore the other."""
+    level = _preference_level(pick, variant)
+    ties = sorted(n for n in names if n != pick and level is not None and _preference_level(n, variant) == level)
+    for other in ties:
+        theirs = _read_file(folder / other)[0]
+        shared = next((t for t in tensors if t in theirs), None)
+        how = (f"both hold tensor {shared!r}" if shared is not None
+               else "they hold different tensors")
+        raise AmbiguousSourceError(
+            f"two weight files for one component, {pick!r} and {other!r}: {how}; sdcpp does not guess "
+            f"which one is meant -- remove or rename one" + (" (or pass variant=)" if level[0] == "variant" else ""),
+            file=folder, tensor=shared)
 
 
 def _read_component(folder: Path, variant: Optional[str]) -> tuple[Path, Tensors, Metadata]:
@@ -162,6 +201,7 @@ def _read_component(folder: Path, variant: Optional[str]) -> tuple[Path, Tensors
             f"no weights file (diffusion_pytorch_model/model/pytorch_model .safetensors/.bin) in folder; "
             f"found: {sorted(names)}", file=folder)
     tensors, meta = _read_file(folder / pick)
+    _ambiguity(folder, pick, names, variant, tensors)
     return folder / pick, tensors, meta
 
 
@@ -174,16 +214,16 @@ def _component_name(folder: Path, config: dict) -> str:
     archs = config.get("architectures")
     if isinstance(archs, list):
         for a in archs:
-            if a in _CLASS_TO_COMPONENT:
+            if isinstance(a, str) and a in _CLASS_TO_COMPONENT:
                 return _CLASS_TO_COMPONENT[a]
     return folder.name
 
 
 def _open_diffusers(root: Path, variant: Optional[str]) -> Source:
-    configs: dict[str, dict] = {"model_index": _load_json(root / "model_index.json")}
+    configs: dict[str, dict] = {"model_index": _load_json(root / "model_index.json", "model_index")}
     sched = root / "scheduler" / "scheduler_config.json"
     if sched.is_file():
-        configs["scheduler"] = _load_json(sched)
+        configs["scheduler"] = _load_json(sched, "scheduler")
     index = configs["model_index"]
     components: dict[str, Tensors] = {}
     files: dict[str, Path] = {}
@@ -199,7 +239,7 @@ def _open_diffusers(root: Path, variant: Optional[str]) -> Source:
                                       f"(No such directory: {str(folder)!r})", file=root / "model_index.json")
             continue
         if (folder / "config.json").is_file():
-            configs[comp] = _load_json(folder / "config.json")
+            configs[comp] = _load_json(folder / "config.json", comp)
         wfile, tensors, meta = _read_component(folder, variant)
         components[comp], files[comp] = tensors, wfile
         metadata.update({f"{comp}.{k}": v for k, v in meta.items()})
@@ -212,6 +252,7 @@ def _open_diffusers(root: Path, variant: Optional[str]) -> Source:
 def _open_component_folder(folder: Path, variant: Optional[str]) -> Source:
     config = _load_json(folder / "config.json")
     comp = _component_name(folder, config)
+    check_component_config(comp, config, file=folder / "config.json")
     wfile, tensors, meta = _read_component(folder, variant)
     return Source(path=folder, layout="diffusers", components={comp: tensors}, configs={comp: config},
                   metadata={f"{comp}.{k}": v for k, v in meta.items()}, files={comp: wfile})
@@ -305,7 +346,9 @@ def _open_hub(repo_id: str, variant: Optional[str], revision: Optional[str]) -> 
             if rel.endswith(".json") and ".index" in rel:
                 idx = _load_json(local / rel)
                 base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
-                shards += [base + s for s in dict.fromkeys((idx.get("weight_map") or {}).values())]
+                wmap = idx.get("weight_map")
+                if isinstance(wmap, dict):
+                    shards += [base + s for s in dict.fromkeys(wmap.values()) if isinstance(s, str)]
         if shards:
             huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=shards)
     except CheckpointError:

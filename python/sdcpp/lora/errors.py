@@ -48,7 +48,20 @@ class LoraFamilyError(LoraError):
 
 
 class LoraFormatError(LoraError):
-    """The file is not a LoRA sdcpp can read (no LoRA keys, inconsistent tensors, bad config)."""
+    """The file is not a LoRA sdcpp can read (no LoRA keys, inconsistent tensors, bad config).
+
+    ``file`` / ``key`` (when given) are the file and the tensor or config key at fault; both are
+    named in the message too."""
+
+    def __init__(self, message: str, *, file: Optional[str] = None, key: Optional[str] = None):
+        self.file = str(file) if file is not None else None
+        self.key = key
+        parts = [message]
+        if key is not None:
+            parts.append(f"key {key!r}")
+        if file is not None:
+            parts.append(f"file {self.file!r}")
+        super().__init__(" | ".join(parts))
 
 
 class LoraWarning(UserWarning):

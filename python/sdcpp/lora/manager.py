@@ -12,9 +12,10 @@
    shares files with the old one touches only the difference.
 3. a tensor is written as ``original + sum(multiplier * delta)``, computed in float32 from the
    original record of the memory-mapped checkpoint (``ModelInfo.tensors[name].numpy()``), and
-   the store converts it to the tensor's storage type (f32 / f16 / bf16) in C++. A tensor
-   leaving the set is restored by setting its original record again: the same bytes through
-   the same conversion, so ``apply([])`` gives the loaded weights back bit for bit.
+   the store converts it to the tensor's storage type (f32 / f16 / bf16 / q8_0 / q5_0 / q4_0)
+   in C++. A tensor leaving the set is restored by setting its original record again: the same
+   bytes through the same conversion (a GGUF's quantized blocks copied as they are), so
+   ``apply([])`` gives the loaded weights back bit for bit.
 
 The checkpoint files are ``stat``-ed when the manager is made; if one was rewritten in place
 since, restoring refuses (``LoraError``) instead of loading different weights.
@@ -339,6 +340,20 @@ class LoraManager:
                 store.set(name, self._merged(name, self._merges[name]))
             return len(names)
 
+    def _restore(self, name: str) -> None:
+        """Put the loaded weight back: the original record through the loader's own path (a
+        GGUF's quantized blocks copied as they are, anything else converted the same way)."""
+        from ..engine.weights import set_value
+        from ..memory import StoreHandle
+
+        rec = self.info.tensors[name]
+        self._check_file(rec.file)
+        store = self._store(name)
+        if isinstance(store, StoreHandle):   # memory="low": a freed store drops the write
+            store.set_value(name, rec)
+        else:
+            set_value(store, name, rec)
+
     def _write(self, weights: dict, biases: dict) -> tuple[int, int]:
         recipes = {}
         for table in (weights, biases):
@@ -360,7 +375,7 @@ class LoraManager:
 
         try:
             for name in restore:
-                self._store(name).set(name, self._original(name))
+                self._restore(name)
                 del self._applied[name]
                 self._merges.pop(name, None)
             # numpy and the store release the GIL: tensors are merged in parallel (each worker
@@ -382,7 +397,7 @@ class LoraManager:
         """After a failure part-way, put every modified tensor back (best effort)."""
         for name in list(self._applied):
             try:
-                self._store(name).set(name, self._original(name))
+                self._restore(name)
                 del self._applied[name]
                 self._merges.pop(name, None)
             except Exception:   # pragma: no cover - the original error is re-raised

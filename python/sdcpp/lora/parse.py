@@ -32,7 +32,6 @@ against the model's encoders by shape.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from ..io.config_check import BOOL, NUM, STR, check_config, nullable
+from ..io.json_safe import load_json_file, loads_json
 from ..io.records import TensorRecord
 from ..naming.unet import DIFFUSERS_ROOTS, LDM_ROOTS
 from .errors import LoraFormatError
@@ -150,11 +151,31 @@ class LoraFile:
         return self.path.stem
 
 
-def _scalar(rec: TensorRecord, key: str) -> float:
-    arr = rec.numpy()
-    if arr.size != 1:
-        raise LoraFormatError(f"{key!r}: expected a scalar, got shape {tuple(arr.shape)}")
-    return float(arr.reshape(-1)[0])
+# Keys of a LoRA config (PEFT adapter_config.json, diffusers' lora_adapter_metadata) that
+# sdcpp reads; the rest (r, target_modules...) follow from the tensors or are not needed.
+_PATTERNS = (lambda v: isinstance(v, dict) and all(isinstance(k, str) and NUM[0](x) for k, x in v.items()),
+             "an object of module name -> finite number")
+CONFIG_SCHEMA = {
+    "lora_alpha": nullable(NUM), "alpha_pattern": nullable(_PATTERNS), "use_rslora": nullable(BOOL),
+    "use_dora": nullable(BOOL), "peft_type": nullable(STR),
+}
+# alpha_pattern keys sdcpp matches: module names (PEFT allows regexes; evaluating one from a
+# file could backtrack for hours, so anything else is refused).
+_MODULE_NAME = re.compile(r"[\w.\-]+")
+
+
+def _format_error(message: str, *, file=None, key=None) -> LoraFormatError:
+    return LoraFormatError(message, file=file, key=key)
+
+
+def _scalar(rec: TensorRecord, key: str, path) -> float:
+    n = math.prod(rec.shape)
+    if n != 1:
+        raise LoraFormatError(f"expected a scalar, got shape {tuple(rec.shape)}", file=path, key=key)
+    value = float(rec.numpy().reshape(-1)[0])
+    if not math.isfinite(value):
+        raise LoraFormatError(f"value {value} is not finite", file=path, key=key)
+    return value
 
 
 def _route(module_key: str) -> Optional[tuple[tuple[str, ...], str, bool]]:
@@ -186,47 +207,61 @@ def pick_file(folder: Path) -> Path:
                     return p
     if len(files) == 1:
         return files[0]
-    raise LoraFormatError(f"folder {str(folder)!r} holds no single LoRA file "
-                          f"({', '.join(sorted(p.name for p in files)) or 'no weight files'}); pass the file")
+    raise LoraFormatError(f"folder holds no single LoRA file "
+                          f"({', '.join(sorted(p.name for p in files)) or 'no weight files'}); pass the file",
+                          file=str(folder))
 
 
 def _peft_config(folder: Path) -> Optional[dict]:
     cfg = folder / "adapter_config.json"
     if not cfg.is_file():
         return None
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LoraFormatError(f"cannot read {str(cfg)!r}: {exc}") from None
+    data = load_json_file(cfg, what="adapter_config.json", error=_format_error, max_bytes=16 << 20)
+    if not isinstance(data, dict):
+        raise LoraFormatError("adapter_config.json is not a JSON object", file=cfg)
+    return _checked_config(data, cfg, "")
 
 
-def _adapter_configs(metadata: dict, peft_cfg: Optional[dict]) -> dict[str, dict]:
+def _checked_config(cfg: dict, file, prefix: str) -> dict:
+    """`cfg` after checking the keys sdcpp reads (LoraFormatError naming the file and key)."""
+    def error(message, *, file=None, key=None):
+        return LoraFormatError(message, file=file, key=prefix + key if key else key)
+    check_config(cfg, CONFIG_SCHEMA, file=file, error=error)
+    for pat in (cfg.get("alpha_pattern") or {}):
+        if not _MODULE_NAME.fullmatch(pat):
+            raise LoraFormatError(f"alpha_pattern key {pat[:80]!r} is a regular expression; sdcpp matches "
+                                  f"module names only", file=file, key=prefix + "alpha_pattern")
+    return cfg
+
+
+def _adapter_configs(metadata: dict, peft_cfg: Optional[dict], path) -> dict[str, dict]:
     """Per component ("" = whole file) LoRA configs: diffusers' ``lora_adapter_metadata``
     (``{"unet.lora_alpha": 8, ...}``) or PEFT's adapter_config.json."""
     out: dict[str, dict] = {}
     raw = metadata.get("lora_adapter_metadata")
     if raw:
-        try:
-            flat = json.loads(raw)
-        except ValueError as exc:
-            raise LoraFormatError(f"unreadable lora_adapter_metadata: {exc}") from None
+        flat = loads_json(raw, file=path, what="lora_adapter_metadata", error=_format_error)
+        if not isinstance(flat, dict):
+            raise LoraFormatError("lora_adapter_metadata is not a JSON object", file=path,
+                                  key="lora_adapter_metadata")
         for k, v in flat.items():
             comp, _, name = k.partition(".")
             out.setdefault(comp, {})[name] = v
+        for comp, cfg in out.items():
+            _checked_config(cfg, path, f"lora_adapter_metadata: {comp}." if comp else "lora_adapter_metadata: ")
     if peft_cfg:
-        out.setdefault("", {}).update(peft_cfg)
+        if not isinstance(peft_cfg, dict):
+            raise LoraFormatError("PEFT adapter config is not a JSON object", file=path)
+        out.setdefault("", {}).update(_checked_config(peft_cfg, path, ""))
     return out
 
 
 def _pattern_value(patterns: dict, path: str):
-    """PEFT's rank/alpha pattern lookup: a key matches a module name at a dot boundary."""
+    """PEFT's rank/alpha pattern lookup: a module name matches the module and its children's
+    names at a dot boundary (keys are checked to be plain module names)."""
     for pat, value in (patterns or {}).items():
-        try:
-            if re.fullmatch(rf"(.*\.)?(?:{pat})", path):
-                return value
-        except re.error:
-            if path == pat or path.endswith("." + pat):
-                return value
+        if path == pat or path.endswith("." + pat):
+            return value
     return None
 
 
@@ -258,7 +293,7 @@ def read_lora(path: PathLike) -> LoraFile:
     elif p.is_file() and p.stem == "adapter_model":
         peft_cfg = _peft_config(p.parent)
     if not p.exists():
-        raise LoraFormatError(f"no such LoRA file: {str(p)!r}")
+        raise LoraFormatError("no such LoRA file", file=str(p))
     src = open_source(p)
     tensors = src.components.get("", {})
     return parse_lora(tensors, p, dict(src.metadata or {}), peft_cfg)
@@ -268,13 +303,15 @@ def parse_lora(tensors: dict[str, TensorRecord], path: PathLike = "<memory>", me
                peft_config: Optional[dict] = None) -> LoraFile:
     """Group raw LoRA keys into modules (see the module doc)."""
     metadata = metadata or {}
+    if not tensors:
+        raise LoraFormatError("file holds no tensors at all", file=str(path))
     modules: dict[str, LoraModule] = {}
     unknown: list[str] = []
     formats: set[str] = set()
     adapters = {m.group(1) for m in map(_ADAPTER.fullmatch, tensors) if m}
     if len(adapters) > 1:
-        raise LoraFormatError(f"LoRA {str(path)!r} holds several PEFT adapters ({', '.join(sorted(adapters))}); "
-                              f"save them as separate files")
+        raise LoraFormatError(f"LoRA holds several PEFT adapters ({', '.join(sorted(adapters))}); "
+                              f"save them as separate files", file=str(path))
     for key in sorted(tensors):
         for pat, role, fmt in SUFFIXES:
             m = pat.fullmatch(key)
@@ -304,25 +341,33 @@ def parse_lora(tensors: dict[str, TensorRecord], path: PathLike = "<memory>", me
             if role.startswith("unsupported:"):
                 mod.unsupported = role.split(":", 1)[1]
             elif role == "alpha":
-                mod.alpha = _scalar(rec, key)
+                mod.alpha = _scalar(rec, key, path)
             elif role == "scale":
-                mod.scale = _scalar(rec, key)
+                mod.scale = _scalar(rec, key, path)
             else:
                 if getattr(mod, role) is not None:
-                    raise LoraFormatError(f"LoRA {str(path)!r}: module {module_key!r} has two {role} tensors "
-                                          f"({key!r} and another spelling)")
+                    raise LoraFormatError(f"module {module_key!r} has two {role} tensors "
+                                          f"({key!r} and another spelling)", file=path, key=key)
+                if role in ("down", "up", "mid") and len(rec.shape) < 2:
+                    raise LoraFormatError(f"{role} tensor has shape {tuple(rec.shape)}; a LoRA factor has "
+                                          f"2 or more dims", file=path, key=key)
+                if role == "down" and rec.shape[0] == 0:
+                    raise LoraFormatError("down tensor has rank 0 (shape "
+                                          f"{tuple(rec.shape)}): a LoRA of rank 0 changes nothing",
+                                          file=path, key=key)
                 setattr(mod, role, rec)
             break
         else:
             unknown.append(key)
-    configs = _adapter_configs(metadata, peft_config)
+    configs = _adapter_configs(metadata, peft_config, str(path))
     for mod in modules.values():
         cfg = configs.get(mod.components[0]) if len(mod.components) == 1 else None
         cfg = cfg or configs.get("")
         if cfg:
             _apply_config(mod, cfg)
-    if not modules and tensors:
-        raise LoraFormatError(f"{str(path)!r} holds no LoRA tensors (first keys: {', '.join(sorted(tensors)[:3])})")
+    if not modules:
+        raise LoraFormatError(f"file holds no LoRA tensors (first keys: {', '.join(sorted(tensors)[:3])})",
+                              file=str(path))
     fmt = "+".join(sorted(formats)) or "unknown"
     return LoraFile(Path(path), list(modules.values()), unknown, metadata, fmt)
 

@@ -34,14 +34,14 @@ API
 Deliberate differences from A1111 (``modules/prompt_parser.py``, ``sd_hijack_clip.py``):
 a ``BREAK`` inside brackets still breaks (A1111 multiplies its marker's -1 weight and then
 tokenizes it as the word "break"); BREAK markers are never merged with a neighbouring
-run; a malformed number such as ``(a:1.2.3)`` is literal text (A1111 raises); textual-
-inversion embeddings, prompt editing/scheduling (``[a:b:0.5]``, ``[a|b]``) and comment lines
-are not handled here.
+run; a malformed number such as ``(a:1.2.3)`` is literal text (A1111 raises); prompt
+editing/scheduling (``[a:b:0.5]``, ``[a|b]``) and comment lines are not handled here.
+Textual-inversion words become their embedding's ids when ``embeddings`` is given.
 """
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -183,8 +183,13 @@ class PromptChunks(NamedTuple):
 
 def encode_prompt_chunks(text: str, pad_id: int, weighted: bool = True, *,
                          comma_backtrack: int = 20,
-                         tokenizer: Optional[ClipTokenizer] = None) -> PromptChunks:
-    """Tokenize an A1111 prompt into k chunks of 77 ids with per-token weights; see the module doc."""
+                         tokenizer: Optional[ClipTokenizer] = None,
+                         embeddings: Optional[Mapping[tuple, tuple]] = None) -> PromptChunks:
+    """Tokenize an A1111 prompt into k chunks of 77 ids with per-token weights; see the module doc.
+
+    embeddings: {token ids of a word: the ids that replace it} (textual inversion, see
+    sdcpp.embeddings): where the word's tokens appear, its ids are placed as one group that is
+    never split between chunks (A1111)."""
     if not isinstance(text, str):
         raise InvalidArgumentError(f"prompt must be a str, got {type(text).__name__}")
     if not 0 <= comma_backtrack < CHUNK_TOKENS:
@@ -212,7 +217,14 @@ def encode_prompt_chunks(text: str, pad_id: int, weighted: bool = True, *,
         if (run_text, weight) == BREAK:
             close_chunk()
             continue
-        for token in tok.encode(run_text):
+        for group in _token_groups(tok.encode(run_text), embeddings):
+            if isinstance(group, tuple):           # an embedding's ids: kept in one chunk
+                if len(cur_ids) + len(group) > CHUNK_TOKENS:
+                    close_chunk()
+                cur_ids.extend(group)
+                cur_w.extend([weight] * len(group))
+                continue
+            token = group
             if token == comma:
                 last_comma = len(cur_ids)
             elif (comma_backtrack and len(cur_ids) == CHUNK_TOKENS and last_comma != -1
@@ -236,6 +248,26 @@ def encode_prompt_chunks(text: str, pad_id: int, weighted: bool = True, *,
         after_eos = np.arange(ids.shape[1])[None, :] > eos_index[:, None]
         ids[after_eos] = int(pad_id)
     return PromptChunks(ids, weights, eos_index, loras)
+
+
+def _token_groups(tokens: list[int], embeddings: Optional[Mapping[tuple, tuple]]):
+    """The tokens, with each longest match of an embedding's word replaced by its id tuple."""
+    if not embeddings:
+        yield from tokens
+        return
+    by_first: dict[int, list[tuple]] = {}
+    for seq in sorted(embeddings, key=len, reverse=True):
+        by_first.setdefault(seq[0], []).append(seq)
+    i = 0
+    while i < len(tokens):
+        for seq in by_first.get(tokens[i], ()):
+            if tuple(tokens[i:i + len(seq)]) == seq:
+                yield tuple(embeddings[seq])
+                i += len(seq)
+                break
+        else:
+            yield tokens[i]
+            i += 1
 
 
 def apply_emphasis(hidden: np.ndarray, weights: np.ndarray, normalize: bool = True) -> np.ndarray:
