@@ -90,6 +90,11 @@ void bind_runtime(py::module_& m) {
                  s.declare(name, shape, parse_type(type));
              },
              py::arg("name"), py::arg("shape"), py::arg("type"))
+        .def("map_to_file", &WeightStore::map_to_file, py::arg("name"), py::arg("file"), py::arg("offset"),
+             "Zero copy: use the file's bytes at offset (stored type, C order, element-aligned) in place")
+        .def_static("mapping_supported", &WeightStore::mapping_supported)
+        .def("is_mapped", &WeightStore::is_mapped)
+        .def_property_readonly("mapped_nbytes", &WeightStore::mapped_nbytes)
         .def("allocate", [](WeightStore& s) {
             py::gil_scoped_release nogil;
             s.allocate();

@@ -9,6 +9,14 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define SDCPP_HAVE_MMAP 1
+#endif
+
 namespace sdcpp {
 
 ggml_type parse_type(const std::string& name) {
@@ -85,8 +93,76 @@ WeightStore::WeightStore(DevicePtr device, bool repack) : device_(std::move(devi
 WeightStore::~WeightStore() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (repack_buffer_) ggml_backend_buffer_free(repack_buffer_);
+    for (Mapping& m : maps_) {
+        if (m.buffer) ggml_backend_buffer_free(m.buffer);  // a from_ptr buffer: frees no memory
+#ifdef SDCPP_HAVE_MMAP
+        if (m.addr) munmap(m.addr, m.size);
+#endif
+    }
     if (ctx_) ggml_free(ctx_);
     if (repack_ctx_) ggml_free(repack_ctx_);
+}
+
+bool WeightStore::mapping_supported() {
+#ifdef SDCPP_HAVE_MMAP
+    return true;
+#else
+    return false;
+#endif
+}
+
+void WeightStore::map_to_file(const std::string& name, const std::string& file, uint64_t offset) {
+    SD_CHECK(!allocated_, "weights are already allocated; cannot map '" + name + "'");
+    SD_CHECK(mapping_supported(), "zero-copy weights need mmap (not available on this system)");
+    SD_CHECK(device_->is_cpu(), "zero-copy weights work on the CPU device only");
+    auto it = spec_index_.find(name);
+    SD_CHECK(it != spec_index_.end(), "tensor '" + name + "' was not declared");
+    Spec& s = specs_[it->second];
+    SD_CHECK(!ggml_is_quantized(s.type) && s.storage == s.shape, "tensor '" + name + "': only plain types can be mapped");
+    SD_CHECK(offset % ggml_type_size(s.type) == 0, "tensor '" + name + "': file offset " + std::to_string(offset) +
+                                                       " is not a multiple of its element size");
+    s.file = file;
+    s.offset = offset;
+}
+
+bool WeightStore::is_mapped(const std::string& name) const {
+    auto it = spec_index_.find(name);
+    return allocated_ && it != spec_index_.end() && !specs_[it->second].file.empty();
+}
+
+void WeightStore::map_specs() {
+#ifdef SDCPP_HAVE_MMAP
+    std::unordered_map<std::string, size_t> by_file;  // file -> maps_ index
+    for (const Spec& s : specs_) {
+        if (s.file.empty()) continue;
+        auto f = by_file.find(s.file);
+        if (f == by_file.end()) {
+            const int fd = ::open(s.file.c_str(), O_RDONLY);
+            SD_CHECK(fd >= 0, "cannot open '" + s.file + "' to map its weights");
+            struct stat st {};
+            const bool ok = fstat(fd, &st) == 0 && st.st_size > 0;
+            void* addr = ok ? mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+            ::close(fd);  // the mapping keeps the file
+            SD_CHECK(addr != MAP_FAILED, "cannot map '" + s.file + "'");
+            Mapping m;
+            m.addr = addr;
+            m.size = size_t(st.st_size);
+            maps_.push_back(m);  // owned from here: the destructor unmaps it
+            maps_.back().buffer = ggml_backend_cpu_buffer_from_ptr(addr, m.size);
+            SD_CHECK(maps_.back().buffer, "cannot wrap the mapping of '" + s.file + "' in a ggml buffer");
+            ggml_backend_buffer_set_usage(maps_.back().buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            f = by_file.emplace(s.file, maps_.size() - 1).first;
+        }
+        const Mapping& m = maps_[f->second];
+        ggml_tensor* t = tensors_.at(s.name);
+        const size_t nb = ggml_nbytes(t);
+        SD_CHECK(s.offset + nb <= m.size, "tensor '" + s.name + "' (bytes " + std::to_string(s.offset) + ".." +
+                                              std::to_string(s.offset + nb) + ") lies outside '" + s.file + "'");
+        SD_CHECK(ggml_backend_tensor_alloc(m.buffer, t, static_cast<char*>(m.addr) + s.offset) == GGML_STATUS_SUCCESS,
+                 "cannot place tensor '" + s.name + "' in the mapping of '" + s.file + "'");
+        mapped_bytes_ += nb;
+    }
+#endif
 }
 
 void WeightStore::declare(const std::string& name, const std::vector<int64_t>& shape, ggml_type type) {
@@ -132,12 +208,13 @@ void WeightStore::allocate() {
         int64_t ne[4] = {1, 1, 1, 1};
         const int n = static_cast<int>(s.storage.size());
         for (int i = 0; i < n; ++i) ne[i] = s.storage[n - 1 - i];
-        const bool rp = rbuft && repackable(s.type, s.storage);
+        const bool rp = rbuft && s.file.empty() && repackable(s.type, s.storage);
         ggml_tensor* t = ggml_new_tensor(rp ? repack_ctx_ : ctx_, s.type, n, ne);
-        ++(rp ? in_repack : in_main);
+        if (s.file.empty()) ++(rp ? in_repack : in_main);  // mapped tensors need no allocation
         ggml_set_name(t, s.name.size() < GGML_MAX_NAME ? s.name.c_str() : s.name.substr(s.name.size() - GGML_MAX_NAME + 1).c_str());
         tensors_[s.name] = t;
     }
+    map_specs();  // zero-copy tensors first: ggml-alloc then skips them (their data is set)
     if (in_main) {
         buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, device_->backend());
         if (!buffer_) throw Error("out of memory on " + device_->info().name + " allocating the model weights");
@@ -185,7 +262,7 @@ std::vector<int64_t> WeightStore::shape(const std::string& name) const {
 
 size_t WeightStore::nbytes() const {
     return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) +
-           (repack_buffer_ ? ggml_backend_buffer_get_size(repack_buffer_) : 0);
+           (repack_buffer_ ? ggml_backend_buffer_get_size(repack_buffer_) : 0) + mapped_bytes_;
 }
 
 void WeightStore::set(const std::string& name, const void* data, ggml_type src_type, size_t count) {

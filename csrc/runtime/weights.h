@@ -4,6 +4,11 @@
 //   declare(name, numpy_shape, type) for every tensor, allocate(), then set(name, data).
 // Graphs look weights up by canonical name (docs/internals.md §3); nothing is copied per step.
 //
+// Zero copy (CPU): map_to_file(name, file, offset) before allocate() makes the tensor use the
+// checkpoint's bytes in place, through a private (copy-on-write) mapping of the file, instead of
+// an allocated copy: the weights are then the OS page cache's pages (no second copy, nothing to
+// fault in at load), and a LoRA write copies only the pages it changes.
+//
 // Quantized storage (q8_0, q5_0, q4_0): ggml quantizes along ne0 in blocks of 32, and a
 // matrix product with a quantized src0 runs ggml's integer dot products. A linear weight
 // [out, in] is stored as it is (rows of `in`). A convolution kernel [OC, IC, KH, KW] is stored
@@ -33,8 +38,16 @@ class WeightStore {
 
     // shape in numpy order (d0..dn-1, at most 4 dims); stored as ggml ne (dn-1..d0).
     void declare(const std::string& name, const std::vector<int64_t>& shape, ggml_type type);
+    // Zero copy: the tensor's bytes are `file` at byte `offset`, already in its stored type and
+    // C order (the caller checks that). CPU device, plain types only; offset a multiple of the
+    // element size: ggml's CPU kernels (and ours) load weights with unaligned vector loads, and
+    // checkpoints rarely keep a 32-byte alignment past their first odd-sized tensor.
+    void map_to_file(const std::string& name, const std::string& file, uint64_t offset);
+    static bool mapping_supported();
     void allocate();
     bool allocated() const { return allocated_; }
+    bool is_mapped(const std::string& name) const;
+    size_t mapped_nbytes() const { return mapped_bytes_; }
 
     // Copy `count` elements of `src_type` (F32, F16, BF16 or a ggml quantized type, C-contiguous
     // in the declared shape) into the tensor, converting to its storage type (F32, F16, BF16 or
@@ -60,6 +73,13 @@ class WeightStore {
         std::vector<int64_t> shape;    // declared, numpy order
         std::vector<int64_t> storage;  // the ggml tensor's shape, numpy order
         ggml_type type;
+        std::string file;  // zero copy: the file and byte offset holding the tensor
+        uint64_t offset = 0;
+    };
+    struct Mapping {
+        void* addr = nullptr;
+        size_t size = 0;
+        ggml_backend_buffer_t buffer = nullptr;
     };
     DevicePtr device_;
     std::vector<Spec> specs_;
@@ -71,6 +91,9 @@ class WeightStore {
     ggml_backend_buffer_t buffer_ = nullptr;
     ggml_backend_buffer_t repack_buffer_ = nullptr;
     std::unordered_map<std::string, ggml_tensor*> tensors_;
+    std::vector<Mapping> maps_;
+    size_t mapped_bytes_ = 0;
+    void map_specs();
 };
 
 // Parse "f32" / "f16" / "bf16" / "q8_0" ... (ggml's type names, any case) into a ggml_type.

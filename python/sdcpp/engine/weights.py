@@ -21,6 +21,9 @@ QUANT_TYPES = ("q8_0", "q5_0", "q4_0")
 # Quantized types are not worth their error on matrices with fewer output rows than this
 # (the U-Net's conv_out: 4): those stay f16.
 MIN_QUANT_ROWS = 32
+LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
+# Weights used in place from the checkpoint where possible (build_store); SDCPP_ZERO_COPY=0 copies.
+ZERO_COPY = os.environ.get("SDCPP_ZERO_COPY", "1") != "0"
 
 
 def native():
@@ -141,12 +144,49 @@ def set_value(store, name: str, value) -> None:
     store.set(name, _as_native_array(np.asarray(arr)))
 
 
+# What a record's on-disk dtype must be for the store to use its bytes in place (zero copy).
+_IN_PLACE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+
+def _mappable(record, stored: str) -> bool:
+    """Whether `record`'s bytes can serve as the stored tensor as they are: same type, C order
+    (no transposed/strided view), at a multiple of the element size, in a plain file (records
+    of .ckpt archives are stored members, still plain bytes of the file)."""
+    from ..io.records import DTYPE_ITEMSIZE, TensorRecord
+    from ..io.safetensors_reader import contiguous_strides
+
+    return (isinstance(record, TensorRecord) and _IN_PLACE.get(record.dtype) == stored
+            and tuple(record.strides) == tuple(contiguous_strides(record.shape))
+            and record.offset % DTYPE_ITEMSIZE[record.dtype] == 0 and len(record.shape) >= 1
+            and all(int(d) > 0 for d in record.shape))
+
+
+def _without_aliases(records: dict) -> set:
+    """The names whose bytes overlap no other record's: tensors sharing storage (a pickled
+    checkpoint's tied weights) must stay separate copies, or a LoRA written into one would
+    change the other through the shared mapping."""
+    from ..io.records import DTYPE_ITEMSIZE
+
+    spans = sorted((str(r.file), int(r.offset), int(r.offset) + DTYPE_ITEMSIZE[r.dtype] * int(np.prod(r.shape)), n)
+                   for n, r in records.items())
+    # sorted by start: a span overlapping anything overlaps the earlier span reaching furthest
+    clash: set = set()
+    end, prev = {}, {}
+    for f, s0, e, n in spans:
+        if f in end and s0 < end[f]:
+            clash.update((n, prev[f]))
+        if f not in end or e > end[f]:
+            end[f], prev[f] = e, n
+    return set(records) - clash
+
+
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type,
-                on_tensor: Optional[Callable[[int], None]] = None, repack: bool = True):
+                on_tensor: Optional[Callable[[int], None]] = None, repack: bool = True,
+                zero_copy: Optional[bool] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
-    one tensor at a time so peak host memory stays at one tensor. `on_tensor(elements)` is
-    called after each tensor (progress).
+    one tensor per worker thread at a time (LOAD_WORKERS) so peak host memory beyond the store
+    stays at a few tensors. `on_tensor(elements)` is called after each tensor (progress).
 
     A record already quantized in q8_0 / q5_0 / q4_0 (GGUF) keeps its type and its blocks
     when its role takes that type (``type_of(name, shape, that type)`` returns it), whatever
@@ -154,9 +194,19 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
 
     repack: on the CPU, q4_0 matrices go to ggml's CPU_REPACK buffer (rows interleaved for its
     AVX2 / NEON GEMM kernels); ``store.repacked(name)`` tells, and such tensors cannot be read
-    back with ``store.get`` (False keeps every tensor readable)."""
+    back with ``store.get`` (False keeps every tensor readable).
+
+    zero_copy (default ZERO_COPY; CPU only): a TensorRecord already in its stored plain type
+    (f32/f16/bf16), C order, at a multiple of its element size in its file and sharing no bytes
+    with another record is not copied: the store maps the file privately and uses those bytes in
+    place (WeightStore.map_to_file; copy-on-write if a LoRA writes it). The other records' file
+    pages are released from this process's mapping as soon as their tensor is stored
+    (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the copy."""
     core = native()
     store = core.WeightStore(device, repack)
+    zero_copy = ZERO_COPY if zero_copy is None else bool(zero_copy)
+    zero_copy = zero_copy and device.is_cpu and core.WeightStore.mapping_supported()
+    candidates = {}
     for name, value in tensors.items():
         shape = tuple(int(d) for d in value.shape)
         declared = type_of(name, shape, weight_type)
@@ -164,9 +214,57 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
         if qt is not None and type_of(name, shape, qt) == qt:
             declared = qt
         store.declare(name, list(shape), declared)
-    store.allocate()
-    for name, value in tensors.items():
-        set_value(store, name, value)
+        if zero_copy and _mappable(value, declared):
+            candidates[name] = value
+    mapped = _without_aliases(candidates)
+    for name in mapped:
+        store.map_to_file(name, str(tensors[name].file), int(tensors[name].offset))
+    try:
+        store.allocate()
+    except Exception:
+        if not mapped:
+            raise
+        # a file system that refuses private writable maps: copy instead
+        return build_store(device, tensors, weight_type, type_of, on_tensor, repack, zero_copy=False)
+    import threading
+
+    progress_lock = threading.Lock()
+
+    def done(value) -> None:
         if on_tensor is not None:
-            on_tensor(int(np.prod(value.shape, dtype=np.int64)))
+            with progress_lock:
+                on_tensor(int(np.prod(value.shape, dtype=np.int64)))
+
+    for name in mapped:
+        done(tensors[name])
+
+    def fill(name, value) -> None:
+        set_value(store, name, value)
+        if not isinstance(value, np.ndarray):
+            # the copy is in the store: the mapped file's pages need not stay in our RSS
+            _release(value)
+        done(value)
+
+    items = [(k, v) for k, v in tensors.items() if k not in mapped]
+    workers = min(LOAD_WORKERS, len(items))
+    if workers <= 1:
+        for name, value in items:
+            fill(name, value)
+        return store
+    # The copy is bound by page faults (reading the mapped file, first touch of the store's
+    # memory) and conversions, both outside the GIL: a few threads overlap them. Each holds at
+    # most one converted tensor. Errors surface in tensor order.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(fill, name, value) for name, value in items]:
+            fut.result()
     return store
+
+
+def _release(record) -> None:
+    from ..io.mmap_view import release_pages
+    from ..io.records import TensorRecord
+
+    if isinstance(record, TensorRecord):
+        release_pages(record)

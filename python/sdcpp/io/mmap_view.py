@@ -182,4 +182,32 @@ def record_to_numpy(rec: TensorRecord) -> np.ndarray:
     return raw
 
 
-__all__ = ["record_to_numpy", "raw_view", "file_map", "clear_map_cache", "RAW_NUMPY_DTYPE"]
+def release_pages(rec: TensorRecord) -> None:
+    """Drop this process's mapping of the pages under `rec` (madvise DONTNEED on the read-only
+    file map) once its bytes were copied into a weight store: the pages stay in the OS page
+    cache, but no longer count in our resident set beside the converted copy. A later read
+    (LoRA restore, a rebuilt store) faults them back in from the cache. No-op where madvise is
+    unavailable."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not rec.shape or any(d == 0 for d in rec.shape) or rec.dtype not in DTYPE_ITEMSIZE:
+        return
+    item = DTYPE_ITEMSIZE[rec.dtype]
+    lo, hi = _byte_extent(rec.offset, rec.shape, [s * item for s in rec.strides], item)
+    try:
+        mm, size = file_map(rec.file)
+    except CheckpointError:
+        return
+    if mm is None:
+        return
+    page = mmap.PAGESIZE
+    start = max(0, lo // page * page)
+    end = min(size, hi)
+    if end <= start:
+        return
+    try:
+        mm.madvise(advice, start, end - start)
+    except (OSError, ValueError):
+        pass
+
+
+__all__ = ["record_to_numpy", "raw_view", "file_map", "clear_map_cache", "release_pages", "RAW_NUMPY_DTYPE"]

@@ -1,0 +1,198 @@
+"""Load time and peak memory of the whole pipeline from an f16 SD1.5-size single file.
+
+    PYTHONPATH=python python bench/bench_load.py --file /tmp/sd15-f16.safetensors --make   # write it once
+    PYTHONPATH=python python bench/bench_load.py --file /tmp/sd15-f16.safetensors --memory low,balanced,fast
+
+``--make`` writes an A1111-layout single file of SD1.5's real shapes (U-Net, CLIP-L, VAE) with
+random f16 weights (shapes from diffusers/transformers models built on the meta device, names
+through the test fixtures' independent LDM writer; no torch weights are materialised).
+
+Each configuration runs in its own process: load (file in the page cache = warm; ``--cold``
+evicts the file's pages first with posix_fadvise(DONTNEED), no root needed), then optionally
+``--steps`` of txt2img at ``--size``. Reported: load seconds, RSS after load split into anonymous
+memory (our weight copies, buffers) and file pages (the mapped checkpoint counted in RSS), the
+weight bytes per component, then the peak RSS of the whole run and the compute buffers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss() -> dict:
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                if line.startswith(key + ":"):
+                    out[key] = int(line.split()[1]) / 1024.0
+    return out
+
+
+def make_file(path: Path) -> None:
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.numpy import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixtures import ldm
+
+    cfgs = ROOT / "tests" / "fixtures" / "configs"
+
+    def config(name):
+        return {k: v for k, v in json.loads((cfgs / name).read_text()).items() if not k.startswith("_")}
+
+    ucfg, vcfg, tcfg = config("sd15_reference.json"), config("vae_sd1.json"), config("clip_l_text_encoder.json")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(ucfg)
+        vae = AutoencoderKL.from_config(vcfg)
+        te = CLIPTextModel(CLIPTextConfig(**tcfg))
+    shapes = ldm.unet_to_ldm(unet.state_dict(), dict(unet.config), "sd")
+    shapes.update(ldm.vae_to_ldm(vae.state_dict(), dict(vae.config)))
+    shapes.update(ldm.clip_to_ldm(te.state_dict(), "cond_stage_model.transformer."))
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, t in shapes.items():
+        shape = tuple(t.shape)
+        if "position_ids" in name:
+            continue
+        if name.endswith("weight") and ("norm" in name or len(shape) == 1):
+            a = 1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)
+        else:
+            fan_in = max(1, int(np.prod(shape[1:]))) if len(shape) > 1 else 1
+            a = rng.standard_normal(shape, dtype=np.float32) * (0.5 / np.sqrt(fan_in))
+        arrays[name] = a.astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, str(path))
+    n = sum(a.size for a in arrays.values())
+    print(f"wrote {path}: {len(arrays)} tensors, {n / 1e6:.0f} M parameters, {path.stat().st_size / 2**20:.0f} MiB")
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
+
+
+def child(args) -> dict:
+    import numpy as np
+
+    import sdcpp
+
+    t0 = time.perf_counter()
+    model = sdcpp.load(args.file, device="cpu", weight_type="f16", threads=args.threads, memory=args.memory)
+    load_s = time.perf_counter() - t0
+    after_load = rss()
+    def nbytes(store) -> float:            # a freed store (memory="low") counts 0; do not rebuild it
+        res = getattr(store, "_resident", None)
+        store = store if res is None else res.store
+        return 0.0 if store is None else store.nbytes / 2**20
+
+    stores = {k: nbytes(v) for k, v in model._c["stores"].items()}
+    res = {"memory": args.memory, "load_s": load_s, "after_load": after_load, "weights_mb": stores}
+    if args.steps:
+        t0 = time.perf_counter()
+        img = model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps,
+                            sampler="euler", seed=1, output_type="np")[0]
+        res["generate_s"] = time.perf_counter() - t0
+        assert np.all(np.isfinite(img))
+        res["unet_compute_mb"] = model._c["unet"].compute_buffer_size / 2**20
+        t0 = time.perf_counter()
+        model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=1, sampler="euler",
+                      seed=2, output_type="latent")
+        res["second_prompt_1_step_s"] = time.perf_counter() - t0
+    if args.memory == "low":
+        # what "low" pays per prompt: rebuilding the text encoder (and per decode the VAE) from the
+        # mapped file; three rounds, the median
+        for key, comp in (("text_encoder_rebuild_s", model._c["text_encoders"][0]), ("vae_rebuild_s", model._c["vae"])):
+            times = []
+            for _ in range(3):
+                comp.resident.release()
+                t0 = time.perf_counter()
+                comp.resident.get()
+                times.append(time.perf_counter() - t0)
+            comp.resident.release()
+            res[key] = sorted(times)[1]
+    res["end"] = rss()
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--file", required=True, type=Path)
+    ap.add_argument("--make", action="store_true", help="write the random f16 SD1.5 single file and exit")
+    ap.add_argument("--memory", default="balanced", help="comma list of low, balanced, fast")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=0, help="txt2img steps after loading (0: load only)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--cold", action="store_true", help="evict the file from the page cache before each load")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make:
+        make_file(args.file)
+        return
+    if args.child:
+        print("RESULT " + json.dumps(child(args)))
+        return
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        cpu = "unknown CPU"
+    print(f"{cpu}, {args.threads} threads, {args.file} ({args.file.stat().st_size / 2**20:.0f} MiB), "
+          f"{'cold' if args.cold else 'warm'} page cache")
+    results = []
+    for mode in args.memory.split(","):
+        if args.cold:
+            evict(args.file)
+        else:
+            warm(args.file)
+        cmd = [sys.executable, __file__, "--child", "--file", str(args.file), "--memory", mode,
+               "--threads", str(args.threads), "--steps", str(args.steps), "--size", str(args.size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{mode}: failed\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(line[7:])
+        results.append(r)
+        a = r["after_load"]
+        w = ", ".join(f"{k} {v:.0f}" for k, v in r["weights_mb"].items())
+        print(f"{mode:9s} load {r['load_s']:.2f} s | after load RSS {a['VmRSS']:.0f} MiB "
+              f"(anon {a['RssAnon']:.0f}, file pages {a['RssFile']:.0f}) | weights MiB: {w}")
+        if args.steps:
+            print(f"{'':9s} {args.size}x{args.size} {args.steps} steps {r['generate_s']:.1f} s, "
+                  f"second prompt (1 step, latent) {r['second_prompt_1_step_s']:.1f} s, "
+                  f"U-Net compute {r['unet_compute_mb']:.0f} MiB")
+        if "text_encoder_rebuild_s" in r:
+            print(f"{'':9s} rebuild from the mapped file: text encoder {r['text_encoder_rebuild_s']:.2f} s, "
+                  f"VAE {r['vae_rebuild_s']:.2f} s")
+        print(f"{'':9s} peak RSS {r['peak_rss_mb']:.0f} MiB; at the end RSS {r['end']['VmRSS']:.0f} "
+              f"(anon {r['end']['RssAnon']:.0f}, file {r['end']['RssFile']:.0f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
