@@ -723,6 +723,11 @@ def _check_memory(model: Model, batch: int, height: int, width: int, cfg: bool,
         return errors.InvalidArgumentError(
             f"{width}x{height} with batch {batch} needs more working memory for the {what} than "
             f"{dev['name']} can allocate; use a smaller size or batch")
+    # A floor first: two f32 maps of the first level's width at full latent size. Sizes far past
+    # it are refused without asking ggml to plan (and reserve) buffers of hundreds of GB.
+    first = int((model.info.unet.get("block_out_channels") or [320])[0])
+    if n * first * (height // 8) * (width // 8) * 4 * 2 > avail:
+        raise too_large("U-Net")
     try:
         unet_need = max(0, unet.measure(n, height // 8, width // 8, 77) - unet.compute_buffer_size)
     except errors.BackendError:       # the plan itself could not be allocated (even virtually)
