@@ -10,6 +10,7 @@
 #include "../kernels/cpu/cpu_level.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/fused_ops.h"
+#include "../kernels/cpu/gemm_op.h"
 #include "unet_winograd.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -180,7 +181,19 @@ struct UNet::Walk {
     ggml_tensor* linear(ggml_tensor* x, const std::string& p, int64_t in, int64_t out, bool bias) const {
         ggml_tensor* w = need_matrix(p + ".weight", {out, in}, in);
         ggml_tensor* b = bias ? need_vector(p + ".bias", out) : nullptr;
-        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+        return ctx ? product(x, w, b) : nullptr;
+    }
+    // x @ w^T + b: on the CPU the packed product (kernels/cpu/gemm.h) for f32/f16/bf16 weights,
+    // else (quantized weights, other backends) ggml_mul_mat.
+    ggml_tensor* product(ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) const {
+        if (fused) {
+            ggml_tensor* w2 = ggml_n_dims(w) > 2 ? ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]) : w;
+            if (fused::matmul_applies(w2, x)) {
+                ggml_tensor* y = fused::matmul(ctx, w2, x);
+                return b ? ggml_add(ctx, y, b) : y;
+            }
+        }
+        return unet_ops::linear(ctx, x, w, b);
     }
     // proj_in / proj_out: Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear.
     ggml_tensor* projection(ggml_tensor* x, const std::string& p, int64_t c) const {
@@ -197,7 +210,7 @@ struct UNet::Walk {
             throw InvalidArgument("U-Net: weight '" + p + ".weight' of type " + ggml_type_name(w->type) +
                                   " cannot be used (rows of " + std::to_string(c) + " values)");
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+        return ctx ? product(x, w, b) : nullptr;
     }
     Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
         ggml_tensor* w = need(p + ".weight", {out, x.c, k, k});
@@ -217,11 +230,22 @@ struct UNet::Walk {
         // integer dot products (activations quantized to q8 per row). Winograd would need the
         // kernel transformed (and so dequantized) every pass.
         if (quant) return {unet_ops::conv2d_matrix(ctx, x.t, w, b, k, stride, pad), out};
+        if (fused && k == 1 && stride == 1 && pad == 0) {  // 1x1: the packed CPU product over channels
+            const int64_t W = x.t->ne[0], H = x.t->ne[1];
+            ggml_tensor* w2 = ggml_reshape_2d(ctx, w, x.c, out);
+            ggml_tensor* xs = nn::image_to_sequence(ctx, x.t);  // [IC, WH, N]
+            if (fused::matmul_applies(w2, xs)) {
+                ggml_tensor* y = nn::sequence_to_image(ctx, fused::matmul(ctx, w2, xs), W, H);
+                return {b ? ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, out, 1)) : y, out};
+            }
+        }
         // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
         // 256 output pixels (measured; below that im2col + GEMM is as fast).
         const bool big = x.t->ne[0] * x.t->ne[1] * x.t->ne[3] >= winograd_min_pixels;
         if (winograd && big && k == 3 && stride == 1 && pad == 1 && x.c >= 32 && out >= 32) {
-            const ggml_type t = w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : w->type;  // f16 / bf16 operands
+            // f32 operands for the packed CPU product (f16/bf16 weights are widened by the
+            // kernel transform; the product then runs at f32 speed, kernels/cpu/gemm.h).
+            const ggml_type t = fused ? GGML_TYPE_F32 : w->type;
             return {winograd::conv3x3(ctx, x.t, w, b, t), out};
         }
         return {unet_ops::conv2d(ctx, x.t, w, b, stride, pad), out};

@@ -8,6 +8,7 @@
 #include <set>
 #include <tuple>
 
+#include "../kernels/cpu/gemm_op.h"
 #include "../runtime/error.h"
 #include "winograd_strips.h"
 
@@ -397,7 +398,7 @@ struct Builder {
                 }
                 col = ggml_im2col(ctx, weight(name + ".weight"), xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
             }
-            ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2);  // [OW*rows, OC]
+            ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2, cpu);  // [OW*rows, OC]
             r = ggml_add(ctx, ggml_reshape_4d(ctx, r, OW, o1 - o0, OC, 1), bias_rows);
             if (residual) {  // the residual as the first operand: the graph computes it before this conv's input
                 r = ggml_add(ctx, ggml_view_4d(ctx, residual, OW, o1 - o0, OC, 1, residual->nb[1], residual->nb[2],
@@ -424,7 +425,7 @@ struct Builder {
     ggml_tensor* linear(ggml_tensor* x, const std::string& name) const {
         ggml_tensor* w = f32(weight(name + ".weight"));
         if (ggml_n_dims(w) > 2) w = ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]);
-        ggml_tensor* y = ggml_mul_mat(ctx, w, x);
+        ggml_tensor* y = fused::mul_mat(ctx, w, x, custom_ops());
         return ggml_add(ctx, y, f32(weight(name + ".bias")));
     }
 

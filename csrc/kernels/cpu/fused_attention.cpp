@@ -1,5 +1,7 @@
 #include "fused_attention.h"
 
+#include "attention_gemm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -382,6 +384,21 @@ SD_TARGET void attend_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
     }
 }
 
+// The f32 attention through the GEMM-tiled driver (attention_gemm.h) at the active level.
+void attend_gemm(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* q = dst->src[0];
+    const ggml_tensor* k = dst->src[1];
+    const ggml_tensor* v = dst->src[2];
+    const int heads = heads_of(ud);
+    const auto f = [](const ggml_tensor* t, int i) { return static_cast<int64_t>(t->nb[i] / sizeof(float)); };
+    kernels::cpu::AttentionArgs a{static_cast<const float*>(q->data), f(q, 1), f(q, 2),
+                                  static_cast<const float*>(k->data), f(k, 1), f(k, 2),
+                                  static_cast<const float*>(v->data), f(v, 1), f(v, 2),
+                                  static_cast<float*>(dst->data), f(dst, 1), f(dst, 2),
+                                  q->ne[2], q->ne[1], k->ne[1], q->ne[0] / heads, heads};
+    kernels::cpu::attention_gemm(kernels::cpu::gemm_kernels(), kernels::cpu::elementwise(), a, ith, nth);
+}
+
 }  // namespace
 
 namespace kc = sdcpp::kernels::cpu;
@@ -398,19 +415,9 @@ ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, gg
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
-    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
-    void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
-    ggml_tensor* kv[2] = {k, v};
-    if (!kc::runs(kc::active_level(), kc::Level::Avx512)) {  // the 8-lane variant (its own K/V layout)
-        ggml_tensor* packed = ggml_custom_4d(ctx, GGML_TYPE_F32, avx2::packed_floats(m.D, m.Lk, m.N, heads), 1, 1, 1, kv,
-                                             2, avx2::pack, GGML_N_TASKS_MAX, ud);
-        ggml_tensor* args[3] = {q, packed, k};
-        return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, avx2::attend, GGML_N_TASKS_MAX, ud);
-    }
-    ggml_tensor* packed =
-        ggml_custom_4d(ctx, GGML_TYPE_F32, m.N * m.heads * f32_head_size(m), 1, 1, 1, kv, 2, pack_f32, GGML_N_TASKS_MAX, ud);
-    ggml_tensor* args[3] = {q, packed, k};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_f32, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* args[3] = {q, k, v};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attend_gemm, GGML_N_TASKS_MAX,
+                          reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
 }
 
 ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
