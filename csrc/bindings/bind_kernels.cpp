@@ -47,6 +47,7 @@ void bind_kernels(py::module_& m) {
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
         d["winograd"] = kc::level_name(kc::winograd_f43().level);
+        d["gemm"] = kc::level_name(kc::gemm_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
