@@ -100,17 +100,17 @@ F32Array f32_input(const py::handle& h, const char* what, const std::vector<int6
     return F32Array::ensure(a);
 }
 
-AttnKernel parse_kernel(const std::string& k) {
-    if (k == "auto") return AttnKernel::Auto;
-    if (k == "mul_mat") return AttnKernel::MulMat;
-    if (k == "flash") return AttnKernel::Flash;
+nn::AttentionKernel parse_kernel(const std::string& k) {
+    if (k == "auto") return nn::AttentionKernel::Auto;
+    if (k == "mul_mat") return nn::AttentionKernel::MulMat;
+    if (k == "flash") return nn::AttentionKernel::Flash;
     throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
 }
 
-const char* kernel_name(AttnKernel k) {
+const char* kernel_name(nn::AttentionKernel k) {
     switch (k) {
-        case AttnKernel::MulMat: return "mul_mat";
-        case AttnKernel::Flash: return "flash";
+        case nn::AttentionKernel::MulMat: return "mul_mat";
+        case nn::AttentionKernel::Flash: return "flash";
         default: return "auto";
     }
 }
@@ -234,8 +234,8 @@ void bind_unet(py::module_& m) {
             if (fused && t == GGML_TYPE_BF16 && !fused_attention::available_bf16()) throw InvalidArgument("the CPU level is below avx512_bf16");
             if (fused && t == GGML_TYPE_F32 && !fused_attention::available_f32()) throw InvalidArgument("the CPU level is below avx512");
             if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
-            const AttnKernel kern = fused ? AttnKernel::Flash : parse_kernel(kernel);
-            if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
+            const nn::AttentionKernel kern = fused ? nn::AttentionKernel::Flash : parse_kernel(kernel);
+            if (kern == nn::AttentionKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
             F32Array out = new_f32({N, Lq, D});
             {
                 py::gil_scoped_release nogil;
@@ -249,9 +249,11 @@ void bind_unet(py::module_& m) {
                 std::memcpy(tq->data, q.data(), ggml_nbytes(tq));
                 std::memcpy(tk->data, k.data(), ggml_nbytes(tk));
                 std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
-                ggml_tensor* o = !fused ? unet_ops::attention(ctx, tq, tk, tv, heads, kern, t)
-                                 : t == GGML_TYPE_BF16 ? fused_attention::attention_bf16(ctx, tq, tk, tv, heads)
-                                                       : fused_attention::attention_f32(ctx, tq, tk, tv, heads);
+                nn::AttentionOptions ao;  // "fused" = the flash kernel with custom ops allowed
+                ao.kernel = kern;
+                ao.custom_ops = fused;
+                ao.type = t;
+                ggml_tensor* o = nn::attention(ctx, tq, tk, tv, heads, ao);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
                 ggml_graph_compute_with_ctx(ctx, g, 2);

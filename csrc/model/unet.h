@@ -11,9 +11,23 @@
 
 #include "../runtime/graph.h"
 #include "../runtime/weights.h"
-#include "unet_ops.h"
+#include "../nn/attention.h"
+#include "../nn/conv2d.h"
 
 namespace sdcpp {
+
+enum class ConvImpl { Auto, Im2col, Winograd };
+
+struct UNetOptions {
+    // Attention: Auto = the faster kernel measured for the device (nn::resolve_attention).
+    nn::AttentionKernel attention = nn::AttentionKernel::Auto;
+    // 3x3 stride-1 convolutions: Auto = Winograd F(2x2,3x3) on the CPU backend (custom ops),
+    // im2col + GEMM elsewhere.
+    ConvImpl conv = ConvImpl::Auto;
+    // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
+    // custom ops; false = stock ggml ops only (what other backends run).
+    bool fused = true;
+};
 
 struct UNetBlockConfig {
     int resnets = 0;
@@ -75,7 +89,7 @@ class UNet {
     void set_options(const UNetOptions& opt);
     const UNetOptions& options() const { return opt_; }
     // The attention kernel "auto" resolves to on this store's device and weight type.
-    AttnKernel resolved_attention() const;
+    nn::AttentionKernel resolved_attention() const;
     ConvImpl resolved_conv() const;
 
     // "unet." weights of the store that this config does not use (a config / checkpoint

@@ -48,7 +48,7 @@ struct VAEConfig {
 
 enum class ConvMode {
     Winograd,  // CPU: 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) in cache-sized row strips
-               // (winograd_strips.h); the other convolutions (and other devices) as Strips
+               // (nn/winograd_f43_strips.h); the other convolutions (and other devices) as Strips
     Strips,  // f32 im2col + mul_mat, split into row strips when the im2col exceeds the budget
     Im2col,  // f32 im2col of the whole output at once (fastest when memory is plentiful)
     Direct,  // ggml_conv_2d_direct with f32 kernels (bounded work buffer)
