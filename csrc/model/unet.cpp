@@ -131,7 +131,7 @@ struct UNet::Walk {
     ggml_context* ctx;  // nullptr: check only
     nn::AttentionKernel attn = nn::AttentionKernel::MulMat;
     std::set<std::string>* used = nullptr;  // names of the weights the walk touched
-    bool fused = false;                     // CPU: custom ops (fused norms / GEGLU / attention, Winograd)
+    bool custom_ops = false;                // nn::custom_ops_allowed (fused norms / GEGLU / attention)
     nn::ConvOptions conv_opt;               // how nn::conv2d lowers the convolutions
 
     struct Act {
@@ -221,12 +221,12 @@ struct UNet::Walk {
     ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps, bool then_silu = false) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? nn::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu, fused) : nullptr;
+        return ctx ? nn::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu, custom_ops) : nullptr;
     }
     ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p, int64_t c) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? nn::layer_norm(ctx, x, w, b, 1e-5f, fused) : nullptr;
+        return ctx ? nn::layer_norm(ctx, x, w, b, 1e-5f, custom_ops) : nullptr;
     }
     // Products in `at` (the weights' f32 / f16 / bf16) with mul_mat or the fused bf16 kernel;
     // ggml's flash attention runs in f32.
@@ -234,7 +234,7 @@ struct UNet::Walk {
         if (!ctx) return nullptr;
         nn::AttentionOptions o;
         o.kernel = attn;
-        o.custom_ops = fused;
+        o.custom_ops = custom_ops;
         o.type = at;
         return nn::attention(ctx, q, k, v, heads, o);
     }
@@ -259,7 +259,7 @@ struct UNet::Walk {
         std::tie(w.conv2_w, w.conv2_b) = conv_weights(p + ".conv2", out, out, 3);
         if (x.c != out) std::tie(w.shortcut_w, w.shortcut_b) = conv_weights(p + ".conv_shortcut", x.c, out, 1);
         if (!ctx) return {nullptr, out};
-        return {nn::resnet_block(ctx, x.t, w, temb_act, {cfg.norm_groups, cfg.norm_eps}, conv_opt, fused), out};
+        return {nn::resnet_block(ctx, x.t, w, temb_act, {cfg.norm_groups, cfg.norm_eps}, conv_opt, custom_ops), out};
     }
 
     // BasicTransformerBlock on a sequence x [C, T, N]; context [D, L, N].
@@ -285,7 +285,7 @@ struct UNet::Walk {
         // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
         n = layer_norm(x, p + ".norm3", C);
         ggml_tensor* f = linear(n, p + ".ff.net.0.proj", C, 8 * C, true);
-        if (ctx) f = nn::geglu(ctx, f, fused);
+        if (ctx) f = nn::geglu(ctx, f, custom_ops);
         x = add(x, linear(f, p + ".ff.net.2", 4 * C, C, true));
         return x;
     }
@@ -431,7 +431,7 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
 
 void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const {
     Walk w{*store_, cfg_, ctx, resolved_attention(), nullptr, false, {}};
-    w.fused = nn::custom_ops_allowed(*store_->device(), !opt_.fused);
+    w.custom_ops = nn::custom_ops_allowed(*store_->device(), !opt_.fused);
     w.conv_opt.algo = resolved_conv() == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
     w.conv_opt.custom_ops = nn::custom_ops_allowed(*store_->device());
     if (opt_.conv == ConvImpl::Winograd) w.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv

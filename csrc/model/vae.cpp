@@ -1,12 +1,8 @@
 #include "vae.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <limits>
+#include <cstdint>
 #include <mutex>
-#include <set>
-#include <tuple>
 
 #include "../runtime/error.h"
 #include "../nn/blocks.h"

@@ -89,7 +89,10 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     } else {
         y = add_bias(ctx, conv2d_im2col(ctx, x, w, stride, pad), b);
     }
-    return residual ? ggml_add(ctx, y, residual) : y;
+    // The residual as the first operand: ggml orders a node's sources depth first, so the
+    // residual's producer (a ResNet's shortcut) runs before this convolution's input chain and
+    // its input can be freed early.
+    return residual ? ggml_add(ctx, residual, y) : y;
 }
 
 }  // namespace sdcpp::nn

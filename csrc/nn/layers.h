@@ -30,7 +30,6 @@ struct Params {
     ggml_tensor* weight() const { return store.get(prefix + ".weight"); }
     ggml_tensor* bias() const { return store.find(prefix + ".bias"); }
     Params sub(const std::string& name) const { return {store, prefix.empty() ? name : prefix + "." + name}; }
-    bool has(const std::string& name) const { return store.has(prefix + "." + name); }
 };
 
 // t as f32 (a cast node when stored as f16 / bf16).

@@ -74,7 +74,7 @@ class UNet:
 
     @property
     def attention(self) -> str:
-        """"auto" (the process-wide switch, else the kernel measured fastest), "mul_mat" or "flash"."""
+        """"auto" (the kernel measured fastest on this device: flash on the CPU), "mul_mat" or "flash"."""
         return self._native.attention
 
     @attention.setter
