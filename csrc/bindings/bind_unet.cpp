@@ -215,10 +215,12 @@ void bind_unet(py::module_& m) {
              },
              py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
         .def("clear", &UNet::clear);
-    // One attention call on the CPU (tests of the attention kernels): q [N, Lq, D], k, v [N, Lk, D].
+    // One nn::attention call on the CPU (tests of the attention kernels): q [N, Lq, D], k, v [N, Lk, D];
+    // "fused" = the flash kernel with custom ops allowed.
     m.def(
         "unet_attention",
-        [](F32Array q, F32Array k, F32Array v, int heads, const std::string& kernel, const std::string& type) {
+        [](F32Array q, F32Array k, F32Array v, int heads, const std::string& kernel, const std::string& type, bool causal,
+           int64_t max_score_bytes) {
             require_ndim(q, 3, "q");
             require_ndim(k, 3, "k");
             require_ndim(v, 3, "v");
@@ -236,6 +238,8 @@ void bind_unet(py::module_& m) {
             if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
             const nn::AttentionKernel kern = fused ? nn::AttentionKernel::Flash : parse_kernel(kernel);
             if (kern == nn::AttentionKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
+            if (causal && Lq != Lk) throw InvalidArgument("causal attention needs as many queries as keys");
+            if (max_score_bytes < 0) throw InvalidArgument("max_score_bytes must be >= 0 (0: no limit)");
             F32Array out = new_f32({N, Lq, D});
             {
                 py::gil_scoped_release nogil;
@@ -253,6 +257,8 @@ void bind_unet(py::module_& m) {
                 ao.kernel = kern;
                 ao.custom_ops = fused;
                 ao.type = t;
+                ao.causal = causal;
+                if (max_score_bytes > 0) ao.max_score_bytes = static_cast<size_t>(max_score_bytes);
                 ggml_tensor* o = nn::attention(ctx, tq, tk, tv, heads, ao);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
@@ -262,7 +268,8 @@ void bind_unet(py::module_& m) {
             }
             return out;
         },
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("kernel"), py::arg("type") = "f32");
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("kernel"), py::arg("type") = "f32",
+        py::arg("causal") = false, py::arg("max_score_bytes") = 0);
     m.def("unet_timestep_embedding",
           [](F32Array t, int dim, bool flip, float shift) {
               require_ndim(t, 1, "timesteps");
