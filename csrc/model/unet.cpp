@@ -134,6 +134,10 @@ struct UNet::Walk {
     bool custom_ops = false;                // nn::custom_ops_allowed (fused norms / GEGLU / attention)
     nn::ConvOptions conv_opt;               // how nn::conv2d lowers the convolutions
 
+    // attn, custom_ops and conv_opt for these options on this device: the one place that turns
+    // UNetOptions into the layer library's choices.
+    void set_lowering(const UNetOptions& opt, const Device& device);
+
     struct Act {
         ggml_tensor* t = nullptr;
         int64_t c = 0;
@@ -395,13 +399,25 @@ UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(st
 
 UNet::~UNet() = default;
 
+namespace {
+ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
+    if (opt.conv != ConvImpl::Auto) return opt.conv;
+    return nn::custom_ops_allowed(device, !opt.fused) ? ConvImpl::Winograd : ConvImpl::Im2col;
+}
+}  // namespace
+
+void UNet::Walk::set_lowering(const UNetOptions& opt, const Device& device) {
+    attn = nn::resolve_attention(opt.attention, device);
+    custom_ops = nn::custom_ops_allowed(device, !opt.fused);
+    conv_opt = nn::ConvOptions{};
+    conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
+    conv_opt.custom_ops = nn::custom_ops_allowed(device);
+    if (opt.conv == ConvImpl::Winograd) conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+}
+
 nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attention(opt_.attention, *store_->device()); }
 
-ConvImpl UNet::resolved_conv() const {
-    if (opt_.conv != ConvImpl::Auto) return opt_.conv;
-    // custom ops run on the CPU only
-    return nn::custom_ops_allowed(*store_->device(), !opt_.fused) ? ConvImpl::Winograd : ConvImpl::Im2col;
-}
+ConvImpl UNet::resolved_conv() const { return resolve_conv(opt_, *store_->device()); }
 
 void UNet::set_options(const UNetOptions& opt) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -430,11 +446,8 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
 }
 
 void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const {
-    Walk w{*store_, cfg_, ctx, resolved_attention(), nullptr, false, {}};
-    w.custom_ops = nn::custom_ops_allowed(*store_->device(), !opt_.fused);
-    w.conv_opt.algo = resolved_conv() == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
-    w.conv_opt.custom_ops = nn::custom_ops_allowed(*store_->device());
-    if (opt_.conv == ConvImpl::Winograd) w.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    Walk w{*store_, cfg_, ctx, nn::AttentionKernel::MulMat, nullptr, false, {}};
+    w.set_lowering(opt_, *store_->device());
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
