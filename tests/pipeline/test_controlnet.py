@@ -161,3 +161,45 @@ def test_controlnet_errors(model_fixtures, models, files, tmp_path):
         model.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, control=[(cn, _control_image(0), 1.0, 0.5, 0.5)])
     with pytest.raises(sdcpp.errors.InvalidArgumentError, match="not a ControlNet"):
         model.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, control=[(model, _control_image(0), 1.0)])
+
+
+@pytest.mark.parametrize("family", ["sdxl", "ssd-1b"])
+def test_sdxl_controlnet_matches_diffusers(model_fixtures, models, files, family):
+    fx = model_fixtures.get(family)
+    latents = unit_latents(6)
+    image = _control_image(3)
+    ref = _reference(fx, [_controlnet(fx, 5)], [image], [0.8], latents, xl=True)
+    cn = sdcpp.load_controlnet(str(files(fx, 5, "diffusers")))
+    assert cn.family == "sdxl"
+    model = models(fx)
+    ours = model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=4, sampler="euler", latents=latents,
+                         output_type="latent", control=[(cn, image, 0.8)])[0]
+    err = rel(ours, ref[0])
+    plain = model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=4, sampler="euler", latents=latents,
+                          output_type="latent")[0]
+    print(f"[controlnet] {family}: rel L2 {err:.2e}; control effect {rel(plain, ref[0]):.2e}")
+    assert err <= LATENT_TOL
+    assert rel(plain, ref[0]) > 30 * LATENT_TOL
+
+
+def test_controlnet_img2img_matches_diffusers(model_fixtures, models, files):
+    import diffusers as d
+
+    fx = model_fixtures.get("sd1")
+    rng = np.random.default_rng(4)
+    init = Image.fromarray((rng.random((SIZE, SIZE, 3)) * 255).astype(np.uint8), "RGB")
+    control = _control_image(6)
+    pipe = d.StableDiffusionControlNetImg2ImgPipeline.from_pipe(fx.pipeline("diffusers"), controlnet=_controlnet(fx, 3))
+    pipe.scheduler = diffusers_scheduler(("euler_a", "discrete"), pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref = pipe(PROMPT, negative_prompt=NEGATIVE, image=init, control_image=control, strength=0.75,
+                   controlnet_conditioning_scale=0.9, num_inference_steps=4, guidance_scale=7.0,
+                   generator=torch.Generator().manual_seed(21), height=SIZE, width=SIZE,
+                   output_type="latent").images.numpy()
+    cn = sdcpp.load_controlnet(str(files(fx, 3, "safetensors")))
+    ours = models(fx).img2img(init, PROMPT, NEGATIVE, strength=0.75, steps=4, sampler="euler_a", seed=21,
+                              output_type="latent", control=[(cn, control, 0.9)])[0]
+    err = rel(ours, ref[0])
+    print(f"[controlnet] sd1 img2img: rel L2 {err:.2e}")
+    assert err <= LATENT_TOL
