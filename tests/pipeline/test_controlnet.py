@@ -203,3 +203,12 @@ def test_controlnet_img2img_matches_diffusers(model_fixtures, models, files):
     err = rel(ours, ref[0])
     print(f"[controlnet] sd1 img2img: rel L2 {err:.2e}")
     assert err <= LATENT_TOL
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "pth"])
+def test_controlnet_file_passed_as_a_model_says_so(model_fixtures, files, fmt):
+    fx = model_fixtures.get("sd1")
+    with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="is a ControlNet"):
+        sdcpp.inspect(str(files(fx, 3, fmt)))
+    with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="load_controlnet"):
+        sdcpp.load(str(files(fx, 3, fmt)), device="cpu")
