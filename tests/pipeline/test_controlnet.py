@@ -212,3 +212,25 @@ def test_controlnet_file_passed_as_a_model_says_so(model_fixtures, files, fmt):
         sdcpp.inspect(str(files(fx, 3, fmt)))
     with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="load_controlnet"):
         sdcpp.load(str(files(fx, 3, fmt)), device="cpu")
+
+
+def test_cli_control_flags_match_the_api(model_fixtures, files, tmp_path, capsys):
+    from sdcpp.cli import main
+    from sdcpp.preprocess import canny
+
+    fx = model_fixtures.get("sd1")
+    src = tmp_path / "control.png"
+    _control_image(9).save(src)
+    cn_path = str(files(fx, 3, "pth"))
+    out = tmp_path / "out.png"
+    args = ["txt2img", "-m", str(fx.path("diffusers")), "-p", PROMPT, "--steps", "2", "-W", "64", "-H", "64", "-s", "5",
+            "--sampler", "euler", "-o", str(out), "--no-progress", "-t", "2"]
+    assert main(args + ["--control-net", cn_path, "--control-image", str(src), "--control-strength", "0.7",
+                        "--canny"]) == 0
+    api = sdcpp.load(str(fx.path("diffusers")), threads=2).txt2img(
+        PROMPT, width=64, height=64, steps=2, seed=5, sampler="euler",
+        control=[(sdcpp.load_controlnet(cn_path), canny(Image.open(src)), 0.7)])[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(api))
+    capsys.readouterr()
+    assert main(args + ["--control-net", cn_path]) == 1
+    assert "--control-image" in capsys.readouterr().err
