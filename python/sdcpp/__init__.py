@@ -1,7 +1,7 @@
 """sdcpp: Stable Diffusion from Python on a native ggml engine, without PyTorch."""
 from __future__ import annotations
 
-from . import errors
+from . import errors, preprocess
 from .arch import ModelInfo, inspect
 from .controlnet import ControlNet, ControlSpec, load_controlnet
 from .pipeline import Model, load
@@ -16,5 +16,5 @@ def system_info() -> dict:
     return _system_info()
 
 
-__all__ = ["errors", "system_info", "__version__", "inspect", "ModelInfo", "load", "Model", "load_controlnet", "ControlNet",
-           "ControlSpec"]
+__all__ = ["errors", "preprocess", "system_info", "__version__", "inspect", "ModelInfo", "load", "Model",
+           "load_controlnet", "ControlNet", "ControlSpec"]
