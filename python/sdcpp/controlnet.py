@@ -46,6 +46,7 @@ class ControlSpec:
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    guess_mode: bool = False     # diffusers' guess_mode (forced for global_pool_conditions nets)
 
 
 class ControlNet:
@@ -254,10 +255,12 @@ def parse_control(control, width: int, height: int) -> list[ControlSpec]:
         for what, v in (("scale", c.scale), ("start", c.start), ("end", c.end)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                 raise errors.InvalidArgumentError(f"control[{i}] {what} must be a finite number, got {v!r}")
+        if not isinstance(c.guess_mode, bool):
+            raise errors.InvalidArgumentError(f"control[{i}] guess_mode must be True or False, got {c.guess_mode!r}")
         if not 0.0 <= c.start < c.end <= 1.0:
             raise errors.InvalidArgumentError(f"control[{i}]: need 0 <= start < end <= 1, got {c.start}, {c.end}")
         out.append(ControlSpec(c.net, control_image(c.image, width, height), float(c.scale), float(c.start),
-                               float(c.end)))
+                               float(c.end), c.guess_mode))
     return out
 
 
@@ -287,40 +290,63 @@ def control_image(image, width: int, height: int) -> np.ndarray:
 class ControlRunner:
     """The residuals of a call's ControlNets for each U-Net evaluation, summed as diffusers'
     MultiControlNet; a net acts in the steps i of `total` with not (i / total < start or
-    (i + 1) / total > end) (diffusers' controlnet_keep), outside them it is not run."""
+    (i + 1) / total > end) (diffusers' controlnet_keep), outside them it is not run.
 
-    def __init__(self, specs: list[ControlSpec], model, rows: int, total: int):
+    Rows are the U-Net batch: [uncond (batch), cond (batch)] with classifier-free guidance. In
+    guess mode the net sees only the cond rows (the uncond rows get no residual) and its residuals
+    are scaled by logspace(-1, 0) from the first skip to the mid block, as diffusers does; a
+    ``global_pool_conditions`` net (shuffle) is always in guess mode and its residuals are
+    averaged over the image."""
+
+    def __init__(self, specs: list[ControlSpec], model, batch: int, cfg: bool, total: int):
         self.total = max(1, total)
+        self.batch, self.cfg = batch, cfg
         self.items = []
         base = model.info.unet_native_config()
+        rows = batch * (2 if cfg else 1)
         for s in specs:
-            eng = s.net.engine(model.device, model.weight_type, base)
-            bc = base["block_out_channels"]
-            if s.net.layout["channels"] != list(bc):
+            name = s.net.path.name if s.net.path else "ControlNet"
+            if s.net.layout["channels"] != list(base["block_out_channels"]):
                 raise errors.InvalidArgumentError(
-                    f"ControlNet {s.net.path.name if s.net.path else ''} (blocks {s.net.layout['channels']}) does not fit "
-                    f"this model's U-Net (blocks {list(bc)})")
+                    f"ControlNet {name} (blocks {s.net.layout['channels']}) does not fit this model's U-Net "
+                    f"(blocks {list(base['block_out_channels'])})")
             if bool(s.net.layout["add_in_dim"]) != bool(base.get("addition_embed")):
-                raise errors.InvalidArgumentError(
-                    f"ControlNet {s.net.path.name if s.net.path else ''} is a {s.net.family} ControlNet, the model is "
-                    f"{model.family}")
+                raise errors.InvalidArgumentError(f"ControlNet {name} is a {s.net.family} ControlNet, the model is "
+                                                  f"{model.family}")
+            eng = s.net.engine(model.device, model.weight_type, base)
             f = eng.cond_factor
-            img = s.image
-            if img.shape[1] % f or img.shape[2] % f:
+            if s.image.shape[1] % f or s.image.shape[2] % f:
                 raise errors.InvalidArgumentError(f"control image size must be a multiple of {f}")
-            self.items.append((s, eng, np.ascontiguousarray(np.repeat(img[None], rows, axis=0))))
+            pool = bool(s.net.config.get("global_pool_conditions", False))
+            guess = s.guess_mode or pool
+            n = batch if guess and cfg else rows
+            self.items.append((s, eng, np.ascontiguousarray(np.repeat(s.image[None], n, axis=0)), guess, pool))
 
     def residuals(self, x_in, t, ctx, pooled, time_ids, step: int) -> Optional[list]:
         total = None
         i = min(step, self.total - 1)
-        for s, eng, cond in self.items:
+        for s, eng, cond, guess, pool in self.items:
             keep = not (i / self.total < s.start or (i + 1) / self.total > s.end)
             if not keep or s.scale == 0.0:
                 continue
-            res = eng(x_in[:, :eng.config["in_channels"]], t, ctx, cond, text_embeds=pooled, time_ids=time_ids,
-                      scale=s.scale)
+            rows = slice(self.batch, None) if guess and self.cfg else slice(None)
+            res = eng(x_in[rows, :eng.config["in_channels"]], t[rows], ctx[rows], cond,
+                      text_embeds=None if pooled is None else pooled[rows],
+                      time_ids=None if time_ids is None else time_ids[rows], scale=1.0 if guess else s.scale)
+            if guess:
+                scales = np.logspace(-1, 0, len(res), dtype=np.float32) * np.float32(s.scale)
+                res = [r * k for r, k in zip(res, scales)]
+            if pool:
+                res = [np.broadcast_to(r.mean(axis=(2, 3), keepdims=True), r.shape) for r in res]
+            if guess and self.cfg:
+                res = [np.concatenate([np.zeros_like(r), r]) for r in res]
             total = res if total is None else [a + b for a, b in zip(total, res)]
-        return total
+        return None if total is None else [np.ascontiguousarray(r, dtype=np.float32) for r in total]
+
+    def clear(self) -> None:
+        """Drop the nets' compute buffers (memory modes that free the U-Net's before decoding)."""
+        for _, eng, *_ in self.items:
+            eng.clear()
 
 
 __all__ = ["ControlNet", "ControlSpec", "load_controlnet", "parse_control", "ControlRunner"]

@@ -84,6 +84,7 @@ class Model:
         self.vae_tile_size: int = 512
         self.vae_tile_overlap: float = 0.25
         self._unet_shape: Optional[tuple] = None
+        self._control = None          # the last call's ControlNets (sdcpp.controlnet.ControlRunner)
         self._lock = threading.Lock()
         self._model_hash: Optional[str] = None
         self.family: str = info.family
@@ -531,7 +532,8 @@ class Model:
             return None
         from .controlnet import ControlRunner
 
-        return ControlRunner(p.control, self, p.batch_size * (2 if p.cfg_scale != 1.0 else 1), total)
+        self._control = ControlRunner(p.control, self, p.batch_size, p.cfg_scale != 1.0, total)
+        return self._control
 
     def _denoiser(self, cond: list, uncond: list, p: GenerationParams, extra: Optional[np.ndarray] = None,
                   clock: Optional["_StepClock"] = None, control=None) -> Callable[[np.ndarray, float], np.ndarray]:
@@ -644,6 +646,9 @@ class Model:
         if self.memory.free_unet_before_decode:
             self._c["unet"].clear()
             self._unet_shape = None
+            if self._control is not None:
+                self._control.clear()
+                self._control = None
         bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
         try:
             if self._tiny_vae:

@@ -234,3 +234,45 @@ def test_cli_control_flags_match_the_api(model_fixtures, files, tmp_path, capsys
     capsys.readouterr()
     assert main(args + ["--control-net", cn_path]) == 1
     assert "--control-image" in capsys.readouterr().err
+
+
+def test_guess_mode_matches_diffusers(model_fixtures, models, files):
+    fx = model_fixtures.get("sd1")
+    latents = unit_latents(12)
+    image = _control_image(7)
+    ref = _reference(fx, [_controlnet(fx, 3)], [image], [1.2], latents, guess_mode=True)
+    cn = sdcpp.load_controlnet(str(files(fx, 3, "diffusers")))
+    model = models(fx)
+    ours = model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=4, sampler="euler", latents=latents,
+                         output_type="latent", control=[sdcpp.ControlSpec(cn, image, 1.2, guess_mode=True)])[0]
+    normal = _reference(fx, [_controlnet(fx, 3)], [image], [1.2], latents)
+    err = rel(ours, ref[0])
+    print(f"[controlnet] guess mode: rel L2 {err:.2e}; differs from normal mode by {rel(normal, ref[0]):.2e}")
+    assert err <= LATENT_TOL
+    assert rel(normal, ref[0]) > 30 * LATENT_TOL
+
+
+def test_controlnet_inpaint_matches_diffusers(model_fixtures, models, files):
+    import diffusers as d
+
+    fx = model_fixtures.get("sd1")
+    rng = np.random.default_rng(5)
+    init = Image.fromarray((rng.random((SIZE, SIZE, 3)) * 255).astype(np.uint8), "RGB")
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    m[16:48, 8:40] = 255
+    mask = Image.fromarray(m, "L")
+    control = _control_image(8)
+    pipe = d.StableDiffusionControlNetInpaintPipeline.from_pipe(fx.pipeline("diffusers"), controlnet=_controlnet(fx, 3))
+    pipe.scheduler = diffusers_scheduler(("euler", "discrete"), pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref = pipe(PROMPT, negative_prompt=NEGATIVE, image=init, mask_image=mask, control_image=control,
+                   strength=1.0, controlnet_conditioning_scale=0.8, num_inference_steps=4, guidance_scale=7.0,
+                   generator=torch.Generator().manual_seed(31), height=SIZE, width=SIZE,
+                   output_type="latent").images.numpy()
+    cn = sdcpp.load_controlnet(str(files(fx, 3, "diffusers")))
+    ours = models(fx).inpaint(init, mask, PROMPT, NEGATIVE, strength=1.0, steps=4, sampler="euler", seed=31,
+                              output_type="latent", control=[(cn, control, 0.8)])[0]
+    err = rel(ours, ref[0])
+    print(f"[controlnet] sd1 inpaint: rel L2 {err:.2e}")
+    assert err <= LATENT_TOL
