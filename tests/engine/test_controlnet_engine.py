@@ -126,3 +126,21 @@ def test_residual_errors(device):
     del sd["controlnet.controlnet_mid_block.weight"]
     with pytest.raises(errors.InvalidArgumentError, match="controlnet_mid_block.weight"):
         ControlNet(weights.build_store(device, sd, "f32"), nc)
+
+
+@pytest.mark.parametrize("wt,tol", [("f16", 5e-3), ("q8_0", 5e-2)])   # the U-Net's tolerances (test_quant.py)
+def test_reduced_precision_weights_and_odd_sizes(device, wt, tol):
+    dc, unet_t, cn_t, nc = _models("sd1")
+    store = weights.build_store(device, {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}, wt)
+    cn = ControlNet(store, nc)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 4, 9, 7)).astype(np.float32)        # odd latent: stride-2 convs round up
+    ctx = rng.standard_normal((1, L, nc["cross_attention_dim"])).astype(np.float32)
+    cond = rng.random((1, 3, 72, 56)).astype(np.float32)
+    res = cn(x, 500.0, ctx, cond, scale=0.5)
+    with torch.no_grad():
+        down, mid = cn_t(torch.from_numpy(x), torch.full((1,), 500.0), torch.from_numpy(ctx), torch.from_numpy(cond),
+                         conditioning_scale=0.5, return_dict=False)
+    for i, (a, b) in enumerate(zip(res, [d.numpy() for d in down] + [mid.numpy()])):
+        assert a.shape == b.shape
+        assert rel_l2(a, b) <= tol, (wt, i, rel_l2(a, b))
