@@ -3,7 +3,6 @@
 #include <cstring>
 #include <set>
 
-#include "../kernels/cpu/cpu_level.h"
 #include "../runtime/error.h"
 
 namespace sdcpp {
@@ -99,9 +98,8 @@ void ControlNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool h
 }
 
 std::string ControlNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
-    return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
-           std::to_string(static_cast<int>(opt_.attention)) + "." + std::to_string(static_cast<int>(nn::attention_kernel())) + "/c" + std::to_string(static_cast<int>(opt_.conv)) +
-           (opt_.fused ? "/f" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
+    return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/" +
+           UNetBlocks(*store_, cfg_.unet, nullptr, opt_).kernel_key();
 }
 
 void ControlNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,

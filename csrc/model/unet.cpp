@@ -580,6 +580,12 @@ ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_ten
     return h.t;
 }
 
+std::string UNetBlocks::kernel_key() const {
+    return "a" + std::to_string(static_cast<int>(w_->attn)) + (w_->winograd ? "/w" : "") +
+           std::to_string(w_->winograd_min_pixels) + (w_->fused ? "/f" : "") + "/" +
+           kernels::cpu::level_name(kernels::cpu::active_level());
+}
+
 ggml_tensor* UNetBlocks::conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride,
                               int pad) const {
     return w_->conv({x, in_c}, name, out, k, stride, pad).t;

@@ -131,6 +131,8 @@ class UNetBlocks {
     ggml_tensor* encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
                         ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips, std::vector<int64_t>& skip_channels,
                         int64_t& mid_channels) const;
+    // The resolved kernel choices, for graph cache keys (a graph built under other choices differs).
+    std::string kernel_key() const;
     // A convolution with the U-Net's weight checks and kernel choice ("name.weight", "name.bias").
     ggml_tensor* conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride, int pad) const;
 
