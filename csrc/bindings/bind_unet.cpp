@@ -2,6 +2,7 @@
 #include <cstring>
 #include <optional>
 
+#include "../model/controlnet.h"
 #include "../model/unet.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "ggml-cpu.h"
@@ -117,6 +118,12 @@ const char* kernel_name(nn::AttentionKernel k) {
 
 }  // namespace
 
+// Shared with bind_controlnet.cpp (a ControlNet's config is a U-Net config).
+UNetConfig parse_unet_config(const py::dict& d) { return parse_config(d); }
+F32Array unet_f32_input(const py::handle& h, const char* what, const std::vector<int64_t>& shape) {
+    return f32_input(h, what, shape);
+}
+
 void bind_unet(py::module_& m) {
     py::class_<UNet, std::shared_ptr<UNet>>(m, "UNet")
         .def(py::init([](std::shared_ptr<WeightStore> store, py::dict config) {
@@ -128,7 +135,8 @@ void bind_unet(py::module_& m) {
              py::arg("store"), py::arg("config"))
         .def(
             "forward",
-            [](UNet& u, py::handle latent_h, py::handle t_h, py::handle ctx_h, py::handle text_h, py::handle ids_h) {
+            [](UNet& u, py::handle latent_h, py::handle t_h, py::handle ctx_h, py::handle text_h, py::handle ids_h,
+               py::handle res_h) {
                 const auto& cfg = u.config();
                 F32Array latent = f32_input(latent_h, "latent", {-1, cfg.in_channels, -1, -1});
                 const int64_t B = latent.shape(0), H = latent.shape(2), W = latent.shape(3);
@@ -139,6 +147,22 @@ void bind_unet(py::module_& m) {
                 if (!text_h.is_none()) text = f32_input(text_h, "text_embeds", {B, cfg.pooled_dim()});
                 if (!ids_h.is_none()) ids = f32_input(ids_h, "time_ids", {B, 6});
                 u.check_shapes(B, H, W, L, text.has_value(), ids.has_value());
+                // ControlNet residuals: a list of [B, C, h, w] arrays in the skips' shapes, then the mid block's
+                std::vector<F32Array> res;
+                std::vector<const float*> res_ptrs;
+                if (!res_h.is_none()) {
+                    if (!py::isinstance<py::sequence>(res_h)) throw InvalidArgument("residuals must be a list of arrays");
+                    auto seq = py::reinterpret_borrow<py::sequence>(res_h);
+                    const auto shapes = unet_residual_shapes(cfg, H, W);
+                    if (seq.size() != shapes.size())
+                        throw InvalidArgument("residuals: " + std::to_string(seq.size()) + " arrays given, this U-Net takes " +
+                                              std::to_string(shapes.size()));
+                    for (size_t i = 0; i < shapes.size(); ++i) {
+                        const std::string what = "residuals[" + std::to_string(i) + "]";
+                        res.push_back(f32_input(seq[i], what.c_str(), {B, shapes[i][0], shapes[i][1], shapes[i][2]}));
+                        res_ptrs.push_back(res.back().data());
+                    }
+                }
                 F32Array out = new_f32({B, cfg.out_channels, H, W});
                 const float* pl = latent.data();
                 const float* pt = t.data();
@@ -148,12 +172,12 @@ void bind_unet(py::module_& m) {
                 float* po = out.mutable_data();
                 {
                     py::gil_scoped_release nogil;
-                    u.forward(B, H, W, L, pl, pt, pc, ptext, pids, po);
+                    u.forward(B, H, W, L, pl, pt, pc, ptext, pids, po, res_ptrs.empty() ? nullptr : res_ptrs.data());
                 }
                 return out;
             },
             py::arg("latent"), py::arg("timestep"), py::arg("context"), py::arg("text_embeds") = py::none(),
-            py::arg("time_ids") = py::none())
+            py::arg("time_ids") = py::none(), py::arg("residuals") = py::none())
         .def_property(
             "attention",
             [](const UNet& u) { return std::string(kernel_name(u.options().attention)); },

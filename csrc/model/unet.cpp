@@ -308,25 +308,31 @@ struct UNet::Walk {
         return {add(h, x.t), C};
     }
 
-    // The whole network; inputs are graph tensors (or nullptr when checking).
-    ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in) const {
+    // SiLU(time embedding [+ SDXL add embedding]) of the weights under `pfx` ("unet." or a
+    // ControlNet's "controlnet.", which copies these layers).
+    ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
         const int64_t E = cfg.time_embed_dim;
-        // time embedding
-        ggml_tensor* temb = linear(t_sin, "unet.time_embedding.linear_1", cfg.time_proj_dim, E, true);
-        temb = linear(silu(temb), "unet.time_embedding.linear_2", E, E, true);
+        ggml_tensor* temb = linear(t_sin, pfx + "time_embedding.linear_1", cfg.time_proj_dim, E, true);
+        temb = linear(silu(temb), pfx + "time_embedding.linear_2", E, E, true);
         if (cfg.add_time_dim > 0) {
-            ggml_tensor* a = linear(add_in, "unet.add_embedding.linear_1", cfg.add_in_dim, E, true);
-            a = linear(silu(a), "unet.add_embedding.linear_2", E, E, true);
+            ggml_tensor* a = linear(add_in, pfx + "add_embedding.linear_1", cfg.add_in_dim, E, true);
+            a = linear(silu(a), pfx + "add_embedding.linear_2", E, E, true);
             temb = add(temb, a);
         }
-        ggml_tensor* temb_act = silu(temb);
+        return silu(temb);
+    }
 
+    // conv_in (+ conv_in_add, a ControlNet's conditioning embedding), the down blocks and the mid
+    // block; `skips` receives diffusers' down_block_res_samples in order. Returns the mid output.
+    Act encode(const std::string& pfx, ggml_tensor* x_in, ggml_tensor* temb_act, ggml_tensor* context,
+               ggml_tensor* conv_in_add, std::vector<Act>& skips) const {
         const auto& ch = cfg.block_out_channels;
-        Act h = conv({x_in, cfg.in_channels}, "unet.conv_in", ch[0], 3, 1, 1);
-        std::vector<Act> skips{h};
+        Act h = conv({x_in, cfg.in_channels}, pfx + "conv_in", ch[0], 3, 1, 1);
+        if (conv_in_add) h.t = add(h.t, conv_in_add);
+        skips.push_back(h);
         for (size_t i = 0; i < cfg.down.size(); ++i) {
             const auto& b = cfg.down[i];
-            const std::string p = "unet.down_blocks." + std::to_string(i);
+            const std::string p = pfx + "down_blocks." + std::to_string(i);
             for (int j = 0; j < b.resnets; ++j) {
                 h = resnet(h, p + ".resnets." + std::to_string(j), ch[i], temb_act);
                 if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
@@ -338,11 +344,31 @@ struct UNet::Walk {
             }
         }
         if (cfg.mid_type != "none") {
-            h = resnet(h, "unet.mid_block.resnets.0", h.c, temb_act);
+            h = resnet(h, pfx + "mid_block.resnets.0", h.c, temb_act);
             if (cfg.mid_type == "cross_attn") {
-                h = transformer(h, "unet.mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
-                h = resnet(h, "unet.mid_block.resnets.1", h.c, temb_act);
+                h = transformer(h, pfx + "mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
+                h = resnet(h, pfx + "mid_block.resnets.1", h.c, temb_act);
             }
+        }
+        return h;
+    }
+
+    // The whole network; inputs are graph tensors (or nullptr when checking). `residuals`
+    // (ControlNet): when given, one new f32 input per skip and one for the mid output is created,
+    // added there (diffusers' down_block / mid_block_additional_residuals) and appended to it.
+    ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in,
+                         std::vector<ggml_tensor*>* residuals = nullptr) const {
+        ggml_tensor* temb_act = time_embedding("unet.", t_sin, add_in);
+        const auto& ch = cfg.block_out_channels;
+        std::vector<Act> skips;
+        Act h = encode("unet.", x_in, temb_act, context, nullptr, skips);
+        if (residuals && ctx) {
+            for (Act& sk : skips) {
+                residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, sk.t->ne));
+                sk.t = ggml_add(ctx, sk.t, residuals->back());
+            }
+            residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, h.t->ne));
+            h.t = ggml_add(ctx, h.t, residuals->back());
         }
         const size_t n = ch.size();
         for (size_t i = 0; i < cfg.up.size(); ++i) {
@@ -445,7 +471,7 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
     }
 }
 
-void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const {
+void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals) const {
     Walk w{*store_, cfg_, ctx, nn::AttentionKernel::MulMat, nullptr, false, {}};
     w.set_lowering(opt_, *store_->device());
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
@@ -459,11 +485,14 @@ void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t
         a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.add_in_dim, B);
         g.inputs["add_in"] = a;
     }
-    g.outputs.push_back(w.forward(x, t, c, a));
+    std::vector<ggml_tensor*> res;
+    g.outputs.push_back(w.forward(x, t, c, a, residuals ? &res : nullptr));
+    for (size_t i = 0; i < res.size(); ++i) g.inputs["res" + std::to_string(i)] = res[i];
 }
 
 void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
-                   const float* context, const float* text_embeds, const float* time_ids, float* out) {
+                   const float* context, const float* text_embeds, const float* time_ids, float* out,
+                   const float* const* residuals) {
     check_shapes(B, H, W, L, text_embeds != nullptr, time_ids != nullptr);
     std::vector<float> t_sin(static_cast<size_t>(B) * cfg_.time_proj_dim);
     timestep_sinusoid(timesteps, B, cfg_.time_proj_dim, cfg_.flip_sin_to_cos, cfg_.freq_shift, t_sin.data());
@@ -481,11 +510,21 @@ void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* late
         }
     }
     std::lock_guard<std::mutex> lock(mu_);
-    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    const bool res = residuals != nullptr;
+    BuiltGraph& g = runner_->get(key(B, H, W, L) + (res ? "/res" : ""),
+                                 [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L, res); });
     std::map<std::string, const void*> in{{"latent", latent}, {"t_sin", t_sin.data()}, {"context", context}};
     if (!add_in.empty()) in["add_in"] = add_in.data();
+    if (res)
+        for (size_t i = 0; i < skip_count() + 1; ++i) in["res" + std::to_string(i)] = residuals[i];
     runner_->run(g, in);
     runner_->read_output(g, 0, out);
+}
+
+size_t UNet::skip_count() const {
+    size_t n = 1;
+    for (const auto& b : cfg_.down) n += b.resnets + (b.resample ? 1 : 0);
+    return n;
 }
 
 size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
@@ -493,6 +532,45 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
     std::lock_guard<std::mutex> lock(mu_);
     BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
     return runner_->measure(g);
+}
+
+// ------------------------------------------------------------------------------------------
+// UNetBlocks: the walk's blocks for networks that copy them (model/controlnet.*).
+
+UNetBlocks::UNetBlocks(const WeightStore& s, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
+                       std::set<std::string>* used) {
+    w_ = std::make_unique<UNet::Walk>(UNet::Walk{s, cfg, ctx, nn::AttentionKernel::MulMat, used, false, {}});
+    w_->set_lowering(opt, *s.device());
+}
+
+UNetBlocks::~UNetBlocks() = default;
+
+ggml_tensor* UNetBlocks::time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
+    return w_->time_embedding(pfx, t_sin, add_in);
+}
+
+ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
+                                ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips,
+                                std::vector<int64_t>& skip_channels, int64_t& mid_channels) const {
+    std::vector<UNet::Walk::Act> acts;
+    UNet::Walk::Act h = w_->encode(pfx, x, temb_act, context, conv_in_add, acts);
+    for (const auto& a : acts) {
+        skips.push_back(a.t);
+        skip_channels.push_back(a.c);
+    }
+    mid_channels = h.c;
+    return h.t;
+}
+
+std::string UNetBlocks::kernel_key() const {
+    return "a" + std::to_string(static_cast<int>(w_->attn)) + "/c" + std::to_string(static_cast<int>(w_->conv_opt.algo)) +
+           std::to_string(w_->conv_opt.winograd_min_pixels) + (w_->custom_ops ? "/f" : "") + "/" +
+           kernels::cpu::level_name(kernels::cpu::active_level());
+}
+
+ggml_tensor* UNetBlocks::conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride,
+                              int pad) const {
+    return w_->conv({x, in_c}, name, out, k, stride, pad).t;
 }
 
 void UNet::clear() {
