@@ -279,5 +279,4 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
     return stack_rows(ctx, parts, cpu);
 }
 
-
 }  // namespace sdcpp::nn
