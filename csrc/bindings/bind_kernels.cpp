@@ -10,7 +10,7 @@
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/winograd_f43.h"
-#include "../model/winograd_strips.h"
+#include "../nn/winograd_f43_strips.h"
 #include "ggml-cpu.h"
 #include "common.h"
 

@@ -12,13 +12,14 @@
 #include "cpu_level.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SD_BF16_ATTN 1
+// The fused kernels (bf16 and f32) are written with x86 intrinsics and target attributes.
+#define SD_X86_FUSED_ATTENTION 1
 #include <immintrin.h>
 #endif
 
 namespace sdcpp::fused_attention {
 
-#ifdef SD_BF16_ATTN
+#ifdef SD_X86_FUSED_ATTENTION
 
 namespace {
 
@@ -61,7 +62,7 @@ int heads_of(void* ud) { return static_cast<int>(reinterpret_cast<intptr_t>(ud))
 // Packed layout per (n, head):
 //   K: [Lkp/16 blocks][dpairs][16 keys][2 dims]   (a vdpbf16ps operand: 16 keys in the lanes)
 //   V: [Lkp/2 key pairs][dvp dims][2 keys]         (16 output dims in the lanes)
-void pack(ggml_tensor* dst, int ith, int nth, void* ud) {
+void pack_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* k = dst->src[0];
     const ggml_tensor* v = dst->src[1];
     const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
@@ -162,7 +163,7 @@ SD_TARGET void pv_chunk(float* O, int64_t dvp, const uint32_t* Pb, const uint16_
         for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + r * dvp + (dv0 + c) * 16, acc[r][c]);
 }
 
-SD_TARGET void attend(ggml_tensor* dst, int ith, int nth, void* ud) {
+SD_TARGET void attend_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* packed = dst->src[1];
     const ggml_tensor* k = dst->src[2];
@@ -301,9 +302,9 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
     void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
     ggml_tensor* kv[2] = {k, v};
     ggml_tensor* packed =
-        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack, GGML_N_TASKS_MAX, ud);
+        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack_bf16, GGML_N_TASKS_MAX, ud);
     ggml_tensor* args[3] = {q, packed, k};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend, GGML_N_TASKS_MAX, ud);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_bf16, GGML_N_TASKS_MAX, ud);
 }
 
 #else

@@ -1,4 +1,4 @@
-#include "winograd_strips.h"
+#include "winograd_f43_strips.h"
 
 #include <algorithm>
 #include <cstring>

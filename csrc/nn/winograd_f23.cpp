@@ -1,4 +1,4 @@
-#include "unet_winograd.h"
+#include "winograd_f23.h"
 
 #include <cstring>
 #include <vector>
