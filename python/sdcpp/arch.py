@@ -682,6 +682,30 @@ def _confirm_unet(unet: dict, cfg: dict, notes: list[str]) -> None:
             notes.append(f"unet: config {k}={b[k]} disagrees with the tensors ({a[k]}); tensors used")
 
 
+
+# Key patterns of the files users pass by mistake where a model is expected: they are not an
+# unknown architecture, they are something else, and the error says which and where it goes.
+_LORA_MARKERS = ("lora_down", "lora_up", "lora_A.", "lora_B.", "lora.down", "lora.up", ".alpha", "hada_w1", "lokr_w1")
+
+
+def _refuse_adapter_file(records, path: Optional[Path]) -> None:
+    keys = list(records)
+    if not keys:
+        return
+    small = len(keys) <= 8
+    embedding_keys = {"emb_params", "clip_l", "clip_g"}
+    a1111 = all(k.startswith(("string_to_param.", "string_to_token.")) for k in keys)
+    lone = len(keys) == 1 and len(getattr(records[keys[0]], "shape", ())) in (1, 2)  # diffusers learned_embeds
+    if small and (set(keys) & embedding_keys or a1111 or lone):
+        raise UnknownArchitectureError("this is a textual-inversion embedding, not a model: load the model, then "
+                                       "model.load_embeddings([file]) (or load(..., embeddings=[file])) and use the "
+                                       "file's name in the prompt", file=path)
+    lora_keys = sum(1 for k in keys if any(m in k for m in _LORA_MARKERS))
+    if lora_keys * 2 >= len(keys):
+        raise UnknownArchitectureError("this is a LoRA, not a model: load the model, then model.set_loras([(file, 1.0)]) "
+                                       "(or <lora:name:weight> in the prompt with a LoRA folder)", file=path)
+
+
 def inspect(source: Union[str, os.PathLike, Any]) -> ModelInfo:
     """Infer the architecture of a checkpoint file, diffusers folder, Hub id or ``Source``."""
     if isinstance(source, (str, os.PathLike)):
@@ -696,6 +720,8 @@ def inspect(source: Union[str, os.PathLike, Any]) -> ModelInfo:
         raise UnknownArchitectureError("this is a ControlNet, not a model: load it with sdcpp.load_controlnet(...) "
                                        "and pass it to txt2img/img2img as control=[(controlnet, image, scale)]",
                                        file=path)
+    if len(comps) == 1:
+        _refuse_adapter_file(next(iter(comps.values())), path)
     names = canonicalize(source)
     ctx = _Ctx(path, names.origin)
     tensors = names.tensors

@@ -229,3 +229,35 @@ def test_summary_and_describe(model_fixtures):
     s = json.loads(json.dumps(info.summary()))
     assert s["variant"] == "ssd-1b" and s["family"] == "sdxl"
     assert "ssd-1b" in info.describe()
+
+
+def test_embedding_and_lora_files_passed_as_models_say_what_they_are(tmp_path):
+    """A textual-inversion embedding or a LoRA handed to inspect/load is named as such, with
+    where it goes instead, not reported as an unknown architecture."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    vec = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.zeros(2, 768)}, "name": "x", "step": 1},
+               tmp_path / "a1111.pt")
+    save_file({"emb_params": vec(3, 768)}, str(tmp_path / "civitai.safetensors"))
+    save_file({"clip_l": vec(2, 768), "clip_g": vec(2, 1280)}, str(tmp_path / "sdxl.safetensors"))
+    save_file({"<cat-toy>": vec(768)}, str(tmp_path / "learned_embeds.safetensors"))
+    lora = {}
+    for i in range(3):
+        base = f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q{i}"
+        lora[base + ".lora_down.weight"] = vec(4, 320)
+        lora[base + ".lora_up.weight"] = vec(320, 4)
+        lora[base + ".alpha"] = np.array(4.0, np.float32)
+    save_file(lora, str(tmp_path / "kohya.safetensors"))
+    for name in ("a1111.pt", "civitai.safetensors", "sdxl.safetensors", "learned_embeds.safetensors"):
+        with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="textual-inversion embedding.*load_embeddings") as e:
+            sdcpp.inspect(str(tmp_path / name))
+        assert name in str(e.value)
+    with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="this is a LoRA.*set_loras") as e:
+        sdcpp.inspect(str(tmp_path / "kohya.safetensors"))
+    assert "kohya.safetensors" in str(e.value)
+    with pytest.raises(sdcpp.errors.UnknownArchitectureError, match="this is a LoRA"):
+        sdcpp.load(str(tmp_path / "kohya.safetensors"))
