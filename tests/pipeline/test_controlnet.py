@@ -132,6 +132,28 @@ def test_controlnet_txt2img_matches_diffusers(model_fixtures, models, files, fmt
     assert rel(plain, ref[0]) > 30 * LATENT_TOL       # ignoring the control would fail
 
 
+@pytest.mark.parametrize("family", ["bk-sdm-base"])
+def test_bk_sdm_controlnet_matches_diffusers(model_fixtures, models, files, family):
+    """A ControlNet copied from a BK-SDM U-Net (diffusers' ControlNetModel.from_unet): its
+    encoder has the distilled layout (one resnet per level), and so do the residuals the U-Net
+    takes. BK-SDM small and tiny have no mid block, which diffusers' ControlNetModel cannot
+    express, so there is no ControlNet (nor a reference) for them."""
+    fx = model_fixtures.get(family)
+    latents = unit_latents(7)
+    image = _control_image(2)
+    ref = _reference(fx, [_controlnet(fx, 9)], [image], [0.9], latents)
+    cn = sdcpp.load_controlnet(str(files(fx, 9, "diffusers")))
+    model = models(fx)
+    ours = model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=4, sampler="euler", latents=latents,
+                         output_type="latent", control=[(cn, image, 0.9)])[0]
+    err = rel(ours, ref[0])
+    plain = model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=4, sampler="euler", latents=latents,
+                          output_type="latent")[0]
+    print(f"[controlnet] {family}: rel L2 {err:.2e}; control effect {rel(plain, ref[0]):.2e}")
+    assert err <= LATENT_TOL
+    assert rel(plain, ref[0]) > 30 * LATENT_TOL
+
+
 def test_two_controlnets_with_guidance_window(model_fixtures, models, files):
     fx = model_fixtures.get("sd1")
     latents = unit_latents(8)
@@ -163,7 +185,7 @@ def test_controlnet_errors(model_fixtures, models, files, tmp_path):
         model.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, control=[(model, _control_image(0), 1.0)])
 
 
-@pytest.mark.parametrize("family", ["sdxl", "ssd-1b"])
+@pytest.mark.parametrize("family", ["sdxl", "ssd-1b", "vega"])
 def test_sdxl_controlnet_matches_diffusers(model_fixtures, models, files, family):
     fx = model_fixtures.get(family)
     latents = unit_latents(6)
