@@ -21,15 +21,15 @@ namespace {
 constexpr int64_t KC = SDCPP_GEMM_KC;
 constexpr int64_t NC = SDCPP_GEMM_NC;
 
-// Rows [r0, r1) of one product.
-void gemm_rows(const GemmKernels& k, const GemmArgs& g, int64_t r0, int64_t r1) {
+// Rows [r0, r1) and columns [c0, c1) of one product.
+void gemm_rows(const GemmKernels& k, const GemmArgs& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
     const int mr = k.mr, nr = k.nr;
     thread_local std::vector<float> bp, tail, edge;
     bp.resize(static_cast<size_t>(KC * ((NC + nr - 1) / nr) * nr));
     tail.resize(static_cast<size_t>(mr * KC));
     edge.resize(static_cast<size_t>(mr * nr));
-    for (int64_t n0 = 0; n0 < g.N; n0 += NC) {
-        const int64_t nn = std::min(NC, g.N - n0);
+    for (int64_t n0 = c0; n0 < c1; n0 += NC) {
+        const int64_t nn = std::min(NC, c1 - n0);
         for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
             const int64_t kc = std::min(KC, g.K - k0);
             const bool acc = k0 > 0;
@@ -76,10 +76,26 @@ const GemmKernels& gemm_kernels() { return gemm_kernels_at(active_level()); }
 
 void gemm_batched(const GemmKernels& k, const GemmArgs& g, int64_t batch, int64_t a_batch, int64_t b_batch,
                   int64_t c_batch, int ith, int nth) {
-    // All rows of all products, cut into nth contiguous ranges on MR boundaries; a range that
-    // crosses products is done product by product.
     const int64_t tiles_per = (g.M + k.mr - 1) / k.mr;
     const int64_t tiles = tiles_per * batch;
+    // Few rows (a text encoder's 2 x 77 tokens, a time embedding) against many columns: every
+    // thread takes all rows and a range of columns, so each packs (converts) only its part of
+    // B; split by rows, each thread would pack all of B, as costly as the product itself there.
+    const int64_t col_panels = (g.N + k.nr - 1) / k.nr;
+    if (nth > 1 && g.M * batch <= 1024 && col_panels >= int64_t(2) * nth) {
+        const int64_t p0 = col_panels * ith / nth, p1 = col_panels * (ith + 1) / nth;
+        const int64_t c0 = p0 * k.nr, c1 = std::min(g.N, p1 * k.nr);
+        for (int64_t b = 0; b < batch && c0 < c1; ++b) {
+            GemmArgs one = g;
+            one.A = g.A + b * a_batch;
+            one.B = static_cast<const char*>(g.B) + b * b_batch;
+            one.C = g.C + b * c_batch;
+            gemm_rows(k, one, 0, g.M, c0, c1);
+        }
+        return;
+    }
+    // Otherwise all rows of all products, cut into nth contiguous ranges on MR boundaries; a
+    // range that crosses products is done product by product.
     const int64_t t0 = tiles * ith / nth, t1 = tiles * (ith + 1) / nth;
     for (int64_t t = t0; t < t1;) {
         const int64_t b = t / tiles_per;
@@ -90,7 +106,7 @@ void gemm_batched(const GemmKernels& k, const GemmArgs& g, int64_t batch, int64_
         one.C = g.C + b * c_batch;
         const int64_t r0 = (t - b * tiles_per) * k.mr;
         const int64_t r1 = std::min(g.M, (end - b * tiles_per) * k.mr);
-        gemm_rows(k, one, r0, r1);
+        gemm_rows(k, one, r0, r1, 0, g.N);
         t = end;
     }
 }
