@@ -84,6 +84,23 @@ def weight_delta(mod: LoraModule, target: Target, multiplier: float = 1.0) -> np
     return delta.reshape(shape)
 
 
+def is_low_rank(mod: LoraModule) -> bool:
+    """A plain up @ down module (linear, or conv: kohya/LoCon k x k down with 1x1 up): what the
+    native merge covers; Tucker cores and full deltas are merged by ``weight_delta``."""
+    return mod.diff is None and mod.mid is None and mod.down is not None and mod.up is not None
+
+
+def low_rank_terms(mod: LoraModule, multiplier: float = 1.0) -> Optional[tuple[np.ndarray, np.ndarray, float]]:
+    """(up [out, r], down [r, in*kh*kw] in float32, multiplier * strength): the operands of the
+    native merge (``WeightStore.merge_low_rank``), which adds scale * up @ down in the weight's
+    layout, as ``weight_delta`` does. None for what it does not cover (Tucker, full deltas)."""
+    if not is_low_rank(mod):
+        return None
+    down = _f32(mod.down)
+    r = down.shape[0]
+    return _f32(mod.up).reshape(-1, r), down.reshape(r, -1), float(np.float32(multiplier * mod.strength()))
+
+
 def bias_delta(mod: LoraModule, multiplier: float = 1.0) -> Optional[np.ndarray]:
     if mod.diff_b is not None:
         return _f32(mod.diff_b).reshape(-1) * np.float32(multiplier)
@@ -92,4 +109,4 @@ def bias_delta(mod: LoraModule, multiplier: float = 1.0) -> Optional[np.ndarray]
     return None
 
 
-__all__ = ["check", "weight_delta", "bias_delta"]
+__all__ = ["check", "weight_delta", "is_low_rank", "low_rank_terms", "bias_delta"]

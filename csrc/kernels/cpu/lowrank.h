@@ -1,0 +1,32 @@
+// Kernels of the native LoRA merge (csrc/runtime/lora_merge.cpp): W = W0 + A @ B with a small
+// inner dimension K (the LoRA rank, or the ranks of several LoRAs side by side), one table per
+// CPU level beside a portable reference (lowrank_portable.cpp, _avx2.cpp, _avx512.cpp).
+//
+// The product runs on packed operands so the inner loop reads both with unit stride: A in
+// blocks of `mr` rows, a[k * mr + i]; B in panels of `nr` columns, b[k * nr + j] (zeros past
+// the matrix edges). `tile` adds one mr x nr block of A @ B onto c (row stride ldc),
+// in float32, k in order (fused multiply-adds where the level has FMA).
+#pragma once
+#include <cstdint>
+
+#include "cpu_level.h"
+
+namespace sdcpp::kernels::cpu {
+
+struct LowRank {
+    Level level;
+    int mr, nr;
+    void (*tile)(const float* a, const float* b, int64_t K, float* c, int64_t ldc);
+    // IEEE half <-> float32 rows; float -> half rounds to nearest even (as ggml's conversions).
+    void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
+    void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
+};
+
+const LowRank& lowrank();
+const LowRank& lowrank_at(Level level);
+
+const LowRank& lowrank_portable();
+const LowRank* lowrank_avx2();
+const LowRank* lowrank_avx512();
+
+}  // namespace sdcpp::kernels::cpu
