@@ -1,0 +1,139 @@
+"""The native LoRA merge (``WeightStore.merge_low_rank``, csrc/runtime/lora_merge.cpp) against numpy.
+
+Kernel level: every CPU level this machine has, every storage type and original dtype, shapes
+that do not fill the tiles (rows, columns, 512-column chunks), two terms of different ranks; the
+reference is numpy's float64 product converted by the store's own ``set``. Model level: a LoRA
+set merged natively equals the same set merged by the numpy path (``SDCPP_LORA_MERGE=numpy``).
+Differences allowed: float32 rounding of the sum, i.e. one step of the stored type where the
+value lies on a rounding boundary.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sdcpp
+from sdcpp.engine.weights import native, open_device
+
+import lora_helpers as H
+
+SHAPES = [(96, 64), (77, 100), (50, 13, 3, 3), (33, 1100), (40, 32, 1, 1), (1, 544), (24, 1088)]
+STEP = {"q8_0": 127.0, "q5_0": 15.0, "q4_0": 7.0}     # block absmax / STEP = one quantization step
+
+
+def _store(dev, shapes, wt):
+    st = native().WeightStore(dev, False)
+    for n, s in shapes.items():
+        st.declare(n, list(s), wt)
+    st.allocate()
+    return st
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, stype: str, what: str) -> None:
+    """got within float32 rounding of want, after both went to `stype`."""
+    got, want = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    if stype == "f32":
+        tol = 2e-6 * max(1.0, float(np.abs(want).max()))
+    elif stype in ("f16", "bf16"):
+        # one unit in the last place either side of a power of two
+        tol = (2.0 ** -9 if stype == "f16" else 2.0 ** -6) * np.abs(want) + 1e-7
+    else:
+        blocks = np.abs(want).reshape(-1, 32).max(axis=1)
+        tol = np.repeat(blocks / STEP[stype] * 1.01 + 1e-7, 32)
+    bad = np.abs(got - want) > tol
+    assert not bad.any(), f"{what}: {int(bad.sum())} values off, max |diff| {np.abs(got - want).max():.3g}"
+    if stype != "f32":   # rounding boundaries only: nearly every value is equal
+        assert np.mean(got != want) < 0.01, f"{what}: {np.mean(got != want):.3%} of the values differ"
+
+
+def _bf16_bits(a: np.ndarray) -> np.ndarray:
+    u = a.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("level", native().cpu_levels())
+@pytest.mark.parametrize("wt", ["f32", "f16", "bf16", "q8_0", "q4_0"])
+def test_merge_low_rank_equals_numpy_every_level_and_type(level, wt):
+    core = native()
+    dev = open_device("cpu", 2)
+    rng = np.random.default_rng(7)
+    shapes = {f"w{i}": s for i, s in enumerate(SHAPES)}
+    ours, ref = _store(dev, shapes, wt), _store(dev, shapes, wt)
+    prev = core.cpu_level()
+    core.set_cpu_level(level)
+    try:
+        for i, (name, shape) in enumerate(shapes.items()):
+            out, k = shape[0], int(np.prod(shape[1:]))
+            base = rng.standard_normal(shape).astype(np.float32)
+            terms = [(rng.standard_normal((out, r)).astype(np.float32), rng.standard_normal((r, k)).astype(np.float32),
+                      s) for r, s in ((8, 0.25), (3, -1.5))]
+            # the original in each dtype the native merge reads: f32, f16, bf16 bits
+            if i % 3 == 0:
+                src = exact = base
+            elif i % 3 == 1:
+                src = base.astype(np.float16)
+                exact = src.astype(np.float32)
+            else:
+                src = _bf16_bits(base)
+                exact = (src.astype(np.uint32) << 16).view(np.float32)
+            want = exact.astype(np.float64).reshape(out, k)
+            for up, down, s in terms:
+                want += (up.astype(np.float64) * np.float32(s)) @ down.astype(np.float64)
+            ours.merge_low_rank(name, src, terms, threads=1 + i % 2)
+            ref.set(name, want.astype(np.float32).reshape(ref.shape(name)))
+            assert_close(ours.get(name), ref.get(name), ref.type(name), f"{level} {wt} {shape}")
+    finally:
+        core.set_cpu_level(prev)
+
+
+def test_merge_low_rank_refuses_what_does_not_fit():
+    dev = open_device("cpu", 1)
+    st = _store(dev, {"w": (8, 16)}, "f32")
+    up, down = np.ones((8, 2), np.float32), np.ones((2, 16), np.float32)
+    st.merge_low_rank("w", np.zeros((8, 16), np.float32), [(up, down, 1.0)])
+    assert np.array_equal(st.get("w"), np.full((8, 16), 2.0, np.float32))
+    with pytest.raises(ValueError, match="'w'"):
+        st.merge_low_rank("w", np.zeros((8, 15), np.float32), [(up, down, 1.0)])
+    with pytest.raises(ValueError, match="'w'"):
+        st.merge_low_rank("w", np.zeros((8, 16), np.float32), [(up, np.ones((3, 16), np.float32), 1.0)])
+    with pytest.raises(ValueError, match="'w'"):
+        st.merge_low_rank("w", np.zeros((8, 16), np.int32), [(up, down, 1.0)])
+    with pytest.raises(ValueError, match="missing weight 'nope'"):
+        st.merge_low_rank("nope", np.zeros((8, 16), np.float32), [(up, down, 1.0)])
+
+
+# --------------------------------------------------------------------------- whole models
+@pytest.fixture(scope="module")
+def sd1_loras(model_fixtures, tmp_path_factory):
+    """A LoCon LoRA (3x3 convs, linears, text encoder) and a second one, in kohya spelling."""
+    fx = model_fixtures.get("sd1")
+    d = tmp_path_factory.mktemp("native")
+    a = H.make_lora(fx, seed=61, unet_targets=H.LCM_TARGETS, text_targets=H.TEXT_TARGETS, rank=4, alpha=2, std=0.1)
+    b = H.make_lora(fx, seed=62, unet_targets=H.ATTN_TARGETS + ["conv2"], text_targets=["q_proj"], rank=2, alpha=4)
+    return (H.write_kohya(fx, a, d / "a.safetensors", te_prefix="lora_te_"),
+            H.write_kohya(fx, b, d / "b.safetensors", te_prefix="lora_te_"))
+
+
+@pytest.mark.parametrize("fmt,wt", [("ldm", "f32"), ("ldm-fp16", "f16"), ("ldm", "bf16"), ("ldm", "q8_0")])
+def test_native_merge_equals_numpy_merge_on_a_model(model_fixtures, sd1_loras, monkeypatch, fmt, wt):
+    a, b = sd1_loras
+    model = sdcpp.load(str(model_fixtures.get("sd1").path(fmt)), device="cpu", weight_type=wt, threads=2)
+    spec = [(a, 0.8), (b, -0.5)]
+    base = H.store_snapshot(model)
+    monkeypatch.setenv("SDCPP_LORA_MERGE", "numpy")
+    model.set_loras(spec)
+    by_numpy = H.store_snapshot(model)
+    model.set_loras([])
+    monkeypatch.delenv("SDCPP_LORA_MERGE")
+    model.set_loras(spec)
+    by_native = H.store_snapshot(model)
+    mgr = model._lora_manager
+    weights = [n for n, how in mgr._merges.items() if how[0] == "w"]
+    assert weights and all(mgr._native(mgr._merges[n]) for n in weights), "the native merge was not used"
+    assert sum(not np.array_equal(base[n], by_native[n]) for n in weights) == len(weights)
+    types = {**model._c["stores"]["unet"].types(), **{k: v for s in model._c["stores"].values()
+                                                      for k, v in s.types().items()}}
+    for n in by_numpy:
+        assert_close(by_native[n], by_numpy[n], types[n], n)
+    model.set_loras([])
+    assert all(np.array_equal(base[n], v) for n, v in H.store_snapshot(model).items()), "restore is not bit-exact"
