@@ -10,6 +10,11 @@
 #include "error.h"
 #include "ggml-backend.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace sdcpp {
 
 namespace {
@@ -31,19 +36,43 @@ struct Job {
     int64_t out, K, R, Kpad;
     const float* bpack;  // panels of nr columns: [Kpad / nr][R][nr]
     const std::vector<LowRankTerm>* terms;
+    bool populate;       // dst is a private file mapping: fault its pages in up front
 };
 
-void load_row(const Job& j, int64_t row, int64_t c0, int64_t n, float* y) {
-    const uint8_t* s = j.src + row * j.src_row;
-    switch (j.src_type) {
-        case GGML_TYPE_F32: std::memcpy(y, reinterpret_cast<const float*>(s) + c0, n * sizeof(float)); break;
-        case GGML_TYPE_F16: j.k->f16_to_f32(reinterpret_cast<const uint16_t*>(s) + c0, y, n); break;
+// The zero-copy tensors (WeightStore::map_to_file) are private mappings of the checkpoint: the
+// first write to each 4 KiB page faults and copies it. MADV_POPULATE_WRITE (Linux 5.14+) does
+// those copies in one call per range, without a trap per page; elsewhere the writes fault as
+// usual (the call is only a speed-up, its failure is ignored).
+void populate(uint8_t* p, size_t n) {
+#if defined(__linux__)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p) / page * page;
+    const uintptr_t hi = reinterpret_cast<uintptr_t>(p) + n;
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+// n values of type `type` starting at element `at` of `src`, as float32 (exact).
+void to_f32(const kc::LowRank& k, const void* src, ggml_type type, int64_t at, int64_t n, float* y) {
+    switch (type) {
+        case GGML_TYPE_F32: std::memcpy(y, static_cast<const float*>(src) + at, size_t(n) * sizeof(float)); break;
+        case GGML_TYPE_F16: k.f16_to_f32(static_cast<const uint16_t*>(src) + at, y, n); break;
         default: {  // bf16: the high half of a float32
-            const uint16_t* b = reinterpret_cast<const uint16_t*>(s) + c0;
+            const uint16_t* b = static_cast<const uint16_t*>(src) + at;
             uint32_t* u = reinterpret_cast<uint32_t*>(y);
             for (int64_t i = 0; i < n; ++i) u[i] = uint32_t(b[i]) << 16;
         }
     }
+}
+
+void load_row(const Job& j, int64_t row, int64_t c0, int64_t n, float* y) {
+    to_f32(*j.k, j.src + row * j.src_row, j.src_type, c0, n, y);
 }
 
 void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x) {
@@ -66,6 +95,7 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
     const int64_t blocks = (r1 - r0 + mr - 1) / mr;
     // A for these rows, packed per block of mr rows: a[k * mr + i], zero rows past `out`.
     std::vector<float> apack(size_t(blocks * mr * j.R), 0.0f);
+    std::vector<float> u(size_t(j.R));
     for (int64_t b = 0; b < blocks; ++b) {
         float* ab = apack.data() + b * mr * j.R;
         for (int i = 0; i < mr; ++i) {
@@ -73,12 +103,13 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
             if (row >= r1) break;
             int64_t k0 = 0;
             for (const LowRankTerm& t : *j.terms) {
-                const float* u = t.up + row * t.rank;
+                to_f32(*j.k, t.up, t.type, row * t.rank, t.rank, u.data());
                 for (int64_t k = 0; k < t.rank; ++k) ab[(k0 + k) * mr + i] = t.scale * u[k];
                 k0 += t.rank;
             }
         }
     }
+    if (j.populate) populate(j.dst + r0 * j.dst_row, size_t(r1 - r0) * j.dst_row);
     std::vector<float> tile(size_t(mr * kChunk), 0.0f);
     for (int64_t c0 = 0; c0 < j.Kpad; c0 += kChunk) {
         const int64_t nc = std::min(kChunk, j.Kpad - c0);   // multiple of nr
@@ -101,8 +132,8 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
                     int64_t out, const std::vector<LowRankTerm>& terms, int threads) {
     ggml_tensor* t = store.get(name);
     SD_CHECK(store.allocated(), "weights are not allocated yet");
-    SD_CHECK(original_type == GGML_TYPE_F32 || original_type == GGML_TYPE_F16 || original_type == GGML_TYPE_BF16,
-             "weight '" + name + "': the original must be f32, f16 or bf16");
+    auto plain = [](ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; };
+    SD_CHECK(plain(original_type), "weight '" + name + "': the original must be f32, f16 or bf16");
     SD_CHECK(!terms.empty(), "weight '" + name + "': no LoRA terms to merge");
     const int64_t count = ggml_nelements(t);
     SD_CHECK(out > 0 && count % out == 0, "weight '" + name + "': " + std::to_string(count) + " values are not " +
@@ -114,6 +145,7 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
     int64_t R = 0;
     for (const LowRankTerm& term : terms) {
         SD_CHECK(term.rank > 0 && term.up && term.down, "weight '" + name + "': empty LoRA term");
+        SD_CHECK(plain(term.type), "weight '" + name + "': LoRA factors must be f32, f16 or bf16");
         R += term.rank;
     }
 
@@ -134,7 +166,7 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
     }
     Job job{&k, static_cast<const uint8_t*>(original), original_type,
             size_t(K) * ggml_type_size(original_type), dst, t->type, ggml_row_size(t->type, K),
-            out, K, R, Kpad, bpack.data(), &terms};
+            out, K, R, Kpad, bpack.data(), &terms, in_place && store.is_mapped(name)};
 
     const int mr = k.mr;
     const int64_t blocks = (out + mr - 1) / mr;
@@ -148,11 +180,9 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
             float* dstp = bpack.data() + p * nr * R;
             int64_t r0 = 0;
             for (const LowRankTerm& term : terms) {
-                for (int64_t r = 0; r < term.rank; ++r) {
-                    const float* row = term.down + r * K;
-                    const int64_t cols = std::min<int64_t>(nr, K - p * nr);
-                    std::memcpy(dstp + (r0 + r) * nr, row + p * nr, size_t(cols) * sizeof(float));
-                }
+                const int64_t cols = std::min<int64_t>(nr, K - p * nr);
+                for (int64_t r = 0; r < term.rank; ++r)
+                    to_f32(k, term.down, term.type, r * K + p * nr, cols, dstp + (r0 + r) * nr);
                 r0 += term.rank;
             }
         }

@@ -3,7 +3,7 @@
 //
 // W0 is the checkpoint's original tensor (f32, f16 or bf16 bits, C order, `out` rows of K
 // values: a conv kernel [OC, IC, KH, KW] is OC rows of IC*KH*KW); up_i is [out, r_i] and
-// down_i [r_i, K] in float32. The terms are multiplied as one product with the ranks side by
+// down_i [r_i, K] (f32, f16 or bf16, converted to float32 exactly while they are packed). The terms are multiplied as one product with the ranks side by
 // side (A = [scale_1 up_1 | scale_2 up_2 ...], B = [down_1; down_2 ...]), tile by tile on
 // `threads` threads: a tile of W0 is converted to float32, A @ B is added (float32 FMAs), and
 // the tile is converted to the stored type (f32 / f16 / bf16 / q8_0 / q5_0 / q4_0, by the same
@@ -19,8 +19,9 @@
 namespace sdcpp {
 
 struct LowRankTerm {
-    const float* up;    // [out, rank]
-    const float* down;  // [rank, K]
+    const void* up;    // [out, rank]
+    const void* down;  // [rank, K]
+    ggml_type type;    // of up and down: f32, f16 or bf16 (a LoRA file's own dtype, read as it is)
     int64_t rank;
     float scale;
 };

@@ -67,6 +67,15 @@ def test_merge_low_rank_equals_numpy_every_level_and_type(level, wt):
             base = rng.standard_normal(shape).astype(np.float32)
             terms = [(rng.standard_normal((out, r)).astype(np.float32), rng.standard_normal((r, k)).astype(np.float32),
                       s) for r, s in ((8, 0.25), (3, -1.5))]
+            # the LoRA factors as files hold them: f32, f16, bf16 bits (read exactly)
+            factors = [(u, d) for u, d, _ in terms]
+            if i % 2 == 1:
+                terms = [(u.astype(np.float16), d.astype(np.float16), s) for u, d, s in terms]
+                factors = [(u.astype(np.float32), d.astype(np.float32)) for u, d, _ in terms]
+            elif i % 4 == 2:
+                terms = [(_bf16_bits(u), _bf16_bits(d), s) for u, d, s in terms]
+                factors = [((u.astype(np.uint32) << 16).view(np.float32), (d.astype(np.uint32) << 16).view(np.float32))
+                           for u, d, _ in terms]
             # the original in each dtype the native merge reads: f32, f16, bf16 bits
             if i % 3 == 0:
                 src = exact = base
@@ -77,7 +86,7 @@ def test_merge_low_rank_equals_numpy_every_level_and_type(level, wt):
                 src = _bf16_bits(base)
                 exact = (src.astype(np.uint32) << 16).view(np.float32)
             want = exact.astype(np.float64).reshape(out, k)
-            for up, down, s in terms:
+            for (up, down), (_, _, s) in zip(factors, terms):
                 want += (up.astype(np.float64) * np.float32(s)) @ down.astype(np.float64)
             ours.merge_low_rank(name, src, terms, threads=1 + i % 2)
             ref.set(name, want.astype(np.float32).reshape(ref.shape(name)))
