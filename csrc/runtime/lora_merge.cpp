@@ -119,8 +119,29 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
             const int rows = int(std::min<int64_t>(mr, r1 - row0));
             for (int i = 0; i < rows; ++i) load_row(j, row0 + i, c0, valid, tile.data() + i * kChunk);
             const float* ab = apack.data() + b * mr * j.R;
-            for (int64_t p = 0; p < nc; p += nr)
+            // While this block computes, the next block's original and destination bytes are
+            // fetched: a few cache lines per panel (segments of 1-2 KiB per row are too short
+            // for the hardware prefetchers to ramp up on).
+            const int64_t next = row0 + mr < r1 ? row0 + mr : -1;
+            const int next_rows = next < 0 ? 0 : int(std::min<int64_t>(mr, r1 - next));
+            const size_t src_bytes = size_t(valid) * ggml_type_size(j.src_type);
+            const size_t dst_bytes = ggml_row_size(j.dst_type, valid);
+            const size_t src_at = size_t(c0) * ggml_type_size(j.src_type), dst_at = ggml_row_size(j.dst_type, c0);
+            const int64_t lines = int64_t((src_bytes + 63) / 64), dlines = int64_t((dst_bytes + 63) / 64);
+            const int64_t panels = nc / nr;
+            const int64_t per = (int64_t(next_rows) * (lines + dlines) + panels - 1) / panels;
+            int64_t issued = 0;
+            for (int64_t p = 0; p < nc; p += nr) {
+                for (int64_t q = 0; q < per && next_rows > 0; ++q, ++issued) {
+                    const int64_t r = issued / (lines + dlines), l = issued % (lines + dlines);
+                    if (r >= next_rows) break;
+                    if (l < lines)
+                        __builtin_prefetch(j.src + (next + r) * j.src_row + src_at + size_t(l) * 64, 0, 3);
+                    else
+                        __builtin_prefetch(j.dst + (next + r) * j.dst_row + dst_at + size_t(l - lines) * 64, 1, 3);
+                }
                 j.k->tile(ab, j.bpack + (c0 + p) * j.R, j.R, tile.data() + p, kChunk);
+            }
             for (int i = 0; i < rows; ++i) store_row(j, row0 + i, c0, valid, tile.data() + i * kChunk);
         }
     }
