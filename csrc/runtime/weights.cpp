@@ -284,6 +284,23 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
+    // Plain conversions write straight into a tensor held in ordinary host memory (no staging
+    // copy: for a model-sized restore, allocating and faulting in the staging copies cost more
+    // than the conversions), with ggml's vectorized CPU row conversions: half/bf16 -> float is
+    // exact, float -> half rounds to nearest even as the scalar conversion below does.
+    const bool host = t->buffer && ggml_backend_buffer_is_host(t->buffer) && !repacked(name);
+    if (host && t->type == GGML_TYPE_F32 && src_type == GGML_TYPE_F16) {
+        ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(data), static_cast<float*>(t->data), int64_t(count));
+        return;
+    }
+    if (host && t->type == GGML_TYPE_F32 && src_type == GGML_TYPE_BF16) {
+        ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(data), static_cast<float*>(t->data), int64_t(count));
+        return;
+    }
+    if (host && t->type == GGML_TYPE_F16 && src_type == GGML_TYPE_F32) {
+        ggml_cpu_fp32_to_fp16(static_cast<const float*>(data), static_cast<ggml_fp16_t*>(t->data), int64_t(count));
+        return;
+    }
     // Convert through f32 (exact for f16/bf16 and for dequantized blocks), one tensor at a time.
     std::vector<float> f32;
     const float* src = static_cast<const float*>(data);
