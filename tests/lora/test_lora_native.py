@@ -17,7 +17,7 @@ from sdcpp.engine.weights import native, open_device
 
 import lora_helpers as H
 
-SHAPES = [(96, 64), (77, 100), (50, 13, 3, 3), (33, 1100), (40, 32, 1, 1), (1, 544), (24, 1088)]
+SHAPES = [(96, 64), (77, 100), (50, 13, 3, 3), (33, 1100), (40, 32, 1, 1), (1, 544), (24, 1088), (13, 4192)]
 STEP = {"q8_0": 127.0, "q5_0": 15.0, "q4_0": 7.0}     # block absmax / STEP = one quantization step
 
 
