@@ -88,7 +88,7 @@ void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x)
     switch (j.dst_type) {
         case GGML_TYPE_F32: std::memcpy(reinterpret_cast<float*>(d) + c0, x, n * sizeof(float)); break;
         case GGML_TYPE_F16: j.k->f32_to_f16(x, reinterpret_cast<uint16_t*>(d) + c0, n); break;
-        case GGML_TYPE_BF16: ggml_fp32_to_bf16_row_ref(x, reinterpret_cast<ggml_bf16_t*>(d) + c0, n); break;
+        case GGML_TYPE_BF16: j.k->f32_to_bf16(x, reinterpret_cast<uint16_t*>(d) + c0, n); break;
         default: {
             // whole blocks (c0 and n are multiples of 32): quantized exactly as a whole row would be
             const size_t off = size_t(c0 / ggml_blck_size(j.dst_type)) * ggml_type_size(j.dst_type);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 
+#include "../kernels/cpu/lowrank.h"
 #include "error.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -284,21 +285,37 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
-    // Plain conversions write straight into a tensor held in ordinary host memory (no staging
-    // copy: for a model-sized restore, allocating and faulting in the staging copies cost more
-    // than the conversions), with ggml's vectorized CPU row conversions: half/bf16 -> float is
-    // exact, float -> half rounds to nearest even as the scalar conversion below does.
+    // Plain conversions (f32 / f16 / bf16 both ways) write straight into a tensor held in ordinary
+    // host memory, in blocks through a small float32 buffer, with the CPU kernels' row conversions
+    // (csrc/kernels/cpu/lowrank.h: half/bf16 -> float exact, float -> half/bf16 rounding to
+    // nearest even). No tensor-sized staging copy: for a model-sized LoRA restore, allocating and
+    // faulting in those copies cost more than the conversions.
+    auto plain = [](ggml_type x) { return x == GGML_TYPE_F32 || x == GGML_TYPE_F16 || x == GGML_TYPE_BF16; };
     const bool host = t->buffer && ggml_backend_buffer_is_host(t->buffer) && !repacked(name);
-    if (host && t->type == GGML_TYPE_F32 && src_type == GGML_TYPE_F16) {
-        ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(data), static_cast<float*>(t->data), int64_t(count));
-        return;
-    }
-    if (host && t->type == GGML_TYPE_F32 && src_type == GGML_TYPE_BF16) {
-        ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(data), static_cast<float*>(t->data), int64_t(count));
-        return;
-    }
-    if (host && t->type == GGML_TYPE_F16 && src_type == GGML_TYPE_F32) {
-        ggml_cpu_fp32_to_fp16(static_cast<const float*>(data), static_cast<ggml_fp16_t*>(t->data), int64_t(count));
+    if (host && plain(src_type) && plain(t->type)) {
+        const kernels::cpu::LowRank& k = kernels::cpu::lowrank();
+        constexpr size_t kBlock = 4096;
+        std::vector<float> buf(kBlock);
+        uint16_t* d16 = static_cast<uint16_t*>(t->data);
+        for (size_t i = 0; i < count; i += kBlock) {
+            const size_t m = std::min(kBlock, count - i);
+            const float* f = buf.data();
+            if (src_type == GGML_TYPE_F32) {
+                f = static_cast<const float*>(data) + i;
+            } else if (src_type == GGML_TYPE_F16) {
+                k.f16_to_f32(static_cast<const uint16_t*>(data) + i, buf.data(), int64_t(m));
+            } else {
+                const uint16_t* b = static_cast<const uint16_t*>(data) + i;
+                uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());
+                for (size_t e = 0; e < m; ++e) u[e] = uint32_t(b[e]) << 16;
+            }
+            if (t->type == GGML_TYPE_F32)
+                std::memcpy(static_cast<float*>(t->data) + i, f, m * sizeof(float));
+            else if (t->type == GGML_TYPE_F16)
+                k.f32_to_f16(f, d16 + i, int64_t(m));
+            else
+                k.f32_to_bf16(f, d16 + i, int64_t(m));
+        }
         return;
     }
     // Convert through f32 (exact for f16/bf16 and for dequantized blocks), one tensor at a time.

@@ -148,3 +148,38 @@ def test_native_merge_equals_numpy_merge_on_a_model(model_fixtures, sd1_loras, m
         assert_close(by_native[n], by_numpy[n], types[n], n)
     model.set_loras([])
     assert all(np.array_equal(base[n], v) for n, v in H.store_snapshot(model).items()), "restore is not bit-exact"
+
+
+@pytest.mark.parametrize("level", native().cpu_levels())
+def test_store_conversions_round_like_ieee_at_every_level(level):
+    """WeightStore.set's host conversions (the restore path) and the merge's: float -> bf16 bits
+    equal the rounding rule written out in numpy (NaN payloads included), float -> f16 equals
+    numpy's IEEE conversion, f16 / bf16 -> f32 is exact."""
+    core = native()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(1 << 16).astype(np.float32) * np.float32(2.0) ** rng.integers(-140, 120, 1 << 16).astype(np.float32)
+    x[:6] = [np.inf, -np.inf, np.nan, 1e-45, -3e-39, 0.0]
+    x[6:4102] = rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32).view(np.float32)   # any bits
+    u = x.view(np.uint32).astype(np.uint64)
+    want_bf16 = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    want_bf16[nan] = ((u[nan] >> 16) | 64).astype(np.uint32)
+    prev = core.cpu_level()
+    core.set_cpu_level(level)
+    try:
+        st = _store(open_device("cpu", 1), {"b": (x.size,), "h": (x.size,), "f": (x.size,), "g": (x.size,)}, "f32")
+        bst = _store(open_device("cpu", 1), {"b": (x.size,)}, "bf16")
+        hst = _store(open_device("cpu", 1), {"h": (x.size,)}, "f16")
+        bst.set("b", x)
+        assert np.array_equal(bst.get("b").view(np.uint32), want_bf16 << 16)
+        with np.errstate(over="ignore"):
+            h = x.astype(np.float16)
+        hst.set("h", x)
+        assert np.array_equal(hst.get("h"), h.astype(np.float32), equal_nan=True)
+        st.set("h", h)
+        assert np.array_equal(st.get("h"), h.astype(np.float32), equal_nan=True)
+        bits = (want_bf16 & 0xFFFF).astype(np.uint16)
+        st.set("b", bits)
+        assert np.array_equal(st.get("b").view(np.uint32), want_bf16 << 16)
+    finally:
+        core.set_cpu_level(prev)

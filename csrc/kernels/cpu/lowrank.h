@@ -20,6 +20,9 @@ struct LowRank {
     // IEEE half <-> float32 rows; float -> half rounds to nearest even (as ggml's conversions).
     void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
     void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
+    // float32 -> bf16 bits, rounding to nearest even, NaN kept quiet (ggml_fp32_to_bf16_row_ref's
+    // rule: (u + 0x7fff + ((u >> 16) & 1)) >> 16, NaN -> (u >> 16) | 64).
+    void (*f32_to_bf16)(const float* x, uint16_t* y, int64_t n);
 };
 
 const LowRank& lowrank();

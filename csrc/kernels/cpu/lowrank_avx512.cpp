@@ -53,10 +53,25 @@ SD_TARGET void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
     if (i < n) ggml_fp32_to_fp16_row(x + i, reinterpret_cast<ggml_fp16_t*>(y + i), n - i);
 }
 
+SD_TARGET void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(64);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+        const __m512i hi = _mm512_srli_epi32(u, 16);
+        const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+        const __m512i r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, quiet));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm512_cvtepi32_epi16(r));
+    }
+    if (i < n) ggml_fp32_to_bf16_row_ref(x + i, reinterpret_cast<ggml_bf16_t*>(y + i), n - i);
+}
+
 }  // namespace
 
 const LowRank* lowrank_avx512() {
-    static const LowRank t{Level::Avx512, MR, NR, tile, f16_to_f32, f32_to_f16};
+    static const LowRank t{Level::Avx512, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16};
     return &t;
 }
 

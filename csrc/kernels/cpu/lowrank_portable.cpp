@@ -32,10 +32,14 @@ void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
     ggml_fp32_to_fp16_row(x, reinterpret_cast<ggml_fp16_t*>(y), n);
 }
 
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
+    ggml_fp32_to_bf16_row_ref(x, reinterpret_cast<ggml_bf16_t*>(y), n);
+}
+
 }  // namespace
 
 const LowRank& lowrank_portable() {
-    static const LowRank t{Level::Portable, MR, NR, tile, f16_to_f32, f32_to_f16};
+    static const LowRank t{Level::Portable, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16};
     return t;
 }
 
