@@ -92,7 +92,10 @@ void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x)
         default: {
             // whole blocks (c0 and n are multiples of 32): quantized exactly as a whole row would be
             const size_t off = size_t(c0 / ggml_blck_size(j.dst_type)) * ggml_type_size(j.dst_type);
-            ggml_quantize_chunk(j.dst_type, x, d + off, 0, 1, n, nullptr);
+            if (j.dst_type == GGML_TYPE_Q8_0)
+                j.k->quantize_q8_0(x, d + off, n);
+            else
+                ggml_quantize_chunk(j.dst_type, x, d + off, 0, 1, n, nullptr);
         }
     }
 }

@@ -348,7 +348,10 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         // ggml's reference quantizers, row by row of the stored matrix (conv kernels: rows of
         // IC*KH*KW, the declared OIHW values in their own order).
         const int64_t per_row = t->ne[0];
-        ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
+        if (t->type == GGML_TYPE_Q8_0)   // the same bytes, vectorized where the CPU allows
+            kernels::cpu::lowrank().quantize_q8_0(src, dst.data(), int64_t(count));
+        else
+            ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
     }
     ggml_backend_tensor_set(t, dst.data(), 0, dst.size());
 }

@@ -183,3 +183,45 @@ def test_store_conversions_round_like_ieee_at_every_level(level):
         assert np.array_equal(st.get("b").view(np.uint32), want_bf16 << 16)
     finally:
         core.set_cpu_level(prev)
+
+
+def _q8_0_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's q8_0 rule written out in numpy, dequantized: per 32 values d = amax / 127 (stored
+    as half), q = roundf(x * (1 / d)) (halves away from zero), value = q * d."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(b).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (b * idv[:, None]).astype(np.float32)
+    q = np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)
+    return (q.astype(np.float32) * d.astype(np.float16).astype(np.float32)[:, None]).ravel()
+
+
+@pytest.mark.parametrize("level", native().cpu_levels())
+def test_q8_0_quantizer_is_ggmls_rule_at_every_level(level):
+    core = native()
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(32 * 4096) * np.repeat(np.float32(2.0) ** rng.integers(-20, 20, 4096), 32)).astype(np.float32)
+    x[:32] = 0.0                                                     # d = 0
+    x[32:64] = np.arange(32) - 15.5                                  # ties after scaling? d = 15.5/127
+    x[64:96] = np.r_[127.0, np.arange(31) - 15.5]                    # d = 1: exact halves round away from 0
+    special = x.copy()
+    special[96:128] = rng.standard_normal(32) * 1e-42                # subnormals: 1 / d overflows
+    special[128 + 3] = np.nan
+    special[160 + 7] = np.inf
+    prev = core.cpu_level()
+    try:
+        core.set_cpu_level(level)
+        st = _store(open_device("cpu", 1), {"q": (x.size // 32, 32), "s": (x.size // 32, 32)}, "q8_0")
+        st.set("q", x.reshape(-1, 32))
+        assert np.array_equal(st.get("q").ravel(), _q8_0_reference(x))
+        st.set("s", special.reshape(-1, 32))
+        ours = st.get("s").ravel()
+        core.set_cpu_level("portable")                               # ggml's own code for every block
+        st.set("s", special.reshape(-1, 32))
+        assert np.array_equal(ours, st.get("s").ravel(), equal_nan=True)
+        assert np.array_equal(ours[192:], _q8_0_reference(x)[192:])
+        assert ours[:96].tobytes() == _q8_0_reference(x)[:96].tobytes()
+    finally:
+        core.set_cpu_level(prev)

@@ -23,7 +23,14 @@ struct LowRank {
     // float32 -> bf16 bits, rounding to nearest even, NaN kept quiet (ggml_fp32_to_bf16_row_ref's
     // rule: (u + 0x7fff + ((u >> 16) & 1)) >> 16, NaN -> (u >> 16) | 64).
     void (*f32_to_bf16)(const float* x, uint16_t* y, int64_t n);
+    // n floats (a multiple of 32) -> n / 32 q8_0 blocks, the same bytes as ggml's reference
+    // quantizer (quantize_row_q8_0_ref: d = amax / 127 stored as half, q = roundf(x / d));
+    // blocks holding a NaN or infinity go through ggml's own code.
+    void (*quantize_q8_0)(const float* x, void* y, int64_t n);
 };
+
+// The portable q8_0 quantizer (ggml's reference), also the variants' fallback for odd blocks.
+void quantize_q8_0_ggml(const float* x, void* y, int64_t n);
 
 const LowRank& lowrank();
 const LowRank& lowrank_at(Level level);
