@@ -285,14 +285,15 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
-    // Plain conversions (f32 / f16 / bf16 both ways) write straight into a tensor held in ordinary
-    // host memory, in blocks through a small float32 buffer, with the CPU kernels' row conversions
-    // (csrc/kernels/cpu/lowrank.h: half/bf16 -> float exact, float -> half/bf16 rounding to
-    // nearest even). No tensor-sized staging copy: for a model-sized LoRA restore, allocating and
-    // faulting in those copies cost more than the conversions.
+    // Plain conversions (f32 / f16 / bf16 both ways, and to q8_0) write straight into a tensor
+    // held in ordinary host memory, in blocks through a small float32 buffer, with the CPU
+    // kernels' conversions (csrc/kernels/cpu/lowrank.h: half/bf16 -> float exact, float ->
+    // half/bf16 rounding to nearest even, q8_0 as ggml's reference quantizer). No tensor-sized
+    // staging copy: for a model-sized LoRA restore, allocating and faulting in those copies cost
+    // more than the conversions.
     auto plain = [](ggml_type x) { return x == GGML_TYPE_F32 || x == GGML_TYPE_F16 || x == GGML_TYPE_BF16; };
     const bool host = t->buffer && ggml_backend_buffer_is_host(t->buffer) && !repacked(name);
-    if (host && plain(src_type) && plain(t->type)) {
+    if (host && plain(src_type) && (plain(t->type) || t->type == GGML_TYPE_Q8_0)) {
         const kernels::cpu::LowRank& k = kernels::cpu::lowrank();
         constexpr size_t kBlock = 4096;
         std::vector<float> buf(kBlock);
@@ -309,7 +310,9 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
                 uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());
                 for (size_t e = 0; e < m; ++e) u[e] = uint32_t(b[e]) << 16;
             }
-            if (t->type == GGML_TYPE_F32)
+            if (t->type == GGML_TYPE_Q8_0)  // kBlock and i are whole 32-value blocks
+                k.quantize_q8_0(f, static_cast<uint8_t*>(t->data) + i / 32 * ggml_type_size(GGML_TYPE_Q8_0), int64_t(m));
+            else if (t->type == GGML_TYPE_F32)
                 std::memcpy(static_cast<float*>(t->data) + i, f, m * sizeof(float));
             else if (t->type == GGML_TYPE_F16)
                 k.f32_to_f16(f, d16 + i, int64_t(m));
