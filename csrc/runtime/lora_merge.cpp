@@ -94,6 +94,8 @@ void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x)
             const size_t off = size_t(c0 / ggml_blck_size(j.dst_type)) * ggml_type_size(j.dst_type);
             if (j.dst_type == GGML_TYPE_Q8_0)
                 j.k->quantize_q8_0(x, d + off, n);
+            else if (j.dst_type == GGML_TYPE_Q4_0)
+                j.k->quantize_q4_0(x, d + off, n);
             else
                 ggml_quantize_chunk(j.dst_type, x, d + off, 0, 1, n, nullptr);
         }

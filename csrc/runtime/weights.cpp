@@ -353,6 +353,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         const int64_t per_row = t->ne[0];
         if (t->type == GGML_TYPE_Q8_0)   // the same bytes, vectorized where the CPU allows
             kernels::cpu::lowrank().quantize_q8_0(src, dst.data(), int64_t(count));
+        else if (t->type == GGML_TYPE_Q4_0)
+            kernels::cpu::lowrank().quantize_q4_0(src, dst.data(), int64_t(count));
         else
             ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
     }

@@ -225,3 +225,47 @@ def test_q8_0_quantizer_is_ggmls_rule_at_every_level(level):
         assert ours[:96].tobytes() == _q8_0_reference(x)[:96].tobytes()
     finally:
         core.set_cpu_level(prev)
+
+
+def _q4_0_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's q4_0 rule in numpy, dequantized: d = -(first value of largest magnitude) / 8 as
+    half, q = min(15, trunc(x * (1 / d) + 8.5)) (product and sum rounded), value = (q - 8) * d."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    first = np.argmax(np.abs(b) == np.abs(b).max(axis=1, keepdims=True), axis=1)
+    mx = np.where(np.abs(b).max(axis=1) > 0, b[np.arange(len(b)), first], np.float32(0)).astype(np.float32)
+    d = (mx / np.float32(-8)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = ((b * idv[:, None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
+    q = np.minimum(15, np.trunc(v)).astype(np.float32)
+    return ((q - 8) * d.astype(np.float16).astype(np.float32)[:, None]).ravel()
+
+
+@pytest.mark.parametrize("level", native().cpu_levels())
+def test_q4_0_quantizer_is_ggmls_rule_at_every_level(level):
+    core = native()
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(32 * 4096) * np.repeat(np.float32(2.0) ** rng.integers(-20, 20, 4096), 32)).astype(np.float32)
+    x[:32] = 0.0
+    x[32:64] = np.r_[-8.0, 8.0, np.arange(30) - 7.5]                 # ties of magnitude: the first wins; halves
+    x[64:96] = np.r_[8.0, -8.0, np.arange(30) * 0.5 - 7.25]
+    special = x.copy()
+    special[96 + 3] = np.nan
+    special[128 + 7] = -np.inf
+    prev = core.cpu_level()
+    try:
+        core.set_cpu_level(level)
+        st = native().WeightStore(open_device("cpu", 1), False)     # repack off: readable
+        for n in ("q", "s"):
+            st.declare(n, [x.size // 32, 32], "q4_0")
+        st.allocate()
+        st.set("q", x.reshape(-1, 32))
+        with np.errstate(over="ignore", invalid="ignore"):   # scales past half range: inf * 0
+            assert np.array_equal(st.get("q").ravel(), _q4_0_reference(x), equal_nan=True)
+        st.set("s", special.reshape(-1, 32))
+        ours = st.get("s").ravel()
+        core.set_cpu_level("portable")
+        st.set("s", special.reshape(-1, 32))
+        assert np.array_equal(ours, st.get("s").ravel(), equal_nan=True)
+    finally:
+        core.set_cpu_level(prev)

@@ -27,10 +27,14 @@ struct LowRank {
     // quantizer (quantize_row_q8_0_ref: d = amax / 127 stored as half, q = roundf(x / d));
     // blocks holding a NaN or infinity go through ggml's own code.
     void (*quantize_q8_0)(const float* x, void* y, int64_t n);
+    // The same for q4_0 (quantize_row_q4_0_ref: d = -(the value of largest magnitude, first
+    // one) / 8, q = min(15, trunc(x / d + 8.5))).
+    void (*quantize_q4_0)(const float* x, void* y, int64_t n);
 };
 
-// The portable q8_0 quantizer (ggml's reference), also the variants' fallback for odd blocks.
+// The portable quantizers (ggml's reference), also the variants' fallback for odd blocks.
 void quantize_q8_0_ggml(const float* x, void* y, int64_t n);
+void quantize_q4_0_ggml(const float* x, void* y, int64_t n);
 
 const LowRank& lowrank();
 const LowRank& lowrank_at(Level level);

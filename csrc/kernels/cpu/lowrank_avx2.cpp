@@ -73,7 +73,8 @@ SD_TARGET void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
 }  // namespace
 
 const LowRank* lowrank_avx2() {
-    static const LowRank t{Level::Avx2, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml};
+    static const LowRank t{Level::Avx2, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml,
+                           quantize_q4_0_ggml};
     return &t;
 }
 

@@ -42,8 +42,13 @@ void quantize_q8_0_ggml(const float* x, void* y, int64_t n) {
     ggml_quantize_chunk(GGML_TYPE_Q8_0, x, y, 0, 1, n, nullptr);
 }
 
+void quantize_q4_0_ggml(const float* x, void* y, int64_t n) {
+    ggml_quantize_chunk(GGML_TYPE_Q4_0, x, y, 0, 1, n, nullptr);
+}
+
 const LowRank& lowrank_portable() {
-    static const LowRank t{Level::Portable, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml};
+    static const LowRank t{Level::Portable, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml,
+                           quantize_q4_0_ggml};
     return t;
 }
 
