@@ -2,12 +2,15 @@
 // each element-wise kernel run at a given level on numpy arrays.
 #include <cstring>
 #include <optional>
+#include <thread>
+#include <vector>
 
 #include "../kernels/cpu/cpu_level.h"
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/winograd_f43.h"
-#include "../model/winograd_strips.h"
+#include "../nn/winograd_f43_strips.h"
 #include "ggml-cpu.h"
 #include "common.h"
 
@@ -44,6 +47,7 @@ void bind_kernels(py::module_& m) {
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
         d["winograd"] = kc::level_name(kc::winograd_f43().level);
+        d["gemm"] = kc::level_name(kc::gemm_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
@@ -144,6 +148,38 @@ void bind_kernels(py::module_& m) {
             throw InvalidArgument("activation must be 'quick_gelu' or 'gelu', got '" + act + "'");
         return y;
     });
+    // The packed product at one level: C = A B^T, A [M, K] f32, B [N, K] as float32, or as
+    // uint16 holding f16 / bf16 bits (btype "f16" / "bf16"); `threads` real threads (GIL released).
+    m.def("cpu_kernel_gemm", [](F32Array a, py::array b, const std::string& btype, const std::string& level, int threads) {
+        require_ndim(a, 2, "a");
+        require_ndim(b, 2, "b");
+        const kc::Level l = kc::parse_level(level);
+        bool supported = false;
+        for (kc::Level s : kc::supported_levels()) supported = supported || s == l;
+        if (!supported) throw InvalidArgument("this CPU does not support the level '" + level + "'");
+        kc::GemmB t;
+        if (btype == "f32") t = kc::GemmB::F32;
+        else if (btype == "f16") t = kc::GemmB::F16;
+        else if (btype == "bf16") t = kc::GemmB::BF16;
+        else throw InvalidArgument("btype must be f32, f16 or bf16, got '" + btype + "'");
+        const size_t esz = t == kc::GemmB::F32 ? 4 : 2;
+        if (static_cast<size_t>(b.itemsize()) != esz || !(b.flags() & py::array::c_style))
+            throw InvalidArgument("b must be a C-contiguous array of " + std::to_string(esz) + "-byte values");
+        if (a.shape(1) != b.shape(1)) throw InvalidArgument("a and b must have the same K");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
+        F32Array c = new_f32({M, N});
+        kc::GemmArgs g{a.data(), K, b.data(), t, static_cast<int64_t>(K * esz), c.mutable_data(), N, M, N, K};
+        const kc::GemmKernels& k = kc::gemm_kernels_at(l);
+        {
+            py::gil_scoped_release nogil;
+            std::vector<std::thread> pool;
+            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_batched(k, g, 1, 0, 0, 0, i, threads); });
+            kc::gemm_batched(k, g, 1, 0, 0, 0, 0, threads);
+            for (auto& th : pool) th.join();
+        }
+        return c;
+    }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
 }
 
 }  // namespace sdcpp::bind

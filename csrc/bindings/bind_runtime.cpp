@@ -1,7 +1,6 @@
 // Bindings of the runtime: devices, the weight store, system information.
 #include <thread>
 
-#include "../nn/layers.h"
 #include "../runtime/device.h"
 #include "../runtime/lora_merge.h"
 #include "../runtime/weights.h"
@@ -69,12 +68,6 @@ void bind_runtime(py::module_& m) {
         py::list out;
         for (const auto& d : Device::list()) out.append(device_info_dict(d));
         return out;
-    });
-    m.def("set_attention_kernel", [](const std::string& k) {
-        if (k == "auto") nn::set_attention_kernel(nn::AttentionKernel::Auto);
-        else if (k == "mul_mat") nn::set_attention_kernel(nn::AttentionKernel::MulMat);
-        else if (k == "flash") nn::set_attention_kernel(nn::AttentionKernel::Flash);
-        else throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
     });
 
     py::class_<Device, DevicePtr>(m, "Device")

@@ -2,6 +2,7 @@
 #include <cstring>
 #include <optional>
 
+#include "../model/controlnet.h"
 #include "../model/unet.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "ggml-cpu.h"
@@ -100,22 +101,28 @@ F32Array f32_input(const py::handle& h, const char* what, const std::vector<int6
     return F32Array::ensure(a);
 }
 
-AttnKernel parse_kernel(const std::string& k) {
-    if (k == "auto") return AttnKernel::Auto;
-    if (k == "mul_mat") return AttnKernel::MulMat;
-    if (k == "flash") return AttnKernel::Flash;
+nn::AttentionKernel parse_kernel(const std::string& k) {
+    if (k == "auto") return nn::AttentionKernel::Auto;
+    if (k == "mul_mat") return nn::AttentionKernel::MulMat;
+    if (k == "flash") return nn::AttentionKernel::Flash;
     throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
 }
 
-const char* kernel_name(AttnKernel k) {
+const char* kernel_name(nn::AttentionKernel k) {
     switch (k) {
-        case AttnKernel::MulMat: return "mul_mat";
-        case AttnKernel::Flash: return "flash";
+        case nn::AttentionKernel::MulMat: return "mul_mat";
+        case nn::AttentionKernel::Flash: return "flash";
         default: return "auto";
     }
 }
 
 }  // namespace
+
+// Shared with bind_controlnet.cpp (a ControlNet's config is a U-Net config).
+UNetConfig parse_unet_config(const py::dict& d) { return parse_config(d); }
+F32Array unet_f32_input(const py::handle& h, const char* what, const std::vector<int64_t>& shape) {
+    return f32_input(h, what, shape);
+}
 
 void bind_unet(py::module_& m) {
     py::class_<UNet, std::shared_ptr<UNet>>(m, "UNet")
@@ -128,7 +135,8 @@ void bind_unet(py::module_& m) {
              py::arg("store"), py::arg("config"))
         .def(
             "forward",
-            [](UNet& u, py::handle latent_h, py::handle t_h, py::handle ctx_h, py::handle text_h, py::handle ids_h) {
+            [](UNet& u, py::handle latent_h, py::handle t_h, py::handle ctx_h, py::handle text_h, py::handle ids_h,
+               py::handle res_h) {
                 const auto& cfg = u.config();
                 F32Array latent = f32_input(latent_h, "latent", {-1, cfg.in_channels, -1, -1});
                 const int64_t B = latent.shape(0), H = latent.shape(2), W = latent.shape(3);
@@ -139,6 +147,22 @@ void bind_unet(py::module_& m) {
                 if (!text_h.is_none()) text = f32_input(text_h, "text_embeds", {B, cfg.pooled_dim()});
                 if (!ids_h.is_none()) ids = f32_input(ids_h, "time_ids", {B, 6});
                 u.check_shapes(B, H, W, L, text.has_value(), ids.has_value());
+                // ControlNet residuals: a list of [B, C, h, w] arrays in the skips' shapes, then the mid block's
+                std::vector<F32Array> res;
+                std::vector<const float*> res_ptrs;
+                if (!res_h.is_none()) {
+                    if (!py::isinstance<py::sequence>(res_h)) throw InvalidArgument("residuals must be a list of arrays");
+                    auto seq = py::reinterpret_borrow<py::sequence>(res_h);
+                    const auto shapes = unet_residual_shapes(cfg, H, W);
+                    if (seq.size() != shapes.size())
+                        throw InvalidArgument("residuals: " + std::to_string(seq.size()) + " arrays given, this U-Net takes " +
+                                              std::to_string(shapes.size()));
+                    for (size_t i = 0; i < shapes.size(); ++i) {
+                        const std::string what = "residuals[" + std::to_string(i) + "]";
+                        res.push_back(f32_input(seq[i], what.c_str(), {B, shapes[i][0], shapes[i][1], shapes[i][2]}));
+                        res_ptrs.push_back(res.back().data());
+                    }
+                }
                 F32Array out = new_f32({B, cfg.out_channels, H, W});
                 const float* pl = latent.data();
                 const float* pt = t.data();
@@ -148,12 +172,12 @@ void bind_unet(py::module_& m) {
                 float* po = out.mutable_data();
                 {
                     py::gil_scoped_release nogil;
-                    u.forward(B, H, W, L, pl, pt, pc, ptext, pids, po);
+                    u.forward(B, H, W, L, pl, pt, pc, ptext, pids, po, res_ptrs.empty() ? nullptr : res_ptrs.data());
                 }
                 return out;
             },
             py::arg("latent"), py::arg("timestep"), py::arg("context"), py::arg("text_embeds") = py::none(),
-            py::arg("time_ids") = py::none())
+            py::arg("time_ids") = py::none(), py::arg("residuals") = py::none())
         .def_property(
             "attention",
             [](const UNet& u) { return std::string(kernel_name(u.options().attention)); },
@@ -215,10 +239,12 @@ void bind_unet(py::module_& m) {
              },
              py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("context_length"))
         .def("clear", &UNet::clear);
-    // One attention call on the CPU (tests of the attention kernels): q [N, Lq, D], k, v [N, Lk, D].
+    // One nn::attention call on the CPU (tests of the attention kernels): q [N, Lq, D], k, v [N, Lk, D];
+    // "fused" = the flash kernel with custom ops allowed.
     m.def(
         "unet_attention",
-        [](F32Array q, F32Array k, F32Array v, int heads, const std::string& kernel, const std::string& type) {
+        [](F32Array q, F32Array k, F32Array v, int heads, const std::string& kernel, const std::string& type, bool causal,
+           int64_t max_score_bytes) {
             require_ndim(q, 3, "q");
             require_ndim(k, 3, "k");
             require_ndim(v, 3, "v");
@@ -234,8 +260,10 @@ void bind_unet(py::module_& m) {
             if (fused && t == GGML_TYPE_BF16 && !fused_attention::available_bf16()) throw InvalidArgument("the CPU level is below avx512_bf16");
             if (fused && t == GGML_TYPE_F32 && !fused_attention::available_f32()) throw InvalidArgument("the CPU level is below avx512");
             if (fused && t == GGML_TYPE_F16) throw InvalidArgument("the fused kernel takes f32 or bf16");
-            const AttnKernel kern = fused ? AttnKernel::Flash : parse_kernel(kernel);
-            if (kern == AttnKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
+            const nn::AttentionKernel kern = fused ? nn::AttentionKernel::Flash : parse_kernel(kernel);
+            if (kern == nn::AttentionKernel::Auto) throw InvalidArgument("kernel must be 'mul_mat', 'flash' or 'fused'");
+            if (causal && Lq != Lk) throw InvalidArgument("causal attention needs as many queries as keys");
+            if (max_score_bytes < 0) throw InvalidArgument("max_score_bytes must be >= 0 (0: no limit)");
             F32Array out = new_f32({N, Lq, D});
             {
                 py::gil_scoped_release nogil;
@@ -249,9 +277,13 @@ void bind_unet(py::module_& m) {
                 std::memcpy(tq->data, q.data(), ggml_nbytes(tq));
                 std::memcpy(tk->data, k.data(), ggml_nbytes(tk));
                 std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
-                ggml_tensor* o = !fused ? unet_ops::attention(ctx, tq, tk, tv, heads, kern, t)
-                                 : t == GGML_TYPE_BF16 ? fused_attention::attention_bf16(ctx, tq, tk, tv, heads)
-                                                       : fused_attention::attention_f32(ctx, tq, tk, tv, heads);
+                nn::AttentionOptions ao;  // "fused" = the flash kernel with custom ops allowed
+                ao.kernel = kern;
+                ao.custom_ops = fused;
+                ao.type = t;
+                ao.causal = causal;
+                if (max_score_bytes > 0) ao.max_score_bytes = static_cast<size_t>(max_score_bytes);
+                ggml_tensor* o = nn::attention(ctx, tq, tk, tv, heads, ao);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
                 ggml_graph_compute_with_ctx(ctx, g, 2);
@@ -260,7 +292,8 @@ void bind_unet(py::module_& m) {
             }
             return out;
         },
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("kernel"), py::arg("type") = "f32");
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("kernel"), py::arg("type") = "f32",
+        py::arg("causal") = false, py::arg("max_score_bytes") = 0);
     m.def("unet_timestep_embedding",
           [](F32Array t, int dim, bool flip, float shift) {
               require_ndim(t, 1, "timesteps");

@@ -50,5 +50,6 @@ void bind_vae(py::module_& m);
 void bind_taesd(py::module_& m);
 void bind_sampling(py::module_& m);
 void bind_kernels(py::module_& m);
+void bind_controlnet(py::module_& m);
 
 }  // namespace sdcpp::bind

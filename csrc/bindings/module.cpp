@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
     sdcpp::bind::bind_taesd(m);
     sdcpp::bind::bind_sampling(m);
     sdcpp::bind::bind_kernels(m);
+    sdcpp::bind::bind_controlnet(m);
 }

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "../kernels/cpu/fused_ops.h"
+#include "../nn/attention.h"
 #include "../nn/layers.h"
 #include "../runtime/error.h"
 #include "ggml.h"
@@ -16,12 +16,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
     std::string out = "(";
     for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
     return out + (s.size() == 1 ? ",)" : ")");
-}
-
-// x * sigmoid(1.702 x) in f32. ggml's GELU_QUICK on the CPU reads an f16 lookup table
-// (inputs rounded to f16), so it is built from precise ops instead.
-ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x) {
-    return ggml_mul(ctx, x, ggml_sigmoid(ctx, ggml_scale(ctx, x, 1.702f)));
 }
 
 // Every 1-D graph input holds a multiple of 16 four-byte entries (64 bytes): ggml's CPU
@@ -108,15 +102,15 @@ void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t
     const nn::Params root{ws, prefix_ + "text_model"};
     // On the CPU, LayerNorm and the MLP activation are single-pass fused ops (kernels/cpu, the
     // active CPU level's row kernels); other backends get stock ggml ops.
-    const bool fused = ws.device()->is_cpu();
-    auto norm = [&](ggml_tensor* t, const nn::Params& p) {
-        if (!fused) return nn::layer_norm(ctx, t, p, cfg_.eps);
-        return fused::layer_norm(ctx, t, p.weight(), p.bias(), cfg_.eps);
-    };
+    const bool custom_ops = nn::custom_ops_allowed(*ws.device());
+    auto norm = [&](ggml_tensor* t, const nn::Params& p) { return nn::layer_norm(ctx, t, p.weight(), p.bias(), cfg_.eps, custom_ops); };
     auto activation = [&](ggml_tensor* t) {
-        if (cfg_.act == ClipActivation::QuickGelu) return fused ? fused::quick_gelu(ctx, t) : quick_gelu(ctx, t);
-        return fused ? fused::gelu(ctx, t) : ggml_gelu_erf(ctx, t);
+        if (cfg_.act == ClipActivation::QuickGelu) return nn::quick_gelu(ctx, t, custom_ops);
+        return nn::gelu(ctx, t, custom_ops);
     };
+    nn::AttentionOptions attn;  // causal: mul_mat + soft_max in f32
+    attn.causal = true;
+    attn.custom_ops = custom_ops;
 
     ggml_tensor* ids = input_1d(ctx, g, "ids", GGML_TYPE_I32, L * B);  // row-major [B, L]
     ggml_tensor* pos = input_1d(ctx, g, "positions", GGML_TYPE_I32, L);
@@ -144,15 +138,15 @@ void ClipTextEncoder::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t
         const nn::Params lp = root.sub("encoder.layers." + std::to_string(i));
         ggml_tensor* h = norm(x, lp.sub("layer_norm1"));
         const nn::Params at = lp.sub("self_attn");
-        ggml_tensor* q = nn::linear(ctx, h, at.sub("q_proj"));
-        ggml_tensor* k = nn::linear(ctx, h, at.sub("k_proj"));
-        ggml_tensor* v = nn::linear(ctx, h, at.sub("v_proj"));
-        ggml_tensor* a = nn::attention(ctx, q, k, v, static_cast<int>(cfg_.num_heads), /*causal=*/true);
-        x = ggml_add(ctx, x, nn::linear(ctx, a, at.sub("out_proj")));
+        ggml_tensor* q = nn::linear(ctx, h, at.sub("q_proj"), custom_ops);
+        ggml_tensor* k = nn::linear(ctx, h, at.sub("k_proj"), custom_ops);
+        ggml_tensor* v = nn::linear(ctx, h, at.sub("v_proj"), custom_ops);
+        ggml_tensor* a = nn::attention(ctx, q, k, v, static_cast<int>(cfg_.num_heads), attn);
+        x = ggml_add(ctx, x, nn::linear(ctx, a, at.sub("out_proj"), custom_ops));
 
         h = norm(x, lp.sub("layer_norm2"));
-        h = activation(nn::linear(ctx, h, lp.sub("mlp.fc1")));
-        x = ggml_add(ctx, x, nn::linear(ctx, h, lp.sub("mlp.fc2")));
+        h = activation(nn::linear(ctx, h, lp.sub("mlp.fc1"), custom_ops));
+        x = ggml_add(ctx, x, nn::linear(ctx, h, lp.sub("mlp.fc2"), custom_ops));
 
         if (i + 1 == layers) hidden = final_norm ? norm(x, root.sub("final_layer_norm")) : x;
     }

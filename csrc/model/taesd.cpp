@@ -1,5 +1,6 @@
 #include "taesd.h"
 
+#include "../nn/conv2d.h"
 #include "../nn/layers.h"
 #include "../runtime/error.h"
 #include "ggml.h"
@@ -43,11 +44,12 @@ int64_t TinyAutoencoder::factor() const {
 }
 
 ggml_tensor* TinyAutoencoder::run_ops(ggml_context* ctx, ggml_tensor* x, const std::vector<TinyOp>& ops) const {
-    const nn::Params root{*store_, prefix_.empty() ? std::string() : prefix_.substr(0, prefix_.size() - 1)};
+    // Plain im2col + GEMM convolutions in the weights' own precision (nn/conv2d.h).
+    const nn::ConvOptions conv_opt;
     auto conv = [&](ggml_tensor* t, const std::string& name, int stride) {
-        const ggml_tensor* w = store_->get(prefix_ + name + ".weight");
+        ggml_tensor* w = store_->get(prefix_ + name + ".weight");
         const int pad = static_cast<int>(w->ne[0] / 2);
-        return nn::conv2d(ctx, t, root.sub(name), stride, pad);
+        return nn::conv2d(ctx, t, w, store_->find(prefix_ + name + ".bias"), nn::ConvGeometry::same(stride, pad), conv_opt);
     };
     for (const TinyOp& op : ops) {
         if (op.kind == "conv") {

@@ -5,12 +5,13 @@
 #include <ctime>
 #include <cstring>
 #include <set>
+#include <tuple>
+#include <utility>
 
 #include "../runtime/error.h"
 #include "../kernels/cpu/cpu_level.h"
-#include "../kernels/cpu/fused_attention.h"
-#include "../kernels/cpu/fused_ops.h"
-#include "unet_winograd.h"
+#include "../nn/blocks.h"
+#include "../nn/layers.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
@@ -128,11 +129,14 @@ struct UNet::Walk {
     const WeightStore& s;
     const UNetConfig& cfg;
     ggml_context* ctx;  // nullptr: check only
-    AttnKernel attn = AttnKernel::MulMat;
+    nn::AttentionKernel attn = nn::AttentionKernel::MulMat;
     std::set<std::string>* used = nullptr;  // names of the weights the walk touched
-    bool winograd = false;                  // 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
-    bool fused = false;                     // CPU: fused norm / GEGLU / attention custom ops
-    int64_t winograd_min_pixels = 256;      // ... on images of at least this many N*H*W pixels
+    bool custom_ops = false;                // nn::custom_ops_allowed (fused norms / GEGLU / attention)
+    nn::ConvOptions conv_opt;               // how nn::conv2d lowers the convolutions
+
+    // attn, custom_ops and conv_opt for these options on this device: the one place that turns
+    // UNetOptions into the layer library's choices.
+    void set_lowering(const UNetOptions& opt, const Device& device);
 
     struct Act {
         ggml_tensor* t = nullptr;
@@ -180,7 +184,7 @@ struct UNet::Walk {
     ggml_tensor* linear(ggml_tensor* x, const std::string& p, int64_t in, int64_t out, bool bias) const {
         ggml_tensor* w = need_matrix(p + ".weight", {out, in}, in);
         ggml_tensor* b = bias ? need_vector(p + ".bias", out) : nullptr;
-        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+        return ctx ? nn::linear(ctx, x, w, b, custom_ops) : nullptr;
     }
     // proj_in / proj_out: Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear.
     ggml_tensor* projection(ggml_tensor* x, const std::string& p, int64_t c) const {
@@ -197,76 +201,69 @@ struct UNet::Walk {
             throw InvalidArgument("U-Net: weight '" + p + ".weight' of type " + ggml_type_name(w->type) +
                                   " cannot be used (rows of " + std::to_string(c) + " values)");
         ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? unet_ops::linear(ctx, x, w, b) : nullptr;
+        return ctx ? nn::linear(ctx, x, w, b, custom_ops) : nullptr;
     }
-    Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
-        ggml_tensor* w = need(p + ".weight", {out, x.c, k, k});
-        const bool quant = ggml_is_quantized(w->type);
-        if (quant) {
+    // A convolution's kernel and bias, checked: {w, b}.
+    std::pair<ggml_tensor*, ggml_tensor*> conv_weights(const std::string& p, int64_t in, int64_t out, int k) const {
+        ggml_tensor* w = need(p + ".weight", {out, in, k, k});
+        if (ggml_is_quantized(w->type)) {
             // stored as the matrix [OC, IC*KH*KW] (runtime/weights.h)
-            if (w->ne[0] != x.c * k * k || w->ne[1] != out || ggml_n_dims(w) != 2)
+            if (w->ne[0] != in * k * k || w->ne[1] != out || ggml_n_dims(w) != 2)
                 throw InvalidArgument("U-Net: quantized convolution weight '" + p + ".weight' is not stored as a [" +
-                                      std::to_string(out) + ", " + std::to_string(x.c * k * k) + "] matrix");
+                                      std::to_string(out) + ", " + std::to_string(in * k * k) + "] matrix");
         } else if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->type != GGML_TYPE_BF16) {
             throw InvalidArgument("U-Net: convolution weight '" + p + ".weight' must be f32, f16, bf16, q8_0, q5_0 or q4_0, got " +
                                   ggml_type_name(w->type));
         }
-        ggml_tensor* b = need_vector(p + ".bias", out);
+        return {w, need_vector(p + ".bias", out)};
+    }
+    Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
+        const auto wb = conv_weights(p, x.c, out, k);
         if (!ctx) return {nullptr, out};
-        // Quantized kernels: im2col + a product with the quantized matrix as src0, i.e. ggml's
-        // integer dot products (activations quantized to q8 per row). Winograd would need the
-        // kernel transformed (and so dequantized) every pass.
-        if (quant) return {unet_ops::conv2d_matrix(ctx, x.t, w, b, k, stride, pad), out};
-        // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
-        // 256 output pixels (measured; below that im2col + GEMM is as fast).
-        const bool big = x.t->ne[0] * x.t->ne[1] * x.t->ne[3] >= winograd_min_pixels;
-        if (winograd && big && k == 3 && stride == 1 && pad == 1 && x.c >= 32 && out >= 32) {
-            const ggml_type t = w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : w->type;  // f16 / bf16 operands
-            return {winograd::conv3x3(ctx, x.t, w, b, t), out};
-        }
-        return {unet_ops::conv2d(ctx, x.t, w, b, stride, pad), out};
+        return {nn::conv2d(ctx, x.t, wb.first, wb.second, nn::ConvGeometry::same(stride, pad), conv_opt), out};
     }
     ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps, bool then_silu = false) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        if (!ctx) return nullptr;
-        if (fused) return fused::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu);
-        ggml_tensor* y = unet_ops::group_norm(ctx, x, w, b, cfg.norm_groups, eps);
-        return then_silu ? ggml_silu(ctx, y) : y;
+        return ctx ? nn::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu, custom_ops) : nullptr;
     }
     ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p, int64_t c) const {
         ggml_tensor* w = need_vector(p + ".weight", c);
         ggml_tensor* b = need_vector(p + ".bias", c);
-        if (!ctx) return nullptr;
-        return fused ? fused::layer_norm(ctx, x, w, b, 1e-5f) : unet_ops::layer_norm(ctx, x, w, b, 1e-5f);
+        return ctx ? nn::layer_norm(ctx, x, w, b, 1e-5f, custom_ops) : nullptr;
     }
+    // Products in `at` (the weights' f32 / f16 / bf16) with mul_mat or the fused bf16 kernel;
+    // ggml's flash attention runs in f32.
     ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
         if (!ctx) return nullptr;
-        if (attn == AttnKernel::Flash && fused) {  // the fused CPU kernels (kernels/cpu/fused_attention.h)
-            if (at == GGML_TYPE_BF16 && fused_attention::available_bf16()) return fused_attention::attention_bf16(ctx, q, k, v, heads);
-            if (at != GGML_TYPE_BF16 && fused_attention::available_f32()) return fused_attention::attention_f32(ctx, q, k, v, heads);
-        }
-        return unet_ops::attention(ctx, q, k, v, heads, attn, at);
+        nn::AttentionOptions o;
+        o.kernel = attn;
+        o.custom_ops = custom_ops;
+        o.type = at;
+        return nn::attention(ctx, q, k, v, heads, o);
     }
     ggml_tensor* silu(ggml_tensor* x) const { return ctx ? ggml_silu(ctx, x) : nullptr; }
     ggml_tensor* add(ggml_tensor* a, ggml_tensor* b) const { return ctx ? ggml_add(ctx, a, b) : nullptr; }
 
     // --- blocks ----------------------------------------------------------------------------
-    // ResnetBlock2D; temb_act = SiLU(time embedding) [E, N].
+    // ResnetBlock2D (nn/blocks.h); temb_act = SiLU(time embedding) [E, N].
     Act resnet(const Act& x, const std::string& p, int64_t out, ggml_tensor* temb_act) const {
         const int64_t E = cfg.time_embed_dim;
         if (x.c % cfg.norm_groups != 0)
             throw InvalidArgument("U-Net: " + p + " input channels " + std::to_string(x.c) +
                                   " are not divisible by norm_groups");
-        Act h{group_norm(x.t, p + ".norm1", x.c, cfg.norm_eps, true), x.c};
-        h = conv(h, p + ".conv1", out, 3, 1, 1);
-        ggml_tensor* t = linear(temb_act, p + ".time_emb_proj", E, out, true);  // [out, N]
-        if (ctx) h.t = ggml_add(ctx, h.t, ggml_reshape_4d(ctx, t, 1, 1, out, t->ne[1]));
-        h.t = group_norm(h.t, p + ".norm2", out, cfg.norm_eps, true);
-        h = conv(h, p + ".conv2", out, 3, 1, 1);
-        Act sc = x;
-        if (x.c != out) sc = conv(x, p + ".conv_shortcut", out, 1, 1, 0);
-        return {add(sc.t, h.t), out};
+        nn::ResnetWeights w;
+        w.norm1_w = need_vector(p + ".norm1.weight", x.c);
+        w.norm1_b = need_vector(p + ".norm1.bias", x.c);
+        std::tie(w.conv1_w, w.conv1_b) = conv_weights(p + ".conv1", x.c, out, 3);
+        w.temb_w = need_matrix(p + ".time_emb_proj.weight", {out, E}, E);
+        w.temb_b = need_vector(p + ".time_emb_proj.bias", out);
+        w.norm2_w = need_vector(p + ".norm2.weight", out);
+        w.norm2_b = need_vector(p + ".norm2.bias", out);
+        std::tie(w.conv2_w, w.conv2_b) = conv_weights(p + ".conv2", out, out, 3);
+        if (x.c != out) std::tie(w.shortcut_w, w.shortcut_b) = conv_weights(p + ".conv_shortcut", x.c, out, 1);
+        if (!ctx) return {nullptr, out};
+        return {nn::resnet_block(ctx, x.t, w, temb_act, {cfg.norm_groups, cfg.norm_eps}, conv_opt, custom_ops), out};
     }
 
     // BasicTransformerBlock on a sequence x [C, T, N]; context [D, L, N].
@@ -292,7 +289,7 @@ struct UNet::Walk {
         // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
         n = layer_norm(x, p + ".norm3", C);
         ggml_tensor* f = linear(n, p + ".ff.net.0.proj", C, 8 * C, true);
-        if (ctx) f = fused ? fused::geglu(ctx, f) : ggml_geglu_erf_swapped(ctx, f);
+        if (ctx) f = nn::geglu(ctx, f, custom_ops);
         x = add(x, linear(f, p + ".ff.net.2", 4 * C, C, true));
         return x;
     }
@@ -311,25 +308,31 @@ struct UNet::Walk {
         return {add(h, x.t), C};
     }
 
-    // The whole network; inputs are graph tensors (or nullptr when checking).
-    ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in) const {
+    // SiLU(time embedding [+ SDXL add embedding]) of the weights under `pfx` ("unet." or a
+    // ControlNet's "controlnet.", which copies these layers).
+    ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
         const int64_t E = cfg.time_embed_dim;
-        // time embedding
-        ggml_tensor* temb = linear(t_sin, "unet.time_embedding.linear_1", cfg.time_proj_dim, E, true);
-        temb = linear(silu(temb), "unet.time_embedding.linear_2", E, E, true);
+        ggml_tensor* temb = linear(t_sin, pfx + "time_embedding.linear_1", cfg.time_proj_dim, E, true);
+        temb = linear(silu(temb), pfx + "time_embedding.linear_2", E, E, true);
         if (cfg.add_time_dim > 0) {
-            ggml_tensor* a = linear(add_in, "unet.add_embedding.linear_1", cfg.add_in_dim, E, true);
-            a = linear(silu(a), "unet.add_embedding.linear_2", E, E, true);
+            ggml_tensor* a = linear(add_in, pfx + "add_embedding.linear_1", cfg.add_in_dim, E, true);
+            a = linear(silu(a), pfx + "add_embedding.linear_2", E, E, true);
             temb = add(temb, a);
         }
-        ggml_tensor* temb_act = silu(temb);
+        return silu(temb);
+    }
 
+    // conv_in (+ conv_in_add, a ControlNet's conditioning embedding), the down blocks and the mid
+    // block; `skips` receives diffusers' down_block_res_samples in order. Returns the mid output.
+    Act encode(const std::string& pfx, ggml_tensor* x_in, ggml_tensor* temb_act, ggml_tensor* context,
+               ggml_tensor* conv_in_add, std::vector<Act>& skips) const {
         const auto& ch = cfg.block_out_channels;
-        Act h = conv({x_in, cfg.in_channels}, "unet.conv_in", ch[0], 3, 1, 1);
-        std::vector<Act> skips{h};
+        Act h = conv({x_in, cfg.in_channels}, pfx + "conv_in", ch[0], 3, 1, 1);
+        if (conv_in_add) h.t = add(h.t, conv_in_add);
+        skips.push_back(h);
         for (size_t i = 0; i < cfg.down.size(); ++i) {
             const auto& b = cfg.down[i];
-            const std::string p = "unet.down_blocks." + std::to_string(i);
+            const std::string p = pfx + "down_blocks." + std::to_string(i);
             for (int j = 0; j < b.resnets; ++j) {
                 h = resnet(h, p + ".resnets." + std::to_string(j), ch[i], temb_act);
                 if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
@@ -341,11 +344,31 @@ struct UNet::Walk {
             }
         }
         if (cfg.mid_type != "none") {
-            h = resnet(h, "unet.mid_block.resnets.0", h.c, temb_act);
+            h = resnet(h, pfx + "mid_block.resnets.0", h.c, temb_act);
             if (cfg.mid_type == "cross_attn") {
-                h = transformer(h, "unet.mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
-                h = resnet(h, "unet.mid_block.resnets.1", h.c, temb_act);
+                h = transformer(h, pfx + "mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
+                h = resnet(h, pfx + "mid_block.resnets.1", h.c, temb_act);
             }
+        }
+        return h;
+    }
+
+    // The whole network; inputs are graph tensors (or nullptr when checking). `residuals`
+    // (ControlNet): when given, one new f32 input per skip and one for the mid output is created,
+    // added there (diffusers' down_block / mid_block_additional_residuals) and appended to it.
+    ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in,
+                         std::vector<ggml_tensor*>* residuals = nullptr) const {
+        ggml_tensor* temb_act = time_embedding("unet.", t_sin, add_in);
+        const auto& ch = cfg.block_out_channels;
+        std::vector<Act> skips;
+        Act h = encode("unet.", x_in, temb_act, context, nullptr, skips);
+        if (residuals && ctx) {
+            for (Act& sk : skips) {
+                residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, sk.t->ne));
+                sk.t = ggml_add(ctx, sk.t, residuals->back());
+            }
+            residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, h.t->ne));
+            h.t = ggml_add(ctx, h.t, residuals->back());
         }
         const size_t n = ch.size();
         for (size_t i = 0; i < cfg.up.size(); ++i) {
@@ -390,7 +413,7 @@ UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(st
     SD_CHECK(store_->allocated(), "U-Net: the weight store is not allocated");
     cfg_.validate();
     std::set<std::string> used;
-    Walk w{*store_, cfg_, nullptr, AttnKernel::MulMat, &used};
+    Walk w{*store_, cfg_, nullptr, nn::AttentionKernel::MulMat, &used, false, {}};
     w.forward(nullptr, nullptr, nullptr, nullptr);  // throws on any missing / misshapen weight
     for (const auto& name : store_->names()) {
         if (name.rfind("unet.", 0) != 0 || used.count(name)) continue;
@@ -402,28 +425,25 @@ UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(st
 
 UNet::~UNet() = default;
 
-AttnKernel UNet::resolved_attention() const {
-    AttnKernel k = opt_.attention;
-    if (k == AttnKernel::Auto) {
-        switch (nn::attention_kernel()) {
-            case nn::AttentionKernel::MulMat: k = AttnKernel::MulMat; break;
-            case nn::AttentionKernel::Flash: k = AttnKernel::Flash; break;
-            default: break;
-        }
-    }
-    if (k != AttnKernel::Auto) return k;
-    // Measured on the CPU backend (bk-sdm-tiny / SD1.5 at 64x64, batch 2, 1 thread): ggml's
-    // tiled f32 flash attention ~52 GFLOP/s, 0.94 s per 4096-token SD1 self-attention,
-    // against 1.35 s for mul_mat + soft_max in f32 and ~1.5 s in bf16, with no 1 GiB score
-    // matrix. Other backends keep mul_mat: their flash kernels want f16 K/V (not measured).
-    return store_->device()->is_cpu() ? AttnKernel::Flash : AttnKernel::MulMat;
+namespace {
+ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
+    if (opt.conv != ConvImpl::Auto) return opt.conv;
+    return nn::custom_ops_allowed(device, !opt.fused) ? ConvImpl::Winograd : ConvImpl::Im2col;
+}
+}  // namespace
+
+void UNet::Walk::set_lowering(const UNetOptions& opt, const Device& device) {
+    attn = nn::resolve_attention(opt.attention, device);
+    custom_ops = nn::custom_ops_allowed(device, !opt.fused);
+    conv_opt = nn::ConvOptions{};
+    conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
+    conv_opt.custom_ops = nn::custom_ops_allowed(device);
+    if (opt.conv == ConvImpl::Winograd) conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
 }
 
-ConvImpl UNet::resolved_conv() const {
-    if (opt_.conv != ConvImpl::Auto) return opt_.conv;
-    // custom ops run on the CPU only
-    return store_->device()->is_cpu() && opt_.fused ? ConvImpl::Winograd : ConvImpl::Im2col;
-}
+nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attention(opt_.attention, *store_->device()); }
+
+ConvImpl UNet::resolved_conv() const { return resolve_conv(opt_, *store_->device()); }
 
 void UNet::set_options(const UNetOptions& opt) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -451,11 +471,9 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
     }
 }
 
-void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const {
-    Walk w{*store_, cfg_, ctx, resolved_attention()};
-    w.winograd = resolved_conv() == ConvImpl::Winograd;
-    if (opt_.conv == ConvImpl::Winograd) w.winograd_min_pixels = 0;  // forced: every eligible conv
-    w.fused = store_->device()->is_cpu() && opt_.fused;
+void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals) const {
+    Walk w{*store_, cfg_, ctx, nn::AttentionKernel::MulMat, nullptr, false, {}};
+    w.set_lowering(opt_, *store_->device());
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
@@ -467,11 +485,14 @@ void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t
         a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.add_in_dim, B);
         g.inputs["add_in"] = a;
     }
-    g.outputs.push_back(w.forward(x, t, c, a));
+    std::vector<ggml_tensor*> res;
+    g.outputs.push_back(w.forward(x, t, c, a, residuals ? &res : nullptr));
+    for (size_t i = 0; i < res.size(); ++i) g.inputs["res" + std::to_string(i)] = res[i];
 }
 
 void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
-                   const float* context, const float* text_embeds, const float* time_ids, float* out) {
+                   const float* context, const float* text_embeds, const float* time_ids, float* out,
+                   const float* const* residuals) {
     check_shapes(B, H, W, L, text_embeds != nullptr, time_ids != nullptr);
     std::vector<float> t_sin(static_cast<size_t>(B) * cfg_.time_proj_dim);
     timestep_sinusoid(timesteps, B, cfg_.time_proj_dim, cfg_.flip_sin_to_cos, cfg_.freq_shift, t_sin.data());
@@ -489,11 +510,21 @@ void UNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* late
         }
     }
     std::lock_guard<std::mutex> lock(mu_);
-    BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
+    const bool res = residuals != nullptr;
+    BuiltGraph& g = runner_->get(key(B, H, W, L) + (res ? "/res" : ""),
+                                 [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L, res); });
     std::map<std::string, const void*> in{{"latent", latent}, {"t_sin", t_sin.data()}, {"context", context}};
     if (!add_in.empty()) in["add_in"] = add_in.data();
+    if (res)
+        for (size_t i = 0; i < skip_count() + 1; ++i) in["res" + std::to_string(i)] = residuals[i];
     runner_->run(g, in);
     runner_->read_output(g, 0, out);
+}
+
+size_t UNet::skip_count() const {
+    size_t n = 1;
+    for (const auto& b : cfg_.down) n += b.resnets + (b.resample ? 1 : 0);
+    return n;
 }
 
 size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
@@ -501,6 +532,45 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
     std::lock_guard<std::mutex> lock(mu_);
     BuiltGraph& g = runner_->get(key(B, H, W, L), [&](ggml_context* ctx, BuiltGraph& gb) { build(ctx, gb, B, H, W, L); });
     return runner_->measure(g);
+}
+
+// ------------------------------------------------------------------------------------------
+// UNetBlocks: the walk's blocks for networks that copy them (model/controlnet.*).
+
+UNetBlocks::UNetBlocks(const WeightStore& s, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
+                       std::set<std::string>* used) {
+    w_ = std::make_unique<UNet::Walk>(UNet::Walk{s, cfg, ctx, nn::AttentionKernel::MulMat, used, false, {}});
+    w_->set_lowering(opt, *s.device());
+}
+
+UNetBlocks::~UNetBlocks() = default;
+
+ggml_tensor* UNetBlocks::time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
+    return w_->time_embedding(pfx, t_sin, add_in);
+}
+
+ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
+                                ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips,
+                                std::vector<int64_t>& skip_channels, int64_t& mid_channels) const {
+    std::vector<UNet::Walk::Act> acts;
+    UNet::Walk::Act h = w_->encode(pfx, x, temb_act, context, conv_in_add, acts);
+    for (const auto& a : acts) {
+        skips.push_back(a.t);
+        skip_channels.push_back(a.c);
+    }
+    mid_channels = h.c;
+    return h.t;
+}
+
+std::string UNetBlocks::kernel_key() const {
+    return "a" + std::to_string(static_cast<int>(w_->attn)) + "/c" + std::to_string(static_cast<int>(w_->conv_opt.algo)) +
+           std::to_string(w_->conv_opt.winograd_min_pixels) + (w_->custom_ops ? "/f" : "") + "/" +
+           kernels::cpu::level_name(kernels::cpu::active_level());
+}
+
+ggml_tensor* UNetBlocks::conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride,
+                              int pad) const {
+    return w_->conv({x, in_c}, name, out, k, stride, pad).t;
 }
 
 void UNet::clear() {

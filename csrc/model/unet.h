@@ -6,14 +6,29 @@
 #pragma once
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "../runtime/graph.h"
 #include "../runtime/weights.h"
-#include "unet_ops.h"
+#include "../nn/attention.h"
+#include "../nn/conv2d.h"
 
 namespace sdcpp {
+
+enum class ConvImpl { Auto, Im2col, Winograd };
+
+struct UNetOptions {
+    // Attention: Auto = the faster kernel measured for the device (nn::resolve_attention).
+    nn::AttentionKernel attention = nn::AttentionKernel::Auto;
+    // 3x3 stride-1 convolutions: Auto = Winograd F(2x2,3x3) on the CPU backend (custom ops),
+    // im2col + GEMM elsewhere.
+    ConvImpl conv = ConvImpl::Auto;
+    // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
+    // custom ops; false = stock ggml ops only (what other backends run).
+    bool fused = true;
+};
 
 struct UNetBlockConfig {
     int resnets = 0;
@@ -66,7 +81,11 @@ class UNet {
     // text_embeds [B, pooled_dim] and time_ids [B, 6] (only with the text_time embedding,
     // else nullptr); out [B, out_channels, H, W]. All host float32, C-contiguous.
     void forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
-                 const float* context, const float* text_embeds, const float* time_ids, float* out);
+                 const float* context, const float* text_embeds, const float* time_ids, float* out,
+                 const float* const* residuals = nullptr);
+    // ControlNet residuals: `residuals` holds skip_count() arrays, one per skip connection
+    // (diffusers' down_block_additional_residuals, the skips' shapes), then the mid-block one.
+    size_t skip_count() const;
 
     // Throws InvalidArgument when the shapes cannot be run (called by forward).
     void check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text_embeds, bool has_time_ids) const;
@@ -75,7 +94,7 @@ class UNet {
     void set_options(const UNetOptions& opt);
     const UNetOptions& options() const { return opt_; }
     // The attention kernel "auto" resolves to on this store's device and weight type.
-    AttnKernel resolved_attention() const;
+    nn::AttentionKernel resolved_attention() const;
     ConvImpl resolved_conv() const;
 
     // "unet." weights of the store that this config does not use (a config / checkpoint
@@ -98,6 +117,7 @@ class UNet {
     int64_t graph_nodes(int64_t B, int64_t H, int64_t W, int64_t L);
 
    private:
+    friend class UNetBlocks;
     struct Walk;
     std::shared_ptr<const WeightStore> store_;
     UNetConfig cfg_;
@@ -106,8 +126,32 @@ class UNet {
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
 
-    void build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L) const;
+    void build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals = false) const;
     std::string key(int64_t B, int64_t H, int64_t W, int64_t L) const;
+};
+
+// The U-Net's blocks for networks that copy them (ControlNet, model/controlnet.*): the same
+// walk, weight checks and kernel choices, over weights under another prefix. ctx == nullptr:
+// check only (the names of the weights touched go to `used`).
+class UNetBlocks {
+   public:
+    UNetBlocks(const WeightStore& s, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
+               std::set<std::string>* used = nullptr);
+    ~UNetBlocks();
+    // SiLU of the time (+ add) embedding [E, N].
+    ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const;
+    // conv_in (+ conv_in_add), down blocks, mid block: returns the mid output; `skips` get the
+    // U-Net's skip connections in order, with their channel counts.
+    ggml_tensor* encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
+                        ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips, std::vector<int64_t>& skip_channels,
+                        int64_t& mid_channels) const;
+    // The resolved kernel choices, for graph cache keys (a graph built under other choices differs).
+    std::string kernel_key() const;
+    // A convolution with the U-Net's weight checks and kernel choice ("name.weight", "name.bias").
+    ggml_tensor* conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride, int pad) const;
+
+   private:
+    std::unique_ptr<UNet::Walk> w_;
 };
 
 }  // namespace sdcpp

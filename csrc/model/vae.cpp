@@ -1,15 +1,12 @@
 #include "vae.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <limits>
+#include <cstdint>
 #include <mutex>
-#include <set>
-#include <tuple>
 
 #include "../runtime/error.h"
-#include "winograd_strips.h"
+#include "../nn/blocks.h"
+#include "../nn/layers.h"
 
 namespace sdcpp::model {
 
@@ -112,128 +109,7 @@ std::vector<Expected> decoder_weights(const VAEConfig& c) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A CPU im2col for a band of output rows, written for speed: threads split the output rows
-// (ggml's im2col splits channels, so both threads write into the same cache lines), padding
-// is read as zeros instead of being materialized, and the output is f32 or bf16 (bf16 halves
-// the memory traffic of the bf16 compute mode). Output [K = KW*KH*C, OW, rows, 1] with
-// K ordered (kx, ky, c) like ggml's [KW, KH, IC, OC] kernels.
-
-struct Im2colParams {
-    int kw, kh, stride, pad_l, pad_t;
-    int64_t row0, rows, ow;
-    int up;  // 1, or 2: the input is read as its nearest-neighbour 2x upsampling (fused Upsample2D)
-    bool operator<(const Im2colParams& o) const {
-        return std::tie(kw, kh, stride, pad_l, pad_t, row0, rows, ow, up) <
-               std::tie(o.kw, o.kh, o.stride, o.pad_l, o.pad_t, o.row0, o.rows, o.ow, o.up);
-    }
-};
-
-// Custom ops keep a pointer to their parameters: intern them for the life of the process
-// (there is one entry per distinct conv geometry, a few hundred at most).
-const Im2colParams* intern(const Im2colParams& p) {
-    static std::mutex mu;
-    static std::set<Im2colParams> table;
-    std::lock_guard<std::mutex> lock(mu);
-    return &*table.insert(p).first;
-}
-
-inline uint16_t to_bf16(float f) {  // round to nearest even, NaN kept quiet (as ggml does)
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((u >> 16) | 64);
-    return static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
-}
-
-template <typename T>
-inline T store_as(float v);
-template <>
-inline float store_as<float>(float v) { return v; }
-template <>
-inline uint16_t store_as<uint16_t>(float v) { return to_bf16(v); }
-
-// Row by row: for each output row, each (channel, kernel row) reads one input row sequentially
-// and writes KW values into every output pixel's column; the OW destination lines stay in cache
-// between consecutive (channel, kernel row) steps. Threads take whole output rows.
-template <typename T, int UP>
-void im2col_rows_impl(ggml_tensor* dst, int ith, int nth, const Im2colParams& p) {
-    const ggml_tensor* x = dst->src[0];
-    const int64_t W = x->ne[0] * UP, H = x->ne[1] * UP, C = x->ne[2];  // the (virtual) input size
-    const int64_t K = int64_t(p.kw) * p.kh * C;
-    const int64_t per = (p.rows + nth - 1) / nth;
-    const int64_t r0 = ith * per, r1 = std::min(p.rows, r0 + per);
-    const char* base = static_cast<const char*>(x->data);
-    const size_t nb1 = x->nb[1], nb2 = x->nb[2];
-    const T zero = store_as<T>(0.0f);
-    // Output pixels whose whole kernel window lies inside the row: [ow_lo, ow_hi).
-    const int64_t ow_lo = std::min<int64_t>(p.ow, (p.pad_l + p.stride - 1) / p.stride);
-    int64_t ow_hi = W - p.kw + p.pad_l >= 0 ? (W - p.kw + p.pad_l) / p.stride + 1 : 0;
-    ow_hi = std::max(ow_lo, std::min(ow_hi, p.ow));
-    for (int64_t r = r0; r < r1; ++r) {
-        const int64_t oh = p.row0 + r;
-        T* drow = static_cast<T*>(dst->data) + r * p.ow * K;
-        for (int64_t c = 0; c < C; ++c) {
-            const char* plane = base + c * nb2;
-            for (int ky = 0; ky < p.kh; ++ky) {
-                T* d = drow + (c * p.kh + ky) * p.kw;
-                const int64_t iy = oh * p.stride - p.pad_t + ky;
-                if (iy < 0 || iy >= H) {
-                    for (int64_t ow = 0; ow < p.ow; ++ow)
-                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = zero;
-                    continue;
-                }
-                const float* row = reinterpret_cast<const float*>(plane + (iy / UP) * nb1);
-                auto edge = [&](int64_t ow) {
-                    const int64_t ix0 = ow * p.stride - p.pad_l;
-                    for (int kx = 0; kx < p.kw; ++kx) {
-                        const int64_t ix = ix0 + kx;
-                        d[ow * K + kx] = ix >= 0 && ix < W ? store_as<T>(row[ix / UP]) : zero;
-                    }
-                };
-                for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-                if (UP == 1 && p.kw == 3 && p.stride == 1) {
-                    const float* src = row + (ow_lo - p.pad_l);
-                    T* dd = d + ow_lo * K;
-                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow, ++src, dd += K) {
-                        dd[0] = store_as<T>(src[0]);
-                        dd[1] = store_as<T>(src[1]);
-                        dd[2] = store_as<T>(src[2]);
-                    }
-                } else {
-                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
-                        const int64_t ix0 = ow * p.stride - p.pad_l;
-                        for (int kx = 0; kx < p.kw; ++kx) d[ow * K + kx] = store_as<T>(row[(ix0 + kx) / UP]);
-                    }
-                }
-                for (int64_t ow = ow_hi; ow < p.ow; ++ow) edge(ow);
-            }
-        }
-    }
-}
-
-void im2col_rows(ggml_tensor* dst, int ith, int nth, void* userdata) {
-    const Im2colParams& p = *static_cast<const Im2colParams*>(userdata);
-    const bool bf16 = dst->type == GGML_TYPE_BF16;
-    if (p.up == 2) bf16 ? im2col_rows_impl<uint16_t, 2>(dst, ith, nth, p) : im2col_rows_impl<float, 2>(dst, ith, nth, p);
-    else bf16 ? im2col_rows_impl<uint16_t, 1>(dst, ith, nth, p) : im2col_rows_impl<float, 1>(dst, ith, nth, p);
-}
-
-// dst [W, H, C, N] <- src [W, h <= H, C, N] into rows [0, h); the other rows are left for
-// ggml_set_inplace to fill. Taking the first part as a source also orders the graph: the
-// full-size output is allocated only once that part is computed.
-void place_first_rows(ggml_tensor* dst, int ith, int nth, void*) {
-    const ggml_tensor* src = dst->src[0];
-    const int64_t planes = src->ne[2] * src->ne[3];
-    const size_t row_bytes = size_t(src->ne[0]) * sizeof(float);
-    for (int64_t p = ith; p < planes; p += nth) {
-        const int64_t c = p % src->ne[2], n = p / src->ne[2];
-        const char* s = static_cast<const char*>(src->data) + c * src->nb[2] + n * src->nb[3];
-        char* d = static_cast<char*>(dst->data) + c * dst->nb[2] + n * dst->nb[3];
-        for (int64_t r = 0; r < src->ne[1]; ++r) std::memcpy(d + r * dst->nb[1], s + r * src->nb[1], row_bytes);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Graph building.
+// Graph building: diffusers' Encoder / Decoder over the layer library's blocks (nn/blocks.h).
 
 struct Builder {
     ggml_context* ctx;
@@ -243,220 +119,78 @@ struct Builder {
     const VAEOptions& opt;
 
     ggml_tensor* weight(const std::string& name) const { return store.get(prefix + "." + name); }
+    ggml_tensor* weight_if(const std::string& name) const { return store.find(prefix + "." + name); }
 
-    // The CPU-only custom ops (fast im2col, strip placement), unless the portable graph (stock
-    // ggml ops only, as used on GPUs) is asked for.
-    bool custom_ops() const { return store.device()->is_cpu() && !opt.portable; }
+    // The CPU-only custom ops (fast im2col, strip placement, fused norms), unless the portable
+    // graph (stock ggml ops only, as used on GPUs) is asked for.
+    bool custom_ops() const { return nn::custom_ops_allowed(*store.device(), opt.portable); }
 
-    // Weights enter every product as f32: activations are never rounded to f16/bf16.
-    ggml_tensor* f32(ggml_tensor* t) const { return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32); }
+    nn::GroupNormSpec norm() const { return {cfg.norm_groups, cfg.norm_eps}; }
 
-    // A per-channel vector as [W, 1, C, 1]: broadcasting it over rows keeps ggml's binary ops
-    // vectorized (a [1, 1, C, 1] operand makes them add one scalar at a time).
-    ggml_tensor* channel_rows(ggml_tensor* v, int64_t W) const {
-        return ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, f32(v), 1, 1, v->ne[0], 1), W, 1, v->ne[0], 1);
+    // Every product in f32 (or bf16 for ComputeType::BF16), one image in bounded row strips.
+    nn::ConvOptions conv_options() const {
+        nn::ConvOptions o;
+        switch (opt.conv) {
+            case ConvMode::Winograd: o.algo = nn::ConvAlgo::WinogradStrips; break;
+            case ConvMode::Strips: o.algo = nn::ConvAlgo::Strips; break;
+            case ConvMode::Im2col: o.algo = nn::ConvAlgo::Strips; break;  // one strip: no budget
+            case ConvMode::Direct: o.algo = nn::ConvAlgo::Direct; break;
+        }
+        o.custom_ops = custom_ops();
+        o.products = opt.compute == ComputeType::BF16 ? nn::ConvProducts::BF16 : nn::ConvProducts::F32;
+        o.max_im2col_bytes = opt.conv == ConvMode::Im2col ? SIZE_MAX : opt.max_im2col_bytes;
+        o.winograd_strip_bytes = opt.winograd_strip_bytes;
+        return o;
     }
 
-    ggml_tensor* add_channel_bias(ggml_tensor* y, const std::string& name) const {
-        return ggml_add(ctx, y, channel_rows(weight(name + ".bias"), y->ne[0]));
+    // The convolution `name` with padding (left, right, top, bottom); `up` = 2 convolves the
+    // nearest-neighbour 2x upsampling of x (diffusers' Upsample2D).
+    ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pl, int pr, int pt, int pb, int up = 1) const {
+        return nn::conv2d(ctx, x, weight(name + ".weight"), weight(name + ".bias"), {stride, pl, pr, pt, pb, up},
+                          conv_options());
     }
-
-    ggml_tensor* group_norm(ggml_tensor* x, const std::string& name) const {
-        const int64_t W = x->ne[0];
-        ggml_tensor* y = ggml_group_norm(ctx, x, cfg.norm_groups, cfg.norm_eps);
-        y = ggml_mul(ctx, y, channel_rows(weight(name + ".weight"), W));
-        return ggml_add(ctx, y, channel_rows(weight(name + ".bias"), W));
-    }
-
-    // Place `parts` (each [W, rows_i, C, 1], rows summing to H) one under the other.
-    ggml_tensor* stack_rows(const std::vector<ggml_tensor*>& parts) const {
-        if (parts.size() == 1) return parts[0];
-        int64_t H = 0;
-        for (auto* p : parts) H += p->ne[1];
-        const int64_t W = parts[0]->ne[0], C = parts[0]->ne[2], N = parts[0]->ne[3];
-        const size_t total = size_t(W) * H * C * N * sizeof(float);
-        if (total < (size_t(1) << 31)) {
-            // The first part placed into a full-size tensor, then every other part written in
-            // place (ggml_set keeps its offsets in int32, hence the size limit).
-            ggml_tensor* acc;
-            if (custom_ops()) {
-                ggml_tensor* args[1] = {parts[0]};
-                acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, args, 1, place_first_rows, GGML_N_TASKS_MAX, nullptr);
-            } else {
-                acc = ggml_pad(ctx, parts[0], 0, static_cast<int>(H - parts[0]->ne[1]), 0, 0);
-            }
-            int64_t row = parts[0]->ne[1];
-            for (size_t i = 1; i < parts.size(); ++i) {
-                acc = ggml_set_inplace(ctx, acc, parts[i], acc->nb[1], acc->nb[2], acc->nb[3], size_t(row) * acc->nb[1]);
-                row += parts[i]->ne[1];
-            }
-            return acc;
-        }
-        // A balanced tree of concatenations (each level copies the data once).
-        std::vector<ggml_tensor*> level = parts;
-        while (level.size() > 1) {
-            std::vector<ggml_tensor*> next;
-            for (size_t i = 0; i + 1 < level.size(); i += 2) next.push_back(ggml_concat(ctx, level[i], level[i + 1], 1));
-            if (level.size() % 2) next.push_back(level.back());
-            level.swap(next);
-        }
-        return level[0];
-    }
-
-    // 2-D convolution of x [W, H, C, 1] with padding (left, right, top, bottom), f32 throughout,
-    // plus its bias and, when given, a residual of the output's shape. Bias and residual are
-    // added strip by strip on the CPU, so no second full-size output tensor is ever needed.
-    // `up` = 2 convolves the nearest-neighbour 2x upsampling of x (diffusers' Upsample2D); on
-    // the CPU the im2col reads x through the upsampling, which is never materialized.
-    ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pl, int pr, int pt, int pb,
-                      ggml_tensor* residual = nullptr, int up = 1) const {
-        ggml_tensor* w = f32(weight(name + ".weight"));  // [KW, KH, IC, OC]
-        const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
-        const bool cpu = custom_ops();
-        if (up != 1 && (!cpu || opt.conv == ConvMode::Direct)) {
-            x = ggml_upscale(ctx, x, up, GGML_SCALE_MODE_NEAREST);
-            up = 1;
-        }
-        if (opt.conv == ConvMode::Winograd && cpu && KW == 3 && KH == 3 && stride == 1 && pl == 1 && pr == 1 && pt == 1 &&
-            pb == 1 && opt.compute == ComputeType::F32) {
-            // Bias, residual and the 2x upsampling are folded into the Winograd strips.
-            return winograd::conv3x3_f43(ctx, x, weight(name + ".weight"), f32(weight(name + ".bias")), residual, up,
-                                         opt.winograd_strip_bytes);
-        }
-        const int64_t W = x->ne[0] * up, H = x->ne[1] * up;
-        ggml_tensor* y;
-        if (!cpu && KW == 1 && KH == 1 && stride == 1 && pl == 0 && pr == 0 && pt == 0 && pb == 0) {
-            // 1x1: a product over channels; the result comes out in image layout. (On the CPU
-            // the strip path below does the transposition in bounded strips instead of one
-            // whole-image copy.)
-            ggml_tensor* xs = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, x, W * H, IC)));  // [IC, WH]
-            y = ggml_mul_mat(ctx, xs, ggml_reshape_2d(ctx, w, IC, OC));                                // [WH, OC]
-            y = add_channel_bias(ggml_reshape_4d(ctx, y, W, H, OC, 1), name);
-            return residual ? ggml_add(ctx, y, residual) : y;
-        }
-        const int64_t OW = (W + pl + pr - KW) / stride + 1;
-        const int64_t OH = (H + pt + pb - KH) / stride + 1;
-        const int64_t K = KW * KH * IC;
-        const bool sym_w = pl == pr;
-        ggml_tensor* w2 = ggml_reshape_2d(ctx, w, K, OC);
-
-        if (opt.conv == ConvMode::Direct) {
-            ggml_tensor* xp = x;
-            if (!(sym_w && pt == pb)) {
-                xp = ggml_pad_ext(ctx, x, pl, pr, pt, pb, 0, 0, 0, 0);
-                pl = pr = pt = pb = 0;
-            }
-            y = add_channel_bias(ggml_conv_2d_direct(ctx, w, xp, stride, stride, pl, pt, 1, 1), name);
-            return residual ? ggml_add(ctx, y, residual) : y;
-        }
-
-        int64_t rows = OH;
-        if (opt.conv == ConvMode::Strips || opt.conv == ConvMode::Winograd) {
-            const size_t per_row = size_t(OW) * size_t(K) * sizeof(float);
-            rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / per_row)));
-            if (rows < OH) {  // even strips
-                const int64_t n = (OH + rows - 1) / rows;
-                rows = (OH + n - 1) / n;
-            }
-        }
-        // bf16 compute (CPU): im2col and kernel in bf16, accumulation in f32.
-        const bool bf16 = cpu && opt.compute == ComputeType::BF16 && K > IC;  // 1x1 convolutions stay f32
-        const size_t elt = bf16 ? 2 : 4;
-        if (bf16) {
-            ggml_tensor* wr = weight(name + ".weight");
-            w2 = ggml_reshape_2d(ctx, wr->type == GGML_TYPE_BF16 ? wr : ggml_cast(ctx, wr, GGML_TYPE_BF16), K, OC);
-        }
-        if ((opt.conv == ConvMode::Strips || opt.conv == ConvMode::Winograd) && rows < OH && bf16) {  // the budget holds twice the rows in bf16
-            rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / (size_t(OW) * K * elt))));
-            const int64_t n = (OH + rows - 1) / rows;
-            rows = (OH + n - 1) / n;
-        }
-        ggml_tensor* bias_rows = channel_rows(weight(name + ".bias"), OW);
-        std::vector<ggml_tensor*> parts;
-        for (int64_t o0 = 0; o0 < OH; o0 += rows) {
-            const int64_t o1 = std::min(OH, o0 + rows);
-            ggml_tensor* col;
-            if (cpu && pl >= 0 && pt >= 0) {
-                const Im2colParams* ip = intern({int(KW), int(KH), stride, pl, pt, o0, o1 - o0, OW, up});
-                ggml_tensor* args[1] = {x};
-                col = ggml_custom_4d(ctx, bf16 ? GGML_TYPE_BF16 : GGML_TYPE_F32, K, OW, o1 - o0, 1, args, 1, im2col_rows,
-                                     GGML_N_TASKS_MAX, const_cast<Im2colParams*>(ip));
-            } else {
-                // Input rows this strip reads, in unpadded coordinates: [lo, hi).
-                const int64_t lo = o0 * stride - pt;
-                const int64_t hi = (o1 - 1) * stride - pt + KH;
-                const int64_t r0 = std::max<int64_t>(0, lo), r1 = std::min<int64_t>(H, hi);
-                const int top = static_cast<int>(r0 - lo), bottom = static_cast<int>(hi - r1);
-                ggml_tensor* xs = x;
-                if (r0 != 0 || r1 != H)
-                    xs = ggml_view_4d(ctx, x, W, r1 - r0, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], size_t(r0) * x->nb[1]);
-                int p0 = pl;
-                if (!sym_w || top || bottom) {
-                    xs = ggml_pad_ext(ctx, xs, sym_w ? 0 : pl, sym_w ? 0 : pr, top, bottom, 0, 0, 0, 0);
-                    if (!sym_w) p0 = 0;
-                }
-                col = ggml_im2col(ctx, weight(name + ".weight"), xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
-            }
-            ggml_tensor* r = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * (o1 - o0)), w2);  // [OW*rows, OC]
-            r = ggml_add(ctx, ggml_reshape_4d(ctx, r, OW, o1 - o0, OC, 1), bias_rows);
-            if (residual) {  // the residual as the first operand: the graph computes it before this conv's input
-                r = ggml_add(ctx, ggml_view_4d(ctx, residual, OW, o1 - o0, OC, 1, residual->nb[1], residual->nb[2],
-                                               residual->nb[3], size_t(o0) * residual->nb[1]), r);
-            }
-            parts.push_back(r);
-        }
-        return stack_rows(parts);
-    }
-
     ggml_tensor* conv3x3(ggml_tensor* x, const std::string& name) const { return conv(x, name, 1, 1, 1, 1, 1); }
+    ggml_tensor* conv1x1(ggml_tensor* x, const std::string& name) const { return conv(x, name, 1, 0, 0, 0, 0); }
+
+    ggml_tensor* norm_silu(ggml_tensor* x, const std::string& name) const {
+        return nn::group_norm(ctx, x, weight(name + ".weight"), weight(name + ".bias"), cfg.norm_groups, cfg.norm_eps, true,
+                              custom_ops());
+    }
 
     ggml_tensor* resnet(ggml_tensor* x, const std::string& name) const {
-        // The shortcut first: x can then be freed right after norm1 (its last reader).
-        ggml_tensor* shortcut = x;
-        if (store.has(prefix + "." + name + ".conv_shortcut.weight")) shortcut = conv(x, name + ".conv_shortcut", 1, 0, 0, 0, 0);
-        ggml_tensor* h = ggml_silu(ctx, group_norm(x, name + ".norm1"));
-        h = conv3x3(h, name + ".conv1");
-        h = ggml_silu(ctx, group_norm(h, name + ".norm2"));
-        return conv(h, name + ".conv2", 1, 1, 1, 1, 1, shortcut);
+        nn::ResnetWeights w;
+        w.norm1_w = weight(name + ".norm1.weight");
+        w.norm1_b = weight(name + ".norm1.bias");
+        w.conv1_w = weight(name + ".conv1.weight");
+        w.conv1_b = weight(name + ".conv1.bias");
+        w.norm2_w = weight(name + ".norm2.weight");
+        w.norm2_b = weight(name + ".norm2.bias");
+        w.conv2_w = weight(name + ".conv2.weight");
+        w.conv2_b = weight(name + ".conv2.bias");
+        w.shortcut_w = weight_if(name + ".conv_shortcut.weight");
+        if (w.shortcut_w) w.shortcut_b = weight(name + ".conv_shortcut.bias");
+        return nn::resnet_block(ctx, x, w, nullptr, norm(), conv_options(), custom_ops());
     }
 
-    // y = x @ W^T + b over ne0 of x [C, L]; W is [C, C] or [C, C, 1, 1].
-    ggml_tensor* linear(ggml_tensor* x, const std::string& name) const {
-        ggml_tensor* w = f32(weight(name + ".weight"));
-        if (ggml_n_dims(w) > 2) w = ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]);
-        ggml_tensor* y = ggml_mul_mat(ctx, w, x);
-        return ggml_add(ctx, y, f32(weight(name + ".bias")));
-    }
-
-    // Single-head self-attention over the H*W positions, with residual.
+    // Single-head self-attention over the H*W positions, with residual; mul_mat + soft_max in
+    // f32, queries in chunks whose score matrix stays within max_attention_bytes.
     ggml_tensor* attention(ggml_tensor* x, const std::string& name) const {
-        const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], L = W * H;
-        ggml_tensor* h = group_norm(x, name + ".group_norm");
-        h = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, h, L, C)));  // [C, L]
-        ggml_tensor* q = linear(h, name + ".to_q");
-        ggml_tensor* k = linear(h, name + ".to_k");
-        ggml_tensor* v = linear(h, name + ".to_v");
-        ggml_tensor* vt = ggml_cont(ctx, ggml_transpose(ctx, v));  // [L, C]
-        const float scale = 1.0f / std::sqrt(static_cast<float>(C));
-        // Query chunks keep the [L, chunk] score matrix within the budget.
-        int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(L, int64_t(opt.max_attention_bytes / (size_t(L) * sizeof(float)))));
-        if (chunk < L) {
-            const int64_t n = (L + chunk - 1) / chunk;
-            chunk = (L + n - 1) / n;
-        }
-        std::vector<ggml_tensor*> parts;
-        for (int64_t i0 = 0; i0 < L; i0 += chunk) {
-            const int64_t n = std::min(L, i0 + chunk) - i0;
-            ggml_tensor* qc = chunk == L ? q : ggml_view_2d(ctx, q, C, n, q->nb[1], size_t(i0) * q->nb[1]);
-            ggml_tensor* s = ggml_mul_mat(ctx, k, qc);  // [L, n]
-            s = ggml_soft_max_ext(ctx, s, nullptr, scale, 0.0f);
-            ggml_tensor* o = ggml_mul_mat(ctx, vt, s);  // [C, n]
-            parts.push_back(ggml_reshape_4d(ctx, o, C, n, 1, 1));
-        }
-        ggml_tensor* o = ggml_reshape_2d(ctx, stack_rows(parts), C, L);
-        o = linear(o, name + ".to_out.0");                                        // [C, L]
-        o = ggml_reshape_4d(ctx, ggml_cont(ctx, ggml_transpose(ctx, o)), W, H, C, 1);  // [W, H, C, 1]
-        return ggml_add(ctx, o, x);
+        nn::AttentionBlockWeights w;
+        w.norm_w = weight(name + ".group_norm.weight");
+        w.norm_b = weight(name + ".group_norm.bias");
+        w.q_w = weight(name + ".to_q.weight");
+        w.q_b = weight(name + ".to_q.bias");
+        w.k_w = weight(name + ".to_k.weight");
+        w.k_b = weight(name + ".to_k.bias");
+        w.v_w = weight(name + ".to_v.weight");
+        w.v_b = weight(name + ".to_v.bias");
+        w.out_w = weight(name + ".to_out.0.weight");
+        w.out_b = weight(name + ".to_out.0.bias");
+        nn::AttentionOptions a;
+        a.kernel = nn::AttentionKernel::MulMat;
+        a.custom_ops = custom_ops();
+        a.max_score_bytes = opt.max_attention_bytes;
+        return nn::attention_block(ctx, x, w, 1, norm(), a, /*f32_weights=*/true);
     }
 
     ggml_tensor* mid_block(ggml_tensor* x, const std::string& name) const {
@@ -467,17 +201,17 @@ struct Builder {
 
     ggml_tensor* decoder(ggml_tensor* z) const {
         const size_t L = cfg.block_out_channels.size();
-        if (cfg.use_post_quant_conv) z = conv(z, "post_quant_conv", 1, 0, 0, 0, 0);
+        if (cfg.use_post_quant_conv) z = conv1x1(z, "post_quant_conv");
         ggml_tensor* h = conv3x3(z, "decoder.conv_in");
         h = mid_block(h, "decoder.mid_block");
         for (size_t i = 0; i < L; ++i) {
             const std::string b = "decoder.up_blocks." + std::to_string(i);
             for (int j = 0; j <= cfg.layers_per_block; ++j) h = resnet(h, b + ".resnets." + std::to_string(j));
             if (i + 1 < L) {
-                h = conv(h, b + ".upsamplers.0.conv", 1, 1, 1, 1, 1, nullptr, 2);  // nearest 2x, then 3x3
+                h = conv(h, b + ".upsamplers.0.conv", 1, 1, 1, 1, 1, 2);  // nearest 2x, then 3x3
             }
         }
-        h = ggml_silu(ctx, group_norm(h, "decoder.conv_norm_out"));
+        h = norm_silu(h, "decoder.conv_norm_out");
         return conv3x3(h, "decoder.conv_out");
     }
 
@@ -490,9 +224,9 @@ struct Builder {
             if (i + 1 < L) h = conv(h, b + ".downsamplers.0.conv", 2, 0, 1, 0, 1);  // pad right/bottom by 1
         }
         h = mid_block(h, "encoder.mid_block");
-        h = ggml_silu(ctx, group_norm(h, "encoder.conv_norm_out"));
+        h = norm_silu(h, "encoder.conv_norm_out");
         h = conv3x3(h, "encoder.conv_out");
-        if (cfg.use_quant_conv) h = conv(h, "quant_conv", 1, 0, 0, 0, 0);
+        if (cfg.use_quant_conv) h = conv1x1(h, "quant_conv");
         return h;
     }
 };

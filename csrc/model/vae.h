@@ -1,6 +1,9 @@
 // The SD VAE (diffusers AutoencoderKL) on ggml: decoder (latent -> image) and encoder
 // (image -> moments), driven by the native VAE config (docs/internals.md §4) and bound to
-// weights by canonical diffusers names `<prefix>.<AutoencoderKL state_dict key>`.
+// weights by canonical diffusers names `<prefix>.<AutoencoderKL state_dict key>`. Built from
+// the layer library (csrc/nn): nn::conv2d (ConvMode below selects its bounded-memory
+// lowerings), the ResnetBlock2D and mid-block attention shared with the U-Net (nn/blocks.h),
+// GroupNorm(+SiLU) as one fused pass on the CPU.
 //
 // Precision: every matrix product runs in f32 whatever the weights' storage type (f16 / bf16
 // weights are widened to f32 inside the graph, one tensor at a time), and convolutions use an
@@ -48,7 +51,7 @@ struct VAEConfig {
 
 enum class ConvMode {
     Winograd,  // CPU: 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) in cache-sized row strips
-               // (winograd_strips.h); the other convolutions (and other devices) as Strips
+               // (nn/winograd_f43_strips.h); the other convolutions (and other devices) as Strips
     Strips,  // f32 im2col + mul_mat, split into row strips when the im2col exceeds the budget
     Im2col,  // f32 im2col of the whole output at once (fastest when memory is plentiful)
     Direct,  // ggml_conv_2d_direct with f32 kernels (bounded work buffer)

@@ -1,17 +1,27 @@
-// Building blocks shared by the CLIP, U-Net and VAE graphs. Each takes the graph context,
-// the activations and the weights (looked up by canonical name in a WeightStore) and
-// returns a new graph node. Layout conventions (ggml ne order):
+// The layer library every model graph uses (CLIP, U-Net, VAE, TAESD): each function takes the
+// graph context, the activations and the weights and returns a new graph node; where a layer
+// has several lowerings (stock ggml ops, sdcpp's CPU custom ops), the choice is made here, from
+// the caller's `custom_ops` flag, never at the call sites. Convolutions are in conv2d.h,
+// attention in attention.h, the shared ResNet / attention blocks in blocks.h.
+// Layout conventions (ggml ne order):
 //   images      [W, H, C, N]   (numpy NCHW as is)
 //   sequences   [C, L, N]      (numpy N, L, C as is)
 //   linear W    [in, out]      (numpy/torch [out, in] as is); mul_mat(W, x) = x @ W^T
-//   conv W      [KW, KH, IC, OC]
+//   conv W      [KW, KH, IC, OC], or the matrix [IC*KH*KW, OC] when quantized (runtime/weights.h)
 #pragma once
 #include <string>
 
+#include "../runtime/device.h"
 #include "../runtime/weights.h"
 #include "ggml.h"
 
 namespace sdcpp::nn {
+
+// The one predicate for "this graph may use sdcpp's CPU custom ops" (fused norms and
+// activations, Winograd transforms, the fused attention, the strip im2col): a ggml custom op
+// is a host function that only the CPU backend runs. `portable` asks for the graph of stock
+// ggml ops that other backends get (an option, used by tests to check that graph on the CPU).
+inline bool custom_ops_allowed(const Device& device, bool portable = false) { return device.is_cpu() && !portable; }
 
 // Weights of one module: `prefix` + ".weight" / ".bias" from a store.
 struct Params {
@@ -20,36 +30,41 @@ struct Params {
     ggml_tensor* weight() const { return store.get(prefix + ".weight"); }
     ggml_tensor* bias() const { return store.find(prefix + ".bias"); }
     Params sub(const std::string& name) const { return {store, prefix.empty() ? name : prefix + "." + name}; }
-    bool has(const std::string& name) const { return store.has(prefix + "." + name); }
 };
 
-// y = x @ W^T + b over ne0. Accepts 2-D [in,out] weights and 1x1-conv [1,1,in,out] weights.
-ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, const Params& p);
+// t as f32 (a cast node when stored as f16 / bf16).
+ggml_tensor* to_f32(ggml_context* ctx, ggml_tensor* t);
 
-// 2-D convolution, NCHW. f32 weights take an f32 im2col (exact); f16 weights an f16 im2col
-// (as ggml_conv_2d); other types (bf16, quantized) an f32 im2col times the weight.
-ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, const Params& p, int stride = 1, int padding = 0);
+// y = x @ W^T + b over ne0 (b may be null). Accepts 2-D [in, out] weights and 1x1-conv
+// [1, 1, in, out] weights. custom_ops: f32/f16/bf16 weights go through the packed CPU product
+// (kernels/cpu/gemm_op.h); quantized weights and other backends keep ggml_mul_mat.
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool custom_ops = false);
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, const Params& p, bool custom_ops = false);
 
-// GroupNorm over channels (ne2) of [W,H,C,N] with affine weight/bias.
-ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, const Params& p, int groups, float eps);
+// GroupNorm over the channels (ne2) of x [W, H, C, N] times w [C] plus b [C], then SiLU when
+// `silu`. With custom ops one fused pass after the statistics (kernels/cpu/fused_ops.h), else
+// ggml_group_norm, mul, add (and silu).
+ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps, bool silu,
+                        bool custom_ops);
 
-// LayerNorm over ne0 with affine weight/bias.
-ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, const Params& p, float eps);
+// LayerNorm over ne0 times w plus b (fused on the CPU with custom ops).
+ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps, bool custom_ops);
 
-enum class AttentionKernel { Auto, MulMat, Flash };
-void set_attention_kernel(AttentionKernel k);  // process-wide switch (tests/benchmarks)
-AttentionKernel attention_kernel();
-
-// Multi-head attention on projected q [D, Lq, N], k, v [D, Lk, N] with `heads` heads;
-// returns [D, Lq, N]. `causal` masks future positions (CLIP).
-ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, bool causal);
+// Activations of f32 x. gelu is the exact erf GELU; quick_gelu is x * sigmoid(1.702 x) in f32
+// (ggml's GELU_QUICK reads an f16 table on the CPU); geglu: x [2F, ...] -> x[:F] * gelu(x[F:]).
+ggml_tensor* gelu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
+ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
+ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
 
 // [W,H,C,N] -> [C, W*H, N] and back (for transformer blocks working on sequences).
 ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x);
 ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h);
 
+// A per-channel vector v [C] as [W, 1, C, 1]: broadcasting it over rows keeps ggml's binary ops
+// vectorized (a [1, 1, C, 1] operand makes them add one scalar at a time).
+ggml_tensor* channel_rows(ggml_context* ctx, ggml_tensor* v, int64_t W);
+
 // Nearest-neighbour 2x upsampling of [W,H,C,N].
 ggml_tensor* upsample_nearest2x(ggml_context* ctx, ggml_tensor* x);
 
-// A new f32 input tensor registered in the graph's input map.
 }  // namespace sdcpp::nn

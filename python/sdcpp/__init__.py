@@ -1,8 +1,9 @@
 """sdcpp: Stable Diffusion from Python on a native ggml engine, without PyTorch."""
 from __future__ import annotations
 
-from . import errors
+from . import errors, preprocess
 from .arch import ModelInfo, inspect
+from .controlnet import ControlNet, ControlSpec, load_controlnet
 from .pipeline import Model, load
 
 __version__ = "0.1.0"
@@ -15,4 +16,5 @@ def system_info() -> dict:
     return _system_info()
 
 
-__all__ = ["errors", "system_info", "__version__", "inspect", "ModelInfo", "load", "Model"]
+__all__ = ["errors", "preprocess", "system_info", "__version__", "inspect", "ModelInfo", "load", "Model",
+           "load_controlnet", "ControlNet", "ControlSpec"]

@@ -689,6 +689,13 @@ def inspect(source: Union[str, os.PathLike, Any]) -> ModelInfo:
         source = open_source(source)
     path = Path(source.path) if getattr(source, "path", None) is not None else None
     configs = dict(getattr(source, "configs", {}) or {})
+    from .naming.controlnet import looks_like_controlnet
+
+    comps = getattr(source, "components", {}) or {}
+    if len(comps) == 1 and looks_like_controlnet(next(iter(comps.values()))):
+        raise UnknownArchitectureError("this is a ControlNet, not a model: load it with sdcpp.load_controlnet(...) "
+                                       "and pass it to txt2img/img2img as control=[(controlnet, image, scale)]",
+                                       file=path)
     names = canonicalize(source)
     ctx = _Ctx(path, names.origin)
     tensors = names.tensors

@@ -55,6 +55,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
                    help="VAE in overlapping 512-pixel tiles: auto = above 1024x1024 pixels")
     p.add_argument("--vae-tile-size", type=int, default=512, help="VAE tile size in pixels (multiple of 32)")
+    p.add_argument("--control-net", dest="control_net", action="append", default=[], metavar="PATH",
+                   help="a ControlNet (diffusers folder or file, control_*.pth/.safetensors, hub id); repeatable, "
+                        "each with its own --control-image")
+    p.add_argument("--control-image", dest="control_image", action="append", default=[], metavar="IMAGE",
+                   help="the control image of each --control-net (resized to the output size)")
+    p.add_argument("--control-scale", "--control-strength", dest="control_scale", action="append", type=float,
+                   default=[], metavar="S", help="conditioning scale of each --control-net (default 1.0)")
+    p.add_argument("--canny", action="store_true",
+                   help="turn the control image(s) into Canny edge maps first (sdcpp.preprocess.canny, 100/200)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -76,6 +85,27 @@ def _open_image(path: str, what: str):
         raise errors.InvalidArgumentError(f"cannot read the {what} {path!r}: {exc}") from None
 
 
+def _control(args: argparse.Namespace):
+    """control= from the --control-* flags (None without any)."""
+    nets, images, scales = args.control_net, args.control_image, args.control_scale
+    if not nets and not images:
+        return None
+    if len(images) != len(nets):
+        raise errors.InvalidArgumentError(f"{len(nets)} --control-net but {len(images)} --control-image: "
+                                          "give one image per ControlNet")
+    if len(scales) > len(nets):
+        raise errors.InvalidArgumentError(f"{len(scales)} --control-scale for {len(nets)} --control-net")
+    scales = scales + [1.0] * (len(nets) - len(scales))
+    from .controlnet import load_controlnet
+    from .preprocess import canny
+
+    out = []
+    for net, image, scale in zip(nets, images, scales):
+        img = _open_image(image, "control image")
+        out.append((load_controlnet(net), canny(img) if args.canny else img, scale))
+    return out
+
+
 def _run(args: argparse.Namespace, mode: str) -> int:
     from .outputs import save_png
     from .pipeline import load
@@ -89,7 +119,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     for r in getattr(model.info, "loras", []):
         print(f"lora: {r.summary()}", file=sys.stderr)
     common = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, scheduler=args.scheduler,
-                  seed=args.seed, batch_size=args.batch, clip_skip=args.clip_skip, rng=args.rng,
+                  control=_control(args), seed=args.seed, batch_size=args.batch, clip_skip=args.clip_skip, rng=args.rng,
                   progress=not args.no_progress,
                   vae_tiling={"auto": None, "on": True, "off": False}[args.vae_tiling])
     if mode == "txt2img":

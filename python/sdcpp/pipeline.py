@@ -62,6 +62,7 @@ class GenerationParams:
     vae_tiling: bool = False          # the VAE runs in tiles for this size (not written to PNG text)
     preview: Optional[tuple] = None   # (callable(step, PIL image), every n steps): live previews
     extra: dict = field(default_factory=dict)    # further A1111 "parameters" fields
+    control: list = field(default_factory=list)  # sdcpp.controlnet.ControlSpec, images prepared
 
 
 class Model:
@@ -83,6 +84,7 @@ class Model:
         self.vae_tile_size: int = 512
         self.vae_tile_overlap: float = 0.25
         self._unet_shape: Optional[tuple] = None
+        self._control = None          # the last call's ControlNets (sdcpp.controlnet.ControlRunner)
         self._lock = threading.Lock()
         self._model_hash: Optional[str] = None
         self.family: str = info.family
@@ -204,13 +206,15 @@ class Model:
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
                 progress: bool = False, vae_tiling: Optional[bool] = None,
                 hires: Optional[Mapping[str, Any]] = None, preview: Optional[Callable] = None,
-                preview_every: int = 1) -> list:
+                preview_every: int = 1, control=None) -> list:
         """Generate images from a prompt. Returns a list with one entry per image.
 
         vae_tiling: decode in overlapping tiles of ``model.vae_tile_size`` pixels (True), whole
         (False), or tiled only above ``AUTO_TILE_PIXELS`` (None); see docs/generation.md.
         hires: A1111's hires fix, e.g. ``dict(scale=2.0, steps=10, denoise=0.5, upscaler="latent")``
-        (sdcpp.hires): the result has the upscaled size; `callback` sees both passes' steps."""
+        (sdcpp.hires): the result has the upscaled size; `callback` sees both passes' steps.
+        control: ControlNets, ``[(controlnet, image, scale), ...]`` or sdcpp.controlnet.ControlSpec
+        entries (with start / end step fractions); see docs/generation.md "ControlNet"."""
         size = _DEFAULT_SIZE[self.family]
         if latents is not None:
             # The latents set the size and the batch; a width / height / batch_size that says
@@ -242,6 +246,9 @@ class Model:
             second.strength = params.strength = spec.denoise
             params.extra.update(infotext_fields(spec))
         params.preview = self._check_preview(preview, preview_every)
+        params.control = _parse_control(control, width, height)
+        if second is not None:
+            second.control = _parse_control(control, spec.width, spec.height)
         with self._lock:
             self._prompt_loras(prompt)
             gen = sampling.Generator(params.seed, rng)
@@ -256,7 +263,7 @@ class Model:
                 seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
                 resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None,
-                preview: Optional[Callable] = None, preview_every: int = 1) -> list:
+                preview: Optional[Callable] = None, preview_every: int = 1, control=None) -> list:
         """Transform an image (PIL, or float HxWx3 / 3xHxW array in [0, 1]) guided by a prompt.
         vae_tiling: as for txt2img, for the encode and the decode."""
         pixels = _image_to_array(image, resize)
@@ -267,6 +274,7 @@ class Model:
                               seed, batch_size, clip_skip, output_type, rng, vae_tiling)
         params.strength = float(strength)
         params.preview = self._check_preview(preview, preview_every)
+        params.control = _parse_control(control, width, height)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run(params, None, pixels, callback, rng, progress)
@@ -277,7 +285,7 @@ class Model:
                 seed: Optional[int] = None, batch_size: int = 1, clip_skip: Optional[int] = None,
                 output_type: str = "pil", callback: Optional[Callback] = None, rng: str = "cpu",
                 resize: bool = False, progress: bool = False, vae_tiling: Optional[bool] = None,
-                preview: Optional[Callable] = None, preview_every: int = 1) -> list:
+                preview: Optional[Callable] = None, preview_every: int = 1, control=None) -> list:
         """Repaint the white part of `mask` (PIL image or array, resized to the image when its
         size differs) in `image`, diffusers' semantics (sdcpp.inpaint): 4-channel models blend
         the known region back after every step, 9-channel inpainting models (``info.inpainting``)
@@ -295,6 +303,7 @@ class Model:
         if min(int(steps * strength), steps) < 1:
             raise errors.InvalidArgumentError(f"strength {strength} of {steps} steps leaves no step to run")
         params.preview = self._check_preview(preview, preview_every)
+        params.control = _parse_control(control, width, height)
         with self._lock:
             self._prompt_loras(prompt)
             final = self._run_inpaint(params, pixels, m, callback, rng, progress)
@@ -432,8 +441,8 @@ class Model:
             x = (init + gen.randn(shape) * sigmas[0]).astype(np.float32)
 
         clock = _StepClock()
-        denoise = self._denoiser(cond, uncond, p, clock=clock)
         total = len(sigmas) - 1
+        denoise = self._denoiser(cond, uncond, p, clock=clock, control=self._control_runner(p, total))
         bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray) -> bool:
@@ -495,8 +504,8 @@ class Model:
             gen.randn((1, 4, h, w))      # diffusers samples the masked image's posterior here too (unused)
 
         clock = _StepClock()
-        denoise = self._denoiser(cond, uncond, p, extra=extra, clock=clock)
         total = len(sigmas) - 1
+        denoise = self._denoiser(cond, uncond, p, extra=extra, clock=clock, control=self._control_runner(p, total))
         bar = phases(progress).bar("sample", total, "step")
 
         def on_step(step: int, _total: int, x_now: np.ndarray):
@@ -517,8 +526,17 @@ class Model:
         finally:
             bar.close()
 
+    def _control_runner(self, p: GenerationParams, total: int):
+        """The call's ControlNets (sdcpp.controlnet), None without any."""
+        if not p.control:
+            return None
+        from .controlnet import ControlRunner
+
+        self._control = ControlRunner(p.control, self, p.batch_size, p.cfg_scale != 1.0, total)
+        return self._control
+
     def _denoiser(self, cond: list, uncond: list, p: GenerationParams, extra: Optional[np.ndarray] = None,
-                  clock: Optional["_StepClock"] = None) -> Callable[[np.ndarray, float], np.ndarray]:
+                  clock: Optional["_StepClock"] = None, control=None) -> Callable[[np.ndarray, float], np.ndarray]:
         """x, sigma -> the x0 estimate. cond / uncond: [(end_step, Conditioning)] schedules
         (prompt editing), the entry for `clock.step` is used. `extra` [B, C, h, w]: unscaled
         channels appended to the U-Net input (a 9-channel inpainting model's mask and
@@ -565,7 +583,8 @@ class Model:
             x_in = np.concatenate([x] * n_parts) * c_in
             if extra is not None:
                 x_in = np.concatenate([x_in, np.concatenate([extra] * n_parts)], axis=1)
-            out = unet(x_in, t, ctx, text_embeds=pooled, time_ids=time_ids)
+            res = control.residuals(x_in, t, ctx, pooled, time_ids, clock.step) if control is not None else None
+            out = unet(x_in, t, ctx, text_embeds=pooled, time_ids=time_ids, residuals=res)
             if use_cfg:
                 out_u, out_c = out[:b], out[b:]
                 out = out_u + g * (out_c - out_u)
@@ -627,6 +646,9 @@ class Model:
         if self.memory.free_unet_before_decode:
             self._c["unet"].clear()
             self._unet_shape = None
+            if self._control is not None:
+                self._control.clear()
+                self._control = None
         bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
         try:
             if self._tiny_vae:
@@ -666,6 +688,14 @@ class _StepClock:
     def __init__(self):
         self.step = 0
         self.x0 = None     # the last x0 estimate (live previews decode it)
+
+
+def _parse_control(control, width: int, height: int) -> list:
+    if control is None:
+        return []
+    from .controlnet import parse_control
+
+    return parse_control(control, int(width), int(height))
 
 
 def _image_to_array(image, resize: bool) -> np.ndarray:

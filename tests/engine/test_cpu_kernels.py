@@ -177,3 +177,28 @@ def test_unet_matches_diffusers_at_each_level(level, restore_level):
     err = rel(out, ref)
     print(f"[cpu kernels] U-Net at {level}: rel L2 {err:.2e}")
     assert err <= 1e-4
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_packed_gemm_at_each_level(level):
+    """The packed product C = A B^T of each level against float64, with B in f32, f16 and bf16
+    (compared with the same rounded B), on shapes that leave partial register tiles and cache
+    blocks on every side, with 1 and 3 threads (rows split unevenly)."""
+    rng = np.random.default_rng(11)
+    for M, K, N in [(1, 1, 1), (13, 7, 45), (37, 300, 70), (100, 513, 33), (25, 40, 530)]:
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K)).astype(np.float32)
+        u = b.view(np.uint32)
+        bf16 = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+        for btype, bb, bref in [("f32", b, b), ("f16", b.astype(np.float16).view(np.uint16), b.astype(np.float16)),
+                                ("bf16", bf16, (bf16.astype(np.uint32) << 16).view(np.float32))]:
+            ref = a.astype(np.float64) @ bref.astype(np.float64).T
+            for threads in (1, 3):
+                ours = core.cpu_kernel_gemm(a, bb, btype, level, threads)
+                assert ours.shape == (M, N)
+                assert np.abs(ours - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), (level, btype, (M, K, N), threads)
+    with pytest.raises(ValueError, match="btype must be"):
+        core.cpu_kernel_gemm(a, b, "q8_0", level, 1)
+    with pytest.raises(ValueError, match="same K"):
+        core.cpu_kernel_gemm(a, b[:, :-1].copy(), "f32", level, 1)
+    assert sdcpp.system_info()["cpu_kernels"]["gemm"] in LEVELS

@@ -22,6 +22,10 @@ struct Elementwise {
     double (*row_sq)(const float* x, float mean, int64_t n);
     // y = (x - mean) * rstd * w + b
     void (*layer_norm_row)(float* y, const float* x, float mean, float rstd, const float* w, const float* b, int64_t n);
+    // the GEMM-tiled attention's online-softmax step over a score panel p[keys][nr] (nr columns = queries, nr a
+    // multiple of 16): per column j, mx = max(m[j], max_k p[k][j]), alpha[j] = e^(m[j] - mx),
+    // p[k][j] = e^(p[k][j] - mx), l[j] = l[j] alpha[j] + sum_k p[k][j], m[j] = mx
+    void (*softmax_panel)(float* p, int64_t keys, int nr, float* m, float* l, float* alpha);
 };
 
 // The best table for the active level, and for a given level (tests run each variant).

@@ -123,10 +123,29 @@ SD_TARGET void layer_norm_row(float* y, const float* x, float mean, float rstd, 
     for (; i < n; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+
+
+SD_TARGET void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l, float* alpha) {
+    for (int j = 0; j < nr; j += 8) {
+        __m256 mx = _mm256_loadu_ps(m + j);
+        for (int64_t k = 0; k < keys; ++k) mx = _mm256_max_ps(mx, _mm256_loadu_ps(p + k * nr + j));
+        const __m256 a = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(m + j), mx));
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t k = 0; k < keys; ++k) {
+            const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p + k * nr + j), mx));
+            _mm256_storeu_ps(p + k * nr + j, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_storeu_ps(alpha + j, a);
+        _mm256_storeu_ps(l + j, _mm256_fmadd_ps(_mm256_loadu_ps(l + j), a, sum));
+        _mm256_storeu_ps(m + j, mx);
+    }
+}
+
 }  // namespace
 
 const Elementwise* elementwise_avx2() {
-    static const Elementwise t{Level::Avx2, geglu_row, affine_row, row_sum, row_sq, layer_norm_row};
+    static const Elementwise t{Level::Avx2, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
     return &t;
 }
 

@@ -114,10 +114,29 @@ SD_TARGET void layer_norm_row(float* y, const float* x, float mean, float rstd, 
     for (; i < n; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+
+
+SD_TARGET void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l, float* alpha) {
+    for (int j = 0; j < nr; j += 16) {
+        __m512 mx = _mm512_loadu_ps(m + j);
+        for (int64_t k = 0; k < keys; ++k) mx = _mm512_max_ps(mx, _mm512_loadu_ps(p + k * nr + j));
+        const __m512 a = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(m + j), mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t k = 0; k < keys; ++k) {
+            const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p + k * nr + j), mx));
+            _mm512_storeu_ps(p + k * nr + j, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        _mm512_storeu_ps(alpha + j, a);
+        _mm512_storeu_ps(l + j, _mm512_fmadd_ps(_mm512_loadu_ps(l + j), a, sum));
+        _mm512_storeu_ps(m + j, mx);
+    }
+}
+
 }  // namespace
 
 const Elementwise* elementwise_avx512() {
-    static const Elementwise t{Level::Avx512, geglu_row, affine_row, row_sum, row_sq, layer_norm_row};
+    static const Elementwise t{Level::Avx512, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
     return &t;
 }
 

@@ -33,10 +33,26 @@ void layer_norm_row(float* y, const float* x, float mean, float rstd, const floa
     for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+
+void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l, float* alpha) {
+    for (int j = 0; j < nr; ++j) {
+        float mx = m[j];
+        for (int64_t k = 0; k < keys; ++k) mx = p[k * nr + j] > mx ? p[k * nr + j] : mx;
+        alpha[j] = std::exp(m[j] - mx);
+        float sum = 0.0f;
+        for (int64_t k = 0; k < keys; ++k) {
+            p[k * nr + j] = std::exp(p[k * nr + j] - mx);
+            sum += p[k * nr + j];
+        }
+        l[j] = l[j] * alpha[j] + sum;
+        m[j] = mx;
+    }
+}
+
 }  // namespace
 
 const Elementwise& elementwise_portable() {
-    static const Elementwise t{Level::Portable, geglu_row, affine_row, row_sum, row_sq, layer_norm_row};
+    static const Elementwise t{Level::Portable, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
     return t;
 }
 

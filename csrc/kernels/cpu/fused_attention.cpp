@@ -1,5 +1,7 @@
 #include "fused_attention.h"
 
+#include "attention_gemm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,16 +10,16 @@
 
 #include "../../runtime/error.h"
 #include "cpu_level.h"
-#include "fused_attention_avx2.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SD_BF16_ATTN 1
+// The fused kernels (bf16 and f32) are written with x86 intrinsics and target attributes.
+#define SD_X86_FUSED_ATTENTION 1
 #include <immintrin.h>
 #endif
 
 namespace sdcpp::fused_attention {
 
-#ifdef SD_BF16_ATTN
+#ifdef SD_X86_FUSED_ATTENTION
 
 namespace {
 
@@ -60,7 +62,7 @@ int heads_of(void* ud) { return static_cast<int>(reinterpret_cast<intptr_t>(ud))
 // Packed layout per (n, head):
 //   K: [Lkp/16 blocks][dpairs][16 keys][2 dims]   (a vdpbf16ps operand: 16 keys in the lanes)
 //   V: [Lkp/2 key pairs][dvp dims][2 keys]         (16 output dims in the lanes)
-void pack(ggml_tensor* dst, int ith, int nth, void* ud) {
+void pack_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* k = dst->src[0];
     const ggml_tensor* v = dst->src[1];
     const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
@@ -161,7 +163,7 @@ SD_TARGET void pv_chunk(float* O, int64_t dvp, const uint32_t* Pb, const uint16_
         for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + r * dvp + (dv0 + c) * 16, acc[r][c]);
 }
 
-SD_TARGET void attend(ggml_tensor* dst, int ith, int nth, void* ud) {
+SD_TARGET void attend_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* packed = dst->src[1];
     const ggml_tensor* k = dst->src[2];
@@ -255,131 +257,19 @@ SD_TARGET void attend(ggml_tensor* dst, int ith, int nth, void* ud) {
 }
 
 
-// ---- f32 variant (AVX-512 FMA): same structure, f32 operands, exact to f32 rounding ------
-// Packed per (n, head): K [Lkp/16 blocks][d][16 keys], V [Lkp keys][dvp dims].
-int64_t f32_head_size(const Dims& m) { return m.Lkp * m.d + m.Lkp * m.dvp; }
-
-void pack_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
-    const ggml_tensor* k = dst->src[0];
-    const ggml_tensor* v = dst->src[1];
-    const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
-    float* out = static_cast<float*>(dst->data);
-    const int64_t blocks = m.Lkp / 16;
-    for (int64_t unit = ith; unit < m.N * m.heads * blocks; unit += nth) {
-        const int64_t kb = unit % blocks, nh = unit / blocks, h = nh % m.heads, n = nh / m.heads;
-        float* base = out + nh * f32_head_size(m);
-        float* kp = base + kb * m.d * 16;
-        float* vp = base + m.Lkp * m.d;
-        for (int64_t i = 0; i < 16; ++i) {
-            const int64_t key = kb * 16 + i;
-            const float* krow = nullptr;
-            const float* vrow = nullptr;
-            if (key < m.Lk) {
-                krow = reinterpret_cast<const float*>(static_cast<const char*>(k->data) + key * k->nb[1] + n * k->nb[2]) + h * m.d;
-                vrow = reinterpret_cast<const float*>(static_cast<const char*>(v->data) + key * v->nb[1] + n * v->nb[2]) + h * m.d;
-            }
-            for (int64_t dd = 0; dd < m.d; ++dd) kp[dd * 16 + i] = krow ? krow[dd] : 0.0f;
-            for (int64_t dd = 0; dd < m.dvp; ++dd) vp[key * m.dvp + dd] = vrow && dd < m.d ? vrow[dd] : 0.0f;
-        }
-    }
-}
-
-template <int NC>
-SD_TARGET void pv_chunk_f32(float* O, int64_t dvp, const float* P, const float* vtile, int64_t dv0) {
-    __m512 acc[R][NC];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_loadu_ps(O + r * dvp + (dv0 + c) * 16);
-    for (int key = 0; key < KT; ++key) {
-        __m512 vv[NC];
-        for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_ps(vtile + key * dvp + (dv0 + c) * 16);
-        for (int r = 0; r < R; ++r) {
-            const __m512 pb = _mm512_set1_ps(P[r * KT + key]);
-            for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + r * dvp + (dv0 + c) * 16, acc[r][c]);
-}
-
-SD_TARGET void attend_f32(ggml_tensor* dst, int ith, int nth, void* ud) {
+// The f32 attention through the GEMM-tiled driver (attention_gemm.h) at the active level.
+void attend_gemm(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* q = dst->src[0];
-    const ggml_tensor* packed = dst->src[1];
-    const ggml_tensor* k = dst->src[2];
-    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads_of(ud));
-    const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.d)) * 1.4426950408889634);  // log2(e)
-    const int64_t qblocks = (m.Lq + QB - 1) / QB;
-    const int64_t tiles = m.Lkp / KT;
-
-    thread_local std::vector<float> obuf, qbuf, pbuf;
-    obuf.resize(QB * m.dvp + 2 * QB);
-    qbuf.resize(QB * m.d);
-    pbuf.resize(R * KT);
-    float* O = obuf.data();
-    float* M = O + QB * m.dvp;
-    float* L = M + QB;
-    float* Qs = qbuf.data();
-    float* P = pbuf.data();
-
-    for (int64_t unit = ith; unit < m.N * m.heads * qblocks; unit += nth) {
-        const int64_t qb = unit % qblocks, nh = unit / qblocks, h = nh % m.heads, n = nh / m.heads;
-        const int64_t q0 = qb * QB, rows = std::min<int64_t>(QB, m.Lq - q0);
-        const float* kp = static_cast<const float*>(packed->data) + nh * f32_head_size(m);
-        const float* vp = kp + m.Lkp * m.d;
-        for (int64_t r = 0; r < QB; ++r) {
-            const float* row = r < rows ? reinterpret_cast<const float*>(static_cast<const char*>(q->data) +
-                                                                          (q0 + r) * q->nb[1] + n * q->nb[2]) + h * m.d
-                                        : nullptr;
-            for (int64_t dd = 0; dd < m.d; ++dd) Qs[r * m.d + dd] = row ? row[dd] * qscale : 0.0f;
-            M[r] = -INFINITY;
-            L[r] = 0.0f;
-        }
-        std::memset(O, 0, sizeof(float) * QB * m.dvp);
-        for (int64_t t = 0; t < tiles; ++t) {
-            const float* ktile = kp + t * 4 * m.d * 16;
-            const float* vtile = vp + t * KT * m.dvp;
-            __mmask16 mask[4];
-            tile_masks(std::min<int64_t>(KT, m.Lk - t * KT), mask);
-            for (int64_t g = 0; g < (rows + R - 1) / R; ++g) {
-                const float* qg = Qs + g * R * m.d;
-                __m512 s[R][4];
-                for (int r = 0; r < R; ++r)
-                    for (int j = 0; j < 4; ++j) s[r][j] = _mm512_setzero_ps();
-                for (int64_t dd = 0; dd < m.d; ++dd) {
-                    __m512 kv[4];
-                    for (int j = 0; j < 4; ++j) kv[j] = _mm512_loadu_ps(ktile + (j * m.d + dd) * 16);
-                    for (int r = 0; r < R; ++r) {
-                        const __m512 qv = _mm512_set1_ps(qg[r * m.d + dd]);
-                        for (int j = 0; j < 4; ++j) s[r][j] = _mm512_fmadd_ps(qv, kv[j], s[r][j]);
-                    }
-                }
-                for (int r = 0; r < R; ++r) {
-                    const int64_t row = g * R + r;
-                    __m512 pj[4];
-                    softmax_update(s[r], mask, pj, M + row, L + row, O + row * m.dvp, m.dvp);
-                    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(P + r * KT + 16 * j, pj[j]);
-                }
-                float* Og = O + g * R * m.dvp;
-                const int64_t nvec = m.dvp / 16;
-                for (int64_t dv0 = 0; dv0 < nvec;) {
-                    const int64_t nc = std::min<int64_t>(6, nvec - dv0);
-                    switch (nc) {
-                        case 1: pv_chunk_f32<1>(Og, m.dvp, P, vtile, dv0); break;
-                        case 2: pv_chunk_f32<2>(Og, m.dvp, P, vtile, dv0); break;
-                        case 3: pv_chunk_f32<3>(Og, m.dvp, P, vtile, dv0); break;
-                        case 4: pv_chunk_f32<4>(Og, m.dvp, P, vtile, dv0); break;
-                        case 5: pv_chunk_f32<5>(Og, m.dvp, P, vtile, dv0); break;
-                        default: pv_chunk_f32<6>(Og, m.dvp, P, vtile, dv0); break;
-                    }
-                    dv0 += nc;
-                }
-            }
-        }
-        for (int64_t r = 0; r < rows; ++r) {
-            float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + (q0 + r) * dst->nb[1] + n * dst->nb[2]) + h * m.d;
-            const float inv = 1.0f / L[r];
-            for (int64_t c = 0; c < m.d; ++c) out[c] = O[r * m.dvp + c] * inv;
-        }
-    }
+    const ggml_tensor* k = dst->src[1];
+    const ggml_tensor* v = dst->src[2];
+    const int heads = heads_of(ud);
+    const auto f = [](const ggml_tensor* t, int i) { return static_cast<int64_t>(t->nb[i] / sizeof(float)); };
+    kernels::cpu::AttentionArgs a{static_cast<const float*>(q->data), f(q, 1), f(q, 2),
+                                  static_cast<const float*>(k->data), f(k, 1), f(k, 2),
+                                  static_cast<const float*>(v->data), f(v, 1), f(v, 2),
+                                  static_cast<float*>(dst->data), f(dst, 1), f(dst, 2),
+                                  q->ne[2], q->ne[1], k->ne[1], q->ne[0] / heads, heads};
+    kernels::cpu::attention_gemm(kernels::cpu::gemm_kernels(), kernels::cpu::elementwise(), a, ith, nth);
 }
 
 }  // namespace
@@ -398,19 +288,9 @@ ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, gg
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
-    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
-    void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
-    ggml_tensor* kv[2] = {k, v};
-    if (!kc::runs(kc::active_level(), kc::Level::Avx512)) {  // the 8-lane variant (its own K/V layout)
-        ggml_tensor* packed = ggml_custom_4d(ctx, GGML_TYPE_F32, avx2::packed_floats(m.D, m.Lk, m.N, heads), 1, 1, 1, kv,
-                                             2, avx2::pack, GGML_N_TASKS_MAX, ud);
-        ggml_tensor* args[3] = {q, packed, k};
-        return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, avx2::attend, GGML_N_TASKS_MAX, ud);
-    }
-    ggml_tensor* packed =
-        ggml_custom_4d(ctx, GGML_TYPE_F32, m.N * m.heads * f32_head_size(m), 1, 1, 1, kv, 2, pack_f32, GGML_N_TASKS_MAX, ud);
-    ggml_tensor* args[3] = {q, packed, k};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_f32, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* args[3] = {q, k, v};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attend_gemm, GGML_N_TASKS_MAX,
+                          reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
 }
 
 ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
@@ -422,9 +302,9 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
     void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
     ggml_tensor* kv[2] = {k, v};
     ggml_tensor* packed =
-        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack, GGML_N_TASKS_MAX, ud);
+        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack_bf16, GGML_N_TASKS_MAX, ud);
     ggml_tensor* args[3] = {q, packed, k};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend, GGML_N_TASKS_MAX, ud);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_bf16, GGML_N_TASKS_MAX, ud);
 }
 
 #else

@@ -1,12 +1,12 @@
 // Fused multi-head attention for the CPU backend: bf16 products (level avx512_bf16), or f32
-// (level avx512, or the 8-lane variant in fused_attention_avx2.cpp at level avx2); below
-// those levels callers use ggml's flash attention.
+// (levels avx2 and avx512: the GEMM-tiled driver of attention_gemm.h on the packed product's
+// micro-kernels); below those levels callers use ggml's flash attention.
 //
 // softmax(q k^T * scale) v for every head, flash-style (online softmax over key tiles, no
-// score matrix): q.k and p.v are bf16 dot products with f32 accumulation (vdpbf16ps), the
+// score matrix). bf16: q.k and p.v are bf16 dot products with f32 accumulation (vdpbf16ps), the
 // softmax is f32. Reads q, k, v in the projections' own layout [D, L, N] (head h = columns
 // h*d .. h*d+d-1) and writes [D, Lq, N], so no permute / pad / copy nodes are needed.
-// Two ggml custom ops: K/V packing, then the attention. CPU only; available_*() follow the
+// bf16: two ggml custom ops, K/V packing then the attention. CPU only; available_*() follow the
 // active CPU level (cpu_level.h), read when the graph is built.
 #pragma once
 #include "ggml.h"
@@ -19,8 +19,8 @@ bool available_f32();   // level avx2 or avx512: attention_f32()
 // q [D, Lq, N], k, v [D, Lk, N] f32 (contiguous rows); returns [D, Lq, N] f32.
 ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
 
-// The same kernel with f32 operands (AVX-512 or AVX2 FMA, by the active level): f32-exact like ggml's flash attention, no
-// head-dim padding, no permute / copy nodes.
+// f32 operands (AVX-512 or AVX2 FMA, by the active level), f32-exact like ggml's flash
+// attention, no permute / copy nodes: one custom op (K/V are packed per head inside it).
 ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
 
 }  // namespace sdcpp::fused_attention

@@ -6,7 +6,7 @@
 // V = B^T d B, the kernel g becomes U = G g G^T, and Y = A^T (sum_c U_c * V_c) A. With these
 // points B^T and A^T have small integer entries and G's largest is 1/4, so f32 results stay
 // within a few ulps of direct convolution times the kernel's magnitude (tests check it).
-// The 36 channel sums are matrix products done by ggml (csrc/model/winograd_strips.cpp).
+// The 36 channel sums are matrix products done by ggml (csrc/nn/winograd_f43_strips.cpp).
 #pragma once
 #include <cstdint>
 

@@ -74,7 +74,7 @@ class UNet:
 
     @property
     def attention(self) -> str:
-        """"auto" (the process-wide switch, else the kernel measured fastest), "mul_mat" or "flash"."""
+        """"auto" (the kernel measured fastest on this device: flash on the CPU), "mul_mat" or "flash"."""
         return self._native.attention
 
     @attention.setter
@@ -135,7 +135,10 @@ class UNet:
         self._native.clear()
 
     # --- forward ------------------------------------------------------------------------
-    def __call__(self, latent, timestep, context, *, text_embeds=None, time_ids=None) -> np.ndarray:
+    def __call__(self, latent, timestep, context, *, text_embeds=None, time_ids=None, residuals=None) -> np.ndarray:
+        """``residuals``: ControlNet outputs added to the skip connections and the mid block
+        (diffusers' down_block / mid_block_additional_residual), a list of float32 arrays in the
+        skips' shapes then the mid block's (``ControlNet.__call__`` returns them so)."""
         latent = _float_array(latent, "latent")
         if latent.ndim != 4:
             raise errors.InvalidArgumentError(f"latent must be [B, C, H, W], got shape {latent.shape}")
@@ -181,7 +184,9 @@ class UNet:
         elif text_embeds is not None or time_ids is not None:
             raise errors.InvalidArgumentError("text_embeds / time_ids given but this U-Net has no addition embedding")
 
-        return call_native(self._native.forward, latent, t, context, text_embeds, time_ids)
+        if residuals is not None:
+            residuals = [_float_array(r, f"residuals[{i}]") for i, r in enumerate(residuals)]
+        return call_native(self._native.forward, latent, t, context, text_embeds, time_ids, residuals)
 
 
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> np.ndarray:

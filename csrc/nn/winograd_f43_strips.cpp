@@ -1,4 +1,4 @@
-#include "winograd_strips.h"
+#include "winograd_f43_strips.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/winograd_f43.h"
 #include "ggml-cpu.h"
 
@@ -151,7 +152,7 @@ ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml
         ggml_tensor* xa[1] = {x};
         ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, rows * TW, 36, 1, xa, 1, input_op, GGML_N_TASKS_MAX,
                                         const_cast<StripParams*>(p));
-        ggml_tensor* m = ggml_mul_mat(ctx, v, u);  // [rows * TW, OC, 36]
+        ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [rows * TW, OC, 36]
         ggml_tensor* args[3] = {m, b, residual};
         const int nargs = residual ? 3 : 2;
         if (!y) {

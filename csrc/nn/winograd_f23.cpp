@@ -1,8 +1,9 @@
-#include "unet_winograd.h"
+#include "winograd_f23.h"
 
 #include <cstring>
 #include <vector>
 
+#include "../kernels/cpu/gemm_op.h"
 #include "ggml-cpu.h"
 
 namespace sdcpp::winograd {
@@ -171,7 +172,7 @@ ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_ten
     ggml_tensor* v = ggml_custom_4d(ctx, type, C, T, 16, 1, xa, 1, input_transform, GGML_N_TASKS_MAX, nullptr);
     ggml_tensor* wa[1] = {w};
     ggml_tensor* u = ggml_custom_4d(ctx, type, C, OC, 16, 1, wa, 1, weight_transform, GGML_N_TASKS_MAX, nullptr);
-    ggml_tensor* m = ggml_mul_mat(ctx, v, u);  // [T, OC, 16]
+    ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [T, OC, 16]: the packed product when both are f32
     ggml_tensor* ma[2] = {m, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, N, ma, b ? 2 : 1, output_transform, GGML_N_TASKS_MAX, nullptr);
 }

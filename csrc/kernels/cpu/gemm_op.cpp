@@ -1,0 +1,76 @@
+#include "gemm_op.h"
+
+#include "gemm.h"
+
+namespace sdcpp::fused {
+
+namespace kc = sdcpp::kernels::cpu;
+
+namespace {
+
+bool type_of(ggml_type t, kc::GemmB* out) {
+    switch (t) {
+        case GGML_TYPE_F32: *out = kc::GemmB::F32; return true;
+        case GGML_TYPE_F16: *out = kc::GemmB::F16; return true;
+        case GGML_TYPE_BF16: *out = kc::GemmB::BF16; return true;
+        default: return false;
+    }
+}
+
+void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* w = dst->src[0];
+    const ggml_tensor* x = dst->src[1];
+    kc::GemmB bt = kc::GemmB::F32;
+    type_of(w->type, &bt);
+    const kc::GemmKernels& k = kc::gemm_kernels();
+    const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
+    const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
+    // One call per (i2, i3) run that shares w: when w has all of x's batches, the whole dimension 2
+    // is one batched call (threads split its rows across products).
+    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+        const char* wb = static_cast<const char*>(w->data) + (i3 / r3) * w->nb[3];
+        const char* xb = static_cast<const char*>(x->data) + i3 * x->nb[3];
+        char* db = static_cast<char*>(dst->data) + i3 * dst->nb[3];
+        kc::GemmArgs g{reinterpret_cast<const float*>(xb), static_cast<int64_t>(x->nb[1] / sizeof(float)), wb, bt,
+                       static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
+                       static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
+        if (r2 == 1) {
+            kc::gemm_batched(k, g, x->ne[2], static_cast<int64_t>(x->nb[2] / sizeof(float)), static_cast<int64_t>(w->nb[2]),
+                             static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
+        } else {
+            for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w) {  // r2 products of x per w matrix
+                kc::GemmArgs gi = g;
+                gi.A = reinterpret_cast<const float*>(xb + i2w * r2 * x->nb[2]);
+                gi.B = wb + i2w * w->nb[2];
+                gi.C = reinterpret_cast<float*>(db + i2w * r2 * dst->nb[2]);
+                kc::gemm_batched(k, gi, r2, static_cast<int64_t>(x->nb[2] / sizeof(float)), 0,
+                                 static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
+    kc::GemmB bt;
+    if (!type_of(w->type, &bt) || x->type != GGML_TYPE_F32) return false;
+    if (w->ne[0] != x->ne[0]) return false;
+    if (w->nb[0] != ggml_type_size(w->type) || x->nb[0] != sizeof(float)) return false;  // contiguous rows
+    if (x->nb[1] % sizeof(float) || x->nb[2] % sizeof(float) || x->nb[3] % sizeof(float)) return false;
+    if (w->ne[2] == 0 || w->ne[3] == 0 || x->ne[2] % w->ne[2] || x->ne[3] % w->ne[3]) return false;
+    return true;
+}
+
+ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x) {
+    ggml_tensor* args[2] = {w, x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, 2, matmul_op,
+                          GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu) {
+    if (cpu && matmul_applies(w, x)) return matmul(ctx, w, x);
+    return ggml_mul_mat(ctx, w, x);
+}
+
+}  // namespace sdcpp::fused

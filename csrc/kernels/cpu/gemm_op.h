@@ -1,0 +1,18 @@
+// ggml_mul_mat through the packed CPU product (gemm.h), as a ggml custom op for the CPU backend.
+// Same contract as ggml_mul_mat(w, x): w [K, N, B2w, B3w] (f32, f16 or bf16, contiguous rows),
+// x [K, M, B2, B3] f32 with contiguous rows -> [N, M, B2, B3] f32, w broadcast over the batch
+// dimensions it lacks (B2 a multiple of B2w, B3 of B3w). Graph builders call it only where
+// custom ops may run (the CPU backend) and only when `applies` says so; otherwise they keep
+// ggml_mul_mat (quantized weights go to ggml's integer dot products).
+#pragma once
+#include "ggml.h"
+
+namespace sdcpp::fused {
+
+bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x);
+ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
+
+// ggml_mul_mat(w, x), or `matmul` when custom ops may run (`cpu`) and it applies.
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu);
+
+}  // namespace sdcpp::fused

@@ -1,0 +1,39 @@
+// The one multi-head attention of the layer library: softmax(q k^T / sqrt(d)) v per head, on
+// projected q [D, Lq, N] and k, v [D, Lk, N], returning [D, Lq, N]. Which kernel runs is decided
+// here:
+//   Flash + custom ops, where the CPU level has one -> sdcpp's fused CPU kernel
+//       (kernels/cpu/fused_attention.h: bf16 products for `type` BF16, else f32);
+//   Flash otherwise -> ggml_flash_attn_ext in f32;
+//   MulMat (and every causal attention) -> mul_mat + soft_max in `type` (F32, F16 or BF16
+//       operands, f32 sums), queries in chunks whose score matrix stays within
+//       `max_score_bytes`.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "../runtime/device.h"
+#include "ggml.h"
+
+namespace sdcpp::nn {
+
+enum class AttentionKernel { Auto, MulMat, Flash };
+
+// What Auto means on this device. Measured on the CPU backend (bk-sdm-tiny / SD1.5 at 64x64,
+// batch 2, 1 thread): ggml's tiled f32 flash attention ~52 GFLOP/s, 0.94 s per 4096-token SD1
+// self-attention, against 1.35 s for mul_mat + soft_max in f32 and ~1.5 s in bf16, with no
+// 1 GiB score matrix; sdcpp's fused kernels are faster still. Other backends keep mul_mat:
+// their flash kernels want f16 K/V (not measured).
+AttentionKernel resolve_attention(AttentionKernel requested, const Device& device);
+
+struct AttentionOptions {
+    AttentionKernel kernel = AttentionKernel::MulMat;  // Auto is taken as MulMat: resolve it first
+    bool custom_ops = false;                           // nn::custom_ops_allowed()
+    ggml_type type = GGML_TYPE_F32;                    // operand type of the products (see above)
+    bool causal = false;                               // mask future positions (CLIP)
+    size_t max_score_bytes = SIZE_MAX;                 // MulMat: score matrix per query chunk
+};
+
+ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,
+                       const AttentionOptions& opt);
+
+}  // namespace sdcpp::nn

@@ -1,0 +1,100 @@
+#include "conv2d.h"
+
+#include <cmath>
+
+#include "../runtime/error.h"
+#include "../kernels/cpu/gemm_op.h"
+#include "conv2d_strips.h"
+#include "layers.h"
+#include "winograd_f23.h"
+
+namespace sdcpp::nn {
+
+namespace {
+
+ggml_tensor* add_bias(ggml_context* ctx, ggml_tensor* y, ggml_tensor* b) {
+    return b ? ggml_add(ctx, y, ggml_reshape_4d(ctx, b, 1, 1, b->ne[0], 1)) : y;
+}
+
+// Whole-output im2col + GEMM, any batch, any backend.
+ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad, bool custom_ops) {
+    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const int64_t N = x->ne[3];
+    if (KW == 1 && KH == 1 && stride == 1 && pad == 0) {
+        // 1x1: a matmul over channels.
+        const int64_t W = x->ne[0], H = x->ne[1];
+        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x), custom_ops);  // [OC, WH, N]
+        return sequence_to_image(ctx, r, W, H);
+    }
+    const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
+    const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+    ggml_tensor* w2 = ggml_reshape_2d(ctx, w, KW * KH * IC, OC);
+    if (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16) {
+        // col as src0: the product comes out [OW*OH*N, OC], i.e. already planar per channel.
+        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * OH * N), w2, custom_ops);  // [OW*OH*N, OC]
+        if (N == 1) return ggml_reshape_4d(ctx, r, OW, OH, OC, 1);
+        r = ggml_reshape_4d(ctx, r, OW, OH, N, OC);
+        return ggml_cont(ctx, ggml_permute(ctx, r, 0, 1, 3, 2));  // [OW, OH, OC, N]
+    }
+    ggml_tensor* r = ggml_mul_mat(ctx, w2, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+    r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+    return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+}
+
+// A quantized kernel stored as the matrix w [IC*k*k, OC]: an f32 im2col times w as mul_mat's
+// src0, so that ggml runs its integer dot products. 1x1 stride-1 kernels skip the im2col.
+ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad) {
+    const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
+    SD_CHECK(IC > 0 && w->ne[0] % IC == 0, "conv2d: quantized kernel rows do not match the input channels");
+    const int k = static_cast<int>(std::lround(std::sqrt(static_cast<double>(w->ne[0] / IC))));
+    SD_CHECK(int64_t(k) * k * IC == w->ne[0], "conv2d: quantized kernel is not square");
+    if (k == 1 && stride == 1 && pad == 0) {
+        const int64_t W = x->ne[0], H = x->ne[1];
+        ggml_tensor* r = ggml_mul_mat(ctx, w, image_to_sequence(ctx, x));  // [OC, WH, N]
+        return sequence_to_image(ctx, r, W, H);
+    }
+    // ggml_im2col reads only the kernel's shape (KW, KH, IC) from its first operand: a
+    // data-less f16 stand-in of that shape (w's ne0 could not hold KW for a quantized type).
+    ggml_tensor* kshape = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, k, k, IC, 1);
+    ggml_tensor* col = ggml_im2col(ctx, kshape, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
+    const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+    ggml_tensor* r = ggml_mul_mat(ctx, w, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+    r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+    return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+}
+
+}  // namespace
+
+ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, const ConvGeometry& g,
+                    const ConvOptions& opt, ggml_tensor* residual) {
+    const bool quantized = ggml_is_quantized(w->type);
+    const bool bounded = opt.algo == ConvAlgo::Strips || opt.algo == ConvAlgo::WinogradStrips || opt.algo == ConvAlgo::Direct;
+    if (bounded && !quantized && x->ne[3] == 1) return conv2d_strips(ctx, x, w, b, g, opt, residual);
+
+    SD_CHECK(g.pad_l == g.pad_r && g.pad_l == g.pad_t && g.pad_l == g.pad_b,
+             "conv2d: asymmetric padding needs ConvAlgo::Strips or Direct");
+    if (g.up != 1) x = ggml_upscale(ctx, x, g.up, GGML_SCALE_MODE_NEAREST);
+    const int stride = g.stride, pad = g.pad_l;
+    if (opt.products == ConvProducts::F32 && !quantized) w = to_f32(ctx, w);
+    ggml_tensor* y;
+    if (quantized) {
+        // Winograd would need the kernel transformed (and so dequantized) every pass.
+        y = add_bias(ctx, conv2d_matrix(ctx, x, w, stride, pad), b);
+    } else if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 && stride == 1 && pad == 1 &&
+               w->ne[2] >= 32 && w->ne[3] >= 32 && x->ne[0] * x->ne[1] * x->ne[3] >= opt.winograd_min_pixels) {
+        // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
+        // 256 output pixels (measured; below that im2col + GEMM is as fast). The transformed
+        // operands are f32 (f16 / bf16 kernels are widened by the kernel transform) so that the
+        // products run through the packed CPU product (kernels/cpu/gemm.h) at f32 speed.
+        y = winograd::conv3x3(ctx, x, w, b, GGML_TYPE_F32);
+    } else {
+        y = add_bias(ctx, conv2d_im2col(ctx, x, w, stride, pad, opt.custom_ops), b);
+    }
+    // The residual as the first operand: ggml orders a node's sources depth first, so the
+    // residual's producer (a ResNet's shortcut) runs before this convolution's input chain and
+    // its input can be freed early.
+    return residual ? ggml_add(ctx, residual, y) : y;
+}
+
+}  // namespace sdcpp::nn

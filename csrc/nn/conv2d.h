@@ -1,0 +1,62 @@
+// The one 2-D convolution of the layer library. Every model calls nn::conv2d; which lowering
+// runs is decided inside it, from the weight's type, the geometry and the caller's options:
+//
+//   quantized kernel (stored as the matrix [IC*k*k, OC], runtime/weights.h)
+//       -> an f32 im2col times the matrix as mul_mat's src0 (ggml's integer dot products);
+//          Winograd would need the kernel transformed, and so dequantized, every pass.
+//   ConvAlgo::Im2col   -> ggml_im2col + one GEMM over the whole (batched) output; any backend.
+//   ConvAlgo::Winograd -> with custom ops, 3x3 stride-1 pad-1 convolutions of images with at
+//          least `winograd_min_pixels` N*H*W pixels and >= 32 channels in and out by Winograd
+//          F(2x2, 3x3) (winograd_f23.h); the others as Im2col. (The U-Net's CPU default.)
+//   ConvAlgo::Strips   -> bounded memory for one large image (N == 1): im2col + GEMM in
+//          horizontal strips of output rows, each strip's im2col within `max_im2col_bytes`;
+//          with custom ops the im2col is sdcpp's own op (threads over rows, implicit zero
+//          padding, reads through a 2x upsampling), bias and residual added strip by strip.
+//   ConvAlgo::WinogradStrips -> with custom ops and f32 products, 3x3 stride-1 pad-1
+//          convolutions by Winograd F(4x4, 3x3) in cache-sized row strips (winograd_f43_strips.h),
+//          bias, residual and the 2x upsampling folded in; the others as Strips. (The VAE's
+//          CPU default.)
+//   ConvAlgo::Direct   -> ggml_conv_2d_direct (bounded work buffer; N == 1).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "ggml.h"
+
+namespace sdcpp::nn {
+
+enum class ConvAlgo { Im2col, Winograd, Strips, WinogradStrips, Direct };
+
+// The type the products run in.
+enum class ConvProducts {
+    Native,  // the kernel's own: an f16 kernel takes an f16 im2col (as ggml_conv_2d), f32 an f32
+             // one (exact), bf16 an f32 im2col times the kernel; Winograd operands in that type
+    F32,     // kernels widened to f32, activations never rounded (the VAE: SDXL's activations
+             // exceed f16's range)
+    BF16,    // im2col and kernel rounded to bf16 (f32's range), f32 sums; 3x3 kernels, custom ops
+};
+
+struct ConvOptions {
+    ConvAlgo algo = ConvAlgo::Im2col;
+    bool custom_ops = false;  // nn::custom_ops_allowed()
+    ConvProducts products = ConvProducts::Native;
+    int64_t winograd_min_pixels = 256;             // ConvAlgo::Winograd
+    size_t max_im2col_bytes = SIZE_MAX;            // ConvAlgo::Strips / WinogradStrips, per strip
+    size_t winograd_strip_bytes = size_t(32) << 20;  // ConvAlgo::WinogradStrips
+};
+
+// Padding per side, stride, and `up` = 2 to convolve the nearest-neighbour 2x upsampling of x.
+struct ConvGeometry {
+    int stride = 1;
+    int pad_l = 0, pad_r = 0, pad_t = 0, pad_b = 0;
+    int up = 1;
+    static ConvGeometry same(int stride, int pad) { return {stride, pad, pad, pad, pad, 1}; }
+};
+
+// y = conv(x, w) + b (+ residual): x [W, H, IC, N] f32; w [KW, KH, IC, OC] (f32 / f16 / bf16) or
+// a quantized [IC*k*k, OC] matrix (square kernel, symmetric padding); b [OC] or null; residual
+// of y's shape or null.
+ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, const ConvGeometry& g,
+                    const ConvOptions& opt, ggml_tensor* residual = nullptr);
+
+}  // namespace sdcpp::nn

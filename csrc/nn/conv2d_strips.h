@@ -1,0 +1,18 @@
+// Internal to the layer library: the bounded-memory convolution of one image in row strips
+// (ConvAlgo::Strips / Direct, conv2d.h) and the row stacking it shares with the chunked
+// attention (attention.h).
+#pragma once
+#include <vector>
+
+#include "conv2d.h"
+
+namespace sdcpp::nn {
+
+// Place `parts` (each [W, rows_i, C, N], rows summing to H) one under the other.
+ggml_tensor* stack_rows(ggml_context* ctx, const std::vector<ggml_tensor*>& parts, bool custom_ops);
+
+// conv2d() for ConvAlgo::Strips, WinogradStrips and Direct (x [W, H, IC, 1], f32 / f16 / bf16 w).
+ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, const ConvGeometry& g,
+                           const ConvOptions& opt, ggml_tensor* residual);
+
+}  // namespace sdcpp::nn

@@ -1,0 +1,146 @@
+"""Parity of the native ControlNet with diffusers' ControlNetModel (float32, CPU), and of the
+U-Net with ControlNet residuals added (down_block / mid_block_additional_residuals).
+
+Small widths, real topologies (tests/engine/unet_models.py): SD1 and SDXL (text_time). The
+ControlNet is ``ControlNetModel.from_unet`` of the random U-Net with every parameter random
+(the zero convolutions too, else the residuals would be zero and prove nothing).
+Tolerance (relative L2): f32 weights <= 1e-4 for every residual and for the U-Net output.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import unet_models as um  # noqa: E402
+
+from sdcpp import errors  # noqa: E402
+from sdcpp.engine import weights  # noqa: E402
+from sdcpp.engine.controlnet import ControlNet, controlnet_native_config  # noqa: E402
+from sdcpp.engine.unet import UNet  # noqa: E402
+
+torch.set_num_threads(1)
+
+F32_TOL = 1e-4
+H, W, L = 8, 12, 7
+EMBED = (8, 16, 16, 32)   # conditioning_embedding_out_channels, small (published: 16, 32, 96, 256)
+
+
+def rel_l2(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def device():
+    return weights.open_device("cpu", 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _models(name: str):
+    from diffusers import ControlNetModel
+
+    from fixtures.random_init import randomize_strongly_
+
+    dc = um.diffusers_config(name)
+    unet = um.build_diffusers_unet(dc, seed=sum(map(ord, name)))
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBED).eval().float()
+    randomize_strongly_(cn, torch.Generator().manual_seed(7))
+    nc = controlnet_native_config(um.native_config(dc), 3, EMBED)
+    return dc, unet, cn, nc
+
+
+def _inputs(nc, B, rng):
+    x = rng.standard_normal((B, 4, H, W)).astype(np.float32)
+    ctx = rng.standard_normal((B, L, nc["cross_attention_dim"])).astype(np.float32)
+    cond = rng.random((B, 3, 8 * H, 8 * W)).astype(np.float32)
+    kw = {}
+    if nc["addition_embed"]:
+        pooled = nc["addition_embed"]["in_dim"] - 6 * nc["addition_embed"]["time_embed_dim"]
+        kw["text_embeds"] = rng.standard_normal((B, pooled)).astype(np.float32)
+        kw["time_ids"] = np.tile(np.array([[64, 96, 0, 0, 64, 96]], np.float32), (B, 1))
+    return x, ctx, cond, kw
+
+
+def _torch_kw(kw):
+    return {"added_cond_kwargs": {k: torch.from_numpy(v) for k, v in kw.items()}} if kw else {}
+
+
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+def test_controlnet_residuals_and_unet_match_diffusers(device, name):
+    dc, unet_t, cn_t, nc = _models(name)
+    store = weights.build_store(device, {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}, "f32")
+    cn = ControlNet(store, nc)
+    assert cn.unused_weights == []
+    ustore = weights.build_store(device, um.canonical_tensors(unet_t), "f32")
+    unet = UNet(ustore, um.native_config(dc))
+    rng = np.random.default_rng(3)
+    for B, t, scale in [(1, 999.0, 1.0), (2, 321.0, 0.6)]:
+        x, ctx, cond, kw = _inputs(nc, B, rng)
+        res = cn(x, t, ctx, cond, scale=scale, **kw)
+        with torch.no_grad():
+            down, mid = cn_t(torch.from_numpy(x), torch.full((B,), t), torch.from_numpy(ctx), torch.from_numpy(cond),
+                             conditioning_scale=scale, return_dict=False, **_torch_kw(kw))
+        ref = [d.numpy() for d in down] + [mid.numpy()]
+        assert len(res) == len(ref) == cn.residual_count
+        for i, (a, b) in enumerate(zip(res, ref)):
+            assert a.shape == b.shape, (i, a.shape, b.shape)
+            err = rel_l2(a, b)
+            assert err <= F32_TOL, (name, B, i, err)
+        # the U-Net with the residuals
+        ours = unet(x, t, ctx, residuals=res, **kw)
+        with torch.no_grad():
+            want = unet_t(torch.from_numpy(x), torch.full((B,), t), torch.from_numpy(ctx),
+                          down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                          **_torch_kw(kw)).sample.numpy()
+            plain = unet_t(torch.from_numpy(x), torch.full((B,), t), torch.from_numpy(ctx), **_torch_kw(kw)).sample.numpy()
+        err = rel_l2(ours, want)
+        print(f"{name} B={B} scale={scale}: U-Net with residuals rel L2 {err:.2e}, "
+              f"residual effect {rel_l2(want, plain):.2e}")
+        assert err <= F32_TOL
+        assert rel_l2(want, plain) > 100 * F32_TOL     # the residuals matter at this tolerance
+
+
+def test_residual_errors(device):
+    dc, unet_t, cn_t, nc = _models("sd1")
+    unet = UNet(weights.build_store(device, um.canonical_tensors(unet_t), "f32"), um.native_config(dc))
+    rng = np.random.default_rng(0)
+    x, ctx, cond, _ = _inputs(nc, 1, rng)
+    store = weights.build_store(device, {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}, "f32")
+    res = ControlNet(store, nc)(x, 10.0, ctx, cond)
+    with pytest.raises(errors.InvalidArgumentError, match="arrays given"):
+        unet(x, 10.0, ctx, residuals=res[:-1])
+    bad = list(res)
+    bad[2] = bad[2][:, :, :-1]
+    with pytest.raises(errors.InvalidArgumentError, match=r"residuals\[2\]"):
+        unet(x, 10.0, ctx, residuals=bad)
+    with pytest.raises(errors.InvalidArgumentError, match="control image"):
+        ControlNet(store, nc)(x, 10.0, ctx, cond[:, :, :-8])
+    sd = {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}
+    del sd["controlnet.controlnet_mid_block.weight"]
+    with pytest.raises(errors.InvalidArgumentError, match="controlnet_mid_block.weight"):
+        ControlNet(weights.build_store(device, sd, "f32"), nc)
+
+
+@pytest.mark.parametrize("wt,tol", [("f16", 5e-3), ("q8_0", 5e-2)])   # the U-Net's tolerances (test_quant.py)
+def test_reduced_precision_weights_and_odd_sizes(device, wt, tol):
+    dc, unet_t, cn_t, nc = _models("sd1")
+    store = weights.build_store(device, {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}, wt)
+    cn = ControlNet(store, nc)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 4, 9, 7)).astype(np.float32)        # odd latent: stride-2 convs round up
+    ctx = rng.standard_normal((1, L, nc["cross_attention_dim"])).astype(np.float32)
+    cond = rng.random((1, 3, 72, 56)).astype(np.float32)
+    res = cn(x, 500.0, ctx, cond, scale=0.5)
+    with torch.no_grad():
+        down, mid = cn_t(torch.from_numpy(x), torch.full((1,), 500.0), torch.from_numpy(ctx), torch.from_numpy(cond),
+                         conditioning_scale=0.5, return_dict=False)
+    for i, (a, b) in enumerate(zip(res, [d.numpy() for d in down] + [mid.numpy()])):
+        assert a.shape == b.shape
+        assert rel_l2(a, b) <= tol, (wt, i, rel_l2(a, b))
