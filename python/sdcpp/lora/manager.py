@@ -359,9 +359,10 @@ class LoraManager:
             return None
         return [low_rank_terms(mod, s) for _, mod, _, s in how[1]]
 
-    def _put(self, store, name: str, how: tuple, terms: Optional[list] = None) -> None:
-        """Write the merged tensor `name` into `store`: natively where the deltas allow."""
-        terms = self._native_terms(how) if terms is None else terms
+    def _put(self, store, name: str, how: tuple) -> None:
+        """Write the merged tensor `name` into `store`: natively where the deltas allow (a
+        freed memory="low" store drops the write either way, see sdcpp.memory.StoreHandle)."""
+        terms = self._native_terms(how)
         if terms is not None and hasattr(type(store), "merge_low_rank"):
             store.merge_low_rank(name, self._original_raw(name), terms)
         else:
