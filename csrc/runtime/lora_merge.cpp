@@ -79,6 +79,18 @@ void to_f32(const kc::LowRank& k, const void* src, ggml_type type, int64_t at, i
     }
 }
 
+inline void prefetch(const void* p, bool write) {
+#if defined(__GNUC__) || defined(__clang__)
+    if (write)
+        __builtin_prefetch(p, 1, 3);
+    else
+        __builtin_prefetch(p, 0, 3);
+#else
+    (void)p;
+    (void)write;
+#endif
+}
+
 void load_row(const Job& j, int64_t row, int64_t c0, int64_t n, float* y) {
     to_f32(*j.k, j.src + row * j.src_row, j.src_type, c0, n, y);
 }
@@ -148,9 +160,9 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
             for (int64_t p = 0; p < nc; p += nr) {
                 for (int64_t q = 0; q < per && r < next_rows; ++q) {
                     if (l < lines)
-                        __builtin_prefetch(j.src + (next + r) * j.src_row + src_at + size_t(l) * 64, 0, 3);
+                        prefetch(j.src + (next + r) * j.src_row + src_at + size_t(l) * 64, false);
                     else
-                        __builtin_prefetch(j.dst + (next + r) * j.dst_row + dst_at + size_t(l - lines) * 64, 1, 3);
+                        prefetch(j.dst + (next + r) * j.dst_row + dst_at + size_t(l - lines) * 64, true);
                     if (++l == lines + dlines) {
                         l = 0;
                         ++r;
