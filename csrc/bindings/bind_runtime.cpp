@@ -2,6 +2,7 @@
 #include <thread>
 
 #include "../runtime/device.h"
+#include "../runtime/lora_merge.h"
 #include "../runtime/weights.h"
 #include "common.h"
 #include "ggml-cpu.h"
@@ -133,6 +134,55 @@ void bind_runtime(py::module_& m) {
                  s.set(name, data, src, static_cast<size_t>(count));
              },
              py::arg("name"), py::arg("blocks"), py::arg("type"))
+        .def("merge_low_rank",
+             [](WeightStore& s, const std::string& name, py::array original, py::list terms, int threads) {
+                 // original: the checkpoint's tensor (float32, float16 or uint16 bf16 bits), any shape
+                 // with the weight's element count; terms: [(up [out, r], down [r, K], scale), ...],
+                 // up and down float32, float16 or bf16 bits (both the same).
+                 const ggml_type src = array_type(original, name);
+                 py::array orig = py::array::ensure(original, py::array::c_style);
+                 if (!orig) throw InvalidArgument("weight '" + name + "': cannot make the original contiguous");
+                 if (terms.empty()) throw InvalidArgument("weight '" + name + "': no LoRA terms");
+                 std::vector<py::array> keep;
+                 std::vector<LowRankTerm> ts;
+                 int64_t out = -1, K = -1;
+                 for (const auto& item : terms) {
+                     auto tup = item.cast<py::tuple>();
+                     if (tup.size() != 3) throw InvalidArgument("weight '" + name + "': a term is (up, down, scale)");
+                     // up and down as the LoRA file holds them (float32, float16 or bf16 bits);
+                     // other dtypes are converted to float32 here
+                     py::array up = tup[0].cast<py::array>(), down = tup[1].cast<py::array>();
+                     auto plain = [](const py::array& a) {
+                         return a.dtype().kind() == 'u' ? a.itemsize() == 2 : (a.dtype().kind() == 'f' && a.itemsize() <= 4);
+                     };
+                     if (!up.dtype().is(down.dtype()))
+                         throw InvalidArgument("weight '" + name + "': up and down of a term must have one dtype");
+                     if (!plain(up)) {
+                         up = F32Array::ensure(up);
+                         down = F32Array::ensure(down);
+                     }
+                     up = py::array::ensure(up, py::array::c_style);
+                     down = py::array::ensure(down, py::array::c_style);
+                     if (!up || !down || up.ndim() != 2 || down.ndim() != 2 || up.shape(1) != down.shape(0))
+                         throw InvalidArgument("weight '" + name + "': a term needs up [out, r] and down [r, K] of one rank");
+                     if ((out >= 0 && up.shape(0) != out) || (K >= 0 && down.shape(1) != K))
+                         throw InvalidArgument("weight '" + name + "': the terms disagree on the weight's shape");
+                     out = up.shape(0);
+                     K = down.shape(1);
+                     ts.push_back({up.data(), down.data(), array_type(up, name), up.shape(1), tup[2].cast<float>()});
+                     keep.push_back(up);
+                     keep.push_back(down);
+                 }
+                 if (out * K != static_cast<int64_t>(orig.size()))
+                     throw InvalidArgument("weight '" + name + "': the original holds " + std::to_string(orig.size()) +
+                                           " values, the terms make " + std::to_string(out) + " x " + std::to_string(K));
+                 const void* data = orig.data();
+                 const int n = threads > 0 ? threads : s.device()->threads();
+                 py::gil_scoped_release nogil;
+                 merge_low_rank(s, name, data, src, out, ts, n);
+             },
+             py::arg("name"), py::arg("original"), py::arg("terms"), py::arg("threads") = 0,
+             "Write original + sum(scale * up @ down) into the weight, converted to its stored type (multi-threaded)")
         .def("types",
              [](const WeightStore& s) {
                  py::dict out;

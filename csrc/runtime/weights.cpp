@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 
+#include "../kernels/cpu/lowrank.h"
 #include "error.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -284,6 +285,57 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;
     }
+    // From f32 / f16 / bf16 to a plain or q8_0 / q5_0 / q4_0 tensor: in blocks through a small
+    // float32 buffer, straight into a tensor held in ordinary host memory, with the CPU kernels'
+    // conversions (csrc/kernels/cpu/lowrank.h: half/bf16 -> float exact, float -> half/bf16
+    // rounding to nearest even, q8_0 / q4_0 as ggml's reference quantizers). No tensor-sized
+    // float32 copy: for a model-sized LoRA restore, allocating and faulting in those copies cost
+    // more than the conversions.
+    auto plain = [](ggml_type x) { return x == GGML_TYPE_F32 || x == GGML_TYPE_F16 || x == GGML_TYPE_BF16; };
+    const bool host = t->buffer && ggml_backend_buffer_is_host(t->buffer) && !repacked(name);
+    const bool blocks = t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q5_0 || t->type == GGML_TYPE_Q4_0;
+    if (plain(src_type) && (plain(t->type) || blocks)) {
+        const kernels::cpu::LowRank& k = kernels::cpu::lowrank();
+        // memory the CPU cannot write in place (a GPU, the repack buffer): one staging copy of
+        // the stored bytes, handed to the backend at the end
+        std::vector<uint8_t> staging;
+        uint8_t* dst = static_cast<uint8_t*>(t->data);
+        if (!host) {
+            staging.resize(ggml_nbytes(t));
+            dst = staging.data();
+        }
+        constexpr size_t kBlock = 4096;  // whole 32-value blocks
+        std::vector<float> buf(kBlock);
+        uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
+        for (size_t i = 0; i < count; i += kBlock) {
+            const size_t m = std::min(kBlock, count - i);
+            const float* f = buf.data();
+            if (src_type == GGML_TYPE_F32) {
+                f = static_cast<const float*>(data) + i;
+            } else if (src_type == GGML_TYPE_F16) {
+                k.f16_to_f32(static_cast<const uint16_t*>(data) + i, buf.data(), int64_t(m));
+            } else {
+                const uint16_t* b = static_cast<const uint16_t*>(data) + i;
+                uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());
+                for (size_t e = 0; e < m; ++e) u[e] = uint32_t(b[e]) << 16;
+            }
+            uint8_t* qdst = blocks ? dst + i / 32 * ggml_type_size(t->type) : nullptr;
+            if (t->type == GGML_TYPE_Q8_0)
+                k.quantize_q8_0(f, qdst, int64_t(m));
+            else if (t->type == GGML_TYPE_Q4_0)
+                k.quantize_q4_0(f, qdst, int64_t(m));
+            else if (t->type == GGML_TYPE_Q5_0)   // blocks are independent: a chunk quantizes as in a row
+                ggml_quantize_chunk(t->type, f, qdst, 0, 1, int64_t(m), nullptr);
+            else if (t->type == GGML_TYPE_F32)
+                std::memcpy(reinterpret_cast<float*>(dst) + i, f, m * sizeof(float));
+            else if (t->type == GGML_TYPE_F16)
+                k.f32_to_f16(f, d16 + i, int64_t(m));
+            else
+                k.f32_to_bf16(f, d16 + i, int64_t(m));
+        }
+        if (!host) ggml_backend_tensor_set(t, staging.data(), 0, staging.size());
+        return;
+    }
     // Convert through f32 (exact for f16/bf16 and for dequantized blocks), one tensor at a time.
     std::vector<float> f32;
     const float* src = static_cast<const float*>(data);
@@ -314,7 +366,12 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
         // ggml's reference quantizers, row by row of the stored matrix (conv kernels: rows of
         // IC*KH*KW, the declared OIHW values in their own order).
         const int64_t per_row = t->ne[0];
-        ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
+        if (t->type == GGML_TYPE_Q8_0)   // the same bytes, vectorized where the CPU allows
+            kernels::cpu::lowrank().quantize_q8_0(src, dst.data(), int64_t(count));
+        else if (t->type == GGML_TYPE_Q4_0)
+            kernels::cpu::lowrank().quantize_q4_0(src, dst.data(), int64_t(count));
+        else
+            ggml_quantize_chunk(t->type, src, dst.data(), 0, count / per_row, per_row, nullptr);
     }
     ggml_backend_tensor_set(t, dst.data(), 0, dst.size());
 }

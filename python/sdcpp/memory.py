@@ -127,6 +127,11 @@ class StoreHandle:
 
             set_value(self._resident.store, name, value)
 
+    def merge_low_rank(self, name, original, terms) -> None:
+        """WeightStore.merge_low_rank, dropped when freed (as set)."""
+        if self._resident.store is not None:
+            self._resident.store.merge_low_rank(name, original, terms)
+
     def __getattr__(self, name):
         self._resident.get()
         return getattr(self._resident.store, name)

@@ -84,6 +84,42 @@ def weight_delta(mod: LoraModule, target: Target, multiplier: float = 1.0) -> np
     return delta.reshape(shape)
 
 
+def is_low_rank(mod: LoraModule) -> bool:
+    """A plain up @ down module (linear, or conv: kohya/LoCon k x k down with 1x1 up): what the
+    native merge covers; Tucker cores and full deltas are merged by ``weight_delta``."""
+    return mod.diff is None and mod.mid is None and mod.down is not None and mod.up is not None
+
+
+def _as_stored(rec) -> np.ndarray:
+    """A LoRA factor as the native merge reads it: f32 / f16 as mapped, bf16 as its uint16 bits
+    (converted to float32 in C++, in parallel), anything else (fp8, GGUF blocks) in float32."""
+    from ..io.mmap_view import raw_view
+    from ..io.records import TensorRecord
+
+    if isinstance(rec, TensorRecord):
+        if rec.dtype in ("F32", "F16", "BF16"):
+            return raw_view(rec)
+    else:
+        arr = np.asarray(rec.numpy())
+        if arr.dtype in (np.float32, np.float16):
+            return arr
+    return _f32(rec)
+
+
+def low_rank_terms(mod: LoraModule, multiplier: float = 1.0) -> Optional[tuple[np.ndarray, np.ndarray, float]]:
+    """(up [out, r], down [r, in*kh*kw], multiplier * strength): the operands of the native merge
+    (``WeightStore.merge_low_rank``), which adds scale * float32(up) @ float32(down) in the
+    weight's layout, as ``weight_delta`` does. up and down keep the file's dtype when it is f32,
+    f16 or bf16 (one dtype for both). None for what it does not cover (Tucker, full deltas)."""
+    if not is_low_rank(mod):
+        return None
+    up, down = _as_stored(mod.up), _as_stored(mod.down)
+    if up.dtype != down.dtype:
+        up, down = _f32(mod.up), _f32(mod.down)
+    r = down.shape[0]
+    return up.reshape(-1, r), down.reshape(r, -1), float(np.float32(multiplier * mod.strength()))
+
+
 def bias_delta(mod: LoraModule, multiplier: float = 1.0) -> Optional[np.ndarray]:
     if mod.diff_b is not None:
         return _f32(mod.diff_b).reshape(-1) * np.float32(multiplier)
@@ -92,4 +128,4 @@ def bias_delta(mod: LoraModule, multiplier: float = 1.0) -> Optional[np.ndarray]
     return None
 
 
-__all__ = ["check", "weight_delta", "bias_delta"]
+__all__ = ["check", "weight_delta", "is_low_rank", "low_rank_terms", "bias_delta"]

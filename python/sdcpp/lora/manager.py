@@ -10,10 +10,13 @@
 2. per weight (and bias) of the model, the *recipe* is the list of (file identity, module,
    multiplier) contributions. Only tensors whose recipe changed are written: a new set that
    shares files with the old one touches only the difference.
-3. a tensor is written as ``original + sum(multiplier * delta)``, computed in float32 from the
-   original record of the memory-mapped checkpoint (``ModelInfo.tensors[name].numpy()``), and
-   the store converts it to the tensor's storage type (f32 / f16 / bf16 / q8_0 / q5_0 / q4_0)
-   in C++. A tensor leaving the set is restored by setting its original record again: the same
+3. a tensor is written as ``original + sum(multiplier * delta)``, from the original record of
+   the memory-mapped checkpoint (``ModelInfo.tensors[name]``), in float32, converted to the
+   tensor's storage type (f32 / f16 / bf16 / q8_0 / q5_0 / q4_0). Low-rank deltas (up @ down,
+   linear or conv) merge natively (``WeightStore.merge_low_rank``: tiled, multi-threaded, the
+   GIL released, no full-size temporaries); Tucker cores, full ``.diff`` deltas and biases merge
+   in numpy and the store converts the result (``SDCPP_LORA_MERGE=numpy`` forces numpy for
+   everything). A tensor leaving the set is restored by setting its original record again: the same
    bytes through the same conversion (a GGUF's quantized blocks copied as they are), so
    ``apply([])`` gives the loaded weights back bit for bit.
 
@@ -36,7 +39,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import LoraError
-from .delta import bias_delta, check, weight_delta
+from .delta import bias_delta, check, is_low_rank, low_rank_terms, weight_delta
 from .errors import LoraFamilyError, LoraUnmatchedError, LoraWarning
 from .index import ModuleIndex, Target, norm
 from .parse import TE2, UNET, LoraFile, LoraModule, read_lora
@@ -331,13 +334,47 @@ class LoraManager:
             merged += weight_delta(mod, target, s) if kind == "w" else bias_delta(mod, s)
         return merged
 
+    def _original_raw(self, name: str) -> np.ndarray:
+        """The original as the native merge reads it: f32 / f16 as mapped, bf16 as its uint16 bits
+        (no float32 copy); anything else (quantized GGUF blocks, ints) as ``_original`` gives it."""
+        from ..io.mmap_view import raw_view
+        from ..io.records import TensorRecord
+
+        rec = self.info.tensors[name]
+        if isinstance(rec, TensorRecord) and rec.dtype == "BF16":
+            self._check_file(rec.file)
+            return raw_view(rec)
+        return self._original(name)
+
+    @staticmethod
+    def _native(how: tuple) -> bool:
+        """Whether the native merge covers this tensor's recipe (low-rank weight deltas only)."""
+        kind, contribs = how
+        return (kind == "w" and os.environ.get("SDCPP_LORA_MERGE", "native") != "numpy"
+                and all(is_low_rank(mod) for _, mod, _, _ in contribs))
+
+    def _native_terms(self, how: tuple) -> Optional[list]:
+        """[(up, down, scale)] for the native merge, or None when numpy must merge this tensor."""
+        if not self._native(how):
+            return None
+        return [low_rank_terms(mod, s) for _, mod, _, s in how[1]]
+
+    def _put(self, store, name: str, how: tuple) -> None:
+        """Write the merged tensor `name` into `store`: natively where the deltas allow (a
+        freed memory="low" store drops the write either way, see sdcpp.memory.StoreHandle)."""
+        terms = self._native_terms(how)
+        if terms is not None and hasattr(type(store), "merge_low_rank"):
+            store.merge_low_rank(name, self._original_raw(name), terms)
+        else:
+            store.set(name, self._merged(name, how))
+
     def rewrite(self, component: str, store) -> int:
         """Write the merged tensors of `component` into `store` again: the model rebuilt that
         component's weights from the checkpoint (sdcpp.memory, memory="low"). Returns how many."""
         with self._lock:
             names = [n for n in self._applied if n.split(".", 1)[0] == component]
             for name in names:
-                store.set(name, self._merged(name, self._merges[name]))
+                self._put(store, name, self._merges[name])
             return len(names)
 
     def _restore(self, name: str) -> None:
@@ -364,29 +401,40 @@ class LoraManager:
         if not restore and not change:
             return 0, 0
         set_lock = threading.Lock()     # stores are written one tensor at a time
+        hows = {n: ("w", weights[n]) if n in weights else ("b", biases[n]) for n in change}
+        natives = [n for n in change if self._native(hows[n])]
 
         def merge(name: str) -> None:
-            how = ("w", weights[name]) if name in weights else ("b", biases[name])
-            merged = self._merged(name, how)
+            merged = self._merged(name, hows[name])
             with set_lock:
                 self._store(name).set(name, merged)
                 self._applied[name] = recipes[name]
-                self._merges[name] = how
+                self._merges[name] = hows[name]
+
+        def merge_native(name: str) -> None:
+            self._put(self._store(name), name, hows[name])
+            self._applied[name] = recipes[name]
+            self._merges[name] = hows[name]
 
         try:
             for name in restore:
                 self._restore(name)
                 del self._applied[name]
                 self._merges.pop(name, None)
-            # numpy and the store release the GIL: tensors are merged in parallel (each worker
+            # The native merge runs on the device's threads itself: one tensor after the other.
+            for name in natives:
+                merge_native(name)
+            # numpy and the store release the GIL: the rest is merged in parallel (each worker
             # holds one float32 tensor at a time).
-            workers = min(MERGE_WORKERS, len(change))
+            native = set(natives)
+            rest = [n for n in change if n not in native]
+            workers = min(MERGE_WORKERS, len(rest))
             if workers > 1:
                 with ThreadPoolExecutor(workers) as pool:
-                    for fut in [pool.submit(merge, n) for n in change]:
+                    for fut in [pool.submit(merge, n) for n in rest]:
                         fut.result()
             else:
-                for name in change:
+                for name in rest:
                     merge(name)
         except BaseException:
             self._emergency_restore()
