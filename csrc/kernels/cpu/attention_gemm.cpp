@@ -96,6 +96,9 @@ void attention_gemm(const GemmKernels& g, const Elementwise& e, const AttentionA
             for (int64_t c = 0; c < d; ++c) dst[c] = ot[c * QB + r] * inv;
         }
     }
+    // A long single-head attention (the VAE's mid block: d = 512, 16384 keys at 1024x1024)
+    // leaves V^T at tens of MB per thread; do not keep that for the life of every pool thread.
+    if (vt.size() > (size_t(1) << 20)) std::vector<float>().swap(vt);
 }
 
 }  // namespace sdcpp::kernels::cpu
