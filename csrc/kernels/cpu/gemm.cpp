@@ -78,11 +78,12 @@ void gemm_batched(const GemmKernels& k, const GemmArgs& g, int64_t batch, int64_
                   int64_t c_batch, int ith, int nth) {
     const int64_t tiles_per = (g.M + k.mr - 1) / k.mr;
     const int64_t tiles = tiles_per * batch;
-    // Few rows (a text encoder's 2 x 77 tokens, a time embedding) against many columns: every
-    // thread takes all rows and a range of columns, so each packs (converts) only its part of
-    // B; split by rows, each thread would pack all of B, as costly as the product itself there.
+    // Few rows per product (a text encoder's 2 x 77 tokens, a time embedding, the Winograd
+    // products' output channels against their tiles) against many columns: every thread takes
+    // all rows and a range of columns, so each packs (converts) only its part of B; split by
+    // rows, each thread would pack all of B, as costly as a small product itself.
     const int64_t col_panels = (g.N + k.nr - 1) / k.nr;
-    if (nth > 1 && g.M * batch <= 1024 && col_panels >= int64_t(2) * nth) {
+    if (nth > 1 && g.M <= 1024 && col_panels >= int64_t(2) * nth) {
         const int64_t p0 = col_panels * ith / nth, p1 = col_panels * (ith + 1) / nth;
         const int64_t c0 = p0 * k.nr, c1 = std::min(g.N, p1 * k.nr);
         for (int64_t b = 0; b < batch && c0 < c1; ++b) {
