@@ -37,7 +37,7 @@ def rss() -> dict:
     return out
 
 
-def make_file(path: Path) -> None:
+def make_file(path: Path, family: str = "sd15") -> None:
     import numpy as np
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -52,14 +52,23 @@ def make_file(path: Path) -> None:
     def config(name):
         return {k: v for k, v in json.loads((cfgs / name).read_text()).items() if not k.startswith("_")}
 
-    ucfg, vcfg, tcfg = config("sd15_reference.json"), config("vae_sd1.json"), config("clip_l_text_encoder.json")
+    xl = family == "ssd-1b"
+    ucfg = config("ssd-1b.json" if xl else "sd15_reference.json")
+    vcfg, tcfg = config("vae_sdxl.json" if xl else "vae_sd1.json"), config("clip_l_text_encoder.json")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(ucfg)
         vae = AutoencoderKL.from_config(vcfg)
         te = CLIPTextModel(CLIPTextConfig(**tcfg))
-    shapes = ldm.unet_to_ldm(unet.state_dict(), dict(unet.config), "sd")
+        if xl:
+            from transformers import CLIPTextModelWithProjection
+            te2 = CLIPTextModelWithProjection(CLIPTextConfig(**config("clip_g_text_encoder_2.json")))
+    shapes = ldm.unet_to_ldm(unet.state_dict(), dict(unet.config), "sdxl" if xl else "sd")
     shapes.update(ldm.vae_to_ldm(vae.state_dict(), dict(vae.config)))
-    shapes.update(ldm.clip_to_ldm(te.state_dict(), "cond_stage_model.transformer."))
+    if xl:  # SGM single file: CLIP-L as embedders.0, OpenCLIP bigG as embedders.1
+        shapes.update(ldm.clip_to_ldm(te.state_dict(), "conditioner.embedders.0.transformer."))
+        shapes.update(ldm.openclip_to_ldm(te2.state_dict(), "conditioner.embedders.1.model."))
+    else:
+        shapes.update(ldm.clip_to_ldm(te.state_dict(), "cond_stage_model.transformer."))
     rng = np.random.default_rng(0)
     arrays = {}
     for name, t in shapes.items():
@@ -140,7 +149,8 @@ def child(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--file", required=True, type=Path)
-    ap.add_argument("--make", action="store_true", help="write the random f16 SD1.5 single file and exit")
+    ap.add_argument("--make", action="store_true", help="write the random f16 single file (--family) and exit")
+    ap.add_argument("--family", default="sd15", choices=("sd15", "ssd-1b"), help="what --make writes")
     ap.add_argument("--memory", default="balanced", help="comma list of low, balanced, fast")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="txt2img steps after loading (0: load only)")
@@ -150,7 +160,7 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:
-        make_file(args.file)
+        make_file(args.file, args.family)
         return
     if args.child:
         print("RESULT " + json.dumps(child(args)))
