@@ -83,31 +83,10 @@ def _fixtures():
 
 
 def make_model(path: Path) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    ldm = _fixtures()
-    unet, vae, te1, te2 = _meta_models()
-    shapes = ldm.unet_to_ldm(unet.state_dict(), dict(unet.config), "sdxl")
-    shapes.update(ldm.vae_to_ldm(vae.state_dict(), dict(vae.config)))
-    shapes.update(ldm.clip_to_ldm(te1.state_dict(), "conditioner.embedders.0.transformer."))
-    shapes.update(ldm.openclip_to_ldm(te2.state_dict(), "conditioner.embedders.1.model."))
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for name, t in shapes.items():
-        shape = tuple(t.shape)
-        if "position_ids" in name:
-            continue
-        if name.endswith("weight") and ("norm" in name or len(shape) == 1):
-            a = 1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)
-        else:
-            fan_in = max(1, int(np.prod(shape[1:]))) if len(shape) > 1 else 1
-            a = rng.standard_normal(shape, dtype=np.float32) * (0.5 / np.sqrt(fan_in))
-        arrays[name] = a.astype(np.float16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(arrays, str(path))
-    n = sum(a.size for a in arrays.values())
-    print(f"wrote {path}: {len(arrays)} tensors, {n / 1e6:.0f} M parameters, {path.stat().st_size / 2**20:.0f} MiB")
+    # the same SGM single file bench_load.py --make --family ssd-1b writes (one writer for both)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_load import make_file
+    make_file(path, "ssd-1b")
 
 
 def _targets(model, targets) -> list[tuple[str, tuple]]:

@@ -87,7 +87,7 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         // 256 output pixels (measured; below that im2col + GEMM is as fast). The transformed
         // operands are f32 (f16 / bf16 kernels are widened by the kernel transform) so that the
         // products run through the packed CPU product (kernels/cpu/gemm.h) at f32 speed.
-        y = winograd::conv3x3(ctx, x, w, b, GGML_TYPE_F32);
+        y = winograd::conv3x3(ctx, x, w, b);
     } else {
         y = add_bias(ctx, conv2d_im2col(ctx, x, w, stride, pad, opt.custom_ops), b);
     }

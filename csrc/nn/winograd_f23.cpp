@@ -10,23 +10,6 @@ namespace sdcpp::winograd {
 
 namespace {
 
-// Rows of `n` floats -> the transformed operand's type.
-void store_row(const float* src, void* dst, ggml_type type, int64_t n) {
-    switch (type) {
-        case GGML_TYPE_F32: std::memcpy(dst, src, n * sizeof(float)); break;
-        case GGML_TYPE_F16: ggml_cpu_fp32_to_fp16(src, static_cast<ggml_fp16_t*>(dst), n); break;
-        default: ggml_cpu_fp32_to_bf16(src, static_cast<ggml_bf16_t*>(dst), n); break;
-    }
-}
-
-inline float load(const ggml_tensor* t, const char* p) {
-    switch (t->type) {
-        case GGML_TYPE_F32: return *reinterpret_cast<const float*>(p);
-        case GGML_TYPE_F16: return ggml_fp16_to_fp32(*reinterpret_cast<const ggml_fp16_t*>(p));
-        default: return ggml_bf16_to_fp32(*reinterpret_cast<const ggml_bf16_t*>(p));
-    }
-}
-
 std::vector<float>& scratch(size_t n) {
     thread_local std::vector<float> buf;
     if (buf.size() < n) buf.resize(n);
@@ -80,7 +63,7 @@ void input_transform(ggml_tensor* dst, int ith, int nth, void*) {
             }
             const int64_t tile = (n * TH + ty) * TW + tx;
             char* base = static_cast<char*>(dst->data) + tile * dst->nb[1];
-            for (int p = 0; p < 16; ++p) store_row(buf.data() + p * C, base + p * dst->nb[2], dst->type, C);
+            for (int p = 0; p < 16; ++p) std::memcpy(base + p * dst->nb[2], buf.data() + p * C, C * sizeof(float));
         }
     }
 }
@@ -118,7 +101,7 @@ void weight_transform(ggml_tensor* dst, int ith, int nth, void*) {
             }
         }
         char* base = static_cast<char*>(dst->data) + oc * dst->nb[1];
-        for (int p = 0; p < 16; ++p) store_row(out + p * C, base + p * dst->nb[2], dst->type, C);
+        for (int p = 0; p < 16; ++p) std::memcpy(base + p * dst->nb[2], out + p * C, C * sizeof(float));
     }
 }
 
@@ -162,17 +145,17 @@ void output_transform(ggml_tensor* dst, int ith, int nth, void*) {
 
 }  // namespace
 
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_type type) {
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
     if (x->type != GGML_TYPE_F32) x = ggml_cast(ctx, x, GGML_TYPE_F32);
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
     if (!ggml_is_contiguous(w)) w = ggml_cont(ctx, w);
     const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3], OC = w->ne[3];
     const int64_t T = N * ((W + 1) / 2) * ((H + 1) / 2);
     ggml_tensor* xa[1] = {x};
-    ggml_tensor* v = ggml_custom_4d(ctx, type, C, T, 16, 1, xa, 1, input_transform, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, T, 16, 1, xa, 1, input_transform, GGML_N_TASKS_MAX, nullptr);
     ggml_tensor* wa[1] = {w};
-    ggml_tensor* u = ggml_custom_4d(ctx, type, C, OC, 16, 1, wa, 1, weight_transform, GGML_N_TASKS_MAX, nullptr);
-    ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [T, OC, 16]: the packed product when both are f32
+    ggml_tensor* u = ggml_custom_4d(ctx, GGML_TYPE_F32, C, OC, 16, 1, wa, 1, weight_transform, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [T, OC, 16] through the packed product
     ggml_tensor* ma[2] = {m, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, N, ma, b ? 2 : 1, output_transform, GGML_N_TASKS_MAX, nullptr);
 }

@@ -2,17 +2,17 @@
 //
 // Per 2x2 output tile the 4x4 input patch d becomes V = B^T d B, the kernel g becomes
 // U = G g G^T, and Y = A^T (sum_c U_c * V_c) A: the 16 products per tile are 16 batched
-// matrix products [tiles x C] @ [C x OC], done by ggml_mul_mat (llamafile sgemm), i.e.
+// matrix products [tiles x C] @ [C x OC], done by the packed CPU product (kernels/cpu/gemm.h), i.e.
 // 2.25x fewer multiplications than im2col + GEMM and 4x less intermediate data than im2col.
-// The transforms are ggml custom ops (CPU only); with `type` f32 the result matches direct
-// convolution to f32 rounding, with f16 / bf16 the transformed operands are rounded to it.
+// The transforms are ggml custom ops (CPU only); the transformed operands are f32 whatever the
+// kernel's storage type (f16 / bf16 kernels are widened by the kernel transform), so the result
+// matches direct convolution to f32 rounding and the products run at f32 speed.
 #pragma once
 #include "ggml.h"
 
 namespace sdcpp::winograd {
 
-// x [W, H, C, N] f32, w [3, 3, C, OC] (f32 / f16 / bf16), b [OC] f32 or null;
-// `type` (F32, F16, BF16) is the type of the transformed operands fed to the matrix product.
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_type type);
+// x [W, H, C, N] f32, w [3, 3, C, OC] (f32 / f16 / bf16), b [OC] f32 or null.
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
 
 }  // namespace sdcpp::winograd

@@ -3,7 +3,7 @@
 //
 // Per 4x4 output tile: 36 products instead of 144 (4x fewer multiplications than direct or
 // im2col + GEMM). The 36 channel sums are 36 batched matrix products [tiles x C] @ [C x OC]
-// done by ggml_mul_mat; the input, kernel and output transforms are ggml custom ops whose
+// done by the packed CPU product (kernels/cpu/gemm.h); the input, kernel and output transforms are ggml custom ops whose
 // inner loops are the per-ISA kernels of csrc/kernels/cpu/winograd_f43.h. A whole-image
 // transform of a 512x512x128 activation is 300 MB, so the image is cut into strips whose
 // transformed input and products each stay within `strip_bytes` (cache-sized); every strip's

@@ -55,8 +55,12 @@ void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
 }  // namespace
 
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
-    // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read per graph build.
-    if (const char* env = std::getenv("SDCPP_PACKED_GEMM"); env && env[0] == '0') return false;
+    // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read once.
+    static const bool enabled = [] {
+        const char* env = std::getenv("SDCPP_PACKED_GEMM");
+        return !(env && env[0] == '0');
+    }();
+    if (!enabled) return false;
     kc::GemmB bt;
     if (!type_of(w->type, &bt) || x->type != GGML_TYPE_F32) return false;
     if (w->ne[0] != x->ne[0]) return false;
