@@ -13,6 +13,8 @@ namespace sdcpp::kernels::cpu {
 
 namespace {
 
+typedef __m256 V;
+constexpr int L = 8;
 constexpr int MR = 6, NR = 16;
 
 SD_TARGET void row_to_f32(float* dst, const char* src, GemmB type, int64_t n) {
@@ -34,39 +36,8 @@ SD_TARGET void row_to_f32(float* dst, const char* src, GemmB type, int64_t n) {
         for (; i < n; ++i) dst[i] = gemm_detail::bf16_to_float(h[i]);
     }
 }
-#define ROW_TO_F32 row_to_f32
-
-SD_TARGET void pack_b(const void* B, GemmB type, int64_t ldb, int64_t n0, int64_t nn, int64_t k0, int64_t kc,
-                      float* Bp) {
-    SDCPP_PACK_B_BODY(NR)
-}
-
-SD_TARGET void micro(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C, int64_t ldc, bool accumulate) {
-    __m256 c0[MR], c1[MR];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < kc; ++k, Bp += NR) {
-        const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
-            const __m256 a = _mm256_set1_ps(A[i * lda + k]);
-            c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-        float* c = C + i * ldc;
-        if (accumulate) {
-            c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(c));
-            c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(c + 8));
-        }
-        _mm256_storeu_ps(c, c0[i]);
-        _mm256_storeu_ps(c + 8, c1[i]);
-    }
-}
-
-const GemmKernels kTable{Level::Avx2, MR, NR, micro, pack_b};
+constexpr Level LEVEL = Level::Avx2;
+#include "gemm_body.h"
 
 }  // namespace
 
