@@ -9,7 +9,9 @@
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/winograd_f23.h"
 #include "../kernels/cpu/winograd_f43.h"
+#include "../nn/winograd_f23.h"
 #include "../nn/winograd_f43_strips.h"
 #include "ggml-cpu.h"
 #include "common.h"
@@ -47,6 +49,7 @@ void bind_kernels(py::module_& m) {
         d["cap"] = kc::level_name(kc::level_cap());
         d["elementwise"] = kc::level_name(kc::elementwise().level);
         d["winograd"] = kc::level_name(kc::winograd_f43().level);
+        d["winograd_f23"] = kc::level_name(kc::winograd_f23().level);
         d["gemm"] = kc::level_name(kc::gemm_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
@@ -106,6 +109,56 @@ void bind_kernels(py::module_& m) {
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("residual"), py::arg("up"), py::arg("level"),
        py::arg("strip_kb") = 8192.0, py::arg("threads") = 2);
+
+    // The U-Net's Winograd F(2x2, 3x3) convolution as a graph of its own, transforms at `level`
+    // (the level cap restored afterwards), the kernel stored as `wtype` (f32 / f16 / bf16,
+    // rounded to nearest even): x [N, C, H, W], w [OC, C, 3, 3], b [OC] or None ->
+    // (V [16, T, C], U [16, OC, C], y [N, OC, H, W]).
+    m.def("cpu_winograd_f23_conv3x3", [](F32Array x, F32Array w, std::optional<F32Array> b, const std::string& wtype,
+                                         const std::string& level, int threads) {
+        require_ndim(x, 4, "x");
+        require_ndim(w, 4, "w");
+        table_for(level);  // throws for a level this CPU lacks
+        const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
+        if (w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || (b && b->size() != OC))
+            throw InvalidArgument("x must be [N, C, H, W], w [OC, C, 3, 3] and b [OC]");
+        ggml_type wt = GGML_TYPE_F32;
+        if (wtype == "f16") wt = GGML_TYPE_F16;
+        else if (wtype == "bf16") wt = GGML_TYPE_BF16;
+        else if (wtype != "f32") throw InvalidArgument("wtype must be 'f32', 'f16' or 'bf16', got '" + wtype + "'");
+        const int64_t T = N * ((W + 1) / 2) * ((H + 1) / 2);
+        const size_t bytes = sizeof(float) * size_t(16 * T * (C + OC) + 16 * C * OC + N * W * H * (C + OC) + 9 * C * OC + OC);
+        ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
+        ggml_context* ctx = ggml_init(ip);
+        if (!ctx) throw std::runtime_error("ggml_init failed");
+        const kc::Level cap = kc::level_cap();
+        kc::set_level_cap(kc::parse_level(level));
+        F32Array v = new_f32({16, T, C}), u = new_f32({16, OC, C}), y = new_f32({N, OC, H, W});
+        try {
+            ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
+            ggml_tensor* tw = ggml_new_tensor_4d(ctx, wt, 3, 3, C, OC);
+            ggml_tensor* tb = b ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC) : nullptr;
+            std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+            if (wt == GGML_TYPE_F32) std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+            else if (wt == GGML_TYPE_F16) ggml_fp32_to_fp16_row(w.data(), static_cast<ggml_fp16_t*>(tw->data), ggml_nelements(tw));
+            else ggml_fp32_to_bf16_row(w.data(), static_cast<ggml_bf16_t*>(tw->data), ggml_nelements(tw));
+            if (tb) std::memcpy(tb->data, b->data(), ggml_nbytes(tb));
+            const winograd::Conv3x3Parts parts = winograd::conv3x3_parts(ctx, tx, tw, tb);
+            ggml_cgraph* gf = ggml_new_graph_custom(ctx, 64, false);
+            ggml_build_forward_expand(gf, parts.y);
+            if (ggml_graph_compute_with_ctx(ctx, gf, threads) != GGML_STATUS_SUCCESS) throw std::runtime_error("graph compute failed");
+            std::memcpy(v.mutable_data(), parts.v->data, ggml_nbytes(parts.v));
+            std::memcpy(u.mutable_data(), parts.u->data, ggml_nbytes(parts.u));
+            std::memcpy(y.mutable_data(), parts.y->data, ggml_nbytes(parts.y));
+        } catch (...) {
+            kc::set_level_cap(cap);
+            ggml_free(ctx);
+            throw;
+        }
+        kc::set_level_cap(cap);
+        ggml_free(ctx);
+        return py::make_tuple(v, u, y);
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("wtype"), py::arg("level"), py::arg("threads") = 2);
 
     // Test hooks: one kernel at one level (work unit 0 of 1), on C-contiguous float32 arrays.
     m.def("cpu_kernel_group_norm", [](F32Array x, F32Array w, F32Array b, int groups, float eps, bool silu, const std::string& level) {

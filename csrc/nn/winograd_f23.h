@@ -4,7 +4,8 @@
 // U = G g G^T, and Y = A^T (sum_c U_c * V_c) A: the 16 products per tile are 16 batched
 // matrix products [tiles x C] @ [C x OC], done by the packed CPU product (kernels/cpu/gemm.h), i.e.
 // 2.25x fewer multiplications than im2col + GEMM and 4x less intermediate data than im2col.
-// The transforms are ggml custom ops (CPU only); the transformed operands are f32 whatever the
+// The transforms are ggml custom ops (CPU only) around the per-level transform kernels
+// (kernels/cpu/winograd_f23.h); the transformed operands are f32 whatever the
 // kernel's storage type (f16 / bf16 kernels are widened by the kernel transform), so the result
 // matches direct convolution to f32 rounding and the products run at f32 speed.
 #pragma once
@@ -14,5 +15,14 @@ namespace sdcpp::winograd {
 
 // x [W, H, C, N] f32, w [3, 3, C, OC] (f32 / f16 / bf16), b [OC] f32 or null.
 ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
+
+// The same graph with its transformed operands, for the tests: v [C, T, 16] (tiles in image,
+// row, column order), u [C, OC, 16] and the result y.
+struct Conv3x3Parts {
+    ggml_tensor* v;
+    ggml_tensor* u;
+    ggml_tensor* y;
+};
+Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
 
 }  // namespace sdcpp::winograd

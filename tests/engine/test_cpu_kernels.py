@@ -202,3 +202,74 @@ def test_packed_gemm_at_each_level(level):
     with pytest.raises(ValueError, match="same K"):
         core.cpu_kernel_gemm(a, b[:, :-1].copy(), "f32", level, 1)
     assert sdcpp.system_info()["cpu_kernels"]["gemm"] in LEVELS
+
+
+_BT23 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+_G23 = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+
+
+def _f23_transforms(x, w):
+    """float64 V = B^T d B per 2x2 output tile (tiles in image, row, column order) as [16, T, C]
+    and U = G g G^T as [16, OC, C], from the definition."""
+    N, C, H, W = x.shape
+    TH, TW = (H + 1) // 2, (W + 1) // 2
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2))
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    d = np.stack([np.stack([xp[:, :, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4] for tx in range(TW)], 1)
+                  for ty in range(TH)], 1)                          # [N, TH, TW, C, 4, 4]
+    v = _BT23 @ d @ _BT23.T
+    v = v.reshape(N * TH * TW, C, 16).transpose(2, 0, 1)
+    u = (_G23 @ w.astype(np.float64) @ _G23.T).reshape(w.shape[0], C, 16).transpose(2, 0, 1)
+    return v, u
+
+
+def _rounded(w, wtype):
+    if wtype == "f16":
+        return w.astype(np.float16).astype(np.float32)
+    if wtype == "bf16":
+        u = w.view(np.uint32)
+        return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return w
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("N,C,OC,H,W,wtype,bias", [
+    (2, 13, 7, 11, 9, "f32", True),     # two images, partial tiles on both edges, scalar channel tails
+    (1, 37, 19, 6, 70, "f16", True),    # two chunks of tiles per row, 4/8/16-lane groups plus tails
+    (1, 24, 40, 1, 3, "bf16", False),   # a single row and a single partial column
+    (2, 3, 5, 2, 2, "f32", False),      # exactly one tile per image
+    (1, 64, 33, 5, 66, "f32", True),    # whole vectors only; 33 tiles per row (16-tile groups + tail)
+])
+def test_winograd_f23_at_each_level(level, N, C, OC, H, W, wtype, bias):
+    """The U-Net's Winograd F(2x2, 3x3) convolution with the transforms of each level: the input and
+    kernel transforms bit-identical to the portable reference (additions and halvings only, in the
+    same order at every level) and within f32 rounding of the float64 definitions, the result
+    against torch's float64 conv2d (kernel rounded to its storage type) with 1 and 3 threads."""
+    torch = _torch()
+    rng = np.random.default_rng(C * 100 + W)
+    x = (rng.standard_normal((N, C, H, W)) * 2).astype(np.float32)
+    w = (rng.standard_normal((OC, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32) if bias else None
+    wr = _rounded(w, wtype)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wr).double(),
+                                     torch.from_numpy(b).double() if bias else None, padding=1).numpy()
+    v_ref, u_ref = _f23_transforms(x, wr)
+    pv, pu, py = core.cpu_winograd_f23_conv3x3(x, w, b, wtype, "portable", 1)
+    for threads in (1, 3):
+        v, u, y = core.cpu_winograd_f23_conv3x3(x, w, b, wtype, level, threads)
+        assert v.shape == v_ref.shape and u.shape == u_ref.shape and y.shape == ref.shape
+        assert np.array_equal(v, pv) and np.array_equal(u, pu), (level, threads)
+        assert np.abs(v - v_ref).max() <= 4e-7 * np.abs(v_ref).max()
+        assert np.abs(u - u_ref).max() <= 4e-7 * np.abs(u_ref).max()
+        err = rel(y, ref)
+        assert err <= 2e-6 and np.abs(y - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max()) * 10, (level, threads, err)
+        assert rel(y, py) <= 2e-6
+    with pytest.raises(ValueError, match="wtype must be"):
+        core.cpu_winograd_f23_conv3x3(x, w, b, "q8_0", level, 1)
+
+
+def test_winograd_f23_follows_the_cap(restore_level):
+    for level in LEVELS:
+        core.set_cpu_level(level)
+        expected = "avx512" if level.startswith("avx512") else "avx2" if level == "avx2" else "portable"
+        assert sdcpp.system_info()["cpu_kernels"]["winograd_f23"] == expected
