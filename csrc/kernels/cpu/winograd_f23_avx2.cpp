@@ -21,6 +21,13 @@ SD_TARGET inline void interleave2(const V* y, float* dst) {
     _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 
+// The channels' kernels are 9 floats apart: one gather per kernel position (a transpose
+// through memory would stall on store forwarding).
+SD_TARGET inline void load9(const float* g, V* k) {
+    const __m256i idx = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
+    for (int q = 0; q < 9; ++q) k[q] = _mm256_i32gather_ps(g + q, idx, 4);
+}
+
 #include "winograd_f23_body.h"
 #undef SD_TARGET
 

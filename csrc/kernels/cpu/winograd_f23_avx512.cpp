@@ -22,6 +22,13 @@ SD_TARGET inline void interleave2(const V* y, float* dst) {
     _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(y[0], hi, y[1]));
 }
 
+// The channels' kernels are 9 floats apart: one gather per kernel position (a transpose
+// through memory would stall on store forwarding).
+SD_TARGET inline void load9(const float* g, V* k) {
+    const __m512i idx = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
+    for (int q = 0; q < 9; ++q) k[q] = _mm512_i32gather_ps(idx, g + q, 4);
+}
+
 #include "winograd_f23_body.h"
 #undef SD_TARGET
 

@@ -4,6 +4,7 @@
 //   SD_TARGET        the function target attribute of the variant (empty for portable)
 //   V, L             a GCC/clang vector of L floats (its arithmetic compiles to the ISA)
 //   interleave2(y, dst)  dst[2 l + k] = y[k][l] for l < L, k < 2
+//   load9(g, k)      k[q][l] = g[9 l + q] for q < 9, l < L (L channels' 3x3 kernels)
 // The input and kernel transforms run over channels (L at a time, scalar tail), the output
 // transform over tiles (L at a time, then tile by tile at the right edge). The scalar and vector
 // paths share one template, so the order of operations, hence every result bit, is the same at
@@ -113,12 +114,8 @@ SD_TARGET inline void kernel_tile(const T* k, float* u, int64_t ps) {
 SD_TARGET void kernel(const float* g, int64_t C, float* u, int64_t p_stride) {
     int64_t c = 0;
     for (; c + L <= C; c += L) {
-        // The L channels' kernels are 9 floats apart: transpose them into 9 vectors.
-        float tr[9][L];
-        for (int l = 0; l < L; ++l)
-            for (int q = 0; q < 9; ++q) tr[q][l] = g[(c + l) * 9 + q];
         V k[9];
-        for (int q = 0; q < 9; ++q) k[q] = ld<V>(tr[q]);
+        load9(g + 9 * c, k);
         kernel_tile<V>(k, u + c, p_stride);
     }
     for (; c < C; ++c) kernel_tile<float>(g + 9 * c, u + c, p_stride);

@@ -15,6 +15,11 @@ inline void interleave2(const V* y, float* dst) {
         for (int k = 0; k < 2; ++k) dst[2 * l + k] = y[k][l];
 }
 
+inline void load9(const float* g, V* k) {
+    for (int q = 0; q < 9; ++q)
+        for (int l = 0; l < L; ++l) k[q][l] = g[9 * l + q];
+}
+
 #include "winograd_f23_body.h"
 #undef SD_TARGET
 
