@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/lowrank.h"
 #include "error.h"
 #include "ggml-backend.h"
@@ -34,7 +35,8 @@ int64_t chunk_for(int64_t R) {
 }
 
 struct Job {
-    const kc::LowRank* k;
+    const kc::GemmKernels* g;  // the product's micro-kernel and row converters
+    const kc::LowRank* k;      // the stored types' converters and quantizers
     const uint8_t* src;
     ggml_type src_type;
     size_t src_row;  // bytes per row of the original
@@ -66,17 +68,11 @@ void populate(uint8_t* p, size_t n) {
 #endif
 }
 
-// n values of type `type` starting at element `at` of `src`, as float32 (exact).
-void to_f32(const kc::LowRank& k, const void* src, ggml_type type, int64_t at, int64_t n, float* y) {
-    switch (type) {
-        case GGML_TYPE_F32: std::memcpy(y, static_cast<const float*>(src) + at, size_t(n) * sizeof(float)); break;
-        case GGML_TYPE_F16: k.f16_to_f32(static_cast<const uint16_t*>(src) + at, y, n); break;
-        default: {  // bf16: the high half of a float32
-            const uint16_t* b = static_cast<const uint16_t*>(src) + at;
-            uint32_t* u = reinterpret_cast<uint32_t*>(y);
-            for (int64_t i = 0; i < n; ++i) u[i] = uint32_t(b[i]) << 16;
-        }
-    }
+// n values of type `type` (f32 / f16 / bf16) starting at element `at` of `src`, as float32
+// (exact), with the packed product's row converter.
+void to_f32(const kc::GemmKernels& g, const void* src, ggml_type type, int64_t at, int64_t n, float* y) {
+    const kc::GemmB b = type == GGML_TYPE_F32 ? kc::GemmB::F32 : type == GGML_TYPE_F16 ? kc::GemmB::F16 : kc::GemmB::BF16;
+    g.row_to_f32(y, static_cast<const char*>(src) + size_t(at) * ggml_type_size(type), b, n);
 }
 
 inline void prefetch(const void* p, bool write) {
@@ -92,7 +88,7 @@ inline void prefetch(const void* p, bool write) {
 }
 
 void load_row(const Job& j, int64_t row, int64_t c0, int64_t n, float* y) {
-    to_f32(*j.k, j.src + row * j.src_row, j.src_type, c0, n, y);
+    to_f32(*j.g, j.src + row * j.src_row, j.src_type, c0, n, y);
 }
 
 void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x) {
@@ -114,11 +110,13 @@ void store_row(const Job& j, int64_t row, int64_t c0, int64_t n, const float* x)
     }
 }
 
-// Rows [r0, r1) of the result (r0 a multiple of mr), tile by tile.
+// Rows [r0, r1) of the result (r0 a multiple of mr), tile by tile: each mr x nr tile of the
+// original (as float32) gets A @ B added by the packed product's micro-kernel.
 void run_rows(const Job& j, int64_t r0, int64_t r1) {
-    const int mr = j.k->mr, nr = j.k->nr;
+    const int mr = j.g->mr, nr = j.g->nr;
     const int64_t blocks = (r1 - r0 + mr - 1) / mr;
-    // A for these rows, packed per block of mr rows: a[k * mr + i], zero rows past `out`.
+    // A for these rows (the ups, scaled, side by side), per block of mr rows of R floats
+    // (the micro-kernel's A: row i at a[i * R]), zero rows past `out`.
     std::vector<float> apack(size_t(blocks * mr * j.R), 0.0f);
     std::vector<float> u(size_t(j.R));
     for (int64_t b = 0; b < blocks; ++b) {
@@ -128,8 +126,8 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
             if (row >= r1) break;
             int64_t k0 = 0;
             for (const LowRankTerm& t : *j.terms) {
-                to_f32(*j.k, t.up, t.type, row * t.rank, t.rank, u.data());
-                for (int64_t k = 0; k < t.rank; ++k) ab[(k0 + k) * mr + i] = t.scale * u[k];
+                to_f32(*j.g, t.up, t.type, row * t.rank, t.rank, u.data());
+                for (int64_t k = 0; k < t.rank; ++k) ab[i * j.R + k0 + k] = t.scale * u[k];
                 k0 += t.rank;
             }
         }
@@ -168,7 +166,7 @@ void run_rows(const Job& j, int64_t r0, int64_t r1) {
                         ++r;
                     }
                 }
-                j.k->tile(ab, j.bpack + (c0 + p) * j.R, j.R, tile.data() + p, kChunk);
+                j.g->micro(j.R, ab, j.R, j.bpack + (c0 + p) * j.R, tile.data() + p, kChunk, /*accumulate=*/true);
             }
             for (int i = 0; i < rows; ++i) store_row(j, row0 + i, c0, valid, tile.data() + i * kChunk);
         }
@@ -199,7 +197,8 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
     }
 
     const kc::LowRank& k = kc::lowrank();
-    const int nr = k.nr;
+    const kc::GemmKernels& g = kc::gemm_kernels();
+    const int nr = g.nr;
     const int64_t Kpad = (K + nr - 1) / nr * nr;
     // B = the downs stacked, in panels of nr columns: bpack[(p * R + r) * nr + j] = B[r][p * nr + j]
     // (p counted in columns: the panel starting at column c lies at c * R).
@@ -213,11 +212,11 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
         staging.resize(ggml_nbytes(t));
         dst = staging.data();
     }
-    Job job{&k, static_cast<const uint8_t*>(original), original_type,
+    Job job{&g, &k, static_cast<const uint8_t*>(original), original_type,
             size_t(K) * ggml_type_size(original_type), dst, t->type, ggml_row_size(t->type, K),
             out, K, R, Kpad, bpack.data(), &terms, in_place && store.is_mapped(name)};
 
-    const int mr = k.mr;
+    const int mr = g.mr;
     const int64_t blocks = (out + mr - 1) / mr;
     // Small tensors are not worth a thread each: about 4 M multiply-adds per thread at least.
     const int64_t work = out * K * R;
@@ -231,7 +230,7 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
             for (const LowRankTerm& term : terms) {
                 const int64_t cols = std::min<int64_t>(nr, K - p * nr);
                 for (int64_t r = 0; r < term.rank; ++r)
-                    to_f32(k, term.down, term.type, r * K + p * nr, cols, dstp + (r0 + r) * nr);
+                    to_f32(g, term.down, term.type, r * K + p * nr, cols, dstp + (r0 + r) * nr);
                 r0 += term.rank;
             }
         }

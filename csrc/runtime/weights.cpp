@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/lowrank.h"
 #include "error.h"
 #include "ggml-alloc.h"
@@ -287,7 +288,7 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     }
     // From f32 / f16 / bf16 to a plain or q8_0 / q5_0 / q4_0 tensor: in blocks through a small
     // float32 buffer, straight into a tensor held in ordinary host memory, with the CPU kernels'
-    // conversions (csrc/kernels/cpu/lowrank.h: half/bf16 -> float exact, float -> half/bf16
+    // conversions (csrc/kernels/cpu/gemm.h, lowrank.h: half/bf16 -> float exact, float -> half/bf16
     // rounding to nearest even, q8_0 / q4_0 as ggml's reference quantizers). No tensor-sized
     // float32 copy: for a model-sized LoRA restore, allocating and faulting in those copies cost
     // more than the conversions.
@@ -313,7 +314,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
             if (src_type == GGML_TYPE_F32) {
                 f = static_cast<const float*>(data) + i;
             } else if (src_type == GGML_TYPE_F16) {
-                k.f16_to_f32(static_cast<const uint16_t*>(data) + i, buf.data(), int64_t(m));
+                kernels::cpu::gemm_kernels().row_to_f32(buf.data(), static_cast<const char*>(data) + 2 * i,
+                                                        kernels::cpu::GemmB::F16, int64_t(m));
             } else {
                 const uint16_t* b = static_cast<const uint16_t*>(data) + i;
                 uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());

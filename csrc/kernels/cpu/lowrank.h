@@ -1,11 +1,8 @@
-// Kernels of the native LoRA merge (csrc/runtime/lora_merge.cpp): W = W0 + A @ B with a small
-// inner dimension K (the LoRA rank, or the ranks of several LoRAs side by side), one table per
-// CPU level beside a portable reference (lowrank_portable.cpp, _avx2.cpp, _avx512.cpp).
-//
-// The product runs on packed operands so the inner loop reads both with unit stride: A in
-// blocks of `mr` rows, a[k * mr + i]; B in panels of `nr` columns, b[k * nr + j] (zeros past
-// the matrix edges). `tile` adds one mr x nr block of A @ B onto c (row stride ldc),
-// in float32, k in order (fused multiply-adds where the level has FMA).
+// The stores' conversions for the native LoRA merge (csrc/runtime/lora_merge.cpp) and
+// WeightStore::set: float32 -> half / bf16 rows and the q8_0 / q4_0 quantizers, one table per
+// CPU level beside a portable reference (lowrank_portable.cpp, _avx2.cpp, _avx512.cpp). The
+// merge's product W0 + A @ B and the half/bf16 -> float32 rows are the packed product's
+// (gemm.h: micro, row_to_f32).
 #pragma once
 #include <cstdint>
 
@@ -15,10 +12,7 @@ namespace sdcpp::kernels::cpu {
 
 struct LowRank {
     Level level;
-    int mr, nr;
-    void (*tile)(const float* a, const float* b, int64_t K, float* c, int64_t ldc);
-    // IEEE half <-> float32 rows; float -> half rounds to nearest even (as ggml's conversions).
-    void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
+    // float32 -> IEEE half rows, rounding to nearest even (as ggml's conversions).
     void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
     // float32 -> bf16 bits, rounding to nearest even, NaN kept quiet (ggml_fp32_to_bf16_row_ref's
     // rule: (u + 0x7fff + ((u >> 16) & 1)) >> 16, NaN -> (u >> 16) | 64).

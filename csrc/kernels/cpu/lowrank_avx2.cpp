@@ -1,5 +1,4 @@
-// AVX2 + FMA + F16C variant of the low-rank merge kernels: 6 x 16 tiles (12 accumulators of
-// the 16 ymm registers), F16C half conversions.
+// AVX2 + F16C variant of the store conversions: 8 values per float32 -> half / bf16 step.
 #include "lowrank.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -12,38 +11,6 @@
 namespace sdcpp::kernels::cpu {
 
 namespace {
-
-constexpr int MR = 6, NR = 16;
-
-SD_TARGET void tile(const float* a, const float* b, int64_t K, float* c, int64_t ldc) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-        acc[i][0] = _mm256_loadu_ps(c + i * ldc);
-        acc[i][1] = _mm256_loadu_ps(c + i * ldc + 8);
-    }
-    for (int64_t k = 0; k < K; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(b + k * NR), b1 = _mm256_loadu_ps(b + k * NR + 8);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
-            const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
-            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-        _mm256_storeu_ps(c + i * ldc, acc[i][0]);
-        _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
-    }
-}
-
-SD_TARGET void f16_to_f32(const uint16_t* x, float* y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
-    if (i < n) ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t*>(x + i), y + i, n - i);
-}
 
 SD_TARGET void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
     int64_t i = 0;
@@ -73,7 +40,7 @@ SD_TARGET void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
 }  // namespace
 
 const LowRank* lowrank_avx2() {
-    static const LowRank t{Level::Avx2, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml,
+    static const LowRank t{Level::Avx2, f32_to_f16, f32_to_bf16, quantize_q8_0_ggml,
                            quantize_q4_0_ggml};
     return &t;
 }

@@ -1,5 +1,5 @@
-// AVX-512 variant of the low-rank merge kernels: 12 x 32 tiles (24 accumulators of the 32 zmm
-// registers: per k two loads of B and twelve broadcasts feed 24 FMAs), 16-lane half conversions.
+// AVX-512 variant of the store conversions: 16 values per float32 -> half / bf16 step, and
+// q8_0 / q4_0 quantizers with ggml's rounding.
 #include "lowrank.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -14,38 +14,6 @@
 namespace sdcpp::kernels::cpu {
 
 namespace {
-
-constexpr int MR = 12, NR = 32;
-
-SD_TARGET void tile(const float* a, const float* b, int64_t K, float* c, int64_t ldc) {
-    __m512 acc[MR][2];
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-        acc[i][0] = _mm512_loadu_ps(c + i * ldc);
-        acc[i][1] = _mm512_loadu_ps(c + i * ldc + 16);
-    }
-    for (int64_t k = 0; k < K; ++k) {
-        const __m512 b0 = _mm512_loadu_ps(b + k * NR), b1 = _mm512_loadu_ps(b + k * NR + 16);
-#pragma GCC unroll 12
-        for (int i = 0; i < MR; ++i) {
-            const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-        }
-    }
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-        _mm512_storeu_ps(c + i * ldc, acc[i][0]);
-        _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
-    }
-}
-
-SD_TARGET void f16_to_f32(const uint16_t* x, float* y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
-    if (i < n) ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t*>(x + i), y + i, n - i);
-}
 
 SD_TARGET void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
     int64_t i = 0;
@@ -157,7 +125,7 @@ SD_TARGET void quantize_q4_0(const float* x, void* y, int64_t n) {
 }  // namespace
 
 const LowRank* lowrank_avx512() {
-    static const LowRank t{Level::Avx512, MR, NR, tile, f16_to_f32, f32_to_f16, f32_to_bf16, quantize_q8_0,
+    static const LowRank t{Level::Avx512, f32_to_f16, f32_to_bf16, quantize_q8_0,
                            quantize_q4_0};
     return &t;
 }
