@@ -239,6 +239,7 @@ def _rounded(w, wtype):
     (1, 24, 40, 1, 3, "bf16", False),   # a single row and a single partial column
     (2, 3, 5, 2, 2, "f32", False),      # exactly one tile per image
     (1, 64, 33, 5, 66, "f32", True),    # whole vectors only; 33 tiles per row (16-tile groups + tail)
+    (1, 20, 12, 37, 40, "f16", True),   # 19 tile rows, an odd last row
 ])
 def test_winograd_f23_at_each_level(level, N, C, OC, H, W, wtype, bias):
     """The U-Net's Winograd F(2x2, 3x3) convolution with the transforms of each level: the input and
