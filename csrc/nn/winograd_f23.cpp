@@ -3,10 +3,12 @@
 #include <cstring>
 #include <vector>
 
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_op.h"
-#include "ggml-cpu.h"
 
 namespace sdcpp::winograd {
+
+namespace kc = sdcpp::kernels::cpu;
 
 namespace {
 
@@ -74,6 +76,7 @@ void input_transform(ggml_tensor* dst, int ith, int nth, void*) {
 void weight_transform(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const int64_t C = w->ne[2], OC = w->ne[3];
+    const auto to_f32 = kc::gemm_kernels().to_f32;
     std::vector<float>& buf = scratch(16 * C + 9 * C);
     float* out = buf.data();
     float* g = buf.data() + 16 * C;
@@ -81,8 +84,8 @@ void weight_transform(ggml_tensor* dst, int ith, int nth, void*) {
         const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
         switch (w->type) {
             case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
-            case GGML_TYPE_F16: ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(src), g, 9 * C); break;
-            default: ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(src), g, 9 * C); break;
+            case GGML_TYPE_F16: to_f32(g, static_cast<const char*>(src), kc::GemmB::F16, 9 * C); break;
+            default: to_f32(g, static_cast<const char*>(src), kc::GemmB::BF16, 9 * C); break;
         }
         for (int64_t c = 0; c < C; ++c) {
             const float* k = g + 9 * c;  // k[ky * 3 + kx]

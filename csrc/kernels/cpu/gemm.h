@@ -24,6 +24,9 @@ struct GemmKernels {
     // Bp[p][k][nr] = B[n0 + p nr + j][k0 + k] for the rows n0 .. n0 + nn (zero past them),
     // B's rows `ldb` bytes apart.
     void (*pack_b)(const void* B, GemmB type, int64_t ldb, int64_t n0, int64_t nn, int64_t k0, int64_t kc, float* Bp);
+    // dst[0..n) = src's n values of `type` as f32 (the converter pack_b uses; also for weight
+    // transforms that read f16/bf16 rows)
+    void (*to_f32)(float* dst, const char* src, GemmB type, int64_t n);
 };
 
 const GemmKernels& gemm_kernels();                // the active level's

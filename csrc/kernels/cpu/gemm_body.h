@@ -49,4 +49,4 @@ SD_TARGET void micro(int64_t kc, const float* A, int64_t lda, const float* Bp, f
     }
 }
 
-const GemmKernels kTable{LEVEL, MR, NR, micro, pack_b};
+const GemmKernels kTable{LEVEL, MR, NR, micro, pack_b, row_to_f32};

@@ -41,7 +41,7 @@ void micro(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C, i
     }
 }
 
-const GemmKernels kTable{Level::Portable, MR, NR, micro, pack_b};
+const GemmKernels kTable{Level::Portable, MR, NR, micro, pack_b, row_to_f32};
 
 }  // namespace
 
