@@ -72,7 +72,7 @@ std::vector<ggml_tensor*> ControlNet::build(ggml_context* ctx, ggml_tensor* x, g
 }
 
 std::vector<std::vector<int64_t>> unet_residual_shapes(const UNetConfig& cfg, int64_t H, int64_t W) {
-    // conv_in's size, then each stride-2 3x3 conv (pad 1) rounds up, as the U-Net's walk.
+    // conv_in's size, then each stride-2 3x3 conv (pad 1) rounds up, as the U-Net's graph does.
     const auto& ch = cfg.block_out_channels;
     std::vector<std::vector<int64_t>> r;
     r.push_back({ch[0], H, W});

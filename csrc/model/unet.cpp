@@ -435,7 +435,7 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
 }
 
 // ------------------------------------------------------------------------------------------
-// UNetBlocks: the walk's blocks for networks that copy them (model/controlnet.*).
+// UNetBlocks: the builder's blocks for networks that copy them (model/controlnet.*).
 
 UNetBlocks::UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt) {
     SD_CHECK(ctx != nullptr, "UNetBlocks: no ggml context");

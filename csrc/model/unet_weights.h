@@ -28,7 +28,7 @@ struct ExpectedWeight {
 };
 
 // The weights of the U-Net's topology in the order its graph uses them (so that the first bad
-// one a check reports is the one the walk reaches first). The pieces are public for the
+// one a check reports is the one the graph reaches first). The pieces are public for the
 // networks that copy the U-Net's blocks under another prefix (ControlNet: time embedding,
 // conv_in, down blocks and mid block). Throws InvalidArgument when the config's channel counts
 // cannot work (UNetConfig::validate already rules these out).
