@@ -40,7 +40,7 @@ if(SD_VULKAN)
 endif()
 
 function(sd_configure_ggml_options)
-  set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)
+  set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)  # native builds link ggml in (see below for portable)
   set(GGML_STATIC OFF CACHE BOOL "" FORCE)
   set(GGML_BUILD_TESTS OFF CACHE BOOL "" FORCE)
   set(GGML_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
@@ -48,6 +48,18 @@ function(sd_configure_ggml_options)
   # Fast CPU path: host-specific code plus llamafile's sgemm (NATIVE without LLAMAFILE is
   # pathologically slow on SD-shaped f16 products; see docs/build.md).
   set(GGML_NATIVE ${SD_NATIVE} CACHE BOOL "" FORCE)
+  if(NOT SD_NATIVE)
+    # Portable: ggml's CPU backend is built once per instruction-set level (x64 .. AVX2 ..
+    # AVX-512 .. AMX on x86; armv8.0 .. SVE/SME on Arm) as shared modules next to the
+    # extension, and ggml loads the best one for the running CPU (runtime/backends.h).
+    # GPU backends become loadable modules too, so a CUDA wheel still runs on a machine
+    # without the CUDA runtime.
+    set(BUILD_SHARED_LIBS ON CACHE BOOL "" FORCE)
+    set(GGML_BACKEND_DL ON CACHE BOOL "" FORCE)
+    if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|x64|aarch64|arm64|ARM64)$")
+      set(GGML_CPU_ALL_VARIANTS ON CACHE BOOL "" FORCE)
+    endif()
+  endif()
   set(GGML_LLAMAFILE ON CACHE BOOL "" FORCE)
   set(GGML_CUDA ${SD_CUDA} CACHE BOOL "" FORCE)
   set(GGML_VULKAN ${SD_VULKAN} CACHE BOOL "" FORCE)
@@ -99,6 +111,22 @@ else()
   add_subdirectory("${_ggml_src}" "${CMAKE_BINARY_DIR}/ggml" EXCLUDE_FROM_ALL)
   add_library(sdcpp_ggml INTERFACE)
   target_link_libraries(sdcpp_ggml INTERFACE ggml)
+  if(NOT SD_NATIVE)
+    # libggml, libggml-base and every backend module travel inside the package, beside the
+    # extension, and find each other there.
+    set(SD_GGML_SHARED_TARGETS ggml ggml-base ${GGML_AVAILABLE_BACKENDS})
+    if(APPLE)
+      set(SD_RPATH_ORIGIN "@loader_path")
+    else()
+      set(SD_RPATH_ORIGIN "$ORIGIN")
+    endif()
+    set_target_properties(${SD_GGML_SHARED_TARGETS} PROPERTIES INSTALL_RPATH "${SD_RPATH_ORIGIN}"
+                          BUILD_WITH_INSTALL_RPATH ON)
+    # Private copies inside the package: one unversioned file each (a wheel cannot hold the
+    # libggml.so -> .so.0 -> .so.0.20.2 symlinks and would store three copies).
+    set_property(TARGET ggml ggml-base PROPERTY VERSION)
+    set_property(TARGET ggml ggml-base PROPERTY SOVERSION)
+  endif()
   set(SD_GGML_ORIGIN "${SD_GGML_PROVIDER} ${_ggml_src}")
   set(SD_GGML_LICENSE_FILE "${_ggml_src}/LICENSE")
 endif()

@@ -13,7 +13,7 @@
 #include "../kernels/cpu/winograd_f43.h"
 #include "../nn/winograd_f23.h"
 #include "../nn/winograd_f43_strips.h"
-#include "ggml-cpu.h"
+#include "../runtime/backends.h"
 #include "common.h"
 
 namespace sdcpp::bind {
@@ -97,7 +97,7 @@ void bind_kernels(py::module_& m) {
             ggml_tensor* out = winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024));
             ggml_cgraph* gf = ggml_new_graph_custom(ctx, 16384, false);
             ggml_build_forward_expand(gf, out);
-            if (ggml_graph_compute_with_ctx(ctx, gf, threads) != GGML_STATUS_SUCCESS) throw std::runtime_error("graph compute failed");
+            if (!compute_on_cpu(gf, threads)) throw std::runtime_error("graph compute failed");
             std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
         } catch (...) {
             kc::set_level_cap(cap);
@@ -146,7 +146,7 @@ void bind_kernels(py::module_& m) {
             const winograd::Conv3x3Parts parts = winograd::conv3x3_parts(ctx, tx, tw, tb);
             ggml_cgraph* gf = ggml_new_graph_custom(ctx, 64, false);
             ggml_build_forward_expand(gf, parts.y);
-            if (ggml_graph_compute_with_ctx(ctx, gf, threads) != GGML_STATUS_SUCCESS) throw std::runtime_error("graph compute failed");
+            if (!compute_on_cpu(gf, threads)) throw std::runtime_error("graph compute failed");
             std::memcpy(v.mutable_data(), parts.v->data, ggml_nbytes(parts.v));
             std::memcpy(u.mutable_data(), parts.u->data, ggml_nbytes(parts.u));
             std::memcpy(y.mutable_data(), parts.y->data, ggml_nbytes(parts.y));

@@ -1,11 +1,12 @@
 // Bindings of the runtime: devices, the weight store, system information.
+#include <cctype>
 #include <thread>
 
+#include "../runtime/backends.h"
 #include "../runtime/device.h"
 #include "../runtime/lora_merge.h"
 #include "../runtime/weights.h"
 #include "common.h"
-#include "ggml-cpu.h"
 #include "ggml.h"
 
 namespace sdcpp::bind {
@@ -23,29 +24,16 @@ py::dict device_info_dict(const DeviceInfo& d) {
     return out;
 }
 
-// CPU features ggml's CPU backend was compiled with (x86 and ARM names as ggml reports them).
+// CPU features the CPU backend in use was compiled with, lower-cased as system_info() names them
+// ("avx2": True, ...; "llamafile", "openmp" too). In a portable build this is the variant ggml
+// chose for this CPU.
 py::dict compiled_cpu_features() {
     py::dict f;
-    f["sse3"] = bool(ggml_cpu_has_sse3());
-    f["ssse3"] = bool(ggml_cpu_has_ssse3());
-    f["avx"] = bool(ggml_cpu_has_avx());
-    f["avx_vnni"] = bool(ggml_cpu_has_avx_vnni());
-    f["avx2"] = bool(ggml_cpu_has_avx2());
-    f["bmi2"] = bool(ggml_cpu_has_bmi2());
-    f["f16c"] = bool(ggml_cpu_has_f16c());
-    f["fma"] = bool(ggml_cpu_has_fma());
-    f["avx512"] = bool(ggml_cpu_has_avx512());
-    f["avx512_vbmi"] = bool(ggml_cpu_has_avx512_vbmi());
-    f["avx512_vnni"] = bool(ggml_cpu_has_avx512_vnni());
-    f["avx512_bf16"] = bool(ggml_cpu_has_avx512_bf16());
-    f["amx_int8"] = bool(ggml_cpu_has_amx_int8());
-    f["neon"] = bool(ggml_cpu_has_neon());
-    f["arm_fma"] = bool(ggml_cpu_has_arm_fma());
-    f["fp16_va"] = bool(ggml_cpu_has_fp16_va());
-    f["dotprod"] = bool(ggml_cpu_has_dotprod());
-    f["matmul_int8"] = bool(ggml_cpu_has_matmul_int8());
-    f["sve"] = bool(ggml_cpu_has_sve());
-    f["llamafile"] = bool(ggml_cpu_has_llamafile());
+    for (const auto& [name, value] : cpu_backend_features()) {
+        std::string key = name;
+        for (char& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        f[py::str(key)] = value != "0";
+    }
     return f;
 }
 
@@ -64,6 +52,8 @@ void bind_runtime(py::module_& m) {
     m.def("ggml_version", []() { return std::string(ggml_version()); });
     m.def("ggml_commit", []() { return std::string(ggml_commit()); });
     m.def("compiled_cpu_features", &compiled_cpu_features);
+    // where a portable build loaded its backend modules from ("" when ggml is linked in)
+    m.def("backend_dir", &backend_dir);
     m.def("list_devices", []() {
         py::list out;
         for (const auto& d : Device::list()) out.append(device_info_dict(d));

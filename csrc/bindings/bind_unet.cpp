@@ -5,7 +5,7 @@
 #include "../model/controlnet.h"
 #include "../model/unet.h"
 #include "../kernels/cpu/fused_attention.h"
-#include "ggml-cpu.h"
+#include "../runtime/backends.h"
 #include "common.h"
 
 namespace sdcpp::bind {
@@ -286,7 +286,7 @@ void bind_unet(py::module_& m) {
                 ggml_tensor* o = nn::attention(ctx, tq, tk, tv, heads, ao);
                 ggml_cgraph* g = ggml_new_graph(ctx);
                 ggml_build_forward_expand(g, o);
-                ggml_graph_compute_with_ctx(ctx, g, 2);
+                if (!compute_on_cpu(g, 2)) throw Error("graph compute failed");
                 std::memcpy(out.mutable_data(), o->data, ggml_nbytes(o));
                 ggml_free(ctx);
             }

@@ -1,15 +1,35 @@
 #include "controlnet.h"
 
 #include <cstring>
-#include <set>
 
 #include "../runtime/error.h"
+#include "unet_weights.h"
 
 namespace sdcpp {
 
 namespace {
 const std::string kPrefix = "controlnet.";
+const std::string kEmbed = kPrefix + "controlnet_cond_embedding.";
+
+// Every weight a ControlNet config needs, in the order its graph uses them; `skip_channels`
+// gets the channel counts of the U-Net's skip connections (one residual each).
+std::vector<ExpectedWeight> controlnet_weights(const ControlNetConfig& cfg, std::vector<int64_t>& skip_channels) {
+    UNetWeightList l(cfg.unet);
+    const auto& e = cfg.embedding_channels;
+    l.conv(kEmbed + "conv_in", cfg.cond_channels, e[0], 3);
+    for (size_t i = 0; i + 1 < e.size(); ++i) {
+        l.conv(kEmbed + "blocks." + std::to_string(2 * i), e[i], e[i], 3);
+        l.conv(kEmbed + "blocks." + std::to_string(2 * i + 1), e[i], e[i + 1], 3);
+    }
+    l.conv(kEmbed + "conv_out", e.back(), cfg.unet.block_out_channels[0], 3);
+    l.time_embedding(kPrefix);
+    const int64_t mid = l.encode(kPrefix, skip_channels);
+    for (size_t i = 0; i < skip_channels.size(); ++i)
+        l.conv(kPrefix + "controlnet_down_blocks." + std::to_string(i), skip_channels[i], skip_channels[i], 1);
+    l.conv(kPrefix + "controlnet_mid_block", mid, mid, 1);
+    return l.weights();
 }
+}  // namespace
 
 ControlNet::ControlNet(std::shared_ptr<const WeightStore> store, ControlNetConfig cfg)
     : store_(std::move(store)), cfg_(std::move(cfg)) {
@@ -20,51 +40,39 @@ ControlNet::ControlNet(std::shared_ptr<const WeightStore> store, ControlNetConfi
     SD_CHECK(!cfg_.embedding_channels.empty() && cfg_.embedding_channels.size() <= 8,
              "ControlNet: embedding_channels must list 1..8 widths");
     for (int c : cfg_.embedding_channels) SD_CHECK(c >= 1 && c <= 65536, "ControlNet: bad embedding channel count");
-    std::set<std::string> used;
-    walk(nullptr, opt_, &used, nullptr, nullptr, nullptr, nullptr, nullptr);  // throws on a missing weight
-    for (const auto& name : store_->names())
-        if (name.rfind(kPrefix, 0) == 0 && !used.count(name)) unused_.push_back(name);
+    // throws on the first missing / misshapen weight
+    weights_ = std::make_unique<CheckedWeights>(*store_, controlnet_weights(cfg_, skip_channels_));
+    unused_ = weights_->unused(kPrefix);
     runner_ = std::make_unique<GraphRunner>(store_->device(), 32768);
 }
 
 ControlNet::~ControlNet() = default;
 
-std::vector<ggml_tensor*> ControlNet::walk(ggml_context* ctx, const UNetOptions& opt, std::set<std::string>* used,
-                                           ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* cond,
-                                           ggml_tensor* add_in) {
-    UNetBlocks blocks(*store_, cfg_.unet, ctx, opt, used);
-    auto silu = [&](ggml_tensor* t) { return ctx ? ggml_silu(ctx, t) : nullptr; };
+std::vector<ggml_tensor*> ControlNet::build(ggml_context* ctx, ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context,
+                                            ggml_tensor* cond, ggml_tensor* add_in) const {
+    UNetBlocks blocks(*weights_, cfg_.unet, ctx, opt_);
     // controlnet_cond_embedding: conv_in, SiLU, (3x3 conv, SiLU, stride-2 3x3 conv, SiLU) per
     // width step, conv_out (zero-initialised in training) to block_out_channels[0].
     const auto& e = cfg_.embedding_channels;
-    const std::string ce = kPrefix + "controlnet_cond_embedding.";
-    ggml_tensor* h = silu(blocks.conv(cond, cfg_.cond_channels, ce + "conv_in", e[0], 3, 1, 1));
+    ggml_tensor* h = ggml_silu(ctx, blocks.conv(cond, kEmbed + "conv_in", 1, 1));
     for (size_t i = 0; i + 1 < e.size(); ++i) {
-        h = silu(blocks.conv(h, e[i], ce + "blocks." + std::to_string(2 * i), e[i], 3, 1, 1));
-        h = silu(blocks.conv(h, e[i], ce + "blocks." + std::to_string(2 * i + 1), e[i + 1], 3, 2, 1));
+        h = ggml_silu(ctx, blocks.conv(h, kEmbed + "blocks." + std::to_string(2 * i), 1, 1));
+        h = ggml_silu(ctx, blocks.conv(h, kEmbed + "blocks." + std::to_string(2 * i + 1), 2, 1));
     }
-    const int64_t c0 = cfg_.unet.block_out_channels[0];
-    ggml_tensor* hint = blocks.conv(h, e.back(), ce + "conv_out", c0, 3, 1, 1);
+    ggml_tensor* hint = blocks.conv(h, kEmbed + "conv_out", 1, 1);
 
     ggml_tensor* temb_act = blocks.time_embedding(kPrefix, t_sin, add_in);
     std::vector<ggml_tensor*> skips;
-    std::vector<int64_t> channels;
-    int64_t mid_c = 0;
-    ggml_tensor* mid = blocks.encode(kPrefix, x, temb_act, context, hint, skips, channels, mid_c);
-    if (!ctx) {
-        skip_channels_ = channels;
-        mid_channels_ = mid_c;
-    }
+    ggml_tensor* mid = blocks.encode(kPrefix, x, temb_act, context, hint, skips);
     std::vector<ggml_tensor*> out;
     for (size_t i = 0; i < skips.size(); ++i)
-        out.push_back(blocks.conv(skips[i], channels[i], kPrefix + "controlnet_down_blocks." + std::to_string(i),
-                                  channels[i], 1, 1, 0));
-    out.push_back(blocks.conv(mid, mid_c, kPrefix + "controlnet_mid_block", mid_c, 1, 1, 0));
+        out.push_back(blocks.conv(skips[i], kPrefix + "controlnet_down_blocks." + std::to_string(i), 1, 0));
+    out.push_back(blocks.conv(mid, kPrefix + "controlnet_mid_block", 1, 0));
     return out;
 }
 
 std::vector<std::vector<int64_t>> unet_residual_shapes(const UNetConfig& cfg, int64_t H, int64_t W) {
-    // conv_in's size, then each stride-2 3x3 conv (pad 1) rounds up, as the U-Net's walk.
+    // conv_in's size, then each stride-2 3x3 conv (pad 1) rounds up, as the U-Net's graph does.
     const auto& ch = cfg.block_out_channels;
     std::vector<std::vector<int64_t>> r;
     r.push_back({ch[0], H, W});
@@ -99,7 +107,7 @@ void ControlNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool h
 
 std::string ControlNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/" +
-           UNetBlocks(*store_, cfg_.unet, nullptr, opt_).kernel_key();
+           UNetBlocks::kernel_key(opt_, *store_->device());
 }
 
 void ControlNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,
@@ -137,7 +145,7 @@ void ControlNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float
             a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, u.add_in_dim, B);
             gb.inputs["add_in"] = a;
         }
-        for (ggml_tensor* o : walk(ctx, opt_, nullptr, x, t, c, h, a)) gb.outputs.push_back(o);
+        for (ggml_tensor* o : build(ctx, x, t, c, h, a)) gb.outputs.push_back(o);
     });
     std::map<std::string, const void*> in{{"latent", latent}, {"t_sin", t_sin.data()}, {"context", context}, {"cond", cond}};
     if (!add_in.empty()) in["add_in"] = add_in.data();

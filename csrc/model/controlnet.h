@@ -57,16 +57,15 @@ class ControlNet {
     std::shared_ptr<const WeightStore> store_;
     ControlNetConfig cfg_;
     UNetOptions opt_;
-    std::vector<int64_t> skip_channels_;
-    int64_t mid_channels_ = 0;
+    std::unique_ptr<CheckedWeights> weights_;  // the store, checked against the config's weight list
+    std::vector<int64_t> skip_channels_;       // from the weight list
     std::vector<std::string> unused_;
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
 
-    // The whole graph (ctx == nullptr: weight checks only); returns the residuals.
-    std::vector<ggml_tensor*> walk(ggml_context* ctx, const UNetOptions& opt, std::set<std::string>* used,
-                                   ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* cond,
-                                   ggml_tensor* add_in);
+    // The whole graph over the checked weights; returns the residuals.
+    std::vector<ggml_tensor*> build(ggml_context* ctx, ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context,
+                                    ggml_tensor* cond, ggml_tensor* add_in) const;
     std::string key(int64_t B, int64_t H, int64_t W, int64_t L) const;
 };
 

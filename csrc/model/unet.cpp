@@ -4,14 +4,13 @@
 #include <chrono>
 #include <ctime>
 #include <cstring>
-#include <set>
-#include <tuple>
 #include <utility>
 
 #include "../runtime/error.h"
 #include "../kernels/cpu/cpu_level.h"
 #include "../nn/blocks.h"
 #include "../nn/layers.h"
+#include "unet_weights.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
@@ -121,214 +120,126 @@ void timestep_sinusoid(const float* t, int64_t n, int dim, bool flip, float shif
 }
 
 // ------------------------------------------------------------------------------------------
-// The walk over the topology. With ctx == nullptr it only checks the weights (presence,
-// shapes, types) and tracks channel counts, so that every error is thrown before any ggml
-// call; with a context it builds the graph, repeating the same checks.
+// The graph of the topology. Only builds: the weights were checked against the config's list
+// (model/unet_weights.h) when the model was made, and are taken from it by name.
 
-struct UNet::Walk {
-    const WeightStore& s;
-    const UNetConfig& cfg;
-    ggml_context* ctx;  // nullptr: check only
-    nn::AttentionKernel attn = nn::AttentionKernel::MulMat;
-    std::set<std::string>* used = nullptr;  // names of the weights the walk touched
-    bool custom_ops = false;                // nn::custom_ops_allowed (fused norms / GEGLU / attention)
-    nn::ConvOptions conv_opt;               // how nn::conv2d lowers the convolutions
-
-    // attn, custom_ops and conv_opt for these options on this device: the one place that turns
-    // UNetOptions into the layer library's choices.
-    void set_lowering(const UNetOptions& opt, const Device& device);
-
-    struct Act {
-        ggml_tensor* t = nullptr;
-        int64_t c = 0;
+struct UNet::Builder {
+    // The layer library's choices for UNetOptions on a device.
+    struct Lowering {
+        nn::AttentionKernel attn = nn::AttentionKernel::MulMat;
+        bool custom_ops = false;  // nn::custom_ops_allowed (fused norms / GEGLU / attention)
+        nn::ConvOptions conv_opt;  // how nn::conv2d lowers the convolutions
     };
+    // The one place that turns UNetOptions into a Lowering.
+    static Lowering lowering(const UNetOptions& opt, const Device& device);
 
-    // --- weight checks -------------------------------------------------------------------
-    static std::string shape_str(const std::vector<int64_t>& v) {
-        std::string r = "(";
-        for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
-        return r + ")";
-    }
-    // The declared (logical) shape: quantized conv kernels are stored as [OC, IC*KH*KW]
-    // matrices (runtime/weights.h) but declared, and checked, as [OC, IC, KH, KW].
-    static bool same_dims(std::vector<int64_t> a, std::vector<int64_t> b) {
-        while (a.size() > 1 && a.front() == 1) a.erase(a.begin());
-        while (b.size() > 1 && b.front() == 1) b.erase(b.begin());
-        return a == b;
-    }
-    ggml_tensor* need(const std::string& name, const std::vector<int64_t>& shape) const {
-        ggml_tensor* t = s.find(name);
-        if (!t) throw InvalidArgument("U-Net: missing weight '" + name + "' (expected shape " + shape_str(shape) + ")");
-        if (used) used->insert(name);
-        if (!same_dims(s.shape(name), shape))
-            throw InvalidArgument("U-Net: weight '" + name + "' has shape " + shape_str(s.shape(name)) + ", expected " +
-                                  shape_str(shape));
-        return t;
-    }
-    // A matrix used as mul_mat src0 with rows of `k` values (quantized rows must be whole blocks).
-    ggml_tensor* need_matrix(const std::string& name, const std::vector<int64_t>& shape, int64_t k) const {
-        ggml_tensor* t = need(name, shape);
-        if (ggml_is_quantized(t->type) && (k % ggml_blck_size(t->type) != 0 || t->ne[0] != k))
-            throw InvalidArgument("U-Net: weight '" + name + "' of type " + ggml_type_name(t->type) +
-                                  " cannot be used (rows of " + std::to_string(k) + " values)");
-        return t;
-    }
-    ggml_tensor* need_vector(const std::string& name, int64_t n) const {
-        ggml_tensor* t = need(name, {n});
-        if (t->type != GGML_TYPE_F32)
-            throw InvalidArgument("U-Net: weight '" + name + "' must be stored as f32, got " + ggml_type_name(t->type));
-        return t;
-    }
+    const CheckedWeights& w;
+    const UNetConfig& cfg;
+    ggml_context* ctx;
+    Lowering low;
+
+    // Channels of an activation [W, H, C, N].
+    static int64_t channels(const ggml_tensor* x) { return x->ne[2]; }
 
     // --- layers ----------------------------------------------------------------------------
-    ggml_tensor* linear(ggml_tensor* x, const std::string& p, int64_t in, int64_t out, bool bias) const {
-        ggml_tensor* w = need_matrix(p + ".weight", {out, in}, in);
-        ggml_tensor* b = bias ? need_vector(p + ".bias", out) : nullptr;
-        return ctx ? nn::linear(ctx, x, w, b, custom_ops) : nullptr;
+    // Linear, and proj_in / proj_out (a Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear).
+    ggml_tensor* linear(ggml_tensor* x, const std::string& p, bool bias) const {
+        return nn::linear(ctx, x, w(p + ".weight"), bias ? w(p + ".bias") : nullptr, low.custom_ops);
     }
-    // proj_in / proj_out: Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear.
-    ggml_tensor* projection(ggml_tensor* x, const std::string& p, int64_t c) const {
-        ggml_tensor* w = s.find(p + ".weight");
-        if (w && used) used->insert(p + ".weight");
-        const std::vector<int64_t> lin{c, c}, conv{c, c, 1, 1};
-        const bool as_conv = !cfg.use_linear_projection;
-        if (w && (same_dims(s.shape(p + ".weight"), lin) || same_dims(s.shape(p + ".weight"), conv))) {
-            // either layout works (some converters store the other one)
-        } else {
-            need(p + ".weight", as_conv ? conv : lin);  // throws with the expected shape
-        }
-        if (ggml_is_quantized(w->type) && (c % ggml_blck_size(w->type) != 0 || w->ne[0] != c))
-            throw InvalidArgument("U-Net: weight '" + p + ".weight' of type " + ggml_type_name(w->type) +
-                                  " cannot be used (rows of " + std::to_string(c) + " values)");
-        ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? nn::linear(ctx, x, w, b, custom_ops) : nullptr;
+    ggml_tensor* conv(ggml_tensor* x, const std::string& p, int stride, int pad) const {
+        return nn::conv2d(ctx, x, w(p + ".weight"), w(p + ".bias"), nn::ConvGeometry::same(stride, pad), low.conv_opt);
     }
-    // A convolution's kernel and bias, checked: {w, b}.
-    std::pair<ggml_tensor*, ggml_tensor*> conv_weights(const std::string& p, int64_t in, int64_t out, int k) const {
-        ggml_tensor* w = need(p + ".weight", {out, in, k, k});
-        if (ggml_is_quantized(w->type)) {
-            // stored as the matrix [OC, IC*KH*KW] (runtime/weights.h)
-            if (w->ne[0] != in * k * k || w->ne[1] != out || ggml_n_dims(w) != 2)
-                throw InvalidArgument("U-Net: quantized convolution weight '" + p + ".weight' is not stored as a [" +
-                                      std::to_string(out) + ", " + std::to_string(in * k * k) + "] matrix");
-        } else if (w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->type != GGML_TYPE_BF16) {
-            throw InvalidArgument("U-Net: convolution weight '" + p + ".weight' must be f32, f16, bf16, q8_0, q5_0 or q4_0, got " +
-                                  ggml_type_name(w->type));
-        }
-        return {w, need_vector(p + ".bias", out)};
+    ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, float eps, bool then_silu = false) const {
+        return nn::group_norm(ctx, x, w(p + ".weight"), w(p + ".bias"), cfg.norm_groups, eps, then_silu, low.custom_ops);
     }
-    Act conv(const Act& x, const std::string& p, int64_t out, int k, int stride, int pad) const {
-        const auto wb = conv_weights(p, x.c, out, k);
-        if (!ctx) return {nullptr, out};
-        return {nn::conv2d(ctx, x.t, wb.first, wb.second, nn::ConvGeometry::same(stride, pad), conv_opt), out};
-    }
-    ggml_tensor* group_norm(ggml_tensor* x, const std::string& p, int64_t c, float eps, bool then_silu = false) const {
-        ggml_tensor* w = need_vector(p + ".weight", c);
-        ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? nn::group_norm(ctx, x, w, b, cfg.norm_groups, eps, then_silu, custom_ops) : nullptr;
-    }
-    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p, int64_t c) const {
-        ggml_tensor* w = need_vector(p + ".weight", c);
-        ggml_tensor* b = need_vector(p + ".bias", c);
-        return ctx ? nn::layer_norm(ctx, x, w, b, 1e-5f, custom_ops) : nullptr;
+    ggml_tensor* layer_norm(ggml_tensor* x, const std::string& p) const {
+        return nn::layer_norm(ctx, x, w(p + ".weight"), w(p + ".bias"), 1e-5f, low.custom_ops);
     }
     // Products in `at` (the weights' f32 / f16 / bf16) with mul_mat or the fused bf16 kernel;
     // ggml's flash attention runs in f32.
     ggml_tensor* attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads, ggml_type at) const {
-        if (!ctx) return nullptr;
         nn::AttentionOptions o;
-        o.kernel = attn;
-        o.custom_ops = custom_ops;
+        o.kernel = low.attn;
+        o.custom_ops = low.custom_ops;
         o.type = at;
         return nn::attention(ctx, q, k, v, heads, o);
     }
-    ggml_tensor* silu(ggml_tensor* x) const { return ctx ? ggml_silu(ctx, x) : nullptr; }
-    ggml_tensor* add(ggml_tensor* a, ggml_tensor* b) const { return ctx ? ggml_add(ctx, a, b) : nullptr; }
 
     // --- blocks ----------------------------------------------------------------------------
-    // ResnetBlock2D (nn/blocks.h); temb_act = SiLU(time embedding) [E, N].
-    Act resnet(const Act& x, const std::string& p, int64_t out, ggml_tensor* temb_act) const {
-        const int64_t E = cfg.time_embed_dim;
-        if (x.c % cfg.norm_groups != 0)
-            throw InvalidArgument("U-Net: " + p + " input channels " + std::to_string(x.c) +
-                                  " are not divisible by norm_groups");
-        nn::ResnetWeights w;
-        w.norm1_w = need_vector(p + ".norm1.weight", x.c);
-        w.norm1_b = need_vector(p + ".norm1.bias", x.c);
-        std::tie(w.conv1_w, w.conv1_b) = conv_weights(p + ".conv1", x.c, out, 3);
-        w.temb_w = need_matrix(p + ".time_emb_proj.weight", {out, E}, E);
-        w.temb_b = need_vector(p + ".time_emb_proj.bias", out);
-        w.norm2_w = need_vector(p + ".norm2.weight", out);
-        w.norm2_b = need_vector(p + ".norm2.bias", out);
-        std::tie(w.conv2_w, w.conv2_b) = conv_weights(p + ".conv2", out, out, 3);
-        if (x.c != out) std::tie(w.shortcut_w, w.shortcut_b) = conv_weights(p + ".conv_shortcut", x.c, out, 1);
-        if (!ctx) return {nullptr, out};
-        return {nn::resnet_block(ctx, x.t, w, temb_act, {cfg.norm_groups, cfg.norm_eps}, conv_opt, custom_ops), out};
+    // ResnetBlock2D (nn/blocks.h) to `out` channels; temb_act = SiLU(time embedding) [E, N].
+    ggml_tensor* resnet(ggml_tensor* x, const std::string& p, int64_t out, ggml_tensor* temb_act) const {
+        nn::ResnetWeights r;
+        r.norm1_w = w(p + ".norm1.weight");
+        r.norm1_b = w(p + ".norm1.bias");
+        r.conv1_w = w(p + ".conv1.weight");
+        r.conv1_b = w(p + ".conv1.bias");
+        r.temb_w = w(p + ".time_emb_proj.weight");
+        r.temb_b = w(p + ".time_emb_proj.bias");
+        r.norm2_w = w(p + ".norm2.weight");
+        r.norm2_b = w(p + ".norm2.bias");
+        r.conv2_w = w(p + ".conv2.weight");
+        r.conv2_b = w(p + ".conv2.bias");
+        if (channels(x) != out) {
+            r.shortcut_w = w(p + ".conv_shortcut.weight");
+            r.shortcut_b = w(p + ".conv_shortcut.bias");
+        }
+        return nn::resnet_block(ctx, x, r, temb_act, {cfg.norm_groups, cfg.norm_eps}, low.conv_opt, low.custom_ops);
     }
 
     // BasicTransformerBlock on a sequence x [C, T, N]; context [D, L, N].
-    ggml_tensor* transformer_block(ggml_tensor* x, const std::string& p, int64_t C, int heads, ggml_tensor* context) const {
-        const int64_t D = cfg.cross_attention_dim;
+    ggml_tensor* transformer_block(ggml_tensor* x, const std::string& p, int heads, ggml_tensor* context) const {
         // self-attention
-        ggml_tensor* n = layer_norm(x, p + ".norm1", C);
-        ggml_tensor* q = linear(n, p + ".attn1.to_q", C, C, false);
-        ggml_tensor* k = linear(n, p + ".attn1.to_k", C, C, false);
-        ggml_tensor* v = linear(n, p + ".attn1.to_v", C, C, false);
+        ggml_tensor* n = layer_norm(x, p + ".norm1");
+        ggml_tensor* q = linear(n, p + ".attn1.to_q", false);
+        ggml_tensor* k = linear(n, p + ".attn1.to_k", false);
+        ggml_tensor* v = linear(n, p + ".attn1.to_v", false);
         // attention products in the precision of the weights (f32, f16 or bf16)
-        const ggml_type wt = s.get(p + ".attn1.to_q.weight")->type;
+        const ggml_type wt = w(p + ".attn1.to_q.weight")->type;
         const ggml_type at = wt == GGML_TYPE_F16 || wt == GGML_TYPE_BF16 ? wt : GGML_TYPE_F32;
         ggml_tensor* a = attention(q, k, v, heads, at);
-        x = add(x, linear(a, p + ".attn1.to_out.0", C, C, true));
+        x = ggml_add(ctx, x, linear(a, p + ".attn1.to_out.0", true));
         // cross-attention
-        n = layer_norm(x, p + ".norm2", C);
-        q = linear(n, p + ".attn2.to_q", C, C, false);
-        k = linear(context, p + ".attn2.to_k", D, C, false);
-        v = linear(context, p + ".attn2.to_v", D, C, false);
+        n = layer_norm(x, p + ".norm2");
+        q = linear(n, p + ".attn2.to_q", false);
+        k = linear(context, p + ".attn2.to_k", false);
+        v = linear(context, p + ".attn2.to_v", false);
         a = attention(q, k, v, heads, at);
-        x = add(x, linear(a, p + ".attn2.to_out.0", C, C, true));
+        x = ggml_add(ctx, x, linear(a, p + ".attn2.to_out.0", true));
         // GEGLU feed-forward: proj -> [8C] = (hidden | gate); hidden * gelu(gate) (exact erf)
-        n = layer_norm(x, p + ".norm3", C);
-        ggml_tensor* f = linear(n, p + ".ff.net.0.proj", C, 8 * C, true);
-        if (ctx) f = nn::geglu(ctx, f, custom_ops);
-        x = add(x, linear(f, p + ".ff.net.2", 4 * C, C, true));
-        return x;
+        n = layer_norm(x, p + ".norm3");
+        ggml_tensor* f = nn::geglu(ctx, linear(n, p + ".ff.net.0.proj", true), low.custom_ops);
+        return ggml_add(ctx, x, linear(f, p + ".ff.net.2", true));
     }
 
     // Transformer2DModel on an image x [W, H, C, N].
-    Act transformer(const Act& x, const std::string& p, int depth, int heads, ggml_tensor* context) const {
-        const int64_t C = x.c;
-        ggml_tensor* h = group_norm(x.t, p + ".norm", C, 1e-6f);
-        const int64_t W = ctx ? x.t->ne[0] : 0, H = ctx ? x.t->ne[1] : 0;
-        if (ctx) h = nn::image_to_sequence(ctx, h);  // [C, WH, N]
-        h = projection(h, p + ".proj_in", C);
-        for (int d = 0; d < depth; ++d)
-            h = transformer_block(h, p + ".transformer_blocks." + std::to_string(d), C, heads, context);
-        h = projection(h, p + ".proj_out", C);
-        if (ctx) h = nn::sequence_to_image(ctx, h, W, H);
-        return {add(h, x.t), C};
+    ggml_tensor* transformer(ggml_tensor* x, const std::string& p, int depth, int heads, ggml_tensor* context) const {
+        ggml_tensor* h = nn::image_to_sequence(ctx, group_norm(x, p + ".norm", 1e-6f));  // [C, WH, N]
+        h = linear(h, p + ".proj_in", true);
+        for (int d = 0; d < depth; ++d) h = transformer_block(h, p + ".transformer_blocks." + std::to_string(d), heads, context);
+        h = linear(h, p + ".proj_out", true);
+        return ggml_add(ctx, nn::sequence_to_image(ctx, h, x->ne[0], x->ne[1]), x);
     }
 
     // SiLU(time embedding [+ SDXL add embedding]) of the weights under `pfx` ("unet." or a
     // ControlNet's "controlnet.", which copies these layers).
     ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
-        const int64_t E = cfg.time_embed_dim;
-        ggml_tensor* temb = linear(t_sin, pfx + "time_embedding.linear_1", cfg.time_proj_dim, E, true);
-        temb = linear(silu(temb), pfx + "time_embedding.linear_2", E, E, true);
+        ggml_tensor* temb = linear(t_sin, pfx + "time_embedding.linear_1", true);
+        temb = linear(ggml_silu(ctx, temb), pfx + "time_embedding.linear_2", true);
         if (cfg.add_time_dim > 0) {
-            ggml_tensor* a = linear(add_in, pfx + "add_embedding.linear_1", cfg.add_in_dim, E, true);
-            a = linear(silu(a), pfx + "add_embedding.linear_2", E, E, true);
-            temb = add(temb, a);
+            ggml_tensor* a = linear(add_in, pfx + "add_embedding.linear_1", true);
+            a = linear(ggml_silu(ctx, a), pfx + "add_embedding.linear_2", true);
+            temb = ggml_add(ctx, temb, a);
         }
-        return silu(temb);
+        return ggml_silu(ctx, temb);
     }
 
     // conv_in (+ conv_in_add, a ControlNet's conditioning embedding), the down blocks and the mid
     // block; `skips` receives diffusers' down_block_res_samples in order. Returns the mid output.
-    Act encode(const std::string& pfx, ggml_tensor* x_in, ggml_tensor* temb_act, ggml_tensor* context,
-               ggml_tensor* conv_in_add, std::vector<Act>& skips) const {
+    ggml_tensor* encode(const std::string& pfx, ggml_tensor* x_in, ggml_tensor* temb_act, ggml_tensor* context,
+                        ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips) const {
         const auto& ch = cfg.block_out_channels;
-        Act h = conv({x_in, cfg.in_channels}, pfx + "conv_in", ch[0], 3, 1, 1);
-        if (conv_in_add) h.t = add(h.t, conv_in_add);
+        ggml_tensor* h = conv(x_in, pfx + "conv_in", 1, 1);
+        if (conv_in_add) h = ggml_add(ctx, h, conv_in_add);
         skips.push_back(h);
         for (size_t i = 0; i < cfg.down.size(); ++i) {
             const auto& b = cfg.down[i];
@@ -339,36 +250,36 @@ struct UNet::Walk {
                 skips.push_back(h);
             }
             if (b.resample) {
-                h = conv(h, p + ".downsamplers.0.conv", ch[i], 3, 2, 1);
+                h = conv(h, p + ".downsamplers.0.conv", 2, 1);
                 skips.push_back(h);
             }
         }
         if (cfg.mid_type != "none") {
-            h = resnet(h, pfx + "mid_block.resnets.0", h.c, temb_act);
+            h = resnet(h, pfx + "mid_block.resnets.0", channels(h), temb_act);
             if (cfg.mid_type == "cross_attn") {
                 h = transformer(h, pfx + "mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
-                h = resnet(h, pfx + "mid_block.resnets.1", h.c, temb_act);
+                h = resnet(h, pfx + "mid_block.resnets.1", channels(h), temb_act);
             }
         }
         return h;
     }
 
-    // The whole network; inputs are graph tensors (or nullptr when checking). `residuals`
-    // (ControlNet): when given, one new f32 input per skip and one for the mid output is created,
-    // added there (diffusers' down_block / mid_block_additional_residuals) and appended to it.
+    // The whole network. `residuals` (ControlNet): when given, one new f32 input per skip and one
+    // for the mid output is created, added there (diffusers' down_block / mid_block_additional_residuals)
+    // and appended to it.
     ggml_tensor* forward(ggml_tensor* x_in, ggml_tensor* t_sin, ggml_tensor* context, ggml_tensor* add_in,
                          std::vector<ggml_tensor*>* residuals = nullptr) const {
         ggml_tensor* temb_act = time_embedding("unet.", t_sin, add_in);
         const auto& ch = cfg.block_out_channels;
-        std::vector<Act> skips;
-        Act h = encode("unet.", x_in, temb_act, context, nullptr, skips);
-        if (residuals && ctx) {
-            for (Act& sk : skips) {
-                residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, sk.t->ne));
-                sk.t = ggml_add(ctx, sk.t, residuals->back());
+        std::vector<ggml_tensor*> skips;
+        ggml_tensor* h = encode("unet.", x_in, temb_act, context, nullptr, skips);
+        if (residuals) {
+            for (ggml_tensor*& sk : skips) {
+                residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, sk->ne));
+                sk = ggml_add(ctx, sk, residuals->back());
             }
-            residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, h.t->ne));
-            h.t = ggml_add(ctx, h.t, residuals->back());
+            residuals->push_back(ggml_new_tensor(ctx, GGML_TYPE_F32, 4, h->ne));
+            h = ggml_add(ctx, h, residuals->back());
         }
         const size_t n = ch.size();
         for (size_t i = 0; i < cfg.up.size(); ++i) {
@@ -376,32 +287,27 @@ struct UNet::Walk {
             const int64_t out = ch[n - 1 - i];
             const std::string p = "unet.up_blocks." + std::to_string(i);
             for (int j = 0; j < b.resnets; ++j) {
-                Act skip = skips.back();
+                ggml_tensor* skip = skips.back();
                 skips.pop_back();
-                Act cat{ctx ? ggml_concat(ctx, h.t, skip.t, 2) : nullptr, h.c + skip.c};
-                h = resnet(cat, p + ".resnets." + std::to_string(j), out, temb_act);
+                h = resnet(ggml_concat(ctx, h, skip, 2), p + ".resnets." + std::to_string(j), out, temb_act);
                 if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
             }
             if (b.resample) {
                 // Upsample to the size of the skip the next block concatenates: exactly 2x for
                 // latents divisible by 2^downsamplers, otherwise the odd size a stride-2 conv
                 // rounded up (diffusers' forward_upsample_size), with nearest sampling as torch.
-                if (ctx) {
-                    ggml_tensor* next = skips.empty() ? nullptr : skips.back().t;
-                    const int64_t tw = next ? next->ne[0] : 2 * h.t->ne[0];
-                    const int64_t th = next ? next->ne[1] : 2 * h.t->ne[1];
-                    if (tw == 2 * h.t->ne[0] && th == 2 * h.t->ne[1])
-                        h.t = ggml_upscale(ctx, h.t, 2, GGML_SCALE_MODE_NEAREST);
-                    else
-                        h.t = ggml_interpolate(ctx, h.t, tw, th, h.t->ne[2], h.t->ne[3], GGML_SCALE_MODE_NEAREST);
-                }
-                h = conv(h, p + ".upsamplers.0.conv", out, 3, 1, 1);
+                ggml_tensor* next = skips.empty() ? nullptr : skips.back();
+                const int64_t tw = next ? next->ne[0] : 2 * h->ne[0];
+                const int64_t th = next ? next->ne[1] : 2 * h->ne[1];
+                if (tw == 2 * h->ne[0] && th == 2 * h->ne[1])
+                    h = ggml_upscale(ctx, h, 2, GGML_SCALE_MODE_NEAREST);
+                else
+                    h = ggml_interpolate(ctx, h, tw, th, h->ne[2], h->ne[3], GGML_SCALE_MODE_NEAREST);
+                h = conv(h, p + ".upsamplers.0.conv", 1, 1);
             }
         }
-        if (h.c % cfg.norm_groups != 0) throw InvalidArgument("U-Net: conv_norm_out channels not divisible by norm_groups");
-        h.t = group_norm(h.t, "unet.conv_norm_out", h.c, cfg.norm_eps, true);
-        h = conv(h, "unet.conv_out", cfg.out_channels, 3, 1, 1);
-        return h.t;
+        h = group_norm(h, "unet.conv_norm_out", cfg.norm_eps, true);
+        return conv(h, "unet.conv_out", 1, 1);
     }
 };
 
@@ -412,14 +318,8 @@ UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(st
     SD_CHECK(store_ != nullptr, "U-Net: no weight store");
     SD_CHECK(store_->allocated(), "U-Net: the weight store is not allocated");
     cfg_.validate();
-    std::set<std::string> used;
-    Walk w{*store_, cfg_, nullptr, nn::AttentionKernel::MulMat, &used, false, {}};
-    w.forward(nullptr, nullptr, nullptr, nullptr);  // throws on any missing / misshapen weight
-    for (const auto& name : store_->names()) {
-        if (name.rfind("unet.", 0) != 0 || used.count(name)) continue;
-        if (name.rfind("unet.time_embedding.cond_proj.", 0) == 0) continue;  // LCM guidance embedding
-        unused_.push_back(name);
-    }
+    weights_ = std::make_unique<CheckedWeights>(*store_, unet_weights(cfg_));  // throws on the first bad weight
+    unused_ = weights_->unused("unet.", {"unet.time_embedding.cond_proj."});   // LCM's guidance embedding is not unused
     runner_ = std::make_unique<GraphRunner>(store_->device(), 32768);
 }
 
@@ -432,13 +332,14 @@ ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
 }
 }  // namespace
 
-void UNet::Walk::set_lowering(const UNetOptions& opt, const Device& device) {
-    attn = nn::resolve_attention(opt.attention, device);
-    custom_ops = nn::custom_ops_allowed(device, !opt.fused);
-    conv_opt = nn::ConvOptions{};
-    conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
-    conv_opt.custom_ops = nn::custom_ops_allowed(device);
-    if (opt.conv == ConvImpl::Winograd) conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const Device& device) {
+    Lowering l;
+    l.attn = nn::resolve_attention(opt.attention, device);
+    l.custom_ops = nn::custom_ops_allowed(device, !opt.fused);
+    l.conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
+    l.conv_opt.custom_ops = nn::custom_ops_allowed(device);
+    if (opt.conv == ConvImpl::Winograd) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    return l;
 }
 
 nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attention(opt_.attention, *store_->device()); }
@@ -472,8 +373,7 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
 }
 
 void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals) const {
-    Walk w{*store_, cfg_, ctx, nn::AttentionKernel::MulMat, nullptr, false, {}};
-    w.set_lowering(opt_, *store_->device());
+    const Builder w{*weights_, cfg_, ctx, Builder::lowering(opt_, *store_->device())};
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
@@ -535,42 +435,33 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
 }
 
 // ------------------------------------------------------------------------------------------
-// UNetBlocks: the walk's blocks for networks that copy them (model/controlnet.*).
+// UNetBlocks: the builder's blocks for networks that copy them (model/controlnet.*).
 
-UNetBlocks::UNetBlocks(const WeightStore& s, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
-                       std::set<std::string>* used) {
-    w_ = std::make_unique<UNet::Walk>(UNet::Walk{s, cfg, ctx, nn::AttentionKernel::MulMat, used, false, {}});
-    w_->set_lowering(opt, *s.device());
+UNetBlocks::UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt) {
+    SD_CHECK(ctx != nullptr, "UNetBlocks: no ggml context");
+    b_ = std::make_unique<UNet::Builder>(UNet::Builder{w, cfg, ctx, UNet::Builder::lowering(opt, *w.store().device())});
 }
 
 UNetBlocks::~UNetBlocks() = default;
 
 ggml_tensor* UNetBlocks::time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const {
-    return w_->time_embedding(pfx, t_sin, add_in);
+    return b_->time_embedding(pfx, t_sin, add_in);
 }
 
 ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
-                                ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips,
-                                std::vector<int64_t>& skip_channels, int64_t& mid_channels) const {
-    std::vector<UNet::Walk::Act> acts;
-    UNet::Walk::Act h = w_->encode(pfx, x, temb_act, context, conv_in_add, acts);
-    for (const auto& a : acts) {
-        skips.push_back(a.t);
-        skip_channels.push_back(a.c);
-    }
-    mid_channels = h.c;
-    return h.t;
+                                ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips) const {
+    return b_->encode(pfx, x, temb_act, context, conv_in_add, skips);
 }
 
-std::string UNetBlocks::kernel_key() const {
-    return "a" + std::to_string(static_cast<int>(w_->attn)) + "/c" + std::to_string(static_cast<int>(w_->conv_opt.algo)) +
-           std::to_string(w_->conv_opt.winograd_min_pixels) + (w_->custom_ops ? "/f" : "") + "/" +
+std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device) {
+    UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device);
+    return "a" + std::to_string(static_cast<int>(l.attn)) + "/c" + std::to_string(static_cast<int>(l.conv_opt.algo)) +
+           std::to_string(l.conv_opt.winograd_min_pixels) + (l.custom_ops ? "/f" : "") + "/" +
            kernels::cpu::level_name(kernels::cpu::active_level());
 }
 
-ggml_tensor* UNetBlocks::conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride,
-                              int pad) const {
-    return w_->conv({x, in_c}, name, out, k, stride, pad).t;
+ggml_tensor* UNetBlocks::conv(ggml_tensor* x, const std::string& name, int stride, int pad) const {
+    return b_->conv(x, name, stride, pad);
 }
 
 void UNet::clear() {

@@ -6,7 +6,6 @@
 #pragma once
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -16,6 +15,8 @@
 #include "../nn/conv2d.h"
 
 namespace sdcpp {
+
+class CheckedWeights;  // model/unet_weights.h
 
 enum class ConvImpl { Auto, Im2col, Winograd };
 
@@ -68,7 +69,8 @@ void timestep_sinusoid(const float* t, int64_t n, int dim, bool flip_sin_to_cos,
 
 class UNet {
    public:
-    // Checks every weight the config needs (presence, shape, type) before anything else.
+    // Checks every weight the config needs (presence, shape, type; model/unet_weights.h) before
+    // anything else.
     UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg);
     ~UNet();
 
@@ -118,10 +120,11 @@ class UNet {
 
    private:
     friend class UNetBlocks;
-    struct Walk;
+    struct Builder;  // the graph (model/unet.cpp)
     std::shared_ptr<const WeightStore> store_;
     UNetConfig cfg_;
     UNetOptions opt_;
+    std::unique_ptr<CheckedWeights> weights_;  // the store, checked against unet_weights(cfg_)
     std::vector<std::string> unused_;
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
@@ -130,28 +133,26 @@ class UNet {
     std::string key(int64_t B, int64_t H, int64_t W, int64_t L) const;
 };
 
-// The U-Net's blocks for networks that copy them (ControlNet, model/controlnet.*): the same
-// walk, weight checks and kernel choices, over weights under another prefix. ctx == nullptr:
-// check only (the names of the weights touched go to `used`).
+// The U-Net's graph blocks for networks that copy them (ControlNet, model/controlnet.*): the
+// same builder and kernel choices over weights under another prefix. Builds only: the weights
+// come from a store checked against a list made with UNetWeightList (model/unet_weights.h).
 class UNetBlocks {
    public:
-    UNetBlocks(const WeightStore& s, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
-               std::set<std::string>* used = nullptr);
+    UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt);
     ~UNetBlocks();
     // SiLU of the time (+ add) embedding [E, N].
     ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const;
     // conv_in (+ conv_in_add), down blocks, mid block: returns the mid output; `skips` get the
-    // U-Net's skip connections in order, with their channel counts.
+    // U-Net's skip connections in order.
     ggml_tensor* encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
-                        ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips, std::vector<int64_t>& skip_channels,
-                        int64_t& mid_channels) const;
+                        ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips) const;
     // The resolved kernel choices, for graph cache keys (a graph built under other choices differs).
-    std::string kernel_key() const;
-    // A convolution with the U-Net's weight checks and kernel choice ("name.weight", "name.bias").
-    ggml_tensor* conv(ggml_tensor* x, int64_t in_c, const std::string& name, int64_t out, int k, int stride, int pad) const;
+    static std::string kernel_key(const UNetOptions& opt, const Device& device);
+    // A convolution with the U-Net's kernel choice ("name.weight", "name.bias"), padding `pad`.
+    ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pad) const;
 
    private:
-    std::unique_ptr<UNet::Walk> w_;
+    std::unique_ptr<UNet::Builder> b_;
 };
 
 }  // namespace sdcpp

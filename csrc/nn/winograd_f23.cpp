@@ -4,15 +4,15 @@
 #include <cstring>
 #include <vector>
 
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/winograd_f23.h"
-#include "ggml-cpu.h"
 
 namespace sdcpp::winograd {
 
-namespace {
-
 namespace kc = sdcpp::kernels::cpu;
+
+namespace {
 
 constexpr int64_t kChunk = 32;  // tiles per input-transform work unit (its patch: 4 x 66 x C floats)
 
@@ -69,14 +69,15 @@ void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const int64_t C = w->ne[2], OC = w->ne[3];
     const kc::WinogradF23& k = kc::winograd_f23();
+    const auto to_f32 = kc::gemm_kernels().to_f32;
     float* g = scratch(size_t(9 * C)).data();
     const int64_t p_stride = dst->nb[2] / sizeof(float);
     for (int64_t oc = ith; oc < OC; oc += nth) {
         const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
         switch (w->type) {
             case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
-            case GGML_TYPE_F16: ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(src), g, 9 * C); break;
-            default: ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(src), g, 9 * C); break;
+            case GGML_TYPE_F16: to_f32(g, static_cast<const char*>(src), kc::GemmB::F16, 9 * C); break;
+            default: to_f32(g, static_cast<const char*>(src), kc::GemmB::BF16, 9 * C); break;
         }
         k.kernel(g, C, static_cast<float*>(dst->data) + oc * (dst->nb[1] / sizeof(float)), p_stride);
     }

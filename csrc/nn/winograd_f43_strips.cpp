@@ -7,9 +7,9 @@
 #include <tuple>
 #include <vector>
 
+#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/winograd_f43.h"
-#include "ggml-cpu.h"
 
 namespace sdcpp::winograd {
 
@@ -90,14 +90,15 @@ void input_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
 void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const int64_t C = w->ne[2], OC = w->ne[3];
+    const auto to_f32 = kc::gemm_kernels().to_f32;
     float* g = scratch(size_t(9 * C)).data();
     const int64_t p_stride = dst->nb[2] / sizeof(float);
     for (int64_t oc = ith; oc < OC; oc += nth) {
         const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
         switch (w->type) {
             case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
-            case GGML_TYPE_F16: ggml_cpu_fp16_to_fp32(static_cast<const ggml_fp16_t*>(src), g, 9 * C); break;
-            default: ggml_cpu_bf16_to_fp32(static_cast<const ggml_bf16_t*>(src), g, 9 * C); break;
+            case GGML_TYPE_F16: to_f32(g, static_cast<const char*>(src), kc::GemmB::F16, 9 * C); break;
+            default: to_f32(g, static_cast<const char*>(src), kc::GemmB::BF16, 9 * C); break;
         }
         kc::winograd_f43_kernel(g, C, static_cast<float*>(dst->data) + oc * (dst->nb[1] / sizeof(float)), p_stride);
     }

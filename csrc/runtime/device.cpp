@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "backends.h"
 #include "error.h"
-#include "ggml-cpu.h"
 
 namespace sdcpp {
 
@@ -45,6 +45,7 @@ std::string build_hint(const std::string& family) {
 }  // namespace
 
 std::vector<DeviceInfo> Device::list() {
+    ensure_backends_loaded();
     std::vector<DeviceInfo> out;
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) out.push_back(describe(ggml_backend_dev_get(i)));
     return out;
@@ -66,8 +67,7 @@ Device::Device(const std::string& spec_in, int n_threads) {
     SD_CHECK(std::find(std::begin(known), std::end(known), family) != std::end(known),
              "unknown device '" + spec_in + "': use auto, cpu, cuda, cuda:N, vulkan, vulkan:N or metal");
 
-    ggml_backend_dev_t cpu_dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (!cpu_dev) throw Error("ggml has no CPU backend in this build");
+    ggml_backend_dev_t cpu_dev = cpu_device();
 
     ggml_backend_dev_t chosen = nullptr;
     if (family == "auto") {
@@ -118,7 +118,7 @@ Device::~Device() {
 void Device::set_threads(int n) {
     SD_CHECK(n >= 1 && n <= 1024, "threads must be between 1 and 1024, got " + std::to_string(n));
     n_threads_ = n;
-    ggml_backend_cpu_set_n_threads(cpu_, n);
+    set_cpu_threads(cpu_, n);
 }
 
 }  // namespace sdcpp

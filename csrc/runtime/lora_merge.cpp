@@ -72,7 +72,7 @@ void populate(uint8_t* p, size_t n) {
 // (exact), with the packed product's row converter.
 void to_f32(const kc::GemmKernels& g, const void* src, ggml_type type, int64_t at, int64_t n, float* y) {
     const kc::GemmB b = type == GGML_TYPE_F32 ? kc::GemmB::F32 : type == GGML_TYPE_F16 ? kc::GemmB::F16 : kc::GemmB::BF16;
-    g.row_to_f32(y, static_cast<const char*>(src) + size_t(at) * ggml_type_size(type), b, n);
+    g.to_f32(y, static_cast<const char*>(src) + size_t(at) * ggml_type_size(type), b, n);
 }
 
 inline void prefetch(const void* p, bool write) {

@@ -6,10 +6,10 @@
 
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/lowrank.h"
+#include "backends.h"
 #include "error.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
-#include "ggml-cpu.h"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
@@ -63,8 +63,8 @@ ggml_backend_buffer_type_t cpu_repack_buffer_type(ggml_backend_t backend) {
 bool repackable(ggml_type type, const std::vector<int64_t>& storage) {
     if (type != GGML_TYPE_Q4_0 || storage.size() != 2 || storage[1] % 32 != 0) return false;
     const int64_t rows = storage[0];  // ggml ne1
-    if (ggml_cpu_has_avx2()) return rows % 8 == 0;
-    if (ggml_cpu_has_neon() && (ggml_cpu_has_matmul_int8() || ggml_cpu_has_dotprod())) return rows % 4 == 0;
+    if (cpu_backend_has("AVX2")) return rows % 8 == 0;
+    if (cpu_backend_has("NEON") && (cpu_backend_has("MATMUL_INT8") || cpu_backend_has("DOTPROD"))) return rows % 4 == 0;
     return false;
 }
 
@@ -150,7 +150,7 @@ void WeightStore::map_specs() {
             m.addr = addr;
             m.size = size_t(st.st_size);
             maps_.push_back(m);  // owned from here: the destructor unmaps it
-            maps_.back().buffer = ggml_backend_cpu_buffer_from_ptr(addr, m.size);
+            maps_.back().buffer = cpu_buffer_from_ptr(addr, m.size);
             SD_CHECK(maps_.back().buffer, "cannot wrap the mapping of '" + s.file + "' in a ggml buffer");
             ggml_backend_buffer_set_usage(maps_.back().buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
             f = by_file.emplace(s.file, maps_.size() - 1).first;
@@ -314,8 +314,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
             if (src_type == GGML_TYPE_F32) {
                 f = static_cast<const float*>(data) + i;
             } else if (src_type == GGML_TYPE_F16) {
-                kernels::cpu::gemm_kernels().row_to_f32(buf.data(), static_cast<const char*>(data) + 2 * i,
-                                                        kernels::cpu::GemmB::F16, int64_t(m));
+                kernels::cpu::gemm_kernels().to_f32(buf.data(), static_cast<const char*>(data) + 2 * i,
+                                                    kernels::cpu::GemmB::F16, int64_t(m));
             } else {
                 const uint16_t* b = static_cast<const uint16_t*>(data) + i;
                 uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());

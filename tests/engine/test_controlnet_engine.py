@@ -126,6 +126,15 @@ def test_residual_errors(device):
     del sd["controlnet.controlnet_mid_block.weight"]
     with pytest.raises(errors.InvalidArgumentError, match="controlnet_mid_block.weight"):
         ControlNet(weights.build_store(device, sd, "f32"), nc)
+    # the U-Net's weight checks and unused-weight report, over the ControlNet's own list
+    sd = {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}
+    name = "controlnet.down_blocks.1.resnets.0.conv1.weight"
+    bad = dict(sd, **{name: sd[name][:, :-1]})
+    with pytest.raises(errors.InvalidArgumentError, match=name.replace(".", r"\.") + "' has shape"):
+        ControlNet(weights.build_store(device, bad, "f32"), nc)
+    extra = dict(sd, **{"controlnet.up_blocks.0.resnets.0.norm1.weight": np.ones(4, np.float32)})
+    assert ControlNet(weights.build_store(device, extra, "f32"), nc).unused_weights == [
+        "controlnet.up_blocks.0.resnets.0.norm1.weight"]
 
 
 @pytest.mark.parametrize("wt,tol", [("f16", 5e-3), ("q8_0", 5e-2)])   # the U-Net's tolerances (test_quant.py)

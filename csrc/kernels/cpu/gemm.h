@@ -24,9 +24,9 @@ struct GemmKernels {
     // Bp[p][k][nr] = B[n0 + p nr + j][k0 + k] for the rows n0 .. n0 + nn (zero past them),
     // B's rows `ldb` bytes apart.
     void (*pack_b)(const void* B, GemmB type, int64_t ldb, int64_t n0, int64_t nn, int64_t k0, int64_t kc, float* Bp);
-    // dst[i] = src[i] as f32 for i < n (exact; half NaN payloads kept), with the level's
-    // converts: pack_b's row converter, also used by the LoRA merge and the store's conversions.
-    void (*row_to_f32)(float* dst, const char* src, GemmB type, int64_t n);
+    // dst[0..n) = src's n values of `type` as f32, exact (the converter pack_b uses; also for
+    // weight transforms that read f16/bf16 rows, the LoRA merge and the store's conversions)
+    void (*to_f32)(float* dst, const char* src, GemmB type, int64_t n);
 };
 
 const GemmKernels& gemm_kernels();                // the active level's
