@@ -25,11 +25,12 @@ from sdcpp import errors as sdcpp_errors  # noqa: E402
 from sdcpp.engine import text as text_mod  # noqa: E402
 from sdcpp.engine.text import TextEncoder, config_from_transformers  # noqa: E402
 from sdcpp.engine.weights import build_store, native, open_device  # noqa: E402
+from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
 BOS, EOS = 49406, 49407
 VOCAB = 49408
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
-F32_TOL = 1e-4
+F32_TOL = device_tol(1e-4)
 F16_TOL = 5e-3
 
 
@@ -88,7 +89,7 @@ def first_eos(ids: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def device():
-    return open_device("cpu")
+    return open_device(TEST_DEVICE)
 
 
 _models: dict = {}

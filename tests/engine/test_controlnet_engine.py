@@ -25,10 +25,11 @@ from sdcpp import errors  # noqa: E402
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.controlnet import ControlNet, controlnet_native_config  # noqa: E402
 from sdcpp.engine.unet import UNet  # noqa: E402
+from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
 torch.set_num_threads(1)
 
-F32_TOL = 1e-4
+F32_TOL = device_tol(1e-4)
 H, W, L = 8, 12, 7
 EMBED = (8, 16, 16, 32)   # conditioning_embedding_out_channels, small (published: 16, 32, 96, 256)
 
@@ -39,7 +40,7 @@ def rel_l2(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def device():
-    return weights.open_device("cpu", 1)
+    return weights.open_device(TEST_DEVICE, 1)
 
 
 @functools.lru_cache(maxsize=None)

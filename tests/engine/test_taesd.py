@@ -8,8 +8,9 @@ torch = pytest.importorskip("torch")
 from sdcpp import errors  # noqa: E402
 from sdcpp.engine.taesd import TinyVAE, canonical_names  # noqa: E402
 from sdcpp.engine.weights import open_device  # noqa: E402
+from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
-TOL = 1e-4
+TOL = device_tol(1e-4)
 SMALL = dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16))
 
 
@@ -33,7 +34,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def ours(tiny):
     sd = {k: v.numpy() for k, v in tiny.state_dict().items()}
-    return TinyVAE.from_tensors(open_device("cpu", 2), sd, dict(tiny.config))
+    return TinyVAE.from_tensors(open_device(TEST_DEVICE, 2), sd, dict(tiny.config))
 
 
 def test_decode_matches_diffusers(tiny, ours):
@@ -67,7 +68,7 @@ def test_original_split_files_are_renamed(tiny):
 
 def test_decoder_only_model_refuses_encode(tiny):
     sd = {k: v.numpy() for k, v in tiny.state_dict().items() if k.startswith("decoder.")}
-    dec_only = TinyVAE.from_tensors(open_device("cpu", 2), sd, dict(tiny.config))
+    dec_only = TinyVAE.from_tensors(open_device(TEST_DEVICE, 2), sd, dict(tiny.config))
     assert dec_only.has_decoder and not dec_only.has_encoder
     with pytest.raises(errors.SdcppError, match="no encoder"):
         dec_only.encode(np.zeros((1, 3, 16, 16), np.float32))

@@ -24,10 +24,11 @@ import unet_models as um  # noqa: E402
 from sdcpp import errors  # noqa: E402
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
+from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
 torch.set_num_threads(1)  # the references are small; keeps the suite quick on a shared machine
 
-F32_TOL = 1e-4
+F32_TOL = device_tol(1e-4)
 F16_TOL = 5e-3
 H, W, L = 16, 24, 7  # non-square latent; context length 7
 
@@ -41,7 +42,7 @@ def device():
     # One ggml thread: on a shared, oversubscribed machine every node's thread barrier can
     # wait a scheduler slice (seen: 30x slower with 2 threads). test_two_threads covers the
     # threaded partitioning of the kernels.
-    return weights.open_device("cpu", 1)
+    return weights.open_device(TEST_DEVICE, 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,7 +132,7 @@ def test_per_row_timesteps_and_graph_reuse(device):
 def test_two_threads(name, wt, tol):
     """Every kernel split over 2 threads (custom ops partition rows / tiles / channels)."""
     dc, model, tensors, nc = _model(name)
-    unet = UNet(weights.build_store(weights.open_device("cpu", 2), tensors, wt), nc)
+    unet = UNet(weights.build_store(weights.open_device(TEST_DEVICE, 2), tensors, wt), nc)
     unet._native.conv = "winograd"
     rng = np.random.default_rng(8)
     x, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)

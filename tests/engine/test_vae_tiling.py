@@ -16,11 +16,12 @@ from sdcpp import errors
 from sdcpp.engine import vae as V
 from sdcpp.engine.vae_tiling import check_tile
 from sdcpp.engine.weights import open_device
+from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
 SMALL = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4,
              in_channels=3, out_channels=3, sample_size=64,
              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-TOL = 1e-4
+TOL = device_tol(1e-4)
 
 
 def rel(a, b):
@@ -45,7 +46,7 @@ def small():
 @pytest.fixture(scope="module")
 def vae(small):
     tensors = {f"vae.{k}": v.detach().numpy().copy() for k, v in small.state_dict().items()}
-    return V.VAE.from_tensors(open_device("cpu", threads=2), tensors, V.native_config(small.config), weight_type="f32")
+    return V.VAE.from_tensors(open_device(TEST_DEVICE, threads=2), tensors, V.native_config(small.config), weight_type="f32")
 
 
 def tiled_reference(model, tile_px, overlap=0.25):

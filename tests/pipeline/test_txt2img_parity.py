@@ -8,6 +8,7 @@ import pytest
 
 import sdcpp
 from fixtures import FAMILIES, FORMATS
+from fixtures.devices import TEST_DEVICE
 
 from fixtures.e2e import NEGATIVE, PROMPT, SIZE, rel, run_diffusers, unit_latents
 
@@ -22,7 +23,7 @@ def loaded():
     def get(fx, fmt):
         key = (fx.name, fmt)
         if key not in cache:
-            cache[key] = sdcpp.load(str(fx.path(fmt)), device="cpu", weight_type="f32", threads=2)
+            cache[key] = sdcpp.load(str(fx.path(fmt)), device=TEST_DEVICE, weight_type="f32", threads=2)
         return cache[key]
     return get
 
