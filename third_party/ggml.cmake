@@ -20,16 +20,7 @@ if(SD_METAL AND NOT APPLE)
   message(FATAL_ERROR "SD_METAL=ON needs macOS (Apple's Metal). On Linux or Windows use -DSD_CUDA=ON or -DSD_VULKAN=ON.")
 endif()
 if(SD_CUDA)
-  find_package(CUDAToolkit QUIET)
-  if(NOT CUDAToolkit_FOUND)
-    message(FATAL_ERROR "SD_CUDA=ON: the CUDA toolkit was not found. Install it (nvcc and cuBLAS) and put nvcc on PATH, "
-                        "or point CMake at it with -DCUDAToolkit_ROOT=/usr/local/cuda.")
-  endif()
-  if(NOT TARGET CUDA::cublas)
-    message(FATAL_ERROR "SD_CUDA=ON: the CUDA toolkit at ${CUDAToolkit_LIBRARY_DIR} has no cuBLAS. Install cuBLAS "
-                        "(e.g. the libcublas-dev package of your CUDA version, or `pip install nvidia-cublas` and pass "
-                        "-DCUDAToolkit_ROOT to a toolkit that includes it).")
-  endif()
+  include("${CMAKE_CURRENT_LIST_DIR}/ggml_cuda.cmake")
 endif()
 if(SD_VULKAN)
   find_package(Vulkan QUIET COMPONENTS glslc)
@@ -122,6 +113,12 @@ else()
     endif()
     set_target_properties(${SD_GGML_SHARED_TARGETS} PROPERTIES INSTALL_RPATH "${SD_RPATH_ORIGIN}"
                           BUILD_WITH_INSTALL_RPATH ON)
+    if(SD_CUDA)
+      # cuBLAS and cudart from NVIDIA's wheels (the `cuda` extra) in the same site-packages;
+      # a system toolkit's libraries are found by the loader as usual
+      list(TRANSFORM SD_CUDA_WHEEL_RPATH PREPEND "${SD_RPATH_ORIGIN}/../" OUTPUT_VARIABLE _cuda_rpath)
+      set_property(TARGET ggml-cuda APPEND PROPERTY INSTALL_RPATH ${_cuda_rpath})
+    endif()
     # Private copies inside the package: one unversioned file each (a wheel cannot hold the
     # libggml.so -> .so.0 -> .so.0.20.2 symlinks and would store three copies).
     set_property(TARGET ggml ggml-base PROPERTY VERSION)

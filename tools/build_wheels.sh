@@ -5,8 +5,9 @@
 #                                time), repaired to manylinux by auditwheel
 #   tools/build_wheels.sh cuda   the same plus ggml's CUDA backend as a loadable module; cuBLAS and
 #                                the CUDA runtime come from NVIDIA's wheels (the `cuda` extra), not
-#                                bundled. Needs nvcc; CUDA_ARCHS (default "75;80;86;89;90") picks
-#                                the GPU architectures (one architecture builds in ~25 min on 2 cores)
+#                                bundled. Needs nvcc; CUDA_ARCHS (e.g. "90", default: the list in
+#                                third_party/ggml_cuda.cmake) picks the GPU architectures (one
+#                                architecture builds in ~25 min on 2 cores)
 #
 # Environment: PYTHON (default python3), SDCPP_GGML_SDIST (a local copy of the pinned ggml sdist,
 # for offline builds). Release wheels for every platform come from cibuildwheel (pyproject.toml).
@@ -23,14 +24,23 @@ exclude=()
 case "$kind" in
   cpu) ;;
   cuda)
-    # cuBLAS/cudart for the build, from NVIDIA's wheels when the toolkit lacks them
-    if ! ls "$(dirname "$(command -v nvcc)")"/../lib*/libcublas.so* >/dev/null 2>&1; then
-      "$py" -m pip install -q nvidia-cublas nvidia-cuda-runtime
-      nv=$("$py" -c "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))")/nvidia
-      args="$args -DCUDAToolkit_ROOT=$(dirname "$(dirname "$(command -v nvcc)")") -DSD_CUDA_EXTRA_ROOT=$nv"
+    # nvcc may be a wrapper script (/usr/local/bin/nvcc here), so the toolkit is found by CMake
+    # (CUDA_HOME/CUDA_PATH or /usr/local/cuda), not next to nvcc
+    cuda_major=$(nvcc --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+    cuda_home=${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}
+    # cuBLAS for the build from NVIDIA's wheel when the toolkit has none (CUDA 13 wheels are
+    # nvidia-cublas, CUDA 12 ones nvidia-cublas-cu12)
+    if ! ls "$cuda_home"/lib*/libcublas.so* "$cuda_home"/targets/*/lib/libcublas.so* >/dev/null 2>&1; then
+      sfx=""; [[ "$cuda_major" -lt 13 ]] && sfx="-cu$cuda_major"
+      "$py" -m pip install -q "nvidia-cublas$sfx==$cuda_major.*" "nvidia-cuda-runtime$sfx==$cuda_major.*"
+      nv=$("$py" -c "import nvidia; print(nvidia.__path__[0])")
+      args="$args -DSD_CUDA_EXTRA_ROOT=$nv"
     fi
-    args="$args -DSD_CUDA=ON -DGGML_CUDA_NO_VMM=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-75;80;86;89;90}"
-    # the driver and NVIDIA's wheels provide these at run time
+    # GPU architectures: CUDA_ARCHS, else the list in third_party/ggml_cuda.cmake; without a
+    # libcuda stub, ggml_cuda.cmake turns GGML_CUDA_NO_VMM on by itself
+    args="$args -DSD_CUDA=ON"
+    [[ -n "${CUDA_ARCHS:-}" ]] && args="$args -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+    # the driver and NVIDIA's wheels (the `cuda` extra) provide these at run time
     exclude=(--exclude 'libcuda.so.*' --exclude 'libcublas.so.*' --exclude 'libcublasLt.so.*' --exclude 'libcudart.so.*')
     ;;
   *) echo "usage: $0 cpu|cuda" >&2; exit 2 ;;
