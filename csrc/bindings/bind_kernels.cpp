@@ -30,6 +30,37 @@ const kc::Elementwise& table_for(const std::string& level) {
     return kc::elementwise_at(l);
 }
 
+// A test graph's context of `bytes` (tensors allocated in it) with sdcpp's kernels capped at
+// `level`; the context is freed and the previous cap restored on leaving, a throw included.
+class LevelGraph {
+   public:
+    LevelGraph(size_t bytes, const std::string& level) : cap_(kc::level_cap()) {
+        table_for(level);  // throws for a level this CPU lacks
+        ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
+        ctx_ = ggml_init(ip);
+        if (!ctx_) throw std::runtime_error("ggml_init failed");
+        kc::set_level_cap(kc::parse_level(level));
+    }
+    ~LevelGraph() {
+        kc::set_level_cap(cap_);
+        ggml_free(ctx_);
+    }
+    LevelGraph(const LevelGraph&) = delete;
+    LevelGraph& operator=(const LevelGraph&) = delete;
+    ggml_context* ctx() const { return ctx_; }
+
+    // Runs the graph ending at `out` on the CPU backend.
+    void compute(ggml_tensor* out, int threads, size_t max_nodes) const {
+        ggml_cgraph* gf = ggml_new_graph_custom(ctx_, max_nodes, false);
+        ggml_build_forward_expand(gf, out);
+        if (!compute_on_cpu(gf, threads)) throw std::runtime_error("graph compute failed");
+    }
+
+   private:
+    kc::Level cap_;
+    ggml_context* ctx_ = nullptr;
+};
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -68,7 +99,6 @@ void bind_kernels(py::module_& m) {
                                      const std::string& level, double strip_kb, int threads) {
         require_ndim(x, 4, "x");
         require_ndim(w, 4, "w");
-        table_for(level);  // throws for a level this CPU lacks
         const int64_t C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
         if (x.shape(0) != 1 || w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || b.size() != OC)
             throw InvalidArgument("x must be [1, C, H, W], w [OC, C, 3, 3] and b [OC]");
@@ -79,33 +109,20 @@ void bind_kernels(py::module_& m) {
             throw InvalidArgument("residual must be [1, OC, H*up, W*up]");
         const int64_t T = ((OW + 3) / 4) * ((OH + 3) / 4);
         const size_t bytes = sizeof(float) * size_t(36 * T * (C + OC) + 36 * C * OC + W * H * C + 9 * C * OC + 2 * OH * OW * OC + OC);
-        ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
-        ggml_context* ctx = ggml_init(ip);
-        if (!ctx) throw std::runtime_error("ggml_init failed");
-        const kc::Level cap = kc::level_cap();
-        kc::set_level_cap(kc::parse_level(level));
+        LevelGraph lg(bytes, level);
+        ggml_context* ctx = lg.ctx();
         F32Array y = new_f32({1, OC, OH, OW});
-        try {
-            ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, 1);
-            ggml_tensor* tw = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 3, 3, C, OC);
-            ggml_tensor* tb = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC);
-            ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, 1) : nullptr;
-            std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
-            std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
-            std::memcpy(tb->data, b.data(), ggml_nbytes(tb));
-            if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
-            ggml_tensor* out = winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024));
-            ggml_cgraph* gf = ggml_new_graph_custom(ctx, 16384, false);
-            ggml_build_forward_expand(gf, out);
-            if (!compute_on_cpu(gf, threads)) throw std::runtime_error("graph compute failed");
-            std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
-        } catch (...) {
-            kc::set_level_cap(cap);
-            ggml_free(ctx);
-            throw;
-        }
-        kc::set_level_cap(cap);
-        ggml_free(ctx);
+        ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, 1);
+        ggml_tensor* tw = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 3, 3, C, OC);
+        ggml_tensor* tb = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC);
+        ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, 1) : nullptr;
+        std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+        std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+        std::memcpy(tb->data, b.data(), ggml_nbytes(tb));
+        if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
+        ggml_tensor* out = winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024));
+        lg.compute(out, threads, 16384);
+        std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("residual"), py::arg("up"), py::arg("level"),
        py::arg("strip_kb") = 8192.0, py::arg("threads") = 2);
@@ -118,7 +135,6 @@ void bind_kernels(py::module_& m) {
                                          const std::string& level, int threads) {
         require_ndim(x, 4, "x");
         require_ndim(w, 4, "w");
-        table_for(level);  // throws for a level this CPU lacks
         const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
         if (w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || (b && b->size() != OC))
             throw InvalidArgument("x must be [N, C, H, W], w [OC, C, 3, 3] and b [OC]");
@@ -128,35 +144,22 @@ void bind_kernels(py::module_& m) {
         else if (wtype != "f32") throw InvalidArgument("wtype must be 'f32', 'f16' or 'bf16', got '" + wtype + "'");
         const int64_t T = N * ((W + 1) / 2) * ((H + 1) / 2);
         const size_t bytes = sizeof(float) * size_t(16 * T * (C + OC) + 16 * C * OC + N * W * H * (C + OC) + 9 * C * OC + OC);
-        ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
-        ggml_context* ctx = ggml_init(ip);
-        if (!ctx) throw std::runtime_error("ggml_init failed");
-        const kc::Level cap = kc::level_cap();
-        kc::set_level_cap(kc::parse_level(level));
+        LevelGraph lg(bytes, level);
+        ggml_context* ctx = lg.ctx();
         F32Array v = new_f32({16, T, C}), u = new_f32({16, OC, C}), y = new_f32({N, OC, H, W});
-        try {
-            ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
-            ggml_tensor* tw = ggml_new_tensor_4d(ctx, wt, 3, 3, C, OC);
-            ggml_tensor* tb = b ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC) : nullptr;
-            std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
-            if (wt == GGML_TYPE_F32) std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
-            else if (wt == GGML_TYPE_F16) ggml_fp32_to_fp16_row(w.data(), static_cast<ggml_fp16_t*>(tw->data), ggml_nelements(tw));
-            else ggml_fp32_to_bf16_row(w.data(), static_cast<ggml_bf16_t*>(tw->data), ggml_nelements(tw));
-            if (tb) std::memcpy(tb->data, b->data(), ggml_nbytes(tb));
-            const winograd::Conv3x3Parts parts = winograd::conv3x3_parts(ctx, tx, tw, tb);
-            ggml_cgraph* gf = ggml_new_graph_custom(ctx, 64, false);
-            ggml_build_forward_expand(gf, parts.y);
-            if (!compute_on_cpu(gf, threads)) throw std::runtime_error("graph compute failed");
-            std::memcpy(v.mutable_data(), parts.v->data, ggml_nbytes(parts.v));
-            std::memcpy(u.mutable_data(), parts.u->data, ggml_nbytes(parts.u));
-            std::memcpy(y.mutable_data(), parts.y->data, ggml_nbytes(parts.y));
-        } catch (...) {
-            kc::set_level_cap(cap);
-            ggml_free(ctx);
-            throw;
-        }
-        kc::set_level_cap(cap);
-        ggml_free(ctx);
+        ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
+        ggml_tensor* tw = ggml_new_tensor_4d(ctx, wt, 3, 3, C, OC);
+        ggml_tensor* tb = b ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC) : nullptr;
+        std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+        if (wt == GGML_TYPE_F32) std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+        else if (wt == GGML_TYPE_F16) ggml_fp32_to_fp16_row(w.data(), static_cast<ggml_fp16_t*>(tw->data), ggml_nelements(tw));
+        else ggml_fp32_to_bf16_row(w.data(), static_cast<ggml_bf16_t*>(tw->data), ggml_nelements(tw));
+        if (tb) std::memcpy(tb->data, b->data(), ggml_nbytes(tb));
+        const winograd::Conv3x3Parts parts = winograd::conv3x3_parts(ctx, tx, tw, tb);
+        lg.compute(parts.y, threads, 64);
+        std::memcpy(v.mutable_data(), parts.v->data, ggml_nbytes(parts.v));
+        std::memcpy(u.mutable_data(), parts.u->data, ggml_nbytes(parts.u));
+        std::memcpy(y.mutable_data(), parts.y->data, ggml_nbytes(parts.y));
         return py::make_tuple(v, u, y);
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("wtype"), py::arg("level"), py::arg("threads") = 2);
 

@@ -168,21 +168,7 @@ struct UNet::Builder {
     // --- blocks ----------------------------------------------------------------------------
     // ResnetBlock2D (nn/blocks.h) to `out` channels; temb_act = SiLU(time embedding) [E, N].
     ggml_tensor* resnet(ggml_tensor* x, const std::string& p, int64_t out, ggml_tensor* temb_act) const {
-        nn::ResnetWeights r;
-        r.norm1_w = w(p + ".norm1.weight");
-        r.norm1_b = w(p + ".norm1.bias");
-        r.conv1_w = w(p + ".conv1.weight");
-        r.conv1_b = w(p + ".conv1.bias");
-        r.temb_w = w(p + ".time_emb_proj.weight");
-        r.temb_b = w(p + ".time_emb_proj.bias");
-        r.norm2_w = w(p + ".norm2.weight");
-        r.norm2_b = w(p + ".norm2.bias");
-        r.conv2_w = w(p + ".conv2.weight");
-        r.conv2_b = w(p + ".conv2.bias");
-        if (channels(x) != out) {
-            r.shortcut_w = w(p + ".conv_shortcut.weight");
-            r.shortcut_b = w(p + ".conv_shortcut.bias");
-        }
+        const nn::ResnetWeights r = nn::ResnetWeights::named(p, w, /*temb=*/true, /*shortcut=*/channels(x) != out);
         return nn::resnet_block(ctx, x, r, temb_act, {cfg.norm_groups, cfg.norm_eps}, low.conv_opt, low.custom_ops);
     }
 

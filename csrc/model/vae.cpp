@@ -158,17 +158,9 @@ struct Builder {
     }
 
     ggml_tensor* resnet(ggml_tensor* x, const std::string& name) const {
-        nn::ResnetWeights w;
-        w.norm1_w = weight(name + ".norm1.weight");
-        w.norm1_b = weight(name + ".norm1.bias");
-        w.conv1_w = weight(name + ".conv1.weight");
-        w.conv1_b = weight(name + ".conv1.bias");
-        w.norm2_w = weight(name + ".norm2.weight");
-        w.norm2_b = weight(name + ".norm2.bias");
-        w.conv2_w = weight(name + ".conv2.weight");
-        w.conv2_b = weight(name + ".conv2.bias");
-        w.shortcut_w = weight_if(name + ".conv_shortcut.weight");
-        if (w.shortcut_w) w.shortcut_b = weight(name + ".conv_shortcut.bias");
+        const bool shortcut = weight_if(name + ".conv_shortcut.weight") != nullptr;
+        const nn::ResnetWeights w = nn::ResnetWeights::named(
+            name, [this](const std::string& n) { return weight(n); }, /*temb=*/false, shortcut);
         return nn::resnet_block(ctx, x, w, nullptr, norm(), conv_options(), custom_ops());
     }
 

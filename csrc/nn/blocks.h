@@ -2,6 +2,8 @@
 // ResnetBlock2D and Attention: written once here over nn's layers, the weights passed in by
 // the model (which checks their presence and shapes).
 #pragma once
+#include <string>
+
 #include "attention.h"
 #include "conv2d.h"
 #include "ggml.h"
@@ -19,6 +21,30 @@ struct ResnetWeights {
     ggml_tensor *temb_w = nullptr, *temb_b = nullptr;  // time_emb_proj (the U-Net; null in the VAE)
     ggml_tensor *norm2_w = nullptr, *norm2_b = nullptr, *conv2_w = nullptr, *conv2_b = nullptr;
     ggml_tensor *shortcut_w = nullptr, *shortcut_b = nullptr;  // 1x1 conv_shortcut (channels change)
+
+    // The block named `p` as diffusers names its weights ("p.norm1.weight", ...), each taken
+    // through `get` (name -> tensor): time_emb_proj when `temb`, conv_shortcut when `shortcut`.
+    template <class Get>
+    static ResnetWeights named(const std::string& p, Get&& get, bool temb, bool shortcut) {
+        ResnetWeights r;
+        r.norm1_w = get(p + ".norm1.weight");
+        r.norm1_b = get(p + ".norm1.bias");
+        r.conv1_w = get(p + ".conv1.weight");
+        r.conv1_b = get(p + ".conv1.bias");
+        if (temb) {
+            r.temb_w = get(p + ".time_emb_proj.weight");
+            r.temb_b = get(p + ".time_emb_proj.bias");
+        }
+        r.norm2_w = get(p + ".norm2.weight");
+        r.norm2_b = get(p + ".norm2.bias");
+        r.conv2_w = get(p + ".conv2.weight");
+        r.conv2_b = get(p + ".conv2.bias");
+        if (shortcut) {
+            r.shortcut_w = get(p + ".conv_shortcut.weight");
+            r.shortcut_b = get(p + ".conv_shortcut.bias");
+        }
+        return r;
+    }
 };
 
 // shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(temb_act)))) for

@@ -1,12 +1,11 @@
 #include "winograd_f23.h"
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
-#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/winograd_f23.h"
+#include "winograd_patch.h"
 
 namespace sdcpp::winograd {
 
@@ -15,12 +14,6 @@ namespace kc = sdcpp::kernels::cpu;
 namespace {
 
 constexpr int64_t kChunk = 32;  // tiles per input-transform work unit (its patch: 4 x 66 x C floats)
-
-std::vector<float>& scratch(size_t n) {
-    thread_local std::vector<float> buf;
-    if (buf.size() < n) buf.resize(n);
-    return buf;
-}
 
 // V [C, T, 16] from x [W, H, C, N]; T = N * TH * TW tiles of 2x2 outputs. Work units are
 // (image and tile row, chunk of kChunk tiles): each copies the four input rows its tiles read
@@ -39,25 +32,7 @@ void input_op(ggml_tensor* dst, int ith, int nth, void*) {
         const int64_t nt = std::min(kChunk, TW - tx0);
         const int64_t cols = 2 * nt + 2;
         float* patch = scratch(size_t(4 * cols * C)).data();
-        const int64_t x0 = 2 * tx0 - 1;
-        // Columns [k_lo, k_hi) of the patch lie inside the image.
-        const int64_t k_lo = std::max<int64_t>(0, -x0), k_hi = std::min<int64_t>(cols, W - x0);
-        const char* base = static_cast<const char*>(x->data) + n * x->nb[3];
-        for (int i = 0; i < 4; ++i) {
-            const int64_t iy = 2 * ty - 1 + i;
-            float* prow = patch + i * cols * C;
-            if (iy < 0 || iy >= H) {
-                std::memset(prow, 0, sizeof(float) * cols * C);
-                continue;
-            }
-            for (int64_t kx = 0; kx < k_lo; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
-            for (int64_t kx = std::max(k_lo, k_hi); kx < cols; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
-            for (int64_t c = 0; c < C; ++c) {
-                const float* src = reinterpret_cast<const float*>(base + c * x->nb[2] + iy * x->nb[1]);
-                float* d = prow + c;
-                for (int64_t kx = k_lo; kx < k_hi; ++kx) d[kx * C] = src[x0 + kx];
-            }
-        }
+        fill_patch(patch, 4, cols, x, n, 2 * ty - 1, 2 * tx0 - 1, 1);
         k.input_tiles(patch, C, nt, v + (row * TW + tx0) * C, p_stride);
     }
 }
@@ -69,16 +44,10 @@ void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const int64_t C = w->ne[2], OC = w->ne[3];
     const kc::WinogradF23& k = kc::winograd_f23();
-    const auto to_f32 = kc::gemm_kernels().to_f32;
     float* g = scratch(size_t(9 * C)).data();
     const int64_t p_stride = dst->nb[2] / sizeof(float);
     for (int64_t oc = ith; oc < OC; oc += nth) {
-        const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
-        switch (w->type) {
-            case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
-            case GGML_TYPE_F16: to_f32(g, static_cast<const char*>(src), kc::GemmB::F16, 9 * C); break;
-            default: to_f32(g, static_cast<const char*>(src), kc::GemmB::BF16, 9 * C); break;
-        }
+        kernel_to_f32(g, w, oc);
         k.kernel(g, C, static_cast<float*>(dst->data) + oc * (dst->nb[1] / sizeof(float)), p_stride);
     }
 }

@@ -1,15 +1,14 @@
 #include "winograd_f43_strips.h"
 
 #include <algorithm>
-#include <cstring>
 #include <mutex>
 #include <set>
 #include <tuple>
 #include <vector>
 
-#include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/winograd_f43.h"
+#include "winograd_patch.h"
 
 namespace sdcpp::winograd {
 
@@ -35,12 +34,6 @@ const StripParams* intern(const StripParams& p) {
     return &*table.insert(p).first;
 }
 
-std::vector<float>& scratch(size_t n) {
-    thread_local std::vector<float> buf;
-    if (buf.size() < n) buf.resize(n);
-    return buf;
-}
-
 // V [C, nty * TW, 36] for the strip's tiles from x [W, H, C, 1] (read through the upsampling).
 // Work units are (tile row, chunk of kChunk tiles): each copies the six input rows its tiles
 // read into a channels-last patch (zeros for the padding), then transforms it.
@@ -48,40 +41,18 @@ void input_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const StripParams& p = *static_cast<const StripParams*>(userdata);
     const ggml_tensor* x = dst->src[0];
     const int up = p.up;
-    const int64_t W = x->ne[0] * up, H = x->ne[1] * up, C = x->ne[2];
+    const int64_t W = x->ne[0] * up, C = x->ne[2];
     const int64_t TW = (W + 3) / 4;
     const int64_t chunks = (TW + kChunk - 1) / kChunk;
     const kc::WinogradF43& k = kc::winograd_f43();
     float* v = static_cast<float*>(dst->data);
     const int64_t p_stride = dst->nb[2] / sizeof(float);
-    const char* base = static_cast<const char*>(x->data);
     for (int64_t unit = ith; unit < p.nty * chunks; unit += nth) {
         const int64_t r = unit / chunks, tx0 = (unit % chunks) * kChunk;
         const int64_t nt = std::min(kChunk, TW - tx0);
         const int64_t cols = 4 * nt + 2;
         float* patch = scratch(size_t(6 * cols * C)).data();
-        const int64_t x0 = 4 * tx0 - 1;
-        // Columns [k_lo, k_hi) of the patch lie inside the image.
-        const int64_t k_lo = std::max<int64_t>(0, -x0), k_hi = std::min<int64_t>(cols, W - x0);
-        for (int i = 0; i < 6; ++i) {
-            const int64_t iy = 4 * (p.ty0 + r) - 1 + i;
-            float* prow = patch + i * cols * C;
-            if (iy < 0 || iy >= H) {
-                std::memset(prow, 0, sizeof(float) * cols * C);
-                continue;
-            }
-            for (int64_t kx = 0; kx < k_lo; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
-            for (int64_t kx = std::max(k_lo, k_hi); kx < cols; ++kx) std::memset(prow + kx * C, 0, sizeof(float) * C);
-            for (int64_t c = 0; c < C; ++c) {
-                const float* src = reinterpret_cast<const float*>(base + c * x->nb[2] + (iy / up) * x->nb[1]);
-                float* d = prow + c;
-                if (up == 1) {
-                    for (int64_t kx = k_lo; kx < k_hi; ++kx) d[kx * C] = src[x0 + kx];
-                } else {
-                    for (int64_t kx = k_lo; kx < k_hi; ++kx) d[kx * C] = src[(x0 + kx) / 2];
-                }
-            }
-        }
+        fill_patch(patch, 6, cols, x, 0, 4 * (p.ty0 + r) - 1, 4 * tx0 - 1, up);
         k.input_tiles(patch, C, nt, v + (r * TW + tx0) * C, p_stride);
     }
 }
@@ -90,16 +61,10 @@ void input_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
 void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const int64_t C = w->ne[2], OC = w->ne[3];
-    const auto to_f32 = kc::gemm_kernels().to_f32;
     float* g = scratch(size_t(9 * C)).data();
     const int64_t p_stride = dst->nb[2] / sizeof(float);
     for (int64_t oc = ith; oc < OC; oc += nth) {
-        const void* src = static_cast<const char*>(w->data) + oc * w->nb[3];  // 9*C contiguous values
-        switch (w->type) {
-            case GGML_TYPE_F32: std::memcpy(g, src, 9 * C * sizeof(float)); break;
-            case GGML_TYPE_F16: to_f32(g, static_cast<const char*>(src), kc::GemmB::F16, 9 * C); break;
-            default: to_f32(g, static_cast<const char*>(src), kc::GemmB::BF16, 9 * C); break;
-        }
+        kernel_to_f32(g, w, oc);
         kc::winograd_f43_kernel(g, C, static_cast<float*>(dst->data) + oc * (dst->nb[1] / sizeof(float)), p_stride);
     }
 }

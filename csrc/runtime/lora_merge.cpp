@@ -6,7 +6,7 @@
 #include <mutex>
 #include <thread>
 
-#include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/lowrank.h"
 #include "error.h"
 #include "ggml-backend.h"
@@ -71,7 +71,8 @@ void populate(uint8_t* p, size_t n) {
 // n values of type `type` (f32 / f16 / bf16) starting at element `at` of `src`, as float32
 // (exact), with the packed product's row converter.
 void to_f32(const kc::GemmKernels& g, const void* src, ggml_type type, int64_t at, int64_t n, float* y) {
-    const kc::GemmB b = type == GGML_TYPE_F32 ? kc::GemmB::F32 : type == GGML_TYPE_F16 ? kc::GemmB::F16 : kc::GemmB::BF16;
+    kc::GemmB b = kc::GemmB::F32;
+    fused::gemm_type(type, &b);
     g.to_f32(y, static_cast<const char*>(src) + size_t(at) * ggml_type_size(type), b, n);
 }
 

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <memory>
 
-#include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/lowrank.h"
 #include "backends.h"
 #include "error.h"
@@ -288,7 +288,7 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     }
     // From f32 / f16 / bf16 to a plain or q8_0 / q5_0 / q4_0 tensor: in blocks through a small
     // float32 buffer, straight into a tensor held in ordinary host memory, with the CPU kernels'
-    // conversions (csrc/kernels/cpu/gemm.h, lowrank.h: half/bf16 -> float exact, float -> half/bf16
+    // conversions (csrc/kernels/cpu/gemm_op.h, lowrank.h: half/bf16 -> float exact, float -> half/bf16
     // rounding to nearest even, q8_0 / q4_0 as ggml's reference quantizers). No tensor-sized
     // float32 copy: for a model-sized LoRA restore, allocating and faulting in those copies cost
     // more than the conversions.
@@ -313,13 +313,8 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
             const float* f = buf.data();
             if (src_type == GGML_TYPE_F32) {
                 f = static_cast<const float*>(data) + i;
-            } else if (src_type == GGML_TYPE_F16) {
-                kernels::cpu::gemm_kernels().to_f32(buf.data(), static_cast<const char*>(data) + 2 * i,
-                                                    kernels::cpu::GemmB::F16, int64_t(m));
-            } else {
-                const uint16_t* b = static_cast<const uint16_t*>(data) + i;
-                uint32_t* u = reinterpret_cast<uint32_t*>(buf.data());
-                for (size_t e = 0; e < m; ++e) u[e] = uint32_t(b[e]) << 16;
+            } else {  // f16 / bf16
+                fused::row_to_f32(buf.data(), static_cast<const char*>(data) + 2 * i, src_type, int64_t(m));
             }
             uint8_t* qdst = blocks ? dst + i / 32 * ggml_type_size(t->type) : nullptr;
             if (t->type == GGML_TYPE_Q8_0)

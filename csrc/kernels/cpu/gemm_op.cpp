@@ -8,9 +8,7 @@ namespace sdcpp::fused {
 
 namespace kc = sdcpp::kernels::cpu;
 
-namespace {
-
-bool type_of(ggml_type t, kc::GemmB* out) {
+bool gemm_type(ggml_type t, kc::GemmB* out) {
     switch (t) {
         case GGML_TYPE_F32: *out = kc::GemmB::F32; return true;
         case GGML_TYPE_F16: *out = kc::GemmB::F16; return true;
@@ -19,11 +17,19 @@ bool type_of(ggml_type t, kc::GemmB* out) {
     }
 }
 
+void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n) {
+    kc::GemmB b = kc::GemmB::F32;
+    if (!gemm_type(type, &b)) GGML_ABORT("row_to_f32: f32, f16 or bf16 rows only");
+    kc::gemm_kernels().to_f32(dst, static_cast<const char*>(src), b, n);
+}
+
+namespace {
+
 void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
     kc::GemmB bt = kc::GemmB::F32;
-    type_of(w->type, &bt);
+    gemm_type(w->type, &bt);
     const kc::GemmKernels& k = kc::gemm_kernels();
     const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
     const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
@@ -62,7 +68,7 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
     }();
     if (!enabled) return false;
     kc::GemmB bt;
-    if (!type_of(w->type, &bt) || x->type != GGML_TYPE_F32) return false;
+    if (!gemm_type(w->type, &bt) || x->type != GGML_TYPE_F32) return false;
     if (w->ne[0] != x->ne[0]) return false;
     if (w->nb[0] != ggml_type_size(w->type) || x->nb[0] != sizeof(float)) return false;  // contiguous rows
     if (x->nb[1] % sizeof(float) || x->nb[2] % sizeof(float) || x->nb[3] % sizeof(float)) return false;

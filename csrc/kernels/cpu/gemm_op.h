@@ -5,9 +5,17 @@
 // custom ops may run (the CPU backend) and only when `applies` says so; otherwise they keep
 // ggml_mul_mat (quantized weights go to ggml's integer dot products).
 #pragma once
+#include "gemm.h"
 #include "ggml.h"
 
 namespace sdcpp::fused {
+
+// The packed product's operand type for a ggml type: f32 / f16 / bf16; false for the others.
+bool gemm_type(ggml_type t, kernels::cpu::GemmB* out);
+
+// dst[0..n) = the n values of `type` (f32 / f16 / bf16) at src as f32, exactly, with the active
+// level's row converter (the one the packed product packs with).
+void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n);
 
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x);
 ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);

@@ -10,16 +10,7 @@
 // paths share one template, so the order of operations, hence every result bit, is the same at
 // every level.
 
-template <typename T>
-SD_TARGET inline T ld(const float* p) {
-    T v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-}
-template <typename T>
-SD_TARGET inline void st(float* p, const T& v) {
-    __builtin_memcpy(p, &v, sizeof v);
-}
+#include "vec_load_store.h"
 
 // One tile, T channels at a time: s points at channel c of the patch's top-left value, `cs`
 // floats between columns, `rs` between rows; o[p * ps] gets transformed value p.

@@ -8,16 +8,7 @@
 // over tiles (L at a time, then tile by tile at the right edge), so both are pure vector
 // arithmetic on contiguous loads.
 
-template <typename T>
-SD_TARGET inline T ld(const float* p) {
-    T v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-}
-template <typename T>
-SD_TARGET inline void st(float* p, const T& v) {
-    __builtin_memcpy(p, &v, sizeof v);
-}
+#include "vec_load_store.h"
 
 // o = B^T d for one column of six values (points 0, +-1, +-2, infinity).
 template <typename T>
