@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import errors
 from .native_call import call_native
-from .unet import _float_array
+from .unet import float_array
 from .weights import native
 
 
@@ -68,11 +68,11 @@ class ControlNet:
 
     def __call__(self, latent, timestep, context, cond, *, text_embeds=None, time_ids=None,
                  scale: float = 1.0) -> list[np.ndarray]:
-        latent = _float_array(latent, "latent")
+        latent = float_array(latent, "latent")
         if latent.ndim != 4:
             raise errors.InvalidArgumentError(f"latent must be [B, C, H, W], got shape {latent.shape}")
         B = latent.shape[0]
-        t = _float_array(timestep, "timestep")
+        t = float_array(timestep, "timestep")
         if t.ndim == 0:
             t = np.full((B,), float(t), dtype=np.float32)
         elif t.ndim == 1 and t.shape[0] == 1 and B > 1:
@@ -81,12 +81,12 @@ class ControlNet:
             raise errors.InvalidArgumentError("timestep must be finite")
         if not np.isfinite(scale):
             raise errors.InvalidArgumentError(f"scale must be finite, got {scale!r}")
-        context = _float_array(context, "context")
-        cond = _float_array(cond, "control image")
+        context = float_array(context, "context")
+        cond = float_array(cond, "control image")
         if text_embeds is not None:
-            text_embeds = _float_array(text_embeds, "text_embeds")
+            text_embeds = float_array(text_embeds, "text_embeds")
         if time_ids is not None:
-            time_ids = _float_array(time_ids, "time_ids")
+            time_ids = float_array(time_ids, "time_ids")
         return call_native(self._native.forward, latent, t, context, cond, text_embeds, time_ids, float(scale))
 
 

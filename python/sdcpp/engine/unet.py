@@ -24,7 +24,8 @@ ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
 CONV_IMPLS = ("auto", "im2col", "winograd")
 
 
-def _float_array(value: Any, name: str) -> np.ndarray:
+def float_array(value: Any, name: str) -> np.ndarray:
+    """`value` as a contiguous float32 array; InvalidArgumentError naming `name` if it is not real-valued."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise errors.InvalidArgumentError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
@@ -139,7 +140,7 @@ class UNet:
         """``residuals``: ControlNet outputs added to the skip connections and the mid block
         (diffusers' down_block / mid_block_additional_residual), a list of float32 arrays in the
         skips' shapes then the mid block's (``ControlNet.__call__`` returns them so)."""
-        latent = _float_array(latent, "latent")
+        latent = float_array(latent, "latent")
         if latent.ndim != 4:
             raise errors.InvalidArgumentError(f"latent must be [B, C, H, W], got shape {latent.shape}")
         B, C, H, W = latent.shape
@@ -151,7 +152,7 @@ class UNet:
         if H < 1 or W < 1:
             raise errors.InvalidArgumentError(f"latent height and width must be >= 1, got {H}x{W}")
 
-        t = _float_array(timestep, "timestep")
+        t = float_array(timestep, "timestep")
         if t.ndim == 0:
             t = np.full((B,), float(t), dtype=np.float32)
         elif t.ndim == 1 and t.shape[0] == 1 and B > 1:
@@ -161,7 +162,7 @@ class UNet:
         if not np.all(np.isfinite(t)):
             raise errors.InvalidArgumentError("timestep must be finite")
 
-        context = _float_array(context, "context")
+        context = float_array(context, "context")
         if context.ndim != 3 or context.shape[0] != B or context.shape[1] < 1:
             raise errors.InvalidArgumentError(f"context must be [B={B}, L, D], got shape {context.shape}")
         if context.shape[2] != self.cross_attention_dim:
@@ -174,24 +175,24 @@ class UNet:
             if text_embeds is None or time_ids is None:
                 raise errors.InvalidArgumentError(
                     f"this U-Net (SDXL text_time embedding) needs text_embeds [B, {pooled}] and time_ids [B, 6]")
-            text_embeds = _float_array(text_embeds, "text_embeds")
+            text_embeds = float_array(text_embeds, "text_embeds")
             if text_embeds.shape != (B, pooled):
                 raise errors.InvalidArgumentError(
                     f"text_embeds must be [B={B}, {pooled}], got shape {text_embeds.shape}")
-            time_ids = _float_array(time_ids, "time_ids")
+            time_ids = float_array(time_ids, "time_ids")
             if time_ids.shape != (B, 6):
                 raise errors.InvalidArgumentError(f"time_ids must be [B={B}, 6], got shape {time_ids.shape}")
         elif text_embeds is not None or time_ids is not None:
             raise errors.InvalidArgumentError("text_embeds / time_ids given but this U-Net has no addition embedding")
 
         if residuals is not None:
-            residuals = [_float_array(r, f"residuals[{i}]") for i, r in enumerate(residuals)]
+            residuals = [float_array(r, f"residuals[{i}]") for i, r in enumerate(residuals)]
         return call_native(self._native.forward, latent, t, context, text_embeds, time_ids, residuals)
 
 
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> np.ndarray:
     """The native sinusoidal timestep embedding (diffusers' get_timestep_embedding formula)."""
-    t = _float_array(timesteps, "timesteps").reshape(-1)
+    t = float_array(timesteps, "timesteps").reshape(-1)
     return call_native(native().unet_timestep_embedding, t, int(dim), bool(flip_sin_to_cos), float(freq_shift))
 
 

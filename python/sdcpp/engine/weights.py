@@ -93,7 +93,8 @@ def storage_type(name: str, shape: tuple[int, ...], weight_type: str) -> str:
     return weight_type
 
 
-def _as_native_array(arr: np.ndarray) -> np.ndarray:
+def as_native_array(arr: np.ndarray) -> np.ndarray:
+    """`arr` in a dtype the native store takes as is (f32 or f16); other real dtypes widen to f32."""
     if arr.dtype == np.float32 or arr.dtype == np.float16:
         return arr
     if arr.dtype.kind in "fiub":
@@ -141,7 +142,7 @@ def set_value(store, name: str, value) -> None:
             store.set_blocks(name, blocks, qt)
             return
     arr = value if isinstance(value, np.ndarray) else value.numpy()
-    store.set(name, _as_native_array(np.asarray(arr)))
+    store.set(name, as_native_array(np.asarray(arr)))
 
 
 # What a record's on-disk dtype must be for the store to use its bytes in place (zero copy).

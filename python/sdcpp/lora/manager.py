@@ -321,11 +321,11 @@ class LoraManager:
         return self.stores[name.split(".", 1)[0]]
 
     def _original(self, name: str) -> np.ndarray:
-        from ..engine.weights import _as_native_array
+        from ..engine.weights import as_native_array
 
         rec = self.info.tensors[name]
         self._check_file(rec.file)
-        return _as_native_array(np.asarray(rec.numpy()))   # exactly what the loader stored
+        return as_native_array(np.asarray(rec.numpy()))   # exactly what the loader stored
 
     def _merged(self, name: str, how: tuple) -> np.ndarray:
         merged = np.array(self._original(name), dtype=np.float32)   # a fresh, writable copy
