@@ -32,6 +32,7 @@ def variant_store(tensors, wt, variant):
     """(tensors, weight_type, type_of) of a --configs entry."""
     import re
 
+    sys.path.insert(0, str(ROOT / "tests"))           # q8_sensitivity's fixture helpers
     from q8_sensitivity import CLASSES, q8_round
     from sdcpp.engine import weights
 
@@ -68,6 +69,38 @@ def variant_store(tensors, wt, variant):
     return tensors, wt, weights.storage_type
 
 
+def clip_check(args):
+    """CLIP-L at real size (transformers' default init), one encode of random token ids: the last
+    hidden state (what the U-Net's cross-attention reads) vs transformers fp32."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdcpp.engine import weights
+    from sdcpp.engine.text import TextEncoder, config_from_transformers
+
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+    model = CLIPTextModel(cfg).eval()
+    tensors = {}
+    for k, v in model.state_dict().items():
+        if not k.endswith("position_ids"):
+            tensors["text_encoder." + (k if k.startswith("text_model.") else "text_model." + k)] = v.numpy()
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 2, (2, 77)).astype(np.int32)
+    ids[:, -1] = cfg.vocab_size - 1
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids).long()).last_hidden_state.numpy()
+    dev = weights.open_device("cpu", args.threads)
+    for config in args.configs:
+        wt, _, variant = config.partition("-")
+        stored, wt, type_of = variant_store(tensors, wt, variant)
+        store = weights.build_store(dev, stored, wt, type_of)
+        enc = TextEncoder(store, "text_encoder.", config_from_transformers(cfg.to_dict(), with_projection=False))
+        hidden, _ = enc.encode(ids, pooled_index=np.full(2, 76))
+        print(f"CLIP-L {config}: last hidden state rel L2 {rel(hidden, ref):.3e} (weights {store.nbytes / 2**20:.1f} MiB)",
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="bk-sdm-tiny")
@@ -79,7 +112,10 @@ def main():
                     help="sdcpp weight types; '-all' quantizes the roles KEEP_F16 keeps f16 too; "
                          "'q8_0-keep:shortcut,proj_in' keeps those q8_sensitivity classes f16 instead; "
                          "'q8_0-only:conv1' quantizes that class alone; 'q8_0-wonly' stores the q8_0-rounded weights as f32 (weight rounding only)")
+    ap.add_argument("--clip", action="store_true", help="CLIP-L text encoder instead (one encode)")
     args = ap.parse_args()
+    if args.clip:
+        return clip_check(args)
 
     import torch
     from diffusers import UNet2DConditionModel
