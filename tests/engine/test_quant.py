@@ -44,7 +44,7 @@ H, W, L = 16, 24, 7
 
 # One U-Net call (B=2 CFG-style, t=500), relative L2 vs diffusers fp32. Measured on the small
 # random-weight topologies (sd1 / sdxl / bk_tiny), with the KEEP_F16 roles f16: q8_0
-# 1.6e-2..2.3e-2, q5_0 0.089..0.12, q4_0 0.16..0.25 (every role quantized: q8_0 2.3e-2..3.4e-2,
+# 1.6e-2..2.1e-2, q5_0 0.089..0.12, q4_0 0.16..0.25 (every role quantized: q8_0 2.3e-2..3.4e-2,
 # q5_0 0.15..0.19, q4_0 0.24..0.36); bounds = about 1.5x the largest.
 UNET_TOL = {"q8_0": 3.5e-2, "q5_0": 0.18, "q4_0": 0.38}
 # CLIP (4 layers, hidden 64), last hidden state and pooled output vs transformers fp32.
@@ -52,7 +52,7 @@ UNET_TOL = {"q8_0": 3.5e-2, "q5_0": 0.18, "q4_0": 0.38}
 # q4_0 0.11..0.12 (every role quantized: 1.6e-2..1.7e-2, ~9.9e-2, 0.17..0.19).
 CLIP_TOL = {"q8_0": 2e-2, "q5_0": 0.1, "q4_0": 0.18}
 # End to end (4 Euler steps, CFG 7, 64x64 image), final latents with q8_0 vs diffusers fp32.
-# Measured with the KEEP_F16 roles: sd1 6.9e-2, sdxl 6.0e-2 (all roles quantized: 0.118 / 0.075;
+# Measured with the KEEP_F16 roles: sd1 7.8e-2, sdxl 4.9e-2 (all roles quantized: 0.118 / 0.075;
 # f16: 2.7e-3 / 2.3e-3). The issue's 3e-2 is asserted at real widths below
 # (test_q8_0_final_latents_real_widths_within_issue_bound): these fixtures (small widths, every
 # parameter + N(0, 0.05^2)) amplify rounding ~2-3x more than a real-size U-Net (f16 2.3e-3..2.7e-3
@@ -148,8 +148,10 @@ def test_storage_rules(device):
         # the KEEP_F16 roles (1x1 conv, stride-2 conv), and only with the table in force
         for name in ("unet.down_blocks.0.attentions.0.proj_in.weight", "unet.down_blocks.0.downsamplers.0.conv.weight",
                      "unet.up_blocks.1.resnets.0.conv_shortcut.weight"):
-            assert weights.f16_role(name) is not None and types[name] == "f16", name
+            assert weights.f16_role(name, wt) is not None and types[name] == "f16", name
             assert weights.storage_type(name, tensors[name].shape, wt, keep_f16=False) == wt
+        # resnet conv2: f16 for q8_0 (fidelity), quantized for q5_0 / q4_0 (size)
+        assert types["unet.down_blocks.0.resnets.0.conv2.weight"] == ("f16" if wt == "q8_0" else wt)
         assert types["unet.conv_in.weight"] == "f16"          # K = 4*9 = 36: not whole 32-blocks
         assert types["unet.conv_out.weight"] == "f16"         # 4 output rows (MIN_QUANT_ROWS)
         assert types["unet.time_embedding.linear_1.weight"] == "f32"
@@ -312,7 +314,7 @@ def test_q8_0_final_latents_real_widths_within_issue_bound():
     on a real-size U-Net: BK-SDM-tiny's published config (321 M quantizable weights) with
     diffusers' default initialisation, 4 Euler steps with CFG 7 on an 8x8 latent and a random
     cond / uncond context pair. With every role quantized it is over the bound (measured 3.9e-2):
-    the KEEP_F16 table is what brings it within (measured 2.7e-2; f16 1.3e-3). Nearly all of
+    the KEEP_F16 table is what brings it within (measured 2.2e-2; f16 1.3e-3). Nearly all of
     q8_0's error here is ggml's q8 rounding of the activations: the same q8_0-rounded weights in
     float products give 3.8e-3 (bench/q8_fidelity_real.py --configs q8_0-wonly)."""
     from diffusers import UNet2DConditionModel

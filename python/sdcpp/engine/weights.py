@@ -23,21 +23,25 @@ QUANT_TYPES = ("q8_0", "q5_0", "q4_0")
 # (the U-Net's conv_out: 4): those stay f16.
 MIN_QUANT_ROWS = 32
 # Roles that keep f16 under a quantized weight_type, as llama.cpp keeps its most sensitive
-# tensors in higher types: role -> pattern of its canonical weight names. Chosen by their
-# share of the final-latent error per byte (bench/q8_sensitivity.py; docs/generation.md,
-# "Quantized weights: what stays f16"): each is a few percent of the weights, and quantizing
-# it alone moves the final latents as much as quantizing a role ten times its size.
+# tensors in higher types: role -> (pattern of its canonical weight names, the weight types it
+# applies to). Chosen by their share of the final-latent error per byte (bench/q8_sensitivity.py,
+# bench/q8_fidelity_real.py; docs/generation.md, "Quantized weights: what stays f16"). Most of
+# q8_0's error is ggml's q8 rounding of the activations, and these roles' inputs lose most to it.
 KEEP_F16 = {
-    # 1x1 convolutions at the transformer's and the resnet's entry / exit
-    "resnet shortcut": r"\.conv_shortcut\.weight$",
-    "transformer proj_in": r"\.attentions\.\d+\.proj_in\.weight$",
-    "transformer proj_out": r"\.attentions\.\d+\.proj_out\.weight$",
-    # the stride-2 3x3 convolutions between resolutions, on the raw residual stream
-    "downsampler": r"\.downsamplers\.\d+\.conv\.weight$",
+    # 1x1 convolutions at the resnets' and the transformers' entry / exit, and the stride-2
+    # convolutions between resolutions: a few percent of the weights, each as harmful quantized
+    # as a role ten times its size
+    "resnet shortcut": (r"\.conv_shortcut\.weight$", QUANT_TYPES),
+    "transformer proj_in": (r"\.attentions\.\d+\.proj_in\.weight$", QUANT_TYPES),
+    "transformer proj_out": (r"\.attentions\.\d+\.proj_out\.weight$", QUANT_TYPES),
+    "downsampler": (r"\.downsamplers\.\d+\.conv\.weight$", QUANT_TYPES),
     # CLIP self-attention: its error reaches every U-Net call through the context and CFG
-    "text self-attention": r"\.self_attn\.(q|k|v|out)_proj\.weight$",
+    "text self-attention": (r"\.self_attn\.(q|k|v|out)_proj\.weight$", QUANT_TYPES),
+    # the largest share left (23% of SD1.5's U-Net weights): for q8_0 only, the type chosen for
+    # fidelity (issue 8: final latents within 3e-2), not for q5_0 / q4_0, chosen for size
+    "resnet conv2": (r"\.resnets\.\d+\.conv2\.weight$", ("q8_0",)),
 }
-_KEEP_F16 = [(role, re.compile(pattern)) for role, pattern in KEEP_F16.items()]
+_KEEP_F16 = [(role, re.compile(pattern), types) for role, (pattern, types) in KEEP_F16.items()]
 LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
 # Weights used in place from the checkpoint where possible (build_store); SDCPP_ZERO_COPY=0 copies.
 ZERO_COPY = os.environ.get("SDCPP_ZERO_COPY", "1") != "0"
@@ -94,10 +98,10 @@ def open_device(device: str = "auto", threads: Optional[int] = None):
         raise errors.InvalidArgumentError(str(exc)) from None
 
 
-def f16_role(name: str) -> Optional[str]:
-    """The KEEP_F16 role of a weight name, or None."""
-    for role, pattern in _KEEP_F16:
-        if pattern.search(name):
+def f16_role(name: str, weight_type: Optional[str] = None) -> Optional[str]:
+    """The KEEP_F16 role of a weight name (that applies to `weight_type`, if given), or None."""
+    for role, pattern, types in _KEEP_F16:
+        if pattern.search(name) and (weight_type is None or weight_type in types):
             return role
     return None
 
@@ -114,7 +118,7 @@ def storage_type(name: str, shape: tuple[int, ...], weight_type: str, keep_f16: 
         raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
     if len(shape) < 2 or "embedding" in name or "norm" in name:
         return "f32"
-    if weight_type in QUANT_TYPES and (shape[0] < MIN_QUANT_ROWS or (keep_f16 and f16_role(name))):
+    if weight_type in QUANT_TYPES and (shape[0] < MIN_QUANT_ROWS or (keep_f16 and f16_role(name, weight_type))):
         return "f16"
     return weight_type
 
