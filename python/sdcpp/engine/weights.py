@@ -28,7 +28,7 @@ MIN_QUANT_ROWS = 32
 # bench/q8_fidelity_real.py; docs/generation.md, "Quantized weights: what stays f16"). Most of
 # q8_0's error is ggml's q8 rounding of the activations, and these roles' inputs lose most to it.
 KEEP_F16 = {
-    # 1x1 convolutions at the resnets' and the transformers' entry / exit, and the stride-2
+    # the 1x1 projections at the resnets' and the transformers' entry / exit, and the stride-2
     # convolutions between resolutions: a few percent of the weights, each as harmful quantized
     # as a role ten times its size
     "resnet shortcut": (r"\.conv_shortcut\.weight$", QUANT_TYPES),
