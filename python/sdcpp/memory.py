@@ -10,6 +10,7 @@ text-encoder weights        prompt     always      always
 VAE weights                 enc/dec    always      always
 VAE compute buffers         enc/dec    enc/dec     always
 U-Net compute buffers       sampling   one shape   all
+U-Net mapped file pages     sampling   always      always
 ==========================  =========  ==========  =====
 
 *prompt*: built for encoding, freed right after; rebuilt from the (memory-mapped) source for the
@@ -17,8 +18,11 @@ next prompt. *enc/dec*: present only while the VAE encodes or decodes. *one shap
 has another latent shape than the previous one, the U-Net's graphs and compute buffers are
 dropped first, so 512 then 1024 then 512 holds the 512 buffers again (each GraphRunner keeps
 one set of buffers, grown to the largest graph it ran since it was last cleared). *sampling*:
-dropped before the VAE decodes. Every mode computes the same numbers: only memory and time
-change.
+dropped before the VAE decodes; for the mapped file pages (zero copy, sdcpp.engine.weights) that
+means the process's page-table entries are dropped (WeightStore.release_mapped_pages, madvise
+DONTNEED): the page cache keeps the pages and the next sampling faults them back from it (minor
+faults); pages a LoRA merge wrote are kept. Every mode computes the same numbers: only memory and
+time change.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class MemoryPolicy:
     free_vae_buffers: bool          # free the VAE's compute buffers after each encode / decode
     free_unet_before_decode: bool   # free the U-Net's compute buffers before decoding
     fit_unet_to_shape: bool         # drop the U-Net's buffers when the latent shape changes
+    release_unet_pages: bool        # drop the U-Net's mapped file pages from RSS before decoding
 
 
 def policy(mode: Optional[str]) -> MemoryPolicy:
@@ -48,7 +53,14 @@ def policy(mode: Optional[str]) -> MemoryPolicy:
         raise errors.InvalidArgumentError(f"memory must be one of {MEMORY_MODES}, got {mode!r}")
     low = mode == "low"
     return MemoryPolicy(mode, release_text_encoders=low, vae_on_demand=low, free_vae_buffers=mode != "fast",
-                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast")
+                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast", release_unet_pages=low)
+
+
+def release_file_pages(store) -> int:
+    """Drop a WeightStore's unwritten mapped pages from the process's RSS (bytes advised; 0 for
+    a store without mappings or a stand-in without the method)."""
+    fn = getattr(store, "release_mapped_pages", None) if store is not None else None
+    return int(fn()) if fn is not None else 0
 
 
 class Resident:
@@ -137,4 +149,5 @@ class StoreHandle:
         return getattr(self._resident.store, name)
 
 
-__all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "MemoryPolicy", "policy", "Resident", "LazyComponent", "StoreHandle"]
+__all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "MemoryPolicy", "policy", "release_file_pages", "Resident",
+           "LazyComponent", "StoreHandle"]

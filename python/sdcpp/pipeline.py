@@ -649,6 +649,10 @@ class Model:
             if self._control is not None:
                 self._control.clear()
                 self._control = None
+        if self.memory.release_unet_pages:
+            from .memory import release_file_pages
+
+            release_file_pages((self._c.get("stores") or {}).get("unet"))
         bar = phases(progress).bar("decode", final.shape[0], "image")   # the VAE's phase, shown while it runs
         try:
             if self._tiny_vae:

@@ -55,3 +55,26 @@ def test_low_mode_lora_matches_diffusers(lora):
     ours = latent_run(low, latents)
     err = rel(ours, ref[0])
     assert err <= LATENT_TOL, err
+
+
+def test_unet_lora_survives_the_page_release_before_decode(lora):
+    """memory="low" drops the U-Net's mapped file pages from RSS before each decode
+    (WeightStore.release_mapped_pages); pages a LoRA merge wrote must stay, so the next call
+    still samples with the merged U-Net: latents equal to "fast" after decodes, and after a
+    LoRA change (the restore writes originals into mapped pages too)."""
+    fx, ref_dir, kohya = lora
+    path = str(fx.path("ldm"))
+    fast = sdcpp.load(path, device="cpu", weight_type="f32", threads=2, memory="fast", loras=[(kohya, 0.8)])
+    low = sdcpp.load(path, device="cpu", weight_type="f32", threads=2, memory="low", loras=[(kohya, 0.8)])
+    assert low._c["stores"]["unet"].mapped_nbytes > 0       # the fixture's f32 U-Net is mapped
+    latents = unit_latents(8)
+
+    def image(model):
+        return model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=2, sampler="euler",
+                             latents=latents, output_type="np")[0]
+
+    for loras in ([(kohya, 0.8)], [(kohya, 0.3)], []):
+        fast.set_loras(loras)
+        low.set_loras(loras)
+        assert np.array_equal(image(low), image(fast))        # decodes: pages released
+        assert np.array_equal(latent_run(low, latents), latent_run(fast, latents))   # sampled after it
