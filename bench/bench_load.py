@@ -176,7 +176,9 @@ def child(args) -> dict:
         res["generate_s"] = time.perf_counter() - t0
         res["phases"] = dict(phases)
         assert np.all(np.isfinite(img))
-        res["unet_compute_mb"] = model._c["unet"].compute_buffer_size / 2**20
+        unet = model._c["unet"]
+        freed = hasattr(unet, "resident") and not unet.resident.resident   # memory="low" freed it: no rebuild
+        res["unet_compute_mb"] = 0.0 if freed else unet.compute_buffer_size / 2**20
         t0 = time.perf_counter()
         model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=1, sampler="euler",
                       seed=2, output_type="latent")

@@ -57,16 +57,18 @@ def test_low_mode_lora_matches_diffusers(lora):
     assert err <= LATENT_TOL, err
 
 
-def test_unet_lora_survives_the_page_release_before_decode(lora):
-    """memory="low" drops the U-Net's mapped file pages from RSS before each decode
-    (WeightStore.release_mapped_pages); pages a LoRA merge wrote must stay, so the next call
-    still samples with the merged U-Net: latents equal to "fast" after decodes, and after a
-    LoRA change (the restore writes originals into mapped pages too)."""
+@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
+def test_unet_lora_survives_the_release_before_decode(lora, weight_type):
+    """memory="low" takes the U-Net's weights out of RSS before each decode: f32 (the fixture's
+    own type, mapped) drops the mapped file pages (WeightStore.release_mapped_pages), and pages a
+    LoRA merge wrote must stay; q8_0 (a converted copy) is freed and rebuilt, and the merged
+    tensors must be written into the rebuilt store. Either way the next call samples with the
+    merged U-Net: latents equal to "fast" after decodes, and after a LoRA change (the restore
+    writes originals too)."""
     fx, ref_dir, kohya = lora
     path = str(fx.path("ldm"))
-    fast = sdcpp.load(path, device="cpu", weight_type="f32", threads=2, memory="fast", loras=[(kohya, 0.8)])
-    low = sdcpp.load(path, device="cpu", weight_type="f32", threads=2, memory="low", loras=[(kohya, 0.8)])
-    assert low._c["stores"]["unet"].mapped_nbytes > 0       # the fixture's f32 U-Net is mapped
+    fast = sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory="fast", loras=[(kohya, 0.8)])
+    low = sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory="low", loras=[(kohya, 0.8)])
     latents = unit_latents(8)
 
     def image(model):
@@ -78,3 +80,5 @@ def test_unet_lora_survives_the_page_release_before_decode(lora):
         low.set_loras(loras)
         assert np.array_equal(image(low), image(fast))        # decodes: pages released
         assert np.array_equal(latent_run(low, latents), latent_run(fast, latents))   # sampled after it
+    res = low._c["unet"].resident
+    assert res.builds == (1 if weight_type == "f32" else 4)   # q8_0: rebuilt after each decode
