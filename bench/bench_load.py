@@ -183,6 +183,8 @@ def child(args) -> dict:
         model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=1, sampler="euler",
                       seed=2, output_type="latent")
         res["second_prompt_1_step_s"] = time.perf_counter() - t0
+        if hasattr(unet, "resident"):     # memory="low": a converted U-Net is rebuilt per call
+            res["unet_builds"], res["unet_build_s"] = unet.resident.builds, unet.resident.build_seconds / unet.resident.builds
     # the pipeline's peak (before the rebuild timings below, which build a VAE beside a resident
     # U-Net as no call does); the phase windows reset the kernel's peak, so it is their maximum
     seen = [v for k, v in res.get("phases", {}).items() if k.endswith("_peak")]
@@ -265,6 +267,9 @@ def main() -> None:
                   f"(anon {b['RssAnon']:.0f}, file pages {b['RssFile']:.0f}), U-Net compute {ph['unet_compute_mb']:.0f} MiB; "
                   f"decode starts at {ph['decode_start']['VmRSS']:.0f} (anon {ph['decode_start']['RssAnon']:.0f}, "
                   f"file {ph['decode_start']['RssFile']:.0f})")
+        if r.get("unet_builds", 1) > 1:
+            print(f"{'':9s} U-Net built {r['unet_builds']} times (load, then per call after a decode), "
+                  f"{r['unet_build_s']:.2f} s each on average")
         if "text_encoder_rebuild_s" in r:
             print(f"{'':9s} rebuild from the mapped file: text encoder {r['text_encoder_rebuild_s']:.2f} s, "
                   f"VAE {r['vae_rebuild_s']:.2f} s")
