@@ -163,11 +163,17 @@ size_t WeightStore::release_mapped_pages() {
             hi = std::min(hi, (m.size + page - 1) / page * page);
             if (hi > lo && madvise(static_cast<char*>(m.addr) + lo, hi - lo, MADV_DONTNEED) == 0) advised += hi - lo;
         };
+        std::vector<std::pair<size_t, size_t>> merged;  // the kept pages, as the new write record
         for (const auto& r : keep) {
             if (r.first > at) advise(at, r.first);
+            if (!merged.empty() && r.first <= merged.back().second)
+                merged.back().second = std::max(merged.back().second, r.second);
+            else
+                merged.push_back(r);
             at = std::max(at, r.second);
         }
         advise(at, m.size);
+        m.written.swap(merged);  // repeated LoRA changes do not grow it without bound
     }
 #endif
     return advised;
