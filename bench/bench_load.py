@@ -37,6 +37,54 @@ def rss() -> dict:
     return out
 
 
+def reset_peak() -> None:
+    """Start a new VmHWM window (Linux 4.0+: writing 5 to clear_refs resets the peak RSS)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def watch_phases(model) -> dict:
+    """Peak RSS per phase of a call (prompt encoding, sampling, decoding) and the RSS split at the
+    start of the decode, by wrapping the model's own phase methods (nothing else changes)."""
+    phases: dict = {}
+    cond, decode, vae_run = model.conditioner.encode_schedules, model._decode, model._vae_run
+
+    def encode_schedules(*a, **k):
+        phases.setdefault("load_peak", rss()["VmHWM"])   # before the first reset: loading's peak
+        reset_peak()
+        try:
+            return cond(*a, **k)
+        finally:
+            phases["encode_peak"] = rss()["VmHWM"]
+            reset_peak()
+
+    def _decode(*a, **k):
+        phases["sample_peak"] = rss()["VmHWM"]
+        phases["before_decode"] = rss()
+        phases["unet_compute_mb"] = model._c["unet"].compute_buffer_size / 2**20
+        return decode(*a, **k)
+
+    def _vae_run(encode, *a, **k):
+        # the decode's window opens here, after _decode released what the memory mode releases
+        # (a window opened earlier could not fall below the RSS it opened at)
+        if not encode:
+            phases["decode_start"] = rss()
+            reset_peak()
+        try:
+            return vae_run(encode, *a, **k)
+        finally:
+            if not encode:
+                phases["decode_peak"] = rss()["VmHWM"]
+
+    model.conditioner.encode_schedules = encode_schedules
+    model._decode = _decode
+    model._vae_run = _vae_run
+    return phases
+
+
 def make_file(path: Path, family: str = "sd15") -> None:
     import numpy as np
     import torch
@@ -108,7 +156,7 @@ def child(args) -> dict:
     import sdcpp
 
     t0 = time.perf_counter()
-    model = sdcpp.load(args.file, device="cpu", weight_type="f16", threads=args.threads, memory=args.memory)
+    model = sdcpp.load(args.file, device="cpu", weight_type=args.weight_type, threads=args.threads, memory=args.memory)
     load_s = time.perf_counter() - t0
     after_load = rss()
     def nbytes(store) -> float:            # a freed store (memory="low") counts 0; do not rebuild it
@@ -119,16 +167,28 @@ def child(args) -> dict:
     stores = {k: nbytes(v) for k, v in model._c["stores"].items()}
     res = {"memory": args.memory, "load_s": load_s, "after_load": after_load, "weights_mb": stores}
     if args.steps:
+        phases = watch_phases(model)
+        if args.vae_tile:
+            model.vae_tile_size = args.vae_tile
         t0 = time.perf_counter()
         img = model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps,
-                            sampler="euler", seed=1, output_type="np")[0]
+                            sampler="euler", seed=1, output_type="np", vae_tiling=bool(args.vae_tile) or None)[0]
         res["generate_s"] = time.perf_counter() - t0
+        res["phases"] = dict(phases)
         assert np.all(np.isfinite(img))
-        res["unet_compute_mb"] = model._c["unet"].compute_buffer_size / 2**20
+        unet = model._c["unet"]
+        freed = hasattr(unet, "resident") and not unet.resident.resident   # memory="low" freed it: no rebuild
+        res["unet_compute_mb"] = 0.0 if freed else unet.compute_buffer_size / 2**20
         t0 = time.perf_counter()
         model.txt2img("a lighthouse at dusk", width=args.size, height=args.size, steps=1, sampler="euler",
                       seed=2, output_type="latent")
         res["second_prompt_1_step_s"] = time.perf_counter() - t0
+        if hasattr(unet, "resident"):     # memory="low": a converted U-Net is rebuilt per call
+            res["unet_builds"], res["unet_build_s"] = unet.resident.builds, unet.resident.build_seconds / unet.resident.builds
+    # the pipeline's peak (before the rebuild timings below, which build a VAE beside a resident
+    # U-Net as no call does); the phase windows reset the kernel's peak, so it is their maximum
+    seen = [v for k, v in res.get("phases", {}).items() if k.endswith("_peak")]
+    res["peak_rss_mb"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0] + seen)
     if args.memory == "low":
         # what "low" pays per prompt: rebuilding the text encoder (and per decode the VAE) from the
         # mapped file; three rounds, the median
@@ -142,7 +202,7 @@ def child(args) -> dict:
             comp.resident.release()
             res[key] = sorted(times)[1]
     res["end"] = rss()
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
     return res
 
 
@@ -153,6 +213,8 @@ def main() -> None:
     ap.add_argument("--family", default="sd15", choices=("sd15", "ssd-1b"), help="what --make writes")
     ap.add_argument("--memory", default="balanced", help="comma list of low, balanced, fast")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weight-type", default="f16", help="the U-Net's and text encoders' weight_type (f16, q8_0, ...)")
+    ap.add_argument("--vae-tile", type=int, default=0, help="decode in tiles of this many pixels (0: the default rule)")
     ap.add_argument("--steps", type=int, default=0, help="txt2img steps after loading (0: load only)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--cold", action="store_true", help="evict the file from the page cache before each load")
@@ -170,8 +232,9 @@ def main() -> None:
             ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         cpu = "unknown CPU"
-    print(f"{cpu}, {args.threads} threads, {args.file} ({args.file.stat().st_size / 2**20:.0f} MiB), "
-          f"{'cold' if args.cold else 'warm'} page cache")
+    print(f"{cpu}, {args.threads} threads, {args.file} ({args.file.stat().st_size / 2**20:.0f} MiB) as "
+          f"{args.weight_type}, {'cold' if args.cold else 'warm'} page cache"
+          + (f", VAE tiles of {args.vae_tile} px" if args.vae_tile else ""))
     results = []
     for mode in args.memory.split(","):
         if args.cold:
@@ -179,7 +242,8 @@ def main() -> None:
         else:
             warm(args.file)
         cmd = [sys.executable, __file__, "--child", "--file", str(args.file), "--memory", mode,
-               "--threads", str(args.threads), "--steps", str(args.steps), "--size", str(args.size)]
+               "--threads", str(args.threads), "--steps", str(args.steps), "--size", str(args.size),
+               "--weight-type", args.weight_type, "--vae-tile", str(args.vae_tile)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -195,6 +259,17 @@ def main() -> None:
             print(f"{'':9s} {args.size}x{args.size} {args.steps} steps {r['generate_s']:.1f} s, "
                   f"second prompt (1 step, latent) {r['second_prompt_1_step_s']:.1f} s, "
                   f"U-Net compute {r['unet_compute_mb']:.0f} MiB")
+        if "phases" in r:
+            ph = r["phases"]
+            b = ph["before_decode"]
+            print(f"{'':9s} peak RSS by phase: encode {ph['encode_peak']:.0f}, sampling {ph['sample_peak']:.0f}, "
+                  f"decode {ph['decode_peak']:.0f} MiB; at the end of sampling RSS {b['VmRSS']:.0f} "
+                  f"(anon {b['RssAnon']:.0f}, file pages {b['RssFile']:.0f}), U-Net compute {ph['unet_compute_mb']:.0f} MiB; "
+                  f"decode starts at {ph['decode_start']['VmRSS']:.0f} (anon {ph['decode_start']['RssAnon']:.0f}, "
+                  f"file {ph['decode_start']['RssFile']:.0f})")
+        if r.get("unet_builds", 1) > 1:
+            print(f"{'':9s} U-Net built {r['unet_builds']} times (load, then per call after a decode), "
+                  f"{r['unet_build_s']:.2f} s each on average")
         if "text_encoder_rebuild_s" in r:
             print(f"{'':9s} rebuild from the mapped file: text encoder {r['text_encoder_rebuild_s']:.2f} s, "
                   f"VAE {r['vae_rebuild_s']:.2f} s")

@@ -79,6 +79,12 @@ void bind_runtime(py::module_& m) {
         .def_static("mapping_supported", &WeightStore::mapping_supported)
         .def("is_mapped", &WeightStore::is_mapped)
         .def_property_readonly("mapped_nbytes", &WeightStore::mapped_nbytes)
+        .def("release_mapped_pages",
+             [](WeightStore& s) {
+                 py::gil_scoped_release nogil;
+                 return s.release_mapped_pages();
+             },
+             "Drop the unwritten mapped pages from this process's RSS (madvise DONTNEED); returns the bytes advised")
         .def("allocate", [](WeightStore& s) {
             py::gil_scoped_release nogil;
             s.allocate();

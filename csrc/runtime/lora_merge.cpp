@@ -207,6 +207,7 @@ void merge_low_rank(WeightStore& store, const std::string& name, const void* ori
 
     // Write in place when the tensor's bytes are ordinary host memory in the stored layout.
     const bool in_place = t->buffer && ggml_backend_buffer_is_host(t->buffer) && !store.repacked(name);
+    store.note_written(name);  // its mapped pages will hold merged values (release_mapped_pages keeps them)
     std::vector<uint8_t> staging;
     uint8_t* dst = static_cast<uint8_t*>(t->data);
     if (!in_place) {

@@ -132,6 +132,53 @@ bool WeightStore::is_mapped(const std::string& name) const {
     return allocated_ && it != spec_index_.end() && !specs_[it->second].file.empty();
 }
 
+void WeightStore::note_written(const std::string& name) {
+    ggml_tensor* t = find(name);
+    if (!t || !t->data) return;
+    const char* p = static_cast<const char*>(t->data);
+    for (Mapping& m : maps_) {
+        const char* base = static_cast<const char*>(m.addr);
+        if (p >= base && p < base + m.size) {
+            const size_t lo = size_t(p - base);
+            std::lock_guard<std::mutex> lock(written_mutex_);
+            m.written.emplace_back(lo, std::min(m.size, lo + ggml_nbytes(t)));
+            return;
+        }
+    }
+}
+
+size_t WeightStore::release_mapped_pages() {
+    size_t advised = 0;
+#ifdef SDCPP_HAVE_MMAP
+    std::lock_guard<std::mutex> lock(written_mutex_);
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    for (Mapping& m : maps_) {
+        // Keep every page that holds a written byte: widen the written ranges to whole pages
+        // and merge them; advise the gaps between them.
+        std::vector<std::pair<size_t, size_t>> keep;
+        for (const auto& r : m.written) keep.emplace_back(r.first / page * page, (r.second + page - 1) / page * page);
+        std::sort(keep.begin(), keep.end());
+        size_t at = 0;  // the mapping starts page-aligned (mmap)
+        auto advise = [&](size_t lo, size_t hi) {
+            hi = std::min(hi, (m.size + page - 1) / page * page);
+            if (hi > lo && madvise(static_cast<char*>(m.addr) + lo, hi - lo, MADV_DONTNEED) == 0) advised += hi - lo;
+        };
+        std::vector<std::pair<size_t, size_t>> merged;  // the kept pages, as the new write record
+        for (const auto& r : keep) {
+            if (r.first > at) advise(at, r.first);
+            if (!merged.empty() && r.first <= merged.back().second)
+                merged.back().second = std::max(merged.back().second, r.second);
+            else
+                merged.push_back(r);
+            at = std::max(at, r.second);
+        }
+        advise(at, m.size);
+        m.written.swap(merged);  // repeated LoRA changes do not grow it without bound
+    }
+#endif
+    return advised;
+}
+
 void WeightStore::map_specs() {
 #ifdef SDCPP_HAVE_MMAP
     std::unordered_map<std::string, size_t> by_file;  // file -> maps_ index
@@ -282,6 +329,7 @@ void WeightStore::set(const std::string& name, const void* data, ggml_type src_t
     }
     std::unique_ptr<QuietRepackLog> quiet;
     if (repacked(name)) quiet = std::make_unique<QuietRepackLog>();
+    note_written(name);  // a mapped tensor's pages become private copies (release_mapped_pages)
     if (src_type == t->type) {
         ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));  // as they are (incl. quantized blocks)
         return;

@@ -18,8 +18,10 @@
 // whose reduction length is not a multiple of the block size is stored as f16 instead.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "device.h"
@@ -48,6 +50,16 @@ class WeightStore {
     bool allocated() const { return allocated_; }
     bool is_mapped(const std::string& name) const;
     size_t mapped_nbytes() const { return mapped_bytes_; }
+    // A write into a mapped tensor's bytes copies those pages (copy on write): they then hold
+    // data the file does not. set() records its writes; a writer that goes through the tensor's
+    // pointer (the LoRA merge) calls note_written so that release_mapped_pages keeps them.
+    void note_written(const std::string& name);
+    // Drop this process's page-table entries for the mapped pages that no write touched
+    // (madvise DONTNEED on a private mapping): RSS falls by the file pages a model run faulted
+    // in, the OS page cache keeps them, and the next read faults them back from it unchanged.
+    // Pages holding written bytes are kept (dropping them would lose the writes). Returns the
+    // bytes advised; 0 where there is no mapping.
+    size_t release_mapped_pages();
 
     // Copy `count` elements of `src_type` (F32, F16, BF16 or a ggml quantized type, C-contiguous
     // in the declared shape) into the tensor, converting to its storage type (F32, F16, BF16 or
@@ -80,6 +92,7 @@ class WeightStore {
         void* addr = nullptr;
         size_t size = 0;
         ggml_backend_buffer_t buffer = nullptr;
+        std::vector<std::pair<size_t, size_t>> written;  // byte ranges [lo, hi) from addr, unsorted
     };
     DevicePtr device_;
     std::vector<Spec> specs_;
@@ -93,6 +106,7 @@ class WeightStore {
     std::unordered_map<std::string, ggml_tensor*> tensors_;
     std::vector<Mapping> maps_;
     size_t mapped_bytes_ = 0;
+    std::mutex written_mutex_;  // set() runs on several loader threads at once
     void map_specs();
 };
 

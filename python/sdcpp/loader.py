@@ -160,7 +160,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         encoders.append(component(prefix, lambda st, p=prefix, c=cfg: TextEncoder(st, p, c), mem.release_text_encoders))
     components = {
         "text_encoders": encoders,
-        "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), False),
+        "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), mem.unet_on_demand),
         "vae": vae_obj,
         "preview": tiny_vae(preview) if preview is not None else None,
         "stores": stores,

@@ -10,6 +10,7 @@ text-encoder weights        prompt     always      always
 VAE weights                 enc/dec    always      always
 VAE compute buffers         enc/dec    enc/dec     always
 U-Net compute buffers       sampling   one shape   all
+U-Net weights               sampling   always      always
 ==========================  =========  ==========  =====
 
 *prompt*: built for encoding, freed right after; rebuilt from the (memory-mapped) source for the
@@ -17,8 +18,14 @@ next prompt. *enc/dec*: present only while the VAE encodes or decodes. *one shap
 has another latent shape than the previous one, the U-Net's graphs and compute buffers are
 dropped first, so 512 then 1024 then 512 holds the 512 buffers again (each GraphRunner keeps
 one set of buffers, grown to the largest graph it ran since it was last cleared). *sampling*:
-dropped before the VAE decodes. Every mode computes the same numbers: only memory and time
-change.
+dropped before the VAE decodes (``release_unet``). For the U-Net's weights that depends on what
+they are: the checkpoint's own mapped pages (zero copy, sdcpp.engine.weights: a file's stored type
+loaded as such) only leave the process's RSS (WeightStore.release_mapped_pages, madvise DONTNEED:
+the page cache keeps them, the next sampling faults them back from it, pages a LoRA merge wrote
+are kept); a converted copy (weight_type="q8_0" of an f16 file, f16 of an f32 file) is freed and
+converted again from the mapped file at the next sampling (the conversion's time per call, merged
+LoRA tensors written again). Every mode computes the same numbers: only memory and
+time change.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class MemoryPolicy:
     free_vae_buffers: bool          # free the VAE's compute buffers after each encode / decode
     free_unet_before_decode: bool   # free the U-Net's compute buffers before decoding
     fit_unet_to_shape: bool         # drop the U-Net's buffers when the latent shape changes
+    unet_on_demand: bool            # U-Net weights out of RSS while decoding (see release_unet)
 
 
 def policy(mode: Optional[str]) -> MemoryPolicy:
@@ -48,7 +56,34 @@ def policy(mode: Optional[str]) -> MemoryPolicy:
         raise errors.InvalidArgumentError(f"memory must be one of {MEMORY_MODES}, got {mode!r}")
     low = mode == "low"
     return MemoryPolicy(mode, release_text_encoders=low, vae_on_demand=low, free_vae_buffers=mode != "fast",
-                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast")
+                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast", unet_on_demand=low)
+
+
+def release_file_pages(store) -> int:
+    """Drop a WeightStore's unwritten mapped pages from the process's RSS (bytes advised; 0 for
+    a store without mappings or a stand-in without the method)."""
+    fn = getattr(store, "release_mapped_pages", None) if store is not None else None
+    return int(fn()) if fn is not None else 0
+
+
+def release_unet(unet, store=None) -> None:
+    """Before decoding (memory="low"): drop the U-Net's graphs and compute buffers, and its
+    weights from RSS. A LazyComponent whose store is mostly the mapped checkpoint keeps its store
+    and only gives back the file pages (nothing to rebuild; LoRA-written pages stay); one whose
+    store is mostly a converted copy is freed (rebuilt at its next use). A plain U-Net (`store`
+    its WeightStore) keeps its weights and gives back their file pages."""
+    if isinstance(unet, LazyComponent):
+        res = unet.resident
+        if not res.resident:
+            return
+        res.obj.clear()
+        if 2 * res.store.mapped_nbytes >= res.store.nbytes:
+            release_file_pages(res.store)
+        else:
+            res.release()
+        return
+    unet.clear()
+    release_file_pages(store)
 
 
 class Resident:
@@ -103,6 +138,9 @@ class LazyComponent:
     def __getattr__(self, name):
         return getattr(self._resident.get(), name)
 
+    def __call__(self, *args, **kwargs):      # the U-Net is called (special methods skip __getattr__)
+        return self._resident.get()(*args, **kwargs)
+
     @property
     def resident(self) -> Resident:
         return self._resident
@@ -137,4 +175,5 @@ class StoreHandle:
         return getattr(self._resident.store, name)
 
 
-__all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "MemoryPolicy", "policy", "Resident", "LazyComponent", "StoreHandle"]
+__all__ = ["MEMORY_MODES", "DEFAULT_MEMORY", "MemoryPolicy", "policy", "release_file_pages", "release_unet", "Resident",
+           "LazyComponent", "StoreHandle"]

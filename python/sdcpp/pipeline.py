@@ -110,9 +110,9 @@ class Model:
         if components.get("stores"):
             from .lora import LoraManager
             self._lora_manager = LoraManager(info, components["stores"])
-        # memory="low" rebuilds text encoders / the VAE from the checkpoint: merged LoRA tensors
-        # are written into the rebuilt store again.
-        for comp in list(components.get("text_encoders", [])) + [components.get("vae")]:
+        # memory="low" rebuilds text encoders / the VAE / a converted U-Net from the checkpoint:
+        # merged LoRA tensors are written into the rebuilt store again.
+        for comp in list(components.get("text_encoders", [])) + [components.get("vae"), components.get("unet")]:
             if isinstance(comp, LazyComponent):
                 comp.resident.on_rebuild.append(self._lora_rewrite)
         self.info.loras = []
@@ -644,7 +644,9 @@ class Model:
     def _decode(self, final: np.ndarray, p: GenerationParams, progress: bool) -> np.ndarray:
         """Latents (as sampled) -> float32 images [B, 3, H, W] in [0, 1]."""
         if self.memory.free_unet_before_decode:
-            self._c["unet"].clear()
+            from .memory import release_unet
+
+            release_unet(self._c["unet"], (self._c.get("stores") or {}).get("unet"))
             self._unet_shape = None
             if self._control is not None:
                 self._control.clear()

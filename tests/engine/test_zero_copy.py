@@ -73,6 +73,35 @@ def test_store_maps_aligned_records_and_reads_the_same(aligned_file):
     assert np.array_equal(np.asarray(read_tensors(path)[k].numpy()), before)
 
 
+def test_release_mapped_pages_keeps_values_and_writes(aligned_file):
+    """release_mapped_pages drops the unwritten mapped pages (madvise DONTNEED on the private
+    mapping): every tensor must read the same afterwards, also those written by set() and by
+    merge_low_rank (their copied pages would fall back to the file's bytes if dropped), and
+    small neighbours sharing a page with a written tensor."""
+    _, path = aligned_file
+    recs = read_tensors(path)
+    dev = W.open_device("cpu", 1)
+    names = [k for k, r in recs.items() if r.dtype == "F32"][:60]
+    store = W.build_store(dev, {k: recs[k] for k in names}, "f32", zero_copy=True)
+    rng = np.random.default_rng(3)
+    small = next(k for k in names if 0 < recs[k].numpy().nbytes < 4096)
+    mat = next(k for k in names if len(recs[k].shape) == 2 and k != small)
+    store.set(small, rng.standard_normal(recs[small].shape).astype(np.float32))
+    out, K = recs[mat].shape
+    up = rng.standard_normal((out, 2)).astype(np.float32)
+    down = rng.standard_normal((2, K)).astype(np.float32)
+    store.merge_low_rank(mat, np.asarray(recs[mat].numpy()), [(up, down, 0.5)])
+    want = {k: store.get(k) for k in names}
+    assert not np.array_equal(want[small], recs[small].numpy())
+    assert not np.array_equal(want[mat], recs[mat].numpy())
+    for _ in range(2):
+        assert store.release_mapped_pages() > 0
+        for k in names:
+            assert np.array_equal(store.get(k), want[k]), k
+    copied = W.build_store(dev, {k: recs[k] for k in names}, "f32", zero_copy=False)
+    assert copied.release_mapped_pages() == 0
+
+
 def test_zero_copy_pipeline_is_bit_identical_and_matches_diffusers(aligned_file, monkeypatch):
     fx, path = aligned_file
     latents = unit_latents(7)

@@ -55,3 +55,30 @@ def test_low_mode_lora_matches_diffusers(lora):
     ours = latent_run(low, latents)
     err = rel(ours, ref[0])
     assert err <= LATENT_TOL, err
+
+
+@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
+def test_unet_lora_survives_the_release_before_decode(lora, weight_type):
+    """memory="low" takes the U-Net's weights out of RSS before each decode: f32 (the fixture's
+    own type, mapped) drops the mapped file pages (WeightStore.release_mapped_pages), and pages a
+    LoRA merge wrote must stay; q8_0 (a converted copy) is freed and rebuilt, and the merged
+    tensors must be written into the rebuilt store. Either way the next call samples with the
+    merged U-Net: latents equal to "fast" after decodes, and after a LoRA change (the restore
+    writes originals too)."""
+    fx, ref_dir, kohya = lora
+    path = str(fx.path("ldm"))
+    fast = sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory="fast", loras=[(kohya, 0.8)])
+    low = sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory="low", loras=[(kohya, 0.8)])
+    latents = unit_latents(8)
+
+    def image(model):
+        return model.txt2img(PROMPT, NEGATIVE, width=SIZE, height=SIZE, steps=2, sampler="euler",
+                             latents=latents, output_type="np")[0]
+
+    for loras in ([(kohya, 0.8)], [(kohya, 0.3)], []):
+        fast.set_loras(loras)
+        low.set_loras(loras)
+        assert np.array_equal(image(low), image(fast))        # decodes: pages released
+        assert np.array_equal(latent_run(low, latents), latent_run(fast, latents))   # sampled after it
+    res = low._c["unet"].resident
+    assert res.builds == (1 if weight_type == "f32" else 4)   # q8_0: rebuilt after each decode
