@@ -27,6 +27,8 @@ from sdcpp.engine.text import TextEncoder, config_from_transformers  # noqa: E40
 from sdcpp.engine.weights import build_store, native, open_device  # noqa: E402
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 BOS, EOS = 49406, 49407
 VOCAB = 49408
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
