@@ -2,6 +2,8 @@
 
 #include "error.h"
 #include "op_check.h"
+
+#include <cstdio>
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
@@ -10,6 +12,13 @@ namespace sdcpp {
 BuiltGraph::~BuiltGraph() {
     if (ctx) ggml_free(ctx);
 }
+
+namespace {
+bool is_view(const ggml_tensor* t) {
+    return t->op == GGML_OP_NONE || t->op == GGML_OP_VIEW || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_PERMUTE ||
+           t->op == GGML_OP_TRANSPOSE;
+}
+}  // namespace
 
 void BuiltGraph::restore_sources() {
     for (auto& [node, srcs] : sources)
@@ -109,8 +118,15 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     last_off_device_ = 0;
     if (!device_->is_cpu()) {
         for (int i = 0; i < ggml_graph_n_nodes(g.graph); ++i) {
-            ggml_backend_t b = ggml_backend_sched_get_tensor_backend(sched_, ggml_graph_node(g.graph, i));
-            if (b && b != device_->backend()) ++last_off_device_;
+            ggml_tensor* node = ggml_graph_node(g.graph, i);
+            // views (of an input the scheduler keeps on the CPU) compute nothing
+            if (is_view(node)) continue;
+            ggml_backend_t b = ggml_backend_sched_get_tensor_backend(sched_, node);
+            if (b && b != device_->backend()) {
+                ++last_off_device_;
+                if (op_check_bound() > 0)
+                    std::fprintf(stderr, "[op-check] %s %s runs on %s\n", ggml_op_desc(node), node->name, ggml_backend_name(b));
+            }
         }
         total_off_device_ += last_off_device_;
     }
