@@ -261,6 +261,9 @@ def test_shorter_sequence(device):
     compare_all(model, enc, ids, F32_TOL, "L f32 batch=2 length=45")
 
 
+@pytest.mark.skipif(TEST_DEVICE.startswith("vulkan"), reason=(
+    "the f32 token table (49408x768, 145 MiB) is past lavapipe's 128 MiB storage-buffer range: ggml-vulkan "
+    "cannot run its GET_ROWS and ggml's scheduler aborts (docs/build.md, 'Vulkan')"))
 def test_real_size_clip_l(device):
     model = make_model("L", seed=11, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                        num_attention_heads=12)
