@@ -68,10 +68,9 @@ stamp "sdcpp built with Vulkan"
 # with f16 available, ggml-vulkan's f32 matrix products stage their operands in f16 (3e-4
 # relative per product on lavapipe), past the suite's 1e-3 f32 bound on the VAE
 # (docs/build.md, "Vulkan").
-# NOT YET PASSING: on lavapipe (Mesa 22.3) the process crashes with heap corruption inside
-# libvulkan_lvp after a few graph runs of every model but TAESD (docs/build.md, "Vulkan"), so
-# this script is not wired into .ci/run yet.
-export GGML_VK_VISIBLE_DEVICES=0 GGML_NO_BACKTRACE=1 GGML_VK_DISABLE_F16=1 SDCPP_TEST_DEVICE=vulkan
+# SDCPP_NODE_BY_NODE: graphs run one node per ggml compute call; with whole graphs, ggml-vulkan
+# on lavapipe (Mesa 22.3) corrupts the heap after a few runs (docs/build.md, "Vulkan").
+export GGML_VK_VISIBLE_DEVICES=0 GGML_NO_BACKTRACE=1 GGML_VK_DISABLE_F16=1 SDCPP_NODE_BY_NODE=1 SDCPP_TEST_DEVICE=vulkan
 PYTHONPATH=$work/pkg "$py" -c "import sdcpp, sdcpp._core as c; print('sdcpp from', sdcpp.__file__); print([d['description'] for d in c.list_devices()])"
 PYTHONPATH=$work/pkg "$py" -m pytest -q -p no:cacheprovider -m "device" tests/engine tests/pipeline/test_txt2img_parity.py
 stamp "device suite passed"

@@ -70,6 +70,7 @@ State& state() {
 
 bool callback(ggml_tensor* t, bool ask, void*) {
     State& s = state();
+    if (std::getenv("SDCPP_NODE_BY_NODE")) return ask ? computes(t) : true;
     if (!computes(t)) return false;
     if (ask) {
         s.srcs.assign(GGML_MAX_SRC, {});
@@ -143,7 +144,7 @@ double op_check_bound() {
 
 void install_op_check(ggml_backend_sched_t sched) {
     state().bound = op_check_bound();
-    if (state().bound > 0) ggml_backend_sched_set_eval_callback(sched, callback, nullptr);
+    if (state().bound > 0 || std::getenv("SDCPP_NODE_BY_NODE")) ggml_backend_sched_set_eval_callback(sched, callback, nullptr);
 }
 
 }  // namespace sdcpp

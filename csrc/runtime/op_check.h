@@ -4,6 +4,10 @@
 // by more than <bound> (relative L2) are printed with their op, shapes, strides and types. It is
 // how a wrong op is pinned down with the real shapes of a real model (docs/build.md, "Vulkan").
 // Slow (one synchronisation and one CPU op per node): never on by default.
+//
+// SDCPP_NODE_BY_NODE=1 only runs each graph node by node (one ggml graph compute per node, no
+// CPU recheck): the workaround for lavapipe (Mesa 22.3), where whole-graph submits of ggml-vulkan
+// corrupt the heap after a few runs (docs/build.md, "Vulkan").
 #pragma once
 #include "ggml-backend.h"
 
