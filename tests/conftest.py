@@ -50,3 +50,21 @@ def model_fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("sdcpp-models")
     yield FixtureFactory(root)
     shutil.rmtree(root, ignore_errors=True)      # ~1-2 GB when every family x format was written
+
+
+@pytest.fixture(autouse=True)
+def _device_runs_every_node(request):
+    """On a non-CPU test device, a device-suite test fails if ggml's scheduler placed any graph
+    node off the device (a silent CPU fallback): issue 10, "every op of every graph runs on
+    that device"."""
+    from fixtures.devices import ON_CPU
+
+    if ON_CPU or request.node.get_closest_marker("device") is None:
+        yield
+        return
+    from sdcpp import _core
+
+    before = _core.off_device_nodes()
+    yield
+    moved = _core.off_device_nodes() - before
+    assert moved == 0, f"{moved} graph node(s) ran on the CPU fallback instead of {os.environ.get('SDCPP_TEST_DEVICE')}"

@@ -4,6 +4,7 @@
 
 #include "../runtime/backends.h"
 #include "../runtime/device.h"
+#include "../runtime/graph.h"
 #include "../runtime/lora_merge.h"
 #include "../runtime/weights.h"
 #include "common.h"
@@ -54,6 +55,9 @@ void bind_runtime(py::module_& m) {
     m.def("compiled_cpu_features", &compiled_cpu_features);
     // where a portable build loaded its backend modules from ("" when ggml is linked in)
     m.def("backend_dir", &backend_dir);
+    // graph nodes ggml's scheduler has placed off the model's device (the CPU fallback), summed
+    // over every graph run in this process: the device tests assert it stays 0
+    m.def("off_device_nodes", []() { return GraphRunner::total_off_device_nodes(); });
     m.def("list_devices", []() {
         py::list out;
         for (const auto& d : Device::list()) out.append(device_info_dict(d));

@@ -65,6 +65,9 @@ ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_ten
         kh = ggml_permute(ctx, split_heads(ctx, k, d, heads, dp), 0, 2, 1, 3);
         qh = type == GGML_TYPE_F32 ? ggml_cont(ctx, qh) : ggml_cast(ctx, qh, type);
         if (type != GGML_TYPE_F32) kh = ggml_cast(ctx, kh, type);
+        // Other backends get k contiguous: ggml-vulkan otherwise first copies a strided src0
+        // into a staging buffer as f16, rounding k.
+        else if (!opt.custom_ops) kh = ggml_cont(ctx, kh);
         ggml_tensor* vh = ggml_permute(ctx, split_heads(ctx, v, d, heads, d), 1, 2, 0, 3);  // [Lk, d, heads, N] (view)
         vt = type == GGML_TYPE_F32 ? ggml_cont(ctx, vh) : ggml_cast(ctx, vh, type);
     }

@@ -1,6 +1,9 @@
 #include "graph.h"
 
 #include "error.h"
+#include "op_check.h"
+
+#include <cstdio>
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
@@ -8,6 +11,18 @@ namespace sdcpp {
 
 BuiltGraph::~BuiltGraph() {
     if (ctx) ggml_free(ctx);
+}
+
+namespace {
+bool is_view(const ggml_tensor* t) {
+    return t->op == GGML_OP_NONE || t->op == GGML_OP_VIEW || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_PERMUTE ||
+           t->op == GGML_OP_TRANSPOSE;
+}
+}  // namespace
+
+void BuiltGraph::restore_sources() {
+    for (auto& [node, srcs] : sources)
+        for (int j = 0; j < GGML_MAX_SRC; ++j) node->src[j] = srcs[size_t(j)];
 }
 
 GraphRunner::GraphRunner(DevicePtr device, size_t max_nodes) : device_(std::move(device)), max_nodes_(max_nodes) {}
@@ -47,6 +62,12 @@ BuiltGraph& GraphRunner::get(const std::string& key, const GraphBuilder& build) 
         ggml_set_output(out);
         ggml_build_forward_expand(g->graph, out);
     }
+    g->sources.resize(size_t(ggml_graph_n_nodes(g->graph)));
+    for (int i = 0; i < ggml_graph_n_nodes(g->graph); ++i) {
+        ggml_tensor* node = ggml_graph_node(g->graph, i);
+        g->sources[size_t(i)].first = node;
+        for (int j = 0; j < GGML_MAX_SRC; ++j) g->sources[size_t(i)].second[size_t(j)] = node->src[j];
+    }
     // Keep the most recently used shapes only: each holds a context of tensor metadata (the
     // compute buffers are shared, see graph.h). Evicting the least recently used one, not the
     // first key in order (which could be the graph in use).
@@ -79,10 +100,12 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     // counts match and sizes fit, which is only valid for that same graph: plan a different
     // graph afresh (two graphs of equal node count but different topology would share memory).
     if (g.id != last_id_) {
+        g.restore_sources();
         if (!ggml_backend_sched_reserve(sched_, g.graph))
             throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
         last_id_ = g.id;
     }
+    g.restore_sources();
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph))
         throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
     for (auto& kv : g.inputs) {
@@ -90,7 +113,25 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
         if (it == inputs.end()) throw InvalidArgument("graph input '" + kv.first + "' was not provided");
         ggml_backend_tensor_set(kv.second, it->second, 0, ggml_nbytes(kv.second));
     }
+    // Nodes the scheduler put on another backend than the device (the CPU fallback): the device
+    // tests assert there are none (off_device_nodes()).
+    last_off_device_ = 0;
+    if (!device_->is_cpu()) {
+        for (int i = 0; i < ggml_graph_n_nodes(g.graph); ++i) {
+            ggml_tensor* node = ggml_graph_node(g.graph, i);
+            // views (of an input the scheduler keeps on the CPU) compute nothing
+            if (is_view(node)) continue;
+            ggml_backend_t b = ggml_backend_sched_get_tensor_backend(sched_, node);
+            if (b && b != device_->backend()) {
+                ++last_off_device_;
+                if (op_check_bound() > 0)
+                    std::fprintf(stderr, "[op-check] %s %s runs on %s\n", ggml_op_desc(node), node->name, ggml_backend_name(b));
+            }
+        }
+        total_off_device_ += last_off_device_;
+    }
     ggml_backend_sched_set_eval_callback(sched_, nullptr, nullptr);
+    install_op_check(sched_);
     enum ggml_status st = ggml_backend_sched_graph_compute(sched_, g.graph);
     if (st != GGML_STATUS_SUCCESS) throw Error(std::string("graph compute failed: ") + ggml_status_to_string(st));
 }
@@ -109,12 +150,14 @@ size_t GraphRunner::measure(BuiltGraph& g) {
         }
     };
     reset();
+    g.restore_sources();
     const bool ok = ggml_backend_sched_reserve(s, g.graph);
     size_t total = 0;
     for (int i = 0; ok && i < ggml_backend_sched_get_n_backends(s); ++i)
         total += ggml_backend_sched_get_buffer_size(s, ggml_backend_sched_get_backend(s, i));
     ggml_backend_sched_free(s);
     reset();
+    g.restore_sources();  // s's copies are gone with it
     last_id_ = 0;  // the running scheduler plans its next graph afresh
     if (!ok) throw Error("out of memory on " + device_->info().name + " planning the compute graph");
     return total;

@@ -9,6 +9,7 @@
 // shapes. clear() frees both; the Python pipeline calls it when a smaller shape follows a
 // larger one (sdcpp.memory) so the buffers shrink again.
 #pragma once
+#include <array>
 #include <functional>
 #include <list>
 #include <map>
@@ -28,6 +29,15 @@ struct BuiltGraph {
     std::map<std::string, ggml_tensor*> inputs;
     std::vector<ggml_tensor*> outputs;
     uint64_t id = 0;  // unique per GraphRunner (a new graph may reuse a freed one's address)
+    // Every node's sources as built. ggml's scheduler rewrites node->src in place to point at
+    // its copies of a source on another backend (a graph input the scheduler keeps on the CPU,
+    // an op falling back to the CPU), and those copies live in the scheduler's own context,
+    // which the next split frees. A cached graph split again would then read the stale copy,
+    // which nobody fills (zeros on Vulkan: wrong results), or freed memory (the CLIP abort):
+    // restore_sources() puts the originals back before each split.
+    // (Keyed by node: a backend's graph_optimize may reorder the graph's node array in place.)
+    std::vector<std::pair<ggml_tensor*, std::array<ggml_tensor*, GGML_MAX_SRC>>> sources;
+    void restore_sources();
     ~BuiltGraph();
 };
 
@@ -60,6 +70,10 @@ class GraphRunner {
     size_t cached_graphs() const { return cache_.size(); }
     static constexpr size_t kMaxGraphs = 8;
     const DevicePtr& device() const { return device_; }
+    // Nodes of the last run / of all runs that the scheduler placed off the device (on the CPU
+    // fallback); always 0 on the CPU.
+    size_t last_off_device_nodes() const { return last_off_device_; }
+    static size_t total_off_device_nodes() { return total_off_device_; }
 
    private:
     DevicePtr device_;
@@ -69,6 +83,8 @@ class GraphRunner {
     std::list<std::string> lru_;  // cache_ keys, most recently used first
     uint64_t next_id_ = 0;
     uint64_t last_id_ = 0;  // the graph whose placements ggml-alloc holds
+    size_t last_off_device_ = 0;
+    static inline size_t total_off_device_ = 0;
     void ensure_sched();
 };
 

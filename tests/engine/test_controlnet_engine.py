@@ -27,6 +27,8 @@ from sdcpp.engine.controlnet import ControlNet, controlnet_native_config  # noqa
 from sdcpp.engine.unet import UNet  # noqa: E402
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 torch.set_num_threads(1)
 
 F32_TOL = device_tol(1e-4)

@@ -10,6 +10,8 @@ from sdcpp.engine.taesd import TinyVAE, canonical_names  # noqa: E402
 from sdcpp.engine.weights import open_device  # noqa: E402
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 TOL = device_tol(1e-4)
 SMALL = dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16))
 

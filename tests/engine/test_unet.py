@@ -26,6 +26,8 @@ from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 torch.set_num_threads(1)  # the references are small; keeps the suite quick on a shared machine
 
 F32_TOL = device_tol(1e-4)

@@ -20,6 +20,8 @@ from sdcpp.engine import vae as V
 from sdcpp.engine.weights import build_store, open_device
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 F32_TOL = device_tol(1e-4)  # f32 weights; GPU backends: 1e-3 (fixtures/devices.py)
 
 core = sdcpp.engine.weights.native()

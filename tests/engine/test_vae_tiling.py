@@ -18,6 +18,8 @@ from sdcpp.engine.vae_tiling import check_tile
 from sdcpp.engine.weights import open_device
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 SMALL = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4,
              in_channels=3, out_channels=3, sample_size=64,
              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)

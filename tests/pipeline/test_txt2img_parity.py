@@ -10,6 +10,8 @@ import sdcpp
 from fixtures import FAMILIES, FORMATS
 from fixtures.devices import TEST_DEVICE
 
+pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
+
 from fixtures.e2e import NEGATIVE, PROMPT, SIZE, rel, run_diffusers, unit_latents
 
 LATENT_TOL = 1e-3

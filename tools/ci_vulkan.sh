@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The Vulkan device suite on lavapipe (Mesa's software Vulkan), for CI on Debian 12 as root
+# (docs/build.md, "Vulkan" and "Testing on another device"):
+#
+#   1. apt: the Vulkan loader and headers, glslc, SPIR-V headers, Mesa's Vulkan drivers;
+#   2. Debian 13's libvulkan-dev headers unpacked into a private folder (ggml 0.20.2's Vulkan
+#      backend needs VK_EXT_layer_settings, newer than Debian 12's 1.3.239 headers); nothing
+#      from trixie is installed system-wide;
+#   3. the pinned ggml sdist from PyPI (pip download --no-binary) and sdcpp with -DSD_VULKAN=ON,
+#      built in a folder of their own ($SDCPP_VK_WORK, default build/ci-vulkan) and assembled as
+#      a package folder there: the CPU CI's installed sdcpp is left alone;
+#   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine and txt2img parity tests.
+#
+# Environment: PYTHON, the interpreter whose environment has the test dependencies (torch,
+# diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=${SDCPP_VK_WORK:-$root/build/ci-vulkan}
+py=${PYTHON:-}
+[[ -z "$py" && -x .venv/bin/python ]] && py=$root/.venv/bin/python
+py=${py:-python3}
+mkdir -p "$work"
+t0=$(date +%s)
+stamp() { echo "[ci-vulkan] $(( $(date +%s) - t0 ))s: $*"; }
+
+# 1. system packages
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends libvulkan-dev glslc spirv-headers mesa-vulkan-drivers >/dev/null
+stamp "apt packages"
+
+# 2. trixie's Vulkan headers through a private sources list (no system-wide change)
+hdr=$work/vk-headers
+if [[ ! -f $hdr/usr/include/vulkan/vulkan_core.h ]] || ! grep -q VK_EXT_layer_settings "$hdr/usr/include/vulkan/vulkan_core.h"; then
+  apt_dir=$work/apt-trixie
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/debs"
+  echo "deb http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
+  opts=(-o Dir::Etc::sourcelist="$apt_dir/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$apt_dir/lists"
+        -o APT::Get::List-Cleanup=0)
+  apt-get "${opts[@]}" update -qq
+  (cd "$apt_dir/debs" && apt-get "${opts[@]}" download libvulkan-dev/trixie >/dev/null)
+  rm -rf "$hdr" && dpkg -x "$apt_dir"/debs/libvulkan-dev_*.deb "$hdr"
+fi
+stamp "trixie Vulkan headers in $hdr"
+
+# 3. ggml's sdist (the version third_party/ggml.cmake pins) and the build tools in a venv of
+# their own, then sdcpp with Vulkan
+ggml_ver=$(sed -n 's|.*libggml_python-\([0-9.a-z]*\)\.tar\.gz.*|\1|p' third_party/ggml.cmake | head -1)
+sdist_dir=$work/sdist
+if ! ls "$sdist_dir"/libggml_python-"$ggml_ver".tar.gz >/dev/null 2>&1; then
+  "$py" -m pip download -q --no-binary :all: --no-deps -d "$sdist_dir" "libggml-python==$ggml_ver"
+fi
+sdist=$(ls "$sdist_dir"/libggml_python-"$ggml_ver".tar.gz)
+tools=$work/tools-venv
+[[ -x $tools/bin/python ]] || { "$py" -m venv "$tools" && "$tools/bin/pip" install -q "pybind11>=2.13" cmake ninja; }
+stamp "sdist $sdist, build tools"
+cmake -S . -B "$work/build" -G Ninja -DCMAKE_MAKE_PROGRAM="$tools/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
+  -DSD_VULKAN=ON -DSD_GGML_SDIST="$sdist" -DVulkan_INCLUDE_DIR="$hdr/usr/include" \
+  -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$tools/bin/python" -m pybind11 --cmakedir)" >/dev/null
+cmake --build "$work/build" -j"$(nproc)"
+rm -rf "$work/pkg" && mkdir -p "$work/pkg" && cp -r python/sdcpp "$work/pkg/"
+find "$work/pkg" -name "_core*.so" -delete && cp "$work"/build/_core*.so "$work/pkg/sdcpp/"
+stamp "sdcpp built with Vulkan"
+
+# 4. the device suite. GGML_VK_VISIBLE_DEVICES=0: ggml skips CPU-type Vulkan devices (lavapipe)
+# unless listed. GGML_NO_BACKTRACE: ggml's abort handler would attach gdb. GGML_VK_DISABLE_F16:
+# with f16 available, ggml-vulkan's f32 matrix products stage their operands in f16 (3e-4
+# relative per product on lavapipe), past the suite's 1e-3 f32 bound on the VAE
+# (docs/build.md, "Vulkan").
+# SDCPP_NODE_BY_NODE: graphs run one node per ggml compute call; with whole graphs, ggml-vulkan
+# on lavapipe (Mesa 22.3) corrupts the heap after a few runs (docs/build.md, "Vulkan").
+export GGML_VK_VISIBLE_DEVICES=0 GGML_NO_BACKTRACE=1 GGML_VK_DISABLE_F16=1 SDCPP_NODE_BY_NODE=1 SDCPP_TEST_DEVICE=vulkan
+PYTHONPATH=$work/pkg "$py" -c "import sdcpp, sdcpp._core as c; print('sdcpp from', sdcpp.__file__); print([d['description'] for d in c.list_devices()])"
+PYTHONPATH=$work/pkg "$py" -m pytest -q -p no:cacheprovider -m "device" tests/engine tests/pipeline/test_txt2img_parity.py
+stamp "device suite passed"
