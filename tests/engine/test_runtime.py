@@ -53,7 +53,9 @@ def test_unknown_and_unavailable_devices_raise_typed_errors():
     for name, option in (("cuda:0", "SD_CUDA=ON"), ("vulkan", "SD_VULKAN=ON"), ("metal", "SD_METAL=ON")):
         if name.split(":")[0].upper() in {b.upper() for b in backends}:
             continue
-        with pytest.raises(errors.InvalidArgumentError, match=option):
+        # A build with the backend but no usable device of it (e.g. Vulkan without a driver, or
+        # lavapipe hidden by ggml) says so instead of naming the CMake option.
+        with pytest.raises(errors.InvalidArgumentError, match=f"{option}|found 0 device"):
             open_device(name)
 
 
