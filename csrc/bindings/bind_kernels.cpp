@@ -9,6 +9,8 @@
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_op.h"
+#include "../kernels/cpu/gemm_q8.h"
 #include "../kernels/cpu/winograd_f23.h"
 #include "../kernels/cpu/winograd_f43.h"
 #include "../nn/winograd_f23.h"
@@ -82,6 +84,7 @@ void bind_kernels(py::module_& m) {
         d["winograd"] = kc::level_name(kc::winograd_f43().level);
         d["winograd_f23"] = kc::level_name(kc::winograd_f23().level);
         d["gemm"] = kc::level_name(kc::gemm_kernels().level);
+        d["gemm_q8_0"] = kc::level_name(kc::gemm_q8_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
@@ -236,6 +239,55 @@ void bind_kernels(py::module_& m) {
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
+
+    // The q8_0 product at one level: C = A B^T, A [M, K] f32, B [N, K / 32 * 34] uint8 holding
+    // ggml q8_0 blocks; `threads` real threads (GIL released).
+    m.def("cpu_kernel_gemm_q8", [](F32Array a, py::array_t<uint8_t, py::array::c_style> b, const std::string& level,
+                                   int threads) {
+        require_ndim(a, 2, "a");
+        if (b.ndim() != 2) throw InvalidArgument("b must be [N, K / 32 * 34] uint8");
+        table_for(level);  // throws for a level this CPU lacks
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
+        if (K % kc::kQ8Block || b.shape(1) != K / kc::kQ8Block * kc::kQ8BlockBytes)
+            throw InvalidArgument("K must be a multiple of 32 and b rows K / 32 * 34 bytes");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        F32Array c = new_f32({M, N});
+        kc::GemmQ8Args g{a.data(), K, b.data(), static_cast<int64_t>(b.shape(1)), c.mutable_data(), N, M, N, K};
+        const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels_at(kc::parse_level(level));
+        {
+            py::gil_scoped_release nogil;
+            std::vector<std::thread> pool;
+            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_q8_batched(k, g, 1, 0, 0, 0, i, threads); });
+            kc::gemm_q8_batched(k, g, 1, 0, 0, 0, 0, threads);
+            for (auto& th : pool) th.join();
+        }
+        return c;
+    }, py::arg("a"), py::arg("b"), py::arg("level"), py::arg("threads") = 1);
+
+    // mul_mat of q8_0 weights in a CPU graph: x [B, M, K] f32 against w [N, K / 32 * 34] uint8
+    // (ggml q8_0 blocks, broadcast over B) -> [B, M, N], through ggml_mul_mat ("ggml") or the
+    // graph op nn::linear uses (fused::mul_mat with custom ops, "sdcpp") at `level`.
+    m.def("cpu_mul_mat_q8", [](F32Array x, py::array_t<uint8_t, py::array::c_style> w, const std::string& via,
+                               const std::string& level, int threads) {
+        require_ndim(x, 3, "x");
+        if (w.ndim() != 2) throw InvalidArgument("w must be [N, K / 32 * 34] uint8");
+        const int64_t B = x.shape(0), M = x.shape(1), K = x.shape(2), N = w.shape(0);
+        if (K % kc::kQ8Block || w.shape(1) != K / kc::kQ8Block * kc::kQ8BlockBytes)
+            throw InvalidArgument("K must be a multiple of 32 and w rows K / 32 * 34 bytes");
+        if (via != "ggml" && via != "sdcpp") throw InvalidArgument("via must be 'ggml' or 'sdcpp', got '" + via + "'");
+        LevelGraph lg(sizeof(float) * size_t(B * M * (K + N)) + size_t(w.nbytes()) + (size_t(1) << 20), level);
+        ggml_context* ctx = lg.ctx();
+        ggml_tensor* tx = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, K, M, B);
+        ggml_tensor* tw = ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, K, N);
+        std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+        std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+        if (via == "sdcpp" && !fused::matmul_applies(tw, tx)) throw InvalidArgument("the q8_0 product does not apply (SDCPP_INT8_GEMM=0?)");
+        ggml_tensor* out = via == "ggml" ? ggml_mul_mat(ctx, tw, tx) : fused::mul_mat(ctx, tw, tx, true);
+        lg.compute(out, threads, 16);
+        F32Array y = new_f32({B, M, N});
+        std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("via"), py::arg("level"), py::arg("threads") = 2);
 }
 
 }  // namespace sdcpp::bind

@@ -1,0 +1,134 @@
+// AVX-512 VNNI variant of the q8_0 product: vpdpbusd multiplies 4 u8 x s8 pairs per int32 lane
+// and adds them without saturation. A is quantized with +128 (u8 = q + 128) and each panel block
+// carries, per column, -128 times the sum of its B values, which starts the block's int32 sums,
+// so the dot products come out exact for any B byte (the sign trick would break on B = -128).
+// A 6 x 32 tile: 12 int32 block sums and 12 f32 accumulators in zmm; per 4 k two B loads and six
+// A broadcasts feed twelve vpdpbusd. B packed per block as [8 groups of 4 k][32 columns][4 int8],
+// then the 32 scales, then the 32 compensations. Used only where the CPU has AVX512-VNNI (Ice
+// Lake, Zen 4 and later); an AVX-512 CPU without it runs the AVX2 variant.
+#include "gemm_q8.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#include "gemm_q8_quant.h"
+
+#define SD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
+
+namespace sdcpp::kernels::cpu {
+
+namespace {
+
+constexpr int MR = 6, NR = 32;
+constexpr int64_t VALUES = 8 * NR * 4;  // 1024 bytes
+constexpr int64_t SCALES = VALUES, COMP = VALUES + NR * 4;
+constexpr int64_t PANEL_BLOCK = VALUES + NR * 8;
+
+// ggml's quantization (gemm_q8_quant.h), vectorized: the rounding is vcvtps2dq's round to
+// nearest even, the int8 saturation vpmovsdb's, as ggml's packs; then +128.
+SD_TARGET void quantize_a(const float* x, int64_t K, void* q, float* d) {
+    uint8_t* out = static_cast<uint8_t*>(q);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    const __m128i offset = _mm_set1_epi8(static_cast<char>(0x80));
+    for (int64_t b = 0; b < K / 32; ++b, x += 32, out += 32) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+        d[b] = gemm_detail::half_to_float(gemm_q8_detail::float_to_half_bits(amax / 127.0f));
+        const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+        const __m128i q0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)));
+        const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_xor_si128(q0, offset));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm_xor_si128(q1, offset));
+    }
+}
+
+SD_TARGET void pack_b(const uint8_t* B, int64_t ldb, int64_t n0, int64_t nn, int64_t kb0, int64_t nkb, uint8_t* Bp) {
+    for (int64_t p = 0; p * NR < nn; ++p) {
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+            uint8_t* dst = Bp + (p * nkb + kb) * PANEL_BLOCK;
+            for (int j = 0; j < NR; ++j) {
+                const int64_t n = p * NR + j;
+                float d = 0.0f;
+                int32_t comp = 0;
+                if (n < nn) {
+                    const uint8_t* src = B + (n0 + n) * ldb + (kb0 + kb) * kQ8BlockBytes;
+                    uint16_t h;
+                    std::memcpy(&h, src, 2);
+                    d = gemm_detail::half_to_float(h);
+                    const int8_t* qs = reinterpret_cast<const int8_t*>(src + 2);
+                    int32_t sum = 0;
+                    for (int g = 0; g < 8; ++g) {
+                        std::memcpy(dst + g * NR * 4 + j * 4, qs + g * 4, 4);
+                        sum += qs[4 * g] + qs[4 * g + 1] + qs[4 * g + 2] + qs[4 * g + 3];
+                    }
+                    comp = -128 * sum;
+                } else {
+                    for (int g = 0; g < 8; ++g) std::memset(dst + g * NR * 4 + j * 4, 0, 4);
+                }
+                std::memcpy(dst + SCALES + j * 4, &d, 4);
+                std::memcpy(dst + COMP + j * 4, &comp, 4);
+            }
+        }
+    }
+}
+
+SD_TARGET void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D, int64_t ldd, const uint8_t* Bp,
+                     float* C, int64_t ldc, bool accumulate) {
+    __m512 f0[MR], f1[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        f0[i] = accumulate ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
+        f1[i] = accumulate ? _mm512_loadu_ps(C + i * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int64_t kb = 0; kb < nkb; ++kb, Bp += PANEL_BLOCK) {
+        const __m512i c0 = _mm512_loadu_si512(Bp + COMP), c1 = _mm512_loadu_si512(Bp + COMP + 64);
+        __m512i s0[MR], s1[MR];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            s0[i] = c0;
+            s1[i] = c1;
+        }
+        const uint8_t* a = A + kb * 32;
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; ++g) {
+            const __m512i b0 = _mm512_loadu_si512(Bp + g * 128), b1 = _mm512_loadu_si512(Bp + g * 128 + 64);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                int32_t quad;
+                std::memcpy(&quad, a + i * lda + g * 4, 4);
+                const __m512i av = _mm512_set1_epi32(quad);
+                s0[i] = _mm512_dpbusd_epi32(s0[i], av, b0);
+                s1[i] = _mm512_dpbusd_epi32(s1[i], av, b1);
+            }
+        }
+        const __m512 d0 = _mm512_loadu_ps(Bp + SCALES), d1 = _mm512_loadu_ps(Bp + SCALES + 64);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m512 da = _mm512_set1_ps(D[i * ldd + kb]);
+            f0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[i]), _mm512_mul_ps(d0, da), f0[i]);
+            f1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[i]), _mm512_mul_ps(d1, da), f1[i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        _mm512_storeu_ps(C + i * ldc, f0[i]);
+        _mm512_storeu_ps(C + i * ldc + 16, f1[i]);
+    }
+}
+
+const GemmQ8Kernels kTable{Level::Avx512, MR, NR, 1, PANEL_BLOCK, quantize_a, pack_b, micro};
+
+}  // namespace
+
+const GemmQ8Kernels* gemm_q8_avx512() {
+    static const bool vnni = __builtin_cpu_supports("avx512vnni");
+    return vnni ? &kTable : nullptr;
+}
+
+}  // namespace sdcpp::kernels::cpu
+
+#else
+namespace sdcpp::kernels::cpu {
+const GemmQ8Kernels* gemm_q8_avx512() { return nullptr; }
+}  // namespace sdcpp::kernels::cpu
+#endif
