@@ -11,6 +11,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "gemm_q8_quant.h"
 
 #define SD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
@@ -42,31 +44,33 @@ SD_TARGET void quantize_a(const float* x, int64_t K, void* q, float* d) {
     }
 }
 
+// Gathers do the transpose: per 16 columns, vector g holds bytes 4g .. 4g + 3 of each column's
+// block, so a panel block is 16 gathers (scalar byte copies made the packing as costly as a
+// third of the product on short, wide matrices). Columns past nn are masked off (read nothing,
+// packed as zero).
 SD_TARGET void pack_b(const uint8_t* B, int64_t ldb, int64_t n0, int64_t nn, int64_t kb0, int64_t nkb, uint8_t* Bp) {
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(static_cast<int32_t>(ldb)));
+    const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t p = 0; p * NR < nn; ++p) {
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-            uint8_t* dst = Bp + (p * nkb + kb) * PANEL_BLOCK;
-            for (int j = 0; j < NR; ++j) {
-                const int64_t n = p * NR + j;
-                float d = 0.0f;
-                int32_t comp = 0;
-                if (n < nn) {
-                    const uint8_t* src = B + (n0 + n) * ldb + (kb0 + kb) * kQ8BlockBytes;
-                    uint16_t h;
-                    std::memcpy(&h, src, 2);
-                    d = gemm_detail::half_to_float(h);
-                    const int8_t* qs = reinterpret_cast<const int8_t*>(src + 2);
-                    int32_t sum = 0;
-                    for (int g = 0; g < 8; ++g) {
-                        std::memcpy(dst + g * NR * 4 + j * 4, qs + g * 4, 4);
-                        sum += qs[4 * g] + qs[4 * g + 1] + qs[4 * g + 2] + qs[4 * g + 3];
-                    }
-                    comp = -128 * sum;
-                } else {
-                    for (int g = 0; g < 8; ++g) std::memset(dst + g * NR * 4 + j * 4, 0, 4);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t j0 = p * NR + h * 16;
+            const int64_t valid = std::min<int64_t>(16, std::max<int64_t>(0, nn - j0));
+            const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+            const uint8_t* row = valid > 0 ? B + (n0 + j0) * ldb : B;
+            for (int64_t kb = 0; kb < nkb; ++kb) {
+                const uint8_t* base = row + (kb0 + kb) * kQ8BlockBytes;
+                uint8_t* dst = Bp + (p * nkb + kb) * PANEL_BLOCK + h * 64;
+                __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int g = 0; g < 8; ++g) {
+                    const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, rows, base + 2 + 4 * g, 1);
+                    _mm512_storeu_si512(dst + g * 128, v);
+                    sum = _mm512_dpbusd_epi32(sum, ones, v);  // the column's 4 values, summed
                 }
-                std::memcpy(dst + SCALES + j * 4, &d, 4);
-                std::memcpy(dst + COMP + j * 4, &comp, 4);
+                _mm512_storeu_si512(dst + COMP, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
+                const __m512i dw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, rows, base, 1);
+                _mm512_storeu_ps(dst + SCALES, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dw)));  // low 16 bits: d
             }
         }
     }
