@@ -1,4 +1,4 @@
-"""The q8_0 integer product (kernels/cpu/gemm_q8.h): every level this machine has against the
+"""The integer product for q8_0 (and q5_0 / q4_0) weights (kernels/cpu/gemm_q8.h): every level this machine has against the
 portable reference (bit for bit: all variants compute the same fma chain over exact int32 block
 dot products), against a float64 product of the dequantized operands (A quantized here as ggml's
 x86 quantize_row_q8_0 does), and against ggml's own q8_0 mul_mat on the same bytes.
@@ -29,6 +29,27 @@ def q8_bytes(rng, N, K, lo=-128):
     out[:, :, :2] = d.view(np.uint8).reshape(N, kb, 2)
     out[:, :, 2:] = q.view(np.uint8)
     return out.reshape(N, kb * 34), d.astype(np.float64), q.astype(np.float64)
+
+
+def q4_q5_bytes(rng, N, K, btype):
+    """Random q5_0 / q4_0 rows [N, K / 32 * (22 | 18)] and their decoded integers (ggml's layout:
+    value t < 16 the low nibble of byte t, t >= 16 the high nibble of byte t - 16; q5_0's fifth
+    bit t in the 32-bit qh after d; values q - 16 / q - 8)."""
+    kb = K // 32
+    d = (rng.uniform(0.002, 0.02, (N, kb)) * rng.choice([-1.0, 1.0], (N, kb))).astype(np.float16)
+    qs = rng.integers(0, 256, (N, kb, 16)).astype(np.uint8)
+    nib = np.concatenate([qs & 15, qs >> 4], -1).astype(np.int64)
+    parts = [d.view(np.uint8).reshape(N, kb, 2)]
+    if btype == "q5_0":
+        qh = rng.integers(0, 2**32, (N, kb), dtype=np.uint64).astype(np.uint32)
+        bits = (qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1
+        q = (nib | (bits.astype(np.int64) << 4)) - 16
+        parts.append(qh.astype("<u4").view(np.uint8).reshape(N, kb, 4))
+    else:
+        q = nib - 8
+    parts.append(qs)
+    out = np.concatenate(parts, -1)
+    return out.reshape(N, -1), d.astype(np.float64), q.astype(np.float64)
 
 
 def quantize_rows(a):
@@ -72,6 +93,38 @@ def test_q8_gemm_at_each_level(level):
         assert np.linalg.norm(ours - exact) <= 1e-2 * np.linalg.norm(exact)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("btype", ["q5_0", "q4_0"])
+def test_q4_q5_gemm_at_each_level(level, btype):
+    """q5_0 / q4_0 weights, unpacked to int8 while packed: bit-identical to the portable variant,
+    within 2e-6 of the float64 product of the decoded values (17 blocks: two cache blocks)."""
+    rng = np.random.default_rng(10)
+    for M, K, N in [(13, 64, 45), (37, 544, 70)]:
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b, d_b, q_b = q4_q5_bytes(rng, N, K, btype)
+        ref = reference(a, d_b, q_b)
+        portable = core.cpu_kernel_gemm_q8(a, b, "portable", 1, btype)
+        assert np.abs(portable - ref).max() <= 2e-6 * np.abs(ref).max(), (btype, (M, K, N))
+        for threads in (1, 3):
+            assert np.array_equal(core.cpu_kernel_gemm_q8(a, b, level, threads, btype), portable), (level, btype, threads)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("btype", ["q5_0", "q4_0"])
+def test_q4_q5_mul_mat_matches_ggml(level, btype):
+    rng = np.random.default_rng(12)
+    M, K, N = 70, 320, 48
+    x = rng.standard_normal((2, M, K)).astype(np.float32)
+    w, d_b, q_b = q4_q5_bytes(rng, N, K, btype)
+    ref = np.stack([reference(x[i], d_b, q_b) for i in range(2)])
+    scale = np.abs(ref).max()
+    ggml = core.cpu_mul_mat_q8(x, w, "ggml", level, 2, btype)
+    ours = core.cpu_mul_mat_q8(x, w, "sdcpp", level, 3, btype)
+    assert np.abs(ggml - ref).max() <= 1e-5 * scale
+    assert np.abs(ours - ggml).max() <= 1e-5 * scale
+    assert np.abs(ours - ref).max() <= 2e-6 * scale
+
+
 def test_q8_gemm_rejects_bad_operands():
     a = np.zeros((2, 64), np.float32)
     b, _, _ = q8_bytes(np.random.default_rng(0), 3, 64)
@@ -81,6 +134,10 @@ def test_q8_gemm_rejects_bad_operands():
         core.cpu_kernel_gemm_q8(np.zeros((2, 40), np.float32), b, "portable", 1)
     with pytest.raises(ValueError, match="threads"):
         core.cpu_kernel_gemm_q8(a, b, "portable", 0)
+    with pytest.raises(ValueError, match="btype must be"):
+        core.cpu_kernel_gemm_q8(a, b, "portable", 1, "q4_1")
+    with pytest.raises(ValueError, match="18 bytes"):
+        core.cpu_kernel_gemm_q8(a, b, "portable", 1, "q4_0")
 
 
 @pytest.mark.parametrize("level", LEVELS)

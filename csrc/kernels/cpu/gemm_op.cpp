@@ -4,6 +4,7 @@
 
 #include "gemm.h"
 #include "gemm_q8.h"
+#include "ggml-backend.h"
 
 namespace sdcpp::fused {
 
@@ -26,7 +27,16 @@ void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n) {
 
 namespace {
 
-// q8_0 weights: the integer product (gemm_q8.h), same batching as matmul_op below.
+bool int8_type(ggml_type t, kc::GemmQB* out) {
+    switch (t) {
+        case GGML_TYPE_Q8_0: *out = kc::GemmQB::Q8_0; return true;
+        case GGML_TYPE_Q5_0: *out = kc::GemmQB::Q5_0; return true;
+        case GGML_TYPE_Q4_0: *out = kc::GemmQB::Q4_0; return true;
+        default: return false;
+    }
+}
+
+// q8_0 / q5_0 / q4_0 weights: the integer product (gemm_q8.h), same batching as matmul_op below.
 void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
@@ -41,6 +51,7 @@ void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
         kc::GemmQ8Args g{reinterpret_cast<const float*>(xb), static_cast<int64_t>(x->nb[1] / sizeof(float)), wb,
                          static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
                          static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
+        int8_type(w->type, &g.btype);
         if (r2 == 1) {
             kc::gemm_q8_batched(k, g, x->ne[2], xs2, static_cast<int64_t>(w->nb[2]), ds2, ith, nth);
         } else {
@@ -58,7 +69,8 @@ void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
 void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
-    if (w->type == GGML_TYPE_Q8_0) return matmul_q8_op(dst, ith, nth, nullptr);
+    kc::GemmQB qb;
+    if (int8_type(w->type, &qb)) return matmul_q8_op(dst, ith, nth, nullptr);
     kc::GemmB bt = kc::GemmB::F32;
     gemm_type(w->type, &bt);
     const kc::GemmKernels& k = kc::gemm_kernels();
@@ -97,13 +109,17 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
         const char* env = std::getenv("SDCPP_PACKED_GEMM");
         return !(env && env[0] == '0');
     }();
-    // SDCPP_INT8_GEMM=0 sends q8_0 weights back to ggml's integer products (A/B benchmarks).
+    // SDCPP_INT8_GEMM=0 sends quantized weights back to ggml's integer products (A/B benchmarks).
     static const bool int8 = [] {
         const char* env = std::getenv("SDCPP_INT8_GEMM");
         return !(env && env[0] == '0');
     }();
     kc::GemmB bt;
-    const bool q8 = w->type == GGML_TYPE_Q8_0 && int8 && w->ne[0] % kc::kQ8Block == 0;
+    // Weights in a buffer whose bytes are not ggml's plain layout (the CPU_REPACK buffer the
+    // store puts q4_0 matrices in, interleaved for ggml's own GEMM) stay with ggml.
+    if (w->buffer && !ggml_backend_buffer_is_host(w->buffer)) return false;
+    kc::GemmQB qb;
+    const bool q8 = int8 && int8_type(w->type, &qb) && w->ne[0] % kc::kQ8Block == 0;
     if (!q8 && (!enabled || !gemm_type(w->type, &bt))) return false;
     if (x->type != GGML_TYPE_F32) return false;
     if (w->ne[0] != x->ne[0]) return false;

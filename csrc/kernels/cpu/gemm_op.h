@@ -1,11 +1,11 @@
 // ggml_mul_mat through the packed CPU product (gemm.h), as a ggml custom op for the CPU backend.
-// Same contract as ggml_mul_mat(w, x): w [K, N, B2w, B3w] (f32, f16, bf16 or q8_0, contiguous rows),
+// Same contract as ggml_mul_mat(w, x): w [K, N, B2w, B3w] (f32, f16, bf16, q8_0, q5_0, q4_0; contiguous rows),
 // x [K, M, B2, B3] f32 with contiguous rows -> [N, M, B2, B3] f32, w broadcast over the batch
 // dimensions it lacks (B2 a multiple of B2w, B3 of B3w). Graph builders call it only where
 // custom ops may run (the CPU backend) and only when `applies` says so; otherwise they keep
-// ggml_mul_mat. q8_0 weights run our integer product (gemm_q8.h, ggml's q8_0 numerics);
-// SDCPP_INT8_GEMM=0 sends them back to ggml's, as SDCPP_PACKED_GEMM=0 does the others.
-// q5_0 / q4_0 stay with ggml.
+// ggml_mul_mat. q8_0 / q5_0 / q4_0 weights run our integer product (gemm_q8.h, ggml's numerics)
+// unless they sit in a repacked (non-host) buffer; SDCPP_INT8_GEMM=0 sends them back to ggml's,
+// as SDCPP_PACKED_GEMM=0 does the float ones.
 #pragma once
 #include "gemm.h"
 #include "ggml.h"

@@ -12,7 +12,41 @@ namespace gemm_q8_detail {
 float quantize_block(const float* x, int8_t* q) { return quantize_block_inline(x, q); }
 }  // namespace gemm_q8_detail
 
+int64_t gemm_qb_block_bytes(GemmQB t) { return t == GemmQB::Q8_0 ? 34 : t == GemmQB::Q5_0 ? 22 : 18; }
+
 namespace {
+
+// One q5_0 / q4_0 block to a q8_0 block (same f16 d, the integers widened): value t of the
+// first 16 is the low nibble of byte t, of the last 16 the high one; q5_0's fifth bits are bit t
+// of its 32-bit qh, which follows d.
+void unpack_block(GemmQB t, const uint8_t* src, uint8_t* dst) {
+    std::memcpy(dst, src, 2);
+    int8_t* q = reinterpret_cast<int8_t*>(dst + 2);
+    if (t == GemmQB::Q4_0) {
+        const uint8_t* qs = src + 2;
+        for (int i = 0; i < 16; ++i) {
+            q[i] = static_cast<int8_t>((qs[i] & 15) - 8);
+            q[i + 16] = static_cast<int8_t>((qs[i] >> 4) - 8);
+        }
+        return;
+    }
+    uint32_t qh;
+    std::memcpy(&qh, src + 2, 4);
+    const uint8_t* qs = src + 6;
+    for (int i = 0; i < 16; ++i) {
+        q[i] = static_cast<int8_t>(((qs[i] & 15) | (((qh >> i) & 1u) << 4)) - 16);
+        q[i + 16] = static_cast<int8_t>(((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4)) - 16);
+    }
+}
+
+// Rows n0 .. n0 + nn, blocks kb0 .. kb0 + nkb of a q5_0 / q4_0 B as q8_0 rows of nkb blocks.
+void unpack_b(const GemmQ8Args& g, int64_t n0, int64_t nn, int64_t kb0, int64_t nkb, uint8_t* dst) {
+    const int64_t bb = gemm_qb_block_bytes(g.btype);
+    for (int64_t n = 0; n < nn; ++n) {
+        const uint8_t* src = g.B + (n0 + n) * g.ldb + kb0 * bb;
+        for (int64_t kb = 0; kb < nkb; ++kb) unpack_block(g.btype, src + kb * bb, dst + (n * nkb + kb) * kQ8BlockBytes);
+    }
+}
 
 // Cache blocking as in gemm.cpp: a KCB-block x NC-column block of B, packed (128 KiB of int8,
 // 256 KiB as AVX2's int16), stays in L2 while the quantized rows of A pass over it MR at a time.
@@ -28,13 +62,15 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
     const int64_t KB = g.K / kQ8Block;
     const int64_t lda = g.K * k.a_esz;
     const int64_t mc = std::max<int64_t>(mr, (MC / mr) * mr);
-    thread_local std::vector<uint8_t> aq, bp;
+    thread_local std::vector<uint8_t> aq, bp, unpacked;
     thread_local std::vector<float> ad, zero, edge;
     aq.resize(static_cast<size_t>(mc * lda));
     ad.resize(static_cast<size_t>(mc * KB));
     if (zero.size() < static_cast<size_t>(g.K)) zero.assign(static_cast<size_t>(g.K), 0.0f);
     bp.resize(static_cast<size_t>(((NC + nr - 1) / nr) * KCB * k.panel_block));
     edge.resize(static_cast<size_t>(mr * nr));
+    const bool q8 = g.btype == GemmQB::Q8_0;
+    if (!q8) unpacked.resize(static_cast<size_t>(NC * KCB * kQ8BlockBytes));
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
         const int64_t mpad = (mm + mr - 1) / mr * mr;
@@ -46,7 +82,12 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
             for (int64_t kb0 = 0; kb0 < KB; kb0 += KCB) {
                 const int64_t nkb = std::min(KCB, KB - kb0);
                 const bool acc = kb0 > 0;
-                k.pack_b(g.B, g.ldb, n0, nn, kb0, nkb, bp.data());
+                if (q8) {
+                    k.pack_b(g.B, g.ldb, n0, nn, kb0, nkb, bp.data());
+                } else {
+                    unpack_b(g, n0, nn, kb0, nkb, unpacked.data());
+                    k.pack_b(unpacked.data(), nkb * kQ8BlockBytes, 0, nn, 0, nkb, bp.data());
+                }
                 for (int64_t i = 0; i < mm; i += mr) {
                     const int64_t mv = std::min<int64_t>(mr, mm - i);
                     const uint8_t* a = aq.data() + i * lda + kb0 * kQ8Block * k.a_esz;

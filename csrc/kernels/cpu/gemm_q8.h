@@ -1,4 +1,4 @@
-// Integer matrix product for q8_0 weights: C[M][N] = A[M][K] * B[N][K]^T, A in f32 (activations),
+// Integer matrix product for q8_0 (and q5_0 / q4_0) weights: C[M][N] = A[M][K] * B[N][K]^T, A in f32 (activations),
 // B in ggml's q8_0 (per 32 values: an f16 scale d, then 32 int8). Why our own: on x86 ggml runs
 // these through llamafile's tinyBLAS_Q0 at ~32 GMAC/s on one core, less than half of our f32
 // packed product (gemm.h), so q8_0 models ran at half the speed of f16 ones.
@@ -24,6 +24,12 @@ namespace sdcpp::kernels::cpu {
 
 constexpr int64_t kQ8Block = 32;       // values per q8_0 block
 constexpr int64_t kQ8BlockBytes = 34;  // f16 scale + 32 int8
+
+// B's block type. q5_0 / q4_0 (ggml's: values d (q - 16), d (q - 8)) are unpacked to q8_0 blocks
+// (exactly: their integers fit int8) before packing, so they share the kernels and ggml's numerics
+// for them (the activations are quantized to q8_0 there too).
+enum class GemmQB : int { Q8_0 = 0, Q5_0 = 1, Q4_0 = 2 };
+int64_t gemm_qb_block_bytes(GemmQB t);  // 34, 22, 18
 
 struct GemmQ8Kernels {
     Level level;
@@ -51,11 +57,12 @@ const GemmQ8Kernels* gemm_q8_avx512();  // nullptr without AVX512-VNNI
 struct GemmQ8Args {
     const float* A;    // [M][K], rows lda floats apart
     int64_t lda;
-    const uint8_t* B;  // [N][K / 32] q8_0 blocks, rows ldb bytes apart
+    const uint8_t* B;  // [N][K / 32] blocks of btype, rows ldb bytes apart
     int64_t ldb;
     float* C;          // [M][N], rows ldc floats apart
     int64_t ldc;
     int64_t M, N, K;   // K a multiple of 32
+    GemmQB btype = GemmQB::Q8_0;
 };
 
 // Work unit `ith` of `nth` of a batch of products (as gemm_batched: A + b * a_batch floats,
