@@ -101,7 +101,20 @@ void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
+// SDCPP_INT8_GEMM=0 sends quantized weights back to ggml's integer products (A/B benchmarks).
+bool int8_enabled() {
+    static const bool on = [] {
+        const char* env = std::getenv("SDCPP_INT8_GEMM");
+        return !(env && env[0] == '0');
+    }();
+    return on;
+}
+
 }  // namespace
+
+bool int8_gemm_preferred() {
+    return int8_enabled() && kc::gemm_q8_kernels().level == kc::Level::Avx512;
+}
 
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
     // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read once.
@@ -109,11 +122,7 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
         const char* env = std::getenv("SDCPP_PACKED_GEMM");
         return !(env && env[0] == '0');
     }();
-    // SDCPP_INT8_GEMM=0 sends quantized weights back to ggml's integer products (A/B benchmarks).
-    static const bool int8 = [] {
-        const char* env = std::getenv("SDCPP_INT8_GEMM");
-        return !(env && env[0] == '0');
-    }();
+    const bool int8 = int8_enabled();
     kc::GemmB bt;
     // Weights in a buffer whose bytes are not ggml's plain layout (the CPU_REPACK buffer the
     // store puts q4_0 matrices in, interleaved for ggml's own GEMM) stay with ggml.
