@@ -14,7 +14,7 @@ float quantize_block(const float* x, int8_t* q) { return quantize_block_inline(x
 
 int64_t gemm_qb_block_bytes(GemmQB t) { return t == GemmQB::Q8_0 ? 34 : t == GemmQB::Q5_0 ? 22 : 18; }
 
-namespace {
+namespace gemm_q8_detail {
 
 // One q5_0 / q4_0 block to a q8_0 block (same f16 d, the integers widened): value t of the
 // first 16 is the low nibble of byte t, of the last 16 the high one; q5_0's fifth bits are bit t
@@ -39,9 +39,14 @@ void unpack_block(GemmQB t, const uint8_t* src, uint8_t* dst) {
     }
 }
 
+}  // namespace gemm_q8_detail
+
+namespace {
+
 // Rows n0 .. n0 + nn, blocks kb0 .. kb0 + nkb of a q5_0 / q4_0 B as q8_0 rows of nkb blocks.
-void unpack_b(const GemmQ8Args& g, int64_t n0, int64_t nn, int64_t kb0, int64_t nkb, uint8_t* dst) {
+void unpack_b(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t n0, int64_t nn, int64_t kb0, int64_t nkb, uint8_t* dst) {
     const int64_t bb = gemm_qb_block_bytes(g.btype);
+    auto unpack_block = k.unpack_block ? k.unpack_block : gemm_q8_detail::unpack_block;
     for (int64_t n = 0; n < nn; ++n) {
         const uint8_t* src = g.B + (n0 + n) * g.ldb + kb0 * bb;
         for (int64_t kb = 0; kb < nkb; ++kb) unpack_block(g.btype, src + kb * bb, dst + (n * nkb + kb) * kQ8BlockBytes);
@@ -85,7 +90,7 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
                 if (q8) {
                     k.pack_b(g.B, g.ldb, n0, nn, kb0, nkb, bp.data());
                 } else {
-                    unpack_b(g, n0, nn, kb0, nkb, unpacked.data());
+                    unpack_b(k, g, n0, nn, kb0, nkb, unpacked.data());
                     k.pack_b(unpacked.data(), nkb * kQ8BlockBytes, 0, nn, 0, nkb, bp.data());
                 }
                 for (int64_t i = 0; i < mm; i += mr) {

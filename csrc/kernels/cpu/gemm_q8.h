@@ -46,6 +46,8 @@ struct GemmQ8Kernels {
     // apart, their scales ldd floats apart) against one packed panel.
     void (*micro)(int64_t nkb, const uint8_t* A, int64_t lda, const float* D, int64_t ldd, const uint8_t* Bp, float* C,
                   int64_t ldc, bool accumulate);
+    // Optional (nullptr: the portable one): one q5_0 / q4_0 block at src as a q8_0 block at dst.
+    void (*unpack_block)(GemmQB t, const uint8_t* src, uint8_t* dst);
 };
 
 const GemmQ8Kernels& gemm_q8_kernels();                // the active level's
@@ -74,6 +76,8 @@ namespace gemm_q8_detail {
 // ggml's activation quantization of one 32-value block, scalar: the f16-rounded scale and the
 // 32 values; every variant's quantize_a matches it bit for bit.
 float quantize_block(const float* x, int8_t* q);
+// One q5_0 / q4_0 block as a q8_0 block (the portable unpacker).
+void unpack_block(GemmQB t, const uint8_t* src, uint8_t* dst);
 }  // namespace gemm_q8_detail
 
 }  // namespace sdcpp::kernels::cpu

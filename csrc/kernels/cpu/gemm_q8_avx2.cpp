@@ -91,7 +91,7 @@ SD_TARGET void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D,
     }
 }
 
-const GemmQ8Kernels kTable{Level::Avx2, MR, NR, 2, PANEL_BLOCK, quantize_a, pack_b, micro};
+const GemmQ8Kernels kTable{Level::Avx2, MR, NR, 2, PANEL_BLOCK, quantize_a, pack_b, micro, nullptr};
 
 }  // namespace
 

@@ -120,7 +120,25 @@ SD_TARGET void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D,
     }
 }
 
-const GemmQ8Kernels kTable{Level::Avx512, MR, NR, 1, PANEL_BLOCK, quantize_a, pack_b, micro};
+// q4_0: low nibbles are values 0-15, high nibbles 16-31, minus 8; q5_0 adds bit t of qh as 16
+// (a byte mask from the 32-bit qh) and subtracts 16.
+SD_TARGET void unpack_block(GemmQB t, const uint8_t* src, uint8_t* dst) {
+    std::memcpy(dst, src, 2);
+    const bool q5 = t == GemmQB::Q5_0;
+    const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (q5 ? 6 : 2)));
+    const __m128i low = _mm_set1_epi8(15);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
+    if (q5) {
+        uint32_t qh;
+        std::memcpy(&qh, src + 2, 4);
+        v = _mm256_sub_epi8(_mm256_or_si256(v, _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(16))), _mm256_set1_epi8(16));
+    } else {
+        v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2), v);
+}
+
+const GemmQ8Kernels kTable{Level::Avx512, MR, NR, 1, PANEL_BLOCK, quantize_a, pack_b, micro, unpack_block};
 
 }  // namespace
 

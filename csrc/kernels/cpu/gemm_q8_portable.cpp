@@ -64,7 +64,7 @@ void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D, int64_t l
         for (int j = 0; j < NR; ++j) C[i * ldc + j] = acc[i][j];
 }
 
-const GemmQ8Kernels kTable{Level::Portable, MR, NR, 1, PANEL_BLOCK, quantize_a, pack_b, micro};
+const GemmQ8Kernels kTable{Level::Portable, MR, NR, 1, PANEL_BLOCK, quantize_a, pack_b, micro, nullptr};
 
 }  // namespace
 
