@@ -293,7 +293,7 @@ void bind_kernels(py::module_& m) {
         ggml_tensor* tw = ggml_new_tensor_2d(ctx, gt, K, N);
         std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
         std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
-        if (via == "sdcpp" && !fused::matmul_applies(tw, tx)) throw InvalidArgument("the q8_0 product does not apply (SDCPP_INT8_GEMM=0?)");
+        if (via == "sdcpp" && !fused::matmul_applies(tw, tx)) throw InvalidArgument("the integer product does not apply (portable level or SDCPP_INT8_GEMM=0)");
         ggml_tensor* out = via == "ggml" ? ggml_mul_mat(ctx, tw, tx) : fused::mul_mat(ctx, tw, tx, true);
         lg.compute(out, threads, 16);
         F32Array y = new_f32({B, M, N});

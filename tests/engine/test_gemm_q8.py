@@ -119,8 +119,10 @@ def test_q4_q5_mul_mat_matches_ggml(level, btype):
     ref = np.stack([reference(x[i], d_b, q_b) for i in range(2)])
     scale = np.abs(ref).max()
     ggml = core.cpu_mul_mat_q8(x, w, "ggml", level, 2, btype)
-    ours = core.cpu_mul_mat_q8(x, w, "sdcpp", level, 3, btype)
     assert np.abs(ggml - ref).max() <= 1e-5 * scale
+    if level == "portable":
+        return
+    ours = core.cpu_mul_mat_q8(x, w, "sdcpp", level, 3, btype)
     assert np.abs(ours - ggml).max() <= 1e-5 * scale
     assert np.abs(ours - ref).max() <= 2e-6 * scale
 
@@ -153,6 +155,10 @@ def test_q8_mul_mat_matches_ggml(level):
         ref = np.stack([reference(x[i], d_b, q_b) for i in range(2)])
         scale = np.abs(ref).max()
         assert np.abs(ggml - ref).max() <= 1e-5 * scale  # the reference is ggml's numerics
+        if level == "portable":  # the graphs keep ggml's products there (the reference loops are slow)
+            with pytest.raises(ValueError, match="does not apply"):
+                core.cpu_mul_mat_q8(x, w, "sdcpp", level, 1)
+            continue
         for threads in (1, 3):
             ours = core.cpu_mul_mat_q8(x, w, "sdcpp", level, threads)
             assert np.abs(ours - ggml).max() <= 1e-5 * scale, (level, (M, K, N), threads)

@@ -128,7 +128,10 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
     // store puts q4_0 matrices in, interleaved for ggml's own GEMM) stay with ggml.
     if (w->buffer && !ggml_backend_buffer_is_host(w->buffer)) return false;
     kc::GemmQB qb;
-    const bool q8 = int8 && int8_type(w->type, &qb) && w->ne[0] % kc::kQ8Block == 0;
+    // Not at the portable level: plain int32 loops are the reference, far slower than ggml's
+    // NEON / SSE dot products.
+    const bool q8 = int8 && int8_type(w->type, &qb) && w->ne[0] % kc::kQ8Block == 0 &&
+                    kc::gemm_q8_kernels().level != kc::Level::Portable;
     if (!q8 && (!enabled || !gemm_type(w->type, &bt))) return false;
     if (x->type != GGML_TYPE_F32) return false;
     if (w->ne[0] != x->ne[0]) return false;
