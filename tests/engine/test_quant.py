@@ -43,17 +43,24 @@ QUANT = ("q8_0", "q5_0", "q4_0")
 H, W, L = 16, 24, 7
 
 # One U-Net call (B=2 CFG-style, t=500), relative L2 vs diffusers fp32. Measured on the small
-# random-weight topologies (sd1 / sdxl / bk_tiny): q8_0 2.3e-2..3.4e-2, q5_0 0.15..0.19,
-# q4_0 0.24..0.36; bounds = about 1.5x the largest.
-UNET_TOL = {"q8_0": 5e-2, "q5_0": 0.3, "q4_0": 0.55}
+# random-weight topologies (sd1 / sdxl / bk_tiny), with the KEEP_F16 roles f16: q8_0
+# 1.6e-2..2.1e-2, q5_0 0.089..0.12, q4_0 0.16..0.25 (every role quantized: q8_0 2.3e-2..3.4e-2,
+# q5_0 0.15..0.19, q4_0 0.24..0.36); bounds = about 1.5x the largest.
+UNET_TOL = {"q8_0": 3.5e-2, "q5_0": 0.18, "q4_0": 0.38}
 # CLIP (4 layers, hidden 64), last hidden state and pooled output vs transformers fp32.
-# Measured (L and G): q8_0 1.6e-2..1.7e-2, q5_0 ~9.9e-2, q4_0 0.17..0.19.
-CLIP_TOL = {"q8_0": 3e-2, "q5_0": 0.15, "q4_0": 0.3}
+# Measured (L and G), self-attention f16 (KEEP_F16): q8_0 1.1e-2..1.3e-2, q5_0 6.0e-2..6.8e-2,
+# q4_0 0.11..0.12 (every role quantized: 1.6e-2..1.7e-2, ~9.9e-2, 0.17..0.19).
+CLIP_TOL = {"q8_0": 2e-2, "q5_0": 0.1, "q4_0": 0.18}
 # End to end (4 Euler steps, CFG 7, 64x64 image), final latents with q8_0 vs diffusers fp32.
-# Measured: sd1 0.116, sdxl 0.075 (f16: 3.6e-3 and 3.1e-3). The issue asks <= 3e-2 on real models;
-# these chaotic random-weight fixtures amplify the q8 rounding of weights and activations ~12x over
-# 4 steps (f16: 3e-4 rounding -> 3.5e-3), so the bound is the measured error + margin.
-E2E_Q8_TOL = 0.2
+# Measured with the KEEP_F16 roles: sd1 7.8e-2, sdxl 4.9e-2 (all roles quantized: 0.118 / 0.075;
+# f16: 2.7e-3 / 2.3e-3). The issue's 3e-2 is asserted at real widths below
+# (test_q8_0_final_latents_real_widths_within_issue_bound): these fixtures (small widths, every
+# parameter + N(0, 0.05^2)) amplify rounding ~2-3x more than a real-size U-Net (f16 2.3e-3..2.7e-3
+# here vs 1.3e-3 there) and CFG 7 multiplies it ~5x (CFG 1: q8_0 1.5e-2..1.9e-2), so here the
+# bound is the measured error + margin.
+E2E_Q8_TOL = 0.1
+# The issue's bounds on final latents (issue 8).
+ISSUE_F16, ISSUE_Q8 = 5e-3, 3e-2
 
 
 def rel(a, b) -> float:
@@ -136,8 +143,15 @@ def test_storage_rules(device):
     for wt in QUANT:
         types = weights.build_store(device, tensors, wt).types()
         assert types["unet.down_blocks.0.resnets.0.conv1.weight"] == wt            # 3x3 conv, K = 32*9
-        assert types["unet.down_blocks.0.attentions.0.proj_in.weight"] == wt       # 1x1 conv
+        assert types["unet.up_blocks.0.upsamplers.0.conv.weight"] == wt            # 3x3 conv
         assert types["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"] == wt
+        # the KEEP_F16 roles (1x1 conv, stride-2 conv), and only with the table in force
+        for name in ("unet.down_blocks.0.attentions.0.proj_in.weight", "unet.down_blocks.0.downsamplers.0.conv.weight",
+                     "unet.up_blocks.1.resnets.0.conv_shortcut.weight"):
+            assert weights.f16_role(name, wt) is not None and types[name] == "f16", name
+            assert weights.storage_type(name, tensors[name].shape, wt, keep_f16=False) == wt
+        # resnet conv2: f16 for q8_0 (fidelity), quantized for q5_0 / q4_0 (size)
+        assert types["unet.down_blocks.0.resnets.0.conv2.weight"] == ("f16" if wt == "q8_0" else wt)
         assert types["unet.conv_in.weight"] == "f16"          # K = 4*9 = 36: not whole 32-blocks
         assert types["unet.conv_out.weight"] == "f16"         # 4 output rows (MIN_QUANT_ROWS)
         assert types["unet.time_embedding.linear_1.weight"] == "f32"
@@ -227,7 +241,7 @@ def test_gguf_quantized_tensors_load_as_they_are(device, tmp_path, qname):
     store = weights.build_store(device, recs, "f16", repack=False)   # readable (q4_0 is repacked by default)
     types = store.types()
     q = qname.lower()
-    kept = [n for n in deq if weights.storage_type(n, tensors[n].shape, q) == q]
+    kept = [n for n in deq if weights.storage_type(n, tensors[n].shape, q, keep_f16=False) == q]
     assert len(kept) > 20 and "unet.time_embedding.linear_1.weight" not in kept
     for name, values in deq.items():
         assert types[name] == (q if name in kept else "f32"), name
@@ -257,6 +271,10 @@ def test_gguf_round_trip_through_load(model_fixtures, tmp_path):
     types = q.weight_types()
     assert "q8_0" in set(types["unet"].values()) and "q8_0" in set(types["text_encoder"].values())
     assert types["text_encoder"]["text_encoder.text_model.embeddings.token_embedding.weight"] == "f32"
+    # a KEEP_F16 role (CLIP self-attention) keeps the file's Q8_0 blocks: the table is for
+    # converting from float, and dequantizing the blocks to f16 would only round them again
+    q_proj = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert weights.f16_role(q_proj) and types["text_encoder"][q_proj] == "q8_0"
     ref = sdcpp.load(str(fx.path("ldm")), device="cpu", weight_type="f16", threads=1)
     latents = unit_latents(7)
     kw = dict(width=SIZE, height=SIZE, steps=2, cfg_scale=7.0, sampler="euler", latents=latents, output_type="latent")
@@ -285,9 +303,55 @@ def test_txt2img_q8_0_final_latents_vs_diffusers(model_fixtures):
             errs[(family, wt)] = rel(ours, ref[0])
             print(f"e2e {family} {wt}: final latents rel L2 {errs[(family, wt)]:.3e}")
     for family in ("sd1", "sdxl"):
-        assert errs[(family, "f16")] <= 5e-3
+        assert errs[(family, "f16")] <= ISSUE_F16
         assert errs[(family, "q8_0")] <= E2E_Q8_TOL, (family, errs)
         assert errs[(family, "q8_0")] > errs[(family, "f16")]
+
+
+@pytest.mark.slow
+def test_q8_0_final_latents_real_widths_within_issue_bound():
+    """The issue's bound (final latents within 3e-2 of diffusers fp32 with q8_0, 5e-3 with f16)
+    on a real-size U-Net: BK-SDM-tiny's published config (321 M quantizable weights) with
+    diffusers' default initialisation, 4 Euler steps with CFG 7 on an 8x8 latent and a random
+    cond / uncond context pair. With every role quantized it is over the bound (measured 3.9e-2):
+    the KEEP_F16 table is what brings it within (measured 2.2e-2; f16 1.3e-3). Nearly all of
+    q8_0's error here is ggml's q8 rounding of the activations: the same q8_0-rounded weights in
+    float products give 3.8e-3 (bench/q8_fidelity_real.py --configs q8_0-wonly)."""
+    from diffusers import UNet2DConditionModel
+
+    from euler_loop import euler
+
+    dc = {k: v for k, v in um.load_reference("bk-sdm-tiny.json").items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**dc).eval().float()
+    tensors, nc = um.canonical_tensors(model), um.native_config(dc)
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    ctx = rng.standard_normal((2, 77, dc["cross_attention_dim"])).astype(np.float32)   # uncond, cond
+
+    def torch_eps(x, t):
+        with torch.no_grad():
+            out = model(torch.from_numpy(x), torch.full((2,), t), torch.from_numpy(ctx)).sample.numpy()
+        return out[:1], out[1:]
+
+    ref = euler(torch_eps, latents)
+    dev = weights.open_device("cpu", 2)
+    errs = {}
+    for label, wt, type_of in (("f16", "f16", weights.storage_type), ("q8_0", "q8_0", weights.storage_type),
+                               ("q8_0 every role", "q8_0",
+                                lambda n, shape, w: weights.storage_type(n, shape, w, keep_f16=False))):
+        store = weights.build_store(dev, tensors, wt, type_of)
+        unet = UNet(store, nc)
+
+        def eps(x, t):
+            out = unet(x, t, ctx)
+            return out[:1], out[1:]
+
+        errs[label] = rel(euler(eps, latents), ref)
+        print(f"bk-sdm-tiny real widths, {label}: final latents rel L2 {errs[label]:.3e}")
+    assert errs["f16"] <= ISSUE_F16, errs
+    assert errs["q8_0"] <= ISSUE_Q8, errs
+    assert errs["q8_0 every role"] > ISSUE_Q8, errs      # the policy is what meets the bound
 
 
 

@@ -8,6 +8,7 @@ block for block where their role takes that type (``build_store``).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -21,6 +22,26 @@ QUANT_TYPES = ("q8_0", "q5_0", "q4_0")
 # Quantized types are not worth their error on matrices with fewer output rows than this
 # (the U-Net's conv_out: 4): those stay f16.
 MIN_QUANT_ROWS = 32
+# Roles that keep f16 under a quantized weight_type, as llama.cpp keeps its most sensitive
+# tensors in higher types: role -> (pattern of its canonical weight names, the weight types it
+# applies to). Chosen by their share of the final-latent error per byte (bench/q8_sensitivity.py,
+# bench/q8_fidelity_real.py; docs/generation.md, "Quantized weights: what stays f16"). Most of
+# q8_0's error is ggml's q8 rounding of the activations, and these roles' inputs lose most to it.
+KEEP_F16 = {
+    # the 1x1 projections at the resnets' and the transformers' entry / exit, and the stride-2
+    # convolutions between resolutions: a few percent of the weights, each as harmful quantized
+    # as a role ten times its size
+    "resnet shortcut": (r"\.conv_shortcut\.weight$", QUANT_TYPES),
+    "transformer proj_in": (r"\.attentions\.\d+\.proj_in\.weight$", QUANT_TYPES),
+    "transformer proj_out": (r"\.attentions\.\d+\.proj_out\.weight$", QUANT_TYPES),
+    "downsampler": (r"\.downsamplers\.\d+\.conv\.weight$", QUANT_TYPES),
+    # CLIP self-attention: its error reaches every U-Net call through the context and CFG
+    "text self-attention": (r"\.self_attn\.(q|k|v|out)_proj\.weight$", QUANT_TYPES),
+    # the largest share left (23% of SD1.5's U-Net weights): for q8_0 only, the type chosen for
+    # fidelity (issue 8: final latents within 3e-2), not for q5_0 / q4_0, chosen for size
+    "resnet conv2": (r"\.resnets\.\d+\.conv2\.weight$", ("q8_0",)),
+}
+_KEEP_F16 = [(role, re.compile(pattern), types) for role, (pattern, types) in KEEP_F16.items()]
 LOAD_WORKERS = max(1, min(4, os.cpu_count() or 1))   # threads filling a store (build_store)
 # Weights used in place from the checkpoint where possible (build_store); SDCPP_ZERO_COPY=0 copies.
 ZERO_COPY = os.environ.get("SDCPP_ZERO_COPY", "1") != "0"
@@ -77,20 +98,40 @@ def open_device(device: str = "auto", threads: Optional[int] = None):
         raise errors.InvalidArgumentError(str(exc)) from None
 
 
-def storage_type(name: str, shape: tuple[int, ...], weight_type: str) -> str:
+def f16_role(name: str, weight_type: Optional[str] = None) -> Optional[str]:
+    """The KEEP_F16 role of a weight name (that applies to `weight_type`, if given), or None."""
+    for role, pattern, types in _KEEP_F16:
+        if pattern.search(name) and (weight_type is None or weight_type in types):
+            return role
+    return None
+
+
+def storage_type(name: str, shape: tuple[int, ...], weight_type: str, keep_f16: bool = True) -> str:
     """The ggml type a tensor is stored in: matrices and conv kernels take `weight_type`;
     vectors (biases, norms), embeddings (token/position tables, the time embedding) and tiny
     tensors stay f32 (they cost little and ggml's element-wise ops want f32). With a quantized
-    `weight_type`, matrices of fewer than MIN_QUANT_ROWS output rows take f16, and the native
-    store takes f16 for a weight whose reduction length (a row; IC*KH*KW of a conv kernel) is
-    not a whole number of 32-value blocks (``WeightStore.types()`` says what was stored)."""
+    `weight_type`, matrices of fewer than MIN_QUANT_ROWS output rows and the KEEP_F16 roles
+    (unless `keep_f16` is False) take f16, and the native store takes f16 for a weight whose
+    reduction length (a row; IC*KH*KW of a conv kernel) is not a whole number of 32-value
+    blocks (``WeightStore.types()`` says what was stored)."""
     if weight_type not in WEIGHT_TYPES:
         raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
     if len(shape) < 2 or "embedding" in name or "norm" in name:
         return "f32"
-    if weight_type in QUANT_TYPES and shape[0] < MIN_QUANT_ROWS:
+    if weight_type in QUANT_TYPES and (shape[0] < MIN_QUANT_ROWS or (keep_f16 and f16_role(name, weight_type))):
         return "f16"
     return weight_type
+
+
+def _keeps_blocks(type_of, name: str, shape: tuple, qt: str) -> bool:
+    """Whether a record a file holds in quantized type `qt` is stored as its own blocks: where its
+    role takes `qt`, and for the KEEP_F16 roles too (the policy is for converting from float:
+    dequantizing a file's blocks to f16 would round them again and gain nothing)."""
+    declared = type_of(name, shape, qt)
+    if declared == qt:
+        return True
+    return (type_of is storage_type and declared == "f16"
+            and storage_type(name, shape, qt, keep_f16=False) == qt)
 
 
 def as_native_array(arr: np.ndarray) -> np.ndarray:
@@ -190,8 +231,9 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     stays at a few tensors. `on_tensor(elements)` is called after each tensor (progress).
 
     A record already quantized in q8_0 / q5_0 / q4_0 (GGUF) keeps its type and its blocks
-    when its role takes that type (``type_of(name, shape, that type)`` returns it), whatever
-    `weight_type` is: dequantizing would add no precision. Elsewhere it is dequantized.
+    when its role takes that type (``type_of(name, shape, that type)`` returns it, or would but
+    for KEEP_F16), whatever `weight_type` is: dequantizing would add no precision. Elsewhere it
+    is dequantized.
 
     repack: on the CPU, q4_0 matrices go to ggml's CPU_REPACK buffer (rows interleaved for its
     AVX2 / NEON GEMM kernels), except on CPUs with AVX-512 VNNI, where sdcpp's own integer product
@@ -213,7 +255,7 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
         shape = tuple(int(d) for d in value.shape)
         declared = type_of(name, shape, weight_type)
         qt = _quant_dtype(value)
-        if qt is not None and type_of(name, shape, qt) == qt:
+        if qt is not None and _keeps_blocks(type_of, name, shape, qt):
             declared = qt
         store.declare(name, list(shape), declared)
         if zero_copy and _mappable(value, declared):
