@@ -40,7 +40,9 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml", "sdcpp-q5_0", "sdcpp-q4_0",
+               "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
+# sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
 
 
 def load_config(model: str) -> dict:
@@ -257,6 +259,8 @@ def main() -> None:
                 env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
                 if args.cpu_level:
                     env["SDCPP_CPU_LEVEL"] = args.cpu_level
+                if c.endswith("-ggml"):
+                    env["SDCPP_INT8_GEMM"] = "0"
                 print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

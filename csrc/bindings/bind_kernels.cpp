@@ -9,6 +9,8 @@
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_op.h"
+#include "../kernels/cpu/gemm_q8.h"
 #include "../kernels/cpu/winograd_f23.h"
 #include "../kernels/cpu/winograd_f43.h"
 #include "../nn/winograd_f23.h"
@@ -61,6 +63,14 @@ class LevelGraph {
     ggml_context* ctx_ = nullptr;
 };
 
+// "q8_0" / "q5_0" / "q4_0" -> the integer product's B type and ggml's.
+std::pair<kc::GemmQB, ggml_type> int8_btype(const std::string& name) {
+    if (name == "q8_0") return {kc::GemmQB::Q8_0, GGML_TYPE_Q8_0};
+    if (name == "q5_0") return {kc::GemmQB::Q5_0, GGML_TYPE_Q5_0};
+    if (name == "q4_0") return {kc::GemmQB::Q4_0, GGML_TYPE_Q4_0};
+    throw InvalidArgument("btype must be q8_0, q5_0 or q4_0, got '" + name + "'");
+}
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -82,6 +92,7 @@ void bind_kernels(py::module_& m) {
         d["winograd"] = kc::level_name(kc::winograd_f43().level);
         d["winograd_f23"] = kc::level_name(kc::winograd_f23().level);
         d["gemm"] = kc::level_name(kc::gemm_kernels().level);
+        d["gemm_q8_0"] = kc::level_name(kc::gemm_q8_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
@@ -236,6 +247,59 @@ void bind_kernels(py::module_& m) {
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
+
+    // The integer product at one level: C = A B^T, A [M, K] f32, B [N, K / 32 * block bytes] uint8
+    // holding ggml blocks of `btype` (q8_0 / q5_0 / q4_0); `threads` real threads (GIL released).
+    m.def("cpu_kernel_gemm_q8", [](F32Array a, py::array_t<uint8_t, py::array::c_style> b, const std::string& level,
+                                   int threads, const std::string& btype) {
+        require_ndim(a, 2, "a");
+        const kc::GemmQB bt = int8_btype(btype).first;
+        const int64_t bb = kc::gemm_qb_block_bytes(bt);
+        if (b.ndim() != 2) throw InvalidArgument("b must be [N, K / 32 * block bytes] uint8");
+        table_for(level);  // throws for a level this CPU lacks
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
+        if (K % kc::kQ8Block || b.shape(1) != K / kc::kQ8Block * bb)
+            throw InvalidArgument("K must be a multiple of 32 and b rows K / 32 * " + std::to_string(bb) + " bytes");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        F32Array c = new_f32({M, N});
+        kc::GemmQ8Args g{a.data(), K, b.data(), static_cast<int64_t>(b.shape(1)), c.mutable_data(), N, M, N, K, bt};
+        const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels_at(kc::parse_level(level));
+        {
+            py::gil_scoped_release nogil;
+            std::vector<std::thread> pool;
+            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_q8_batched(k, g, 1, 0, 0, 0, i, threads); });
+            kc::gemm_q8_batched(k, g, 1, 0, 0, 0, 0, threads);
+            for (auto& th : pool) th.join();
+        }
+        return c;
+    }, py::arg("a"), py::arg("b"), py::arg("level"), py::arg("threads") = 1, py::arg("btype") = "q8_0");
+
+    // mul_mat of quantized weights in a CPU graph: x [B, M, K] f32 against w [N, K / 32 * block
+    // bytes] uint8 (ggml blocks of `btype`, broadcast over B) -> [B, M, N], through ggml_mul_mat ("ggml") or the
+    // graph op nn::linear uses (fused::mul_mat with custom ops, "sdcpp") at `level`.
+    m.def("cpu_mul_mat_q8", [](F32Array x, py::array_t<uint8_t, py::array::c_style> w, const std::string& via,
+                               const std::string& level, int threads, const std::string& btype) {
+        require_ndim(x, 3, "x");
+        const auto [bt, gt] = int8_btype(btype);
+        const int64_t bb = kc::gemm_qb_block_bytes(bt);
+        if (w.ndim() != 2) throw InvalidArgument("w must be [N, K / 32 * block bytes] uint8");
+        const int64_t B = x.shape(0), M = x.shape(1), K = x.shape(2), N = w.shape(0);
+        if (K % kc::kQ8Block || w.shape(1) != K / kc::kQ8Block * bb)
+            throw InvalidArgument("K must be a multiple of 32 and w rows K / 32 * " + std::to_string(bb) + " bytes");
+        if (via != "ggml" && via != "sdcpp") throw InvalidArgument("via must be 'ggml' or 'sdcpp', got '" + via + "'");
+        LevelGraph lg(sizeof(float) * size_t(B * M * (K + N)) + size_t(w.nbytes()) + (size_t(1) << 20), level);
+        ggml_context* ctx = lg.ctx();
+        ggml_tensor* tx = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, K, M, B);
+        ggml_tensor* tw = ggml_new_tensor_2d(ctx, gt, K, N);
+        std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+        std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+        if (via == "sdcpp" && !fused::matmul_applies(tw, tx)) throw InvalidArgument("the integer product does not apply (portable level or SDCPP_INT8_GEMM=0)");
+        ggml_tensor* out = via == "ggml" ? ggml_mul_mat(ctx, tw, tx) : fused::mul_mat(ctx, tw, tx, true);
+        lg.compute(out, threads, 16);
+        F32Array y = new_f32({B, M, N});
+        std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("via"), py::arg("level"), py::arg("threads") = 2, py::arg("btype") = "q8_0");
 }
 
 }  // namespace sdcpp::bind

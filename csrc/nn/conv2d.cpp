@@ -43,15 +43,16 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
 }
 
 // A quantized kernel stored as the matrix w [IC*k*k, OC]: an f32 im2col times w as mul_mat's
-// src0, so that ggml runs its integer dot products. 1x1 stride-1 kernels skip the im2col.
-ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad) {
+// src0, so that the integer dot products run (ours for q8_0 where custom ops may, kernels/cpu/
+// gemm_q8.h; ggml's otherwise). 1x1 stride-1 kernels skip the im2col.
+ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad, bool custom_ops) {
     const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
     SD_CHECK(IC > 0 && w->ne[0] % IC == 0, "conv2d: quantized kernel rows do not match the input channels");
     const int k = static_cast<int>(std::lround(std::sqrt(static_cast<double>(w->ne[0] / IC))));
     SD_CHECK(int64_t(k) * k * IC == w->ne[0], "conv2d: quantized kernel is not square");
     if (k == 1 && stride == 1 && pad == 0) {
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* r = ggml_mul_mat(ctx, w, image_to_sequence(ctx, x));  // [OC, WH, N]
+        ggml_tensor* r = fused::mul_mat(ctx, w, image_to_sequence(ctx, x), custom_ops);  // [OC, WH, N]
         return sequence_to_image(ctx, r, W, H);
     }
     // ggml_im2col reads only the kernel's shape (KW, KH, IC) from its first operand: a
@@ -59,7 +60,7 @@ ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
     ggml_tensor* kshape = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, k, k, IC, 1);
     ggml_tensor* col = ggml_im2col(ctx, kshape, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
     const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
-    ggml_tensor* r = ggml_mul_mat(ctx, w, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+    ggml_tensor* r = fused::mul_mat(ctx, w, ggml_reshape_2d(ctx, col, K, OW * OH * N), custom_ops);  // [OC, OW*OH*N]
     r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
     return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
 }
@@ -80,7 +81,7 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     ggml_tensor* y;
     if (quantized) {
         // Winograd would need the kernel transformed (and so dequantized) every pass.
-        y = add_bias(ctx, conv2d_matrix(ctx, x, w, stride, pad), b);
+        y = add_bias(ctx, conv2d_matrix(ctx, x, w, stride, pad, opt.custom_ops), b);
     } else if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 && stride == 1 && pad == 1 &&
                w->ne[2] >= 32 && w->ne[3] >= 32 && x->ne[0] * x->ne[1] * x->ne[3] >= opt.winograd_min_pixels) {
         // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about

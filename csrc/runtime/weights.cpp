@@ -62,6 +62,7 @@ ggml_backend_buffer_type_t cpu_repack_buffer_type(ggml_backend_t backend) {
 // tensor the repack buffer could not lay out would abort in ggml, so this errs on "no".
 bool repackable(ggml_type type, const std::vector<int64_t>& storage) {
     if (type != GGML_TYPE_Q4_0 || storage.size() != 2 || storage[1] % 32 != 0) return false;
+    if (fused::int8_gemm_preferred()) return false;  // sdcpp's integer product is faster there
     const int64_t rows = storage[0];  // ggml ne1
     if (cpu_backend_has("AVX2")) return rows % 8 == 0;
     if (cpu_backend_has("NEON") && (cpu_backend_has("MATMUL_INT8") || cpu_backend_has("DOTPROD"))) return rows % 4 == 0;

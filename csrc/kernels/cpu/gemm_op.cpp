@@ -3,6 +3,8 @@
 #include <cstdlib>
 
 #include "gemm.h"
+#include "gemm_q8.h"
+#include "ggml-backend.h"
 
 namespace sdcpp::fused {
 
@@ -25,9 +27,50 @@ void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n) {
 
 namespace {
 
+bool int8_type(ggml_type t, kc::GemmQB* out) {
+    switch (t) {
+        case GGML_TYPE_Q8_0: *out = kc::GemmQB::Q8_0; return true;
+        case GGML_TYPE_Q5_0: *out = kc::GemmQB::Q5_0; return true;
+        case GGML_TYPE_Q4_0: *out = kc::GemmQB::Q4_0; return true;
+        default: return false;
+    }
+}
+
+// q8_0 / q5_0 / q4_0 weights: the integer product (gemm_q8.h), same batching as matmul_op below.
+void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* w = dst->src[0];
+    const ggml_tensor* x = dst->src[1];
+    const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels();
+    const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
+    const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
+    const int64_t xs2 = static_cast<int64_t>(x->nb[2] / sizeof(float)), ds2 = static_cast<int64_t>(dst->nb[2] / sizeof(float));
+    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+        const uint8_t* wb = static_cast<const uint8_t*>(w->data) + (i3 / r3) * w->nb[3];
+        const char* xb = static_cast<const char*>(x->data) + i3 * x->nb[3];
+        char* db = static_cast<char*>(dst->data) + i3 * dst->nb[3];
+        kc::GemmQ8Args g{reinterpret_cast<const float*>(xb), static_cast<int64_t>(x->nb[1] / sizeof(float)), wb,
+                         static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
+                         static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
+        int8_type(w->type, &g.btype);
+        if (r2 == 1) {
+            kc::gemm_q8_batched(k, g, x->ne[2], xs2, static_cast<int64_t>(w->nb[2]), ds2, ith, nth);
+        } else {
+            for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w) {
+                kc::GemmQ8Args gi = g;
+                gi.A = reinterpret_cast<const float*>(xb + i2w * r2 * x->nb[2]);
+                gi.B = wb + i2w * w->nb[2];
+                gi.C = reinterpret_cast<float*>(db + i2w * r2 * dst->nb[2]);
+                kc::gemm_q8_batched(k, gi, r2, xs2, 0, ds2, ith, nth);
+            }
+        }
+    }
+}
+
 void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
+    kc::GemmQB qb;
+    if (int8_type(w->type, &qb)) return matmul_q8_op(dst, ith, nth, nullptr);
     kc::GemmB bt = kc::GemmB::F32;
     gemm_type(w->type, &bt);
     const kc::GemmKernels& k = kc::gemm_kernels();
@@ -58,7 +101,20 @@ void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
+// SDCPP_INT8_GEMM=0 sends quantized weights back to ggml's integer products (A/B benchmarks).
+bool int8_enabled() {
+    static const bool on = [] {
+        const char* env = std::getenv("SDCPP_INT8_GEMM");
+        return !(env && env[0] == '0');
+    }();
+    return on;
+}
+
 }  // namespace
+
+bool int8_gemm_preferred() {
+    return int8_enabled() && kc::gemm_q8_kernels().level == kc::Level::Avx512;
+}
 
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
     // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read once.
@@ -66,9 +122,18 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
         const char* env = std::getenv("SDCPP_PACKED_GEMM");
         return !(env && env[0] == '0');
     }();
-    if (!enabled) return false;
+    const bool int8 = int8_enabled();
     kc::GemmB bt;
-    if (!gemm_type(w->type, &bt) || x->type != GGML_TYPE_F32) return false;
+    // Weights in a buffer whose bytes are not ggml's plain layout (the CPU_REPACK buffer the
+    // store puts q4_0 matrices in, interleaved for ggml's own GEMM) stay with ggml.
+    if (w->buffer && !ggml_backend_buffer_is_host(w->buffer)) return false;
+    kc::GemmQB qb;
+    // Not at the portable level: plain int32 loops are the reference, far slower than ggml's
+    // NEON / SSE dot products.
+    const bool q8 = int8 && int8_type(w->type, &qb) && w->ne[0] % kc::kQ8Block == 0 &&
+                    kc::gemm_q8_kernels().level != kc::Level::Portable;
+    if (!q8 && (!enabled || !gemm_type(w->type, &bt))) return false;
+    if (x->type != GGML_TYPE_F32) return false;
     if (w->ne[0] != x->ne[0]) return false;
     if (w->nb[0] != ggml_type_size(w->type) || x->nb[0] != sizeof(float)) return false;  // contiguous rows
     if (x->nb[1] % sizeof(float) || x->nb[2] % sizeof(float) || x->nb[3] % sizeof(float)) return false;

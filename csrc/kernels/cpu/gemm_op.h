@@ -1,9 +1,11 @@
 // ggml_mul_mat through the packed CPU product (gemm.h), as a ggml custom op for the CPU backend.
-// Same contract as ggml_mul_mat(w, x): w [K, N, B2w, B3w] (f32, f16 or bf16, contiguous rows),
+// Same contract as ggml_mul_mat(w, x): w [K, N, B2w, B3w] (f32, f16, bf16, q8_0, q5_0, q4_0; contiguous rows),
 // x [K, M, B2, B3] f32 with contiguous rows -> [N, M, B2, B3] f32, w broadcast over the batch
 // dimensions it lacks (B2 a multiple of B2w, B3 of B3w). Graph builders call it only where
 // custom ops may run (the CPU backend) and only when `applies` says so; otherwise they keep
-// ggml_mul_mat (quantized weights go to ggml's integer dot products).
+// ggml_mul_mat. q8_0 / q5_0 / q4_0 weights run our integer product (gemm_q8.h, ggml's numerics)
+// unless they sit in a repacked (non-host) buffer; SDCPP_INT8_GEMM=0 sends them back to ggml's,
+// as SDCPP_PACKED_GEMM=0 does the float ones.
 #pragma once
 #include "gemm.h"
 #include "ggml.h"
@@ -18,6 +20,12 @@ bool gemm_type(ggml_type t, kernels::cpu::GemmB* out);
 void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n);
 
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x);
+
+// Whether q4_0 weights should stay in ggml's plain layout for our integer product rather than go
+// to ggml's repacked buffer: where our AVX-512 VNNI variant runs (measured on BK-SDM-tiny: 95
+// GMAC/s against 45 for ggml's repacked AVX2 kernels); on AVX2-only CPUs ggml's repacked q4_0
+// GEMM is the faster one.
+bool int8_gemm_preferred();
 ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
 
 // ggml_mul_mat(w, x), or `matmul` when custom ops may run (`cpu`) and it applies.

@@ -236,7 +236,8 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     is dequantized.
 
     repack: on the CPU, q4_0 matrices go to ggml's CPU_REPACK buffer (rows interleaved for its
-    AVX2 / NEON GEMM kernels); ``store.repacked(name)`` tells, and such tensors cannot be read
+    AVX2 / NEON GEMM kernels), except on CPUs with AVX-512 VNNI, where sdcpp's own integer product
+    is faster on the plain layout; ``store.repacked(name)`` tells, and such tensors cannot be read
     back with ``store.get`` (False keeps every tensor readable).
 
     zero_copy (default ZERO_COPY; CPU only): a TensorRecord already in its stored plain type
