@@ -11,7 +11,7 @@ from fixtures import FAMILIES, FORMATS, custom_spec
 from fixtures.specs import DOWN, MID_XA, UP, XA_DOWN, XA_UP
 from sdcpp.arch import inspect, normalize_unet_config
 from sdcpp.errors import MissingTensorError, UnknownArchitectureError
-from sdcpp.io import open_source, read_tensors
+from sdcpp.io import read_tensors
 
 CUSTOM = {
     # 2 levels, 1 layer per block, mid block kept: none of the named layouts

@@ -7,7 +7,6 @@ Tolerances (relative L2): f32 weights <= 1e-4, f16 weights <= 5e-3.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ pytest.importorskip("diffusers")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import unet_models as um  # noqa: E402
 
-from sdcpp import errors  # noqa: E402
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
 from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402

@@ -8,7 +8,6 @@ latents are far from the LoRA's), so a LoRA that silently did nothing would fail
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
