@@ -142,6 +142,25 @@ class Model:
             self.conditioner.set_embeddings(table)
         return table.names()
 
+    def placement(self) -> dict:
+        """Where each part of this model runs: ``{"text_encoders": name, "unet": name, "vae": name,
+        "lora_merge": ..., "ops_off_device": n}``. Every graph of a model runs on its one device
+        (``device=`` of :func:`sdcpp.load`); LoRA factors are merged on the host and the merged
+        weights uploaded. ``ops_off_device`` counts the graph nodes ggml's scheduler has placed on
+        the CPU instead of a non-CPU device (an op the device lacks), summed over this process:
+        0 means nothing fell back."""
+        from .engine.weights import native
+
+        name = self.device.info["name"]
+        return {
+            "device": name,
+            "text_encoders": name,
+            "unet": name,
+            "vae": name + (" (TAESD)" if self._tiny_vae else ""),
+            "lora_merge": "host CPU, merged weights uploaded" if not self.device.is_cpu else name,
+            "ops_off_device": int(native().off_device_nodes()),
+        }
+
     # ------------------------------------------------------------------ LoRA
     def weight_types(self) -> dict:
         """The storage type of every weight, per component: ``{"unet": {name: "q8_0", ...},

@@ -60,6 +60,9 @@ def system_info() -> dict[str, Any]:
         "default_threads": physical_cores(),
         # sdcpp's own CPU kernels, chosen at run time (SDCPP_CPU_LEVEL caps the level)
         "cpu_kernels": dict(core.cpu_kernels()),
+        # graph nodes ggml's scheduler ran on the CPU instead of a model's non-CPU device (an op
+        # that device lacks), summed over this process; Model.placement() says where parts run
+        "ops_off_device": int(core.off_device_nodes()),
         "warnings": warnings,
     }
 

@@ -114,6 +114,17 @@ def test_latents_set_the_batch(tiny):
     assert len(out) == 2
 
 
+def test_placement_names_the_device_of_every_part(tiny):
+    before = sdcpp.system_info()["ops_off_device"]
+    tiny.txt2img("a lighthouse", width=64, height=64, steps=1, seed=1, output_type="latent")
+    where = tiny.placement()
+    name = tiny.device.info["name"]
+    assert where["device"] == name
+    assert {where["text_encoders"], where["unet"], where["vae"]} == {name}
+    # on the CPU nothing can fall back, and the count is the process-wide one system_info reports
+    assert where["ops_off_device"] == sdcpp.system_info()["ops_off_device"] == before
+
+
 def test_info_is_the_inspect_result(tiny):
     assert tiny.info.family == "sd1" and tiny.info.variant == "bk-sdm-tiny"
 
