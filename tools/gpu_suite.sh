@@ -32,7 +32,8 @@ export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ -n "${1:-}" ]; then
   case "$1" in
-    *.xz) xz -dc "$1" > python/sdcpp/"$(basename "${1%.xz}")" ;;
+    *.xz) $PY -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+            "$1" python/sdcpp/"$(basename "${1%.xz}")" ;;
     *) cp "$1" python/sdcpp/ ;;
   esac
 fi
