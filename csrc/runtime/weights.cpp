@@ -180,6 +180,40 @@ size_t WeightStore::release_mapped_pages() {
     return advised;
 }
 
+size_t WeightStore::release_mapped_range(const void* lo_p, const void* hi_p) const {
+    size_t advised = 0;
+#ifdef SDCPP_HAVE_MMAP
+    std::lock_guard<std::mutex> lock(written_mutex_);
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const char* lo_c = static_cast<const char*>(lo_p);
+    const char* hi_c = static_cast<const char*>(hi_p);
+    for (const Mapping& m : maps_) {
+        const char* base = static_cast<const char*>(m.addr);
+        if (lo_c < base || lo_c >= base + m.size) continue;
+        const size_t end = (m.size + page - 1) / page * page;
+        size_t lo = size_t(lo_c - base) / page * page;
+        const size_t hi = std::min(end, (size_t(std::min(hi_c, base + m.size) - base) + page - 1) / page * page);
+        // skip the pages a write touched (widened to pages as in release_mapped_pages)
+        std::vector<std::pair<size_t, size_t>> keep;
+        for (const auto& r : m.written) {
+            const size_t a = r.first / page * page, b = (r.second + page - 1) / page * page;
+            if (b > lo && a < hi) keep.emplace_back(std::max(a, lo), std::min(b, hi));
+        }
+        std::sort(keep.begin(), keep.end());
+        auto advise = [&](size_t a, size_t b) {
+            if (b > a && madvise(const_cast<char*>(base) + a, b - a, MADV_DONTNEED) == 0) advised += b - a;
+        };
+        for (const auto& r : keep) {
+            if (r.first > lo) advise(lo, r.first);
+            lo = std::max(lo, r.second);
+        }
+        advise(lo, hi);
+        break;
+    }
+#endif
+    return advised;
+}
+
 void WeightStore::map_specs() {
 #ifdef SDCPP_HAVE_MMAP
     std::unordered_map<std::string, size_t> by_file;  // file -> maps_ index

@@ -61,6 +61,11 @@ class WeightStore {
     // Pages holding written bytes are kept (dropping them would lose the writes). Returns the
     // bytes advised; 0 where there is no mapping.
     size_t release_mapped_pages();
+    // The same for the bytes [lo, hi) of one mapped tensor or run of tensors (widened to whole
+    // pages; unwritten pages only): memory="low" streams the U-Net's weights by giving back each
+    // module's pages once its part of the graph has run (model/unet.cpp). A range outside every
+    // mapping is ignored. Safe to call while a graph runs: it changes no byte's value.
+    size_t release_mapped_range(const void* lo, const void* hi) const;
 
     // Copy `count` elements of `src_type` (F32, F16, BF16 or a ggml quantized type, C-contiguous
     // in the declared shape) into the tensor, converting to its storage type (F32, F16, BF16 or
@@ -107,7 +112,7 @@ class WeightStore {
     std::unordered_map<std::string, ggml_tensor*> tensors_;
     std::vector<Mapping> maps_;
     size_t mapped_bytes_ = 0;
-    std::mutex written_mutex_;  // set() runs on several loader threads at once
+    mutable std::mutex written_mutex_;  // set() runs on several loader threads at once
     void map_specs();
 };
 

@@ -160,7 +160,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         encoders.append(component(prefix, lambda st, p=prefix, c=cfg: TextEncoder(st, p, c), mem.release_text_encoders))
     components = {
         "text_encoders": encoders,
-        "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), mem.unet_on_demand),
+        "unet": component("unet.", lambda st: _unet(st, info.unet_native_config(), mem.stream_unet_weights),
+                          mem.unet_on_demand),
         "vae": vae_obj,
         "preview": tiny_vae(preview) if preview is not None else None,
         "stores": stores,
@@ -169,3 +170,12 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     bar.close()
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
+
+
+def _unet(store, config, stream: bool):
+    """The U-Net over its store; memory="low" streams its mapped weights (UNet.stream_weights)."""
+    from .engine.unet import UNet
+
+    unet = UNet(store, config)
+    unet.stream_weights = stream
+    return unet
