@@ -348,7 +348,9 @@ nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attent
 
 ConvImpl UNet::resolved_conv() const { return resolve_conv(opt_, *store_->device()); }
 
-bool UNet::streams() const { return opt_.stream_weights && store_->device()->is_cpu() && store_->mapped_nbytes() > 0; }
+bool UNet::streams() const {
+    return opt_.stream_weights && store_->device()->is_cpu() && store_->mapped_nbytes() + store_->spilled_nbytes() > 0;
+}
 
 void UNet::set_options(const UNetOptions& opt) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -384,7 +386,7 @@ const UNet::StreamSegment* UNet::segment(const std::string& module) const {
     const std::string pfx = module + ".";
     std::vector<std::pair<const char*, const char*>> r;
     for (const std::string& n : store_->names()) {
-        if (n.compare(0, pfx.size(), pfx) != 0 || !store_->is_mapped(n)) continue;
+        if (n.compare(0, pfx.size(), pfx) != 0 || !store_->is_paged(n)) continue;
         const ggml_tensor* t = store_->get(n);
         const char* p = static_cast<const char*>(t->data);
         r.emplace_back(p, p + ggml_nbytes(t));

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import errors
 from .engine.weights import QUANT_TYPES, WEIGHT_TYPES, build_store, open_device, storage_type
+from .memory import spill_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -105,8 +106,11 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
 
     def fill(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        # memory="low": a converted U-Net goes to a temporary file so that it streams like a
+        # mapped checkpoint (sdcpp.memory)
+        spill = spill_dir() if prefix == "unet." and mem.stream_unet_weights else None
         try:
-            return build_store(dev, sub, wt, type_of, on_tensor=bar.update)
+            return build_store(dev, sub, wt, type_of, on_tensor=bar.update, spill=spill)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
 
