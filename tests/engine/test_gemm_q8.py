@@ -78,10 +78,10 @@ def test_q8_gemm_at_each_level(level):
     blocks), along N (> 256 columns) and along M (> 240 quantized rows), threads 1 and 3 (rows or
     columns split unevenly): bit-identical to the portable variant, within 2e-6 of float64."""
     rng = np.random.default_rng(8)
-    # (32, 32, 32): exactly one AMX tile set; (33, 128, 65) one row / column past it; (64, 288, 1024):
-    # C rows 4 KiB apart
+    # (32, 32, 32): exactly one AMX tile set; (33, 1056, 65) one row / column past it and 33 blocks
+    # (AMX quantizes A 16 blocks at a time); (64, 288, 1024): C rows 4 KiB apart
     for M, K, N in [(1, 32, 1), (13, 64, 45), (37, 320, 70), (100, 544, 33), (25, 64, 530), (250, 96, 40),
-                    (32, 32, 32), (33, 128, 65), (64, 288, 1024)]:
+                    (32, 32, 32), (33, 1056, 65), (64, 288, 1024)]:
         a = rng.standard_normal((M, K)).astype(np.float32)
         a[0, :32] = 0.0  # an all-zero block (d = 0)
         b, d_b, q_b = q8_bytes(rng, N, K)
@@ -95,6 +95,20 @@ def test_q8_gemm_at_each_level(level):
         # and the quantized product is the float one within q8_0's error
         exact = a.astype(np.float64) @ (q_b * d_b[..., None]).reshape(N, K).T
         assert np.linalg.norm(ours - exact) <= 1e-2 * np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_q8_gemm_activation_scales(level):
+    """Rows of A from 1e-7 to 1e3 (block scales d = f16(amax / 127) down in f16's subnormal range, where
+    the vectorized f16 rounding must still match the scalar one): bit-identical to portable."""
+    rng = np.random.default_rng(11)
+    M, K, N = 40, 1056, 37
+    a = (rng.standard_normal((M, K)) * np.geomspace(1e-7, 1e3, M)[:, None]).astype(np.float32)
+    b, d_b, q_b = q8_bytes(rng, N, K)
+    portable = core.cpu_kernel_gemm_q8(a, b, "portable", 1)
+    ref = reference(a, d_b, q_b)
+    assert np.all(np.abs(portable - ref) <= 2e-6 * np.abs(ref).max(axis=1, keepdims=True))
+    assert np.array_equal(core.cpu_kernel_gemm_q8(a, b, level, 2), portable), level
 
 
 @pytest.mark.parametrize("level", LEVELS)

@@ -48,19 +48,63 @@ SD_TARGET void thread_begin() {
 
 SD_TARGET void thread_end() { _tile_release(); }
 
-// ggml's quantization (gemm_q8_quant.h), vectorized as the AVX-512 variant does (vcvtps2dq's
-// round to nearest even, vpmovsdb's saturation), kept as int8.
+// ggml's quantization (gemm_q8_quant.h), vectorized (vcvtps2dq's round to nearest even,
+// vpmovsdb's saturation), kept as int8. 16 blocks at a time: their 16 amax reduced into one
+// vector by a transposing max tree, so d = f16(amax / 127) (vcvtps2ph rounds to nearest even, as
+// float_to_half_bits) and 127 / amax are one vector division each instead of 16 scalar ones:
+// 1.6x the AVX-512 variant's per-block loop (measured 5.4 against 3.3 Gfloat/s from L2), which
+// matters because quantizing A is a fifth to a third of the product's time at these speeds.
+SD_TARGET inline void quantize_values(const float* x, int8_t* out, float id) {
+    const __m512 v = _mm512_set1_ps(id);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), v))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16), v))));
+}
+
 SD_TARGET void quantize_a(const float* x, int64_t K, void* q, float* d) {
-    uint8_t* out = static_cast<uint8_t*>(q);
+    int8_t* out = static_cast<int8_t*>(q);
+    const int64_t KB = K / 32;
     const __m512 sign = _mm512_set1_ps(-0.0f);
-    for (int64_t b = 0; b < K / 32; ++b, x += 32, out += 32) {
-        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    // after the tree, lane i holds block (i % 4) * 4 + i / 4; this index vector puts block j at lane j
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    alignas(64) float ids[16];
+    int64_t b = 0;
+    for (; b + 16 <= KB; b += 16) {
+        const float* xb = x + b * 32;
+        __m512 m[16], h[8], g[4], f[2];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j)
+            m[j] = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(xb + j * 32)),
+                                 _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + j * 32 + 16)));
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i)  // 256-bit halves: lanes 0-7 block 2i, 8-15 block 2i + 1
+            h[i] = _mm512_max_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0x44),
+                                 _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)  // 128-bit quarters
+            g[i] = _mm512_max_ps(_mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0x88),
+                                 _mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; ++i) {  // pairs of floats
+            const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(g[2 * i]), _mm512_castps_pd(g[2 * i + 1]));
+            const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(g[2 * i]), _mm512_castps_pd(g[2 * i + 1]));
+            f[i] = _mm512_max_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+        }
+        const __m512 tree = _mm512_max_ps(_mm512_shuffle_ps(f[0], f[1], 0x88), _mm512_shuffle_ps(f[0], f[1], 0xDD));
+        const __m512 amax = _mm512_permutexvar_ps(order, tree);
+        const __m256i dh = _mm512_cvtps_ph(_mm512_div_ps(amax, _mm512_set1_ps(127.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm512_storeu_ps(d + b, _mm512_cvtph_ps(dh));
+        const __mmask16 nz = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+        _mm512_store_ps(ids, _mm512_maskz_div_ps(nz, _mm512_set1_ps(127.0f), amax));
+#pragma GCC unroll 4
+        for (int j = 0; j < 16; ++j) quantize_values(xb + j * 32, out + (b + j) * 32, ids[j]);
+    }
+    for (; b < KB; ++b) {
+        const float* xb = x + b * 32;
+        const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
         d[b] = gemm_detail::half_to_float(gemm_q8_detail::float_to_half_bits(amax / 127.0f));
-        const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id))));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16),
-                         _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id))));
+        quantize_values(xb, out + b * 32, amax != 0.0f ? 127.0f / amax : 0.0f);
     }
 }
 
