@@ -7,8 +7,9 @@
 // Numerics as the portable reference: a tile product runs over one 32-value block only (A tiles
 // 32 bytes wide, B tiles 8 rows of 4 k), so each int32 sum is one block's exact dot product; the
 // four tiles are stored and AVX-512 folds them in, block by block, as fma(float(dot), d_b * d_a,
-// acc). The tile product of block kb + 1 is issued before the fold of block kb, so the tile unit
-// and the vector units work at once. A is used as the driver quantized it (rows lda apart: the
+// acc). The tile product of block kb + 1 is issued before the fold of block kb, so that the tile
+// unit and the vector units may work at once (measured, they overlap little: the stores and the
+// fold cost about as much as the tile products; bench/README.md). A is used as the driver quantized it (rows lda apart: the
 // tile loads take the stride), B packed per block as [2 halves of 16 columns][8 groups of 4 k]
 // [16 columns][4 int8], then the 32 scales.
 #include "gemm_q8.h"
@@ -154,8 +155,8 @@ SD_TARGET void pack_b(const uint8_t* B, int64_t ldb, int64_t n0, int64_t nn, int
 SD_TARGET void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D, int64_t ldd, const uint8_t* Bp,
                      float* C, int64_t ldc, bool accumulate) {
     // The f32 tile of C lives here, not in C itself: C's rows may be a multiple of 4 KiB apart,
-    // all in one L1 set. The int32 sums go to two buffers in turn (stored block kb while block
-    // kb - 1 is folded).
+    // all in one L1 set. The int32 sums go to two buffers in turn, so that block kb + 1's stores
+    // need not wait for block kb's fold to have read its sums.
     alignas(64) float acc[MR][NR];
     alignas(64) int32_t dots[2][MR][NR];
     for (int i = 0; i < MR; ++i) {
