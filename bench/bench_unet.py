@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
     ap.add_argument("--cpu-level", default=None,
-                    help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16; SDCPP_CPU_LEVEL), e.g. to "
+                    help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16, amx; SDCPP_CPU_LEVEL), e.g. to "
                          "measure an AVX2 CPU's path on an AVX-512 machine")
     ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
                     help="OMP_WAIT_POLICY for every child, sdcpp and torch alike (inherit: leave the environment "

@@ -76,6 +76,7 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
     edge.resize(static_cast<size_t>(mr * nr));
     const bool q8 = g.btype == GemmQB::Q8_0;
     if (!q8) unpacked.resize(static_cast<size_t>(NC * KCB * kQ8BlockBytes));
+    if (k.thread_begin) k.thread_begin();
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
         const int64_t mpad = (mm + mr - 1) / mr * mr;
@@ -116,11 +117,13 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
             }
         }
     }
+    if (k.thread_end) k.thread_end();
 }
 
 }  // namespace
 
 const GemmQ8Kernels& gemm_q8_kernels_at(Level level) {
+    if (const GemmQ8Kernels* t = gemm_q8_amx(); t && runs(level, t->level)) return *t;
     if (const GemmQ8Kernels* t = gemm_q8_avx512(); t && runs(level, t->level)) return *t;
     if (const GemmQ8Kernels* t = gemm_q8_avx2(); t && runs(level, t->level)) return *t;
     return gemm_q8_portable();
