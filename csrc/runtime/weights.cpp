@@ -274,7 +274,7 @@ void WeightStore::declare(const std::string& name, const std::vector<int64_t>& s
         }
     }
     spec_index_[name] = specs_.size();
-    specs_.push_back({name, shape, storage, type});
+    specs_.push_back({name, shape, storage, type, std::string(), 0});
 }
 
 void WeightStore::allocate() {
