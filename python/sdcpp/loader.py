@@ -63,7 +63,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.vae import VAE
-    from .memory import LazyComponent, Resident, StoreHandle, policy
+    from .memory import LazyComponent, Resident, StoreHandle, policy, paged_nbytes, release_file_pages
     from .pipeline import Model
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
@@ -171,6 +171,16 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "memory": mem,
     }
     bar.close()
+    # memory="low": what was built to check it at load leaves RSS until it is used (the text
+    # encoders are rebuilt for each prompt anyway; the U-Net's mapped / spilled pages fault back
+    # in at its first step), so encoding does not sit on top of the U-Net's pages
+    if mem.release_text_encoders:
+        for enc in encoders:
+            if isinstance(enc, LazyComponent):
+                enc.resident.release()
+    unet_res = components["unet"].resident if isinstance(components["unet"], LazyComponent) else None
+    if unet_res is not None and 2 * paged_nbytes(unet_res.store) >= unet_res.store.nbytes:
+        release_file_pages(unet_res.store)
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
 
