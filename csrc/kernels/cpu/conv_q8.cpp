@@ -177,13 +177,11 @@ void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Ar
     }
 }
 
-}  // namespace
-
-namespace {
 void transpose_portable(const float* in, int64_t rows, float* out) {
     for (int64_t c = 0; c < 32; ++c)
         for (int64_t r = 0; r < rows; ++r) out[c * rows + r] = in[r * 32 + c];
 }
+
 }  // namespace
 
 ConvQ8Transpose conv_q8_transpose_portable() { return transpose_portable; }
