@@ -163,6 +163,7 @@ void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Ar
     tile.resize(static_cast<size_t>(mc * kQ8ColBlock));
     // the product's operands: B the kernel matrix (A and C are ours)
     GemmQ8Args g{nullptr, 0, a.w, a.ldw, nullptr, 0, 0, a.OC, K, a.wtype};
+    if (k.thread_begin) k.thread_begin();
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
         const int64_t mpad = (mm + mr - 1) / mr * mr;
@@ -175,6 +176,7 @@ void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Ar
             store_tile(a, tile.data(), m0, mm, n0, nn);
         }
     }
+    if (k.thread_end) k.thread_end();
 }
 
 void transpose_portable(const float* in, int64_t rows, float* out) {

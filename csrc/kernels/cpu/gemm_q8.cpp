@@ -72,6 +72,7 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
     aq.resize(static_cast<size_t>(mc * lda));
     ad.resize(static_cast<size_t>(mc * KB));
     if (zero.size() < static_cast<size_t>(g.K)) zero.assign(static_cast<size_t>(g.K), 0.0f);
+    if (k.thread_begin) k.thread_begin();
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
         const int64_t mpad = (mm + mr - 1) / mr * mr;
@@ -81,6 +82,7 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
         for (int64_t n0 = c0; n0 < c1; n0 += NC)
             gemm_q8_block(k, g, aq.data(), ad.data(), mm, n0, std::min(NC, c1 - n0), g.C + m0 * g.ldc + n0, g.ldc);
     }
+    if (k.thread_end) k.thread_end();
 }
 
 }  // namespace

@@ -50,6 +50,11 @@ struct GemmQ8Kernels {
                   int64_t ldc, bool accumulate);
     // Optional (nullptr: the portable one): one q5_0 / q4_0 block at src as a q8_0 block at dst.
     void (*unpack_block)(GemmQB t, const uint8_t* src, uint8_t* dst);
+    // Optional: run on the calling thread before its first micro call of a product and after its
+    // last (AMX: load the tile configuration, then release the tiles, so that other code on the
+    // thread, ggml's own AMX kernels included, finds the tile state as it left it).
+    void (*thread_begin)() = nullptr;
+    void (*thread_end)() = nullptr;
 };
 
 const GemmQ8Kernels& gemm_q8_kernels();                // the active level's
@@ -79,7 +84,8 @@ void gemm_q8_batched(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t batch,
 // by k.quantize_a (aq rows g.K * a_esz bytes apart, ad rows g.K / 32 floats apart; rows up to the
 // next multiple of k.mr must exist, e.g. zero rows) times B's rows n0 .. n0 + nn (g.B, g.ldb,
 // g.btype over g.K; g.A and g.C unused). B is packed per cache block in thread-local scratch.
-// gemm_q8_batched runs these same loops, so any driver gets its numbers bit for bit.
+// gemm_q8_batched runs these same loops, so any driver gets its numbers bit for bit. The caller
+// brackets its calls on a thread with k.thread_begin / k.thread_end where those are set.
 void gemm_q8_block(const GemmQ8Kernels& k, const GemmQ8Args& g, const uint8_t* aq, const float* ad, int64_t mm,
                    int64_t n0, int64_t nn, float* C, int64_t ldc);
 constexpr int64_t kQ8ColBlock = 256;  // columns of B one gemm_q8_block call should take at most (L2)
