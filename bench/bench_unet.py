@@ -41,7 +41,8 @@ MODELS = {
     "bk-sdm-base": "bk-sdm-base.json",
 }
 ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml", "sdcpp-q8_0-im2col",
-               "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto")
+               "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16", "openvino-f32",
+               "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
 # sdcpp-q8_0-im2col: quantized convolutions as im2col + sdcpp's integer GEMM (SDCPP_CONV_Q8=0)
 #   instead of the one-op convolution (kernels/cpu/conv_q8.h), for A/B runs
@@ -90,7 +91,7 @@ def child_sdcpp(args, spec) -> dict:
 
     rng = np.random.default_rng(0)
     tensors = {"unet." + k: _RandomTensor(k, s, rng) for k, s in spec["shapes"].items()}
-    dev = weights.open_device("cpu", args.threads)
+    dev = weights.open_device(args.device, args.threads)
     t0 = time.perf_counter()
     store = weights.build_store(dev, tensors, args.config.split("-")[1])
     load_s = time.perf_counter() - t0
@@ -121,26 +122,32 @@ def child_diffusers(args, spec) -> dict:
     from diffusers import UNet2DConditionModel
 
     torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.config.endswith("bf16") else torch.float32
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.config.split("-")[1], torch.float32)
+    # --device cuda: diffusers on the same GPU (torch's cuDNN/cuBLAS), timed to the end of the step
+    dev = "cuda" if args.device.startswith("cuda") else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = UNet2DConditionModel(**spec["diffusers"]).eval().to(dtype)
+    model = UNet2DConditionModel(**spec["diffusers"]).eval().to(dev, dtype)
+    sync()
     load_s = time.perf_counter() - t0
     B = args.batch
-    x = torch.randn(B, 4, args.latent, args.latent, dtype=dtype)
-    ctx = torch.randn(B, args.context, spec["diffusers"]["cross_attention_dim"], dtype=dtype)
+    x = torch.randn(B, 4, args.latent, args.latent, dtype=dtype, device=dev)
+    ctx = torch.randn(B, args.context, spec["diffusers"]["cross_attention_dim"], dtype=dtype, device=dev)
     extra = {}
     if spec["native"].get("addition_embed"):
         add = spec["native"]["addition_embed"]
         pooled = add["in_dim"] - 6 * add["time_embed_dim"]
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(B, pooled, dtype=dtype),
-                                      "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * B, dtype=dtype)}
-    t = torch.full((B,), 500.0)
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(B, pooled, dtype=dtype, device=dev),
+                                      "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * B, dtype=dtype,
+                                                               device=dev)}
+    t = torch.full((B,), 500.0, device=dev)
     times, cpu = [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.steps):
             t0, c0 = time.perf_counter(), cpu_seconds()
             out = model(x, t, ctx, **extra).sample
+            sync()
             times.append(time.perf_counter() - t0)
             cpu.append(cpu_seconds() - c0)
     assert torch.isfinite(out.float()).all()
@@ -210,6 +217,8 @@ def main() -> None:
     ap.add_argument("--model", default="sd15", help=f"one of {sorted(MODELS)} or a config.json path")
     ap.add_argument("--configs", default=",".join(ALL_CONFIGS), help="comma list of " + ", ".join(ALL_CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="sdcpp's device (cpu, cuda, vulkan, metal); with cuda the diffusers rows run on the GPU too")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--latent", type=int, default=64, help="latent height = width (image / 8)")
     ap.add_argument("--context", type=int, default=77)
@@ -217,7 +226,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
     ap.add_argument("--cpu-level", default=None,
-                    help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16; SDCPP_CPU_LEVEL), e.g. to "
+                    help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16, amx; SDCPP_CPU_LEVEL), e.g. to "
                          "measure an AVX2 CPU's path on an AVX-512 machine")
     ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
                     help="OMP_WAIT_POLICY for every child, sdcpp and torch alike (inherit: leave the environment "
@@ -254,7 +263,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", "--config", c, "--spec", str(spec_path),
                        "--model", args.model, "--threads", str(args.threads), "--batch", str(args.batch),
                        "--latent", str(args.latent), "--context", str(args.context), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--attention", args.attention]
+                       "--warmup", str(args.warmup), "--attention", args.attention, "--device", args.device]
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
                 if args.omp_wait_policy != "inherit":
                     env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -287,11 +296,12 @@ def main() -> None:
                 print(f"[{c}] {r['mean']:.3f} s/step (min {r['min']:.3f}, CPU {r['cpu_mean']:.2f} s, "
                       f"first call {r['first']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MiB{extra}", flush=True)
 
-    print(f"\nU-Net {args.model}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
+    print(f"\nU-Net {args.model} on {args.device}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up, "
           f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s), sdcpp CPU level "
           f"{args.cpu_level or 'detected'}")
-    base = [b for b in ("diffusers-f32", "diffusers-bf16", "openvino-f32", "openvino-auto") if b in results]
+    base = [b for b in ("diffusers-f32", "diffusers-bf16", "diffusers-f16", "openvino-f32", "openvino-auto")
+            if b in results]
     print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +
           "".join(f"{'vs ' + b + ' (wall|CPU)':>32}" for b in base))
     for c, r in results.items():

@@ -38,7 +38,15 @@ function(sd_configure_ggml_options)
   set(GGML_CCACHE OFF CACHE BOOL "" FORCE)
   # Fast CPU path: host-specific code plus llamafile's sgemm (NATIVE without LLAMAFILE is
   # pathologically slow on SD-shaped f16 products; see docs/build.md).
-  set(GGML_NATIVE ${SD_NATIVE} CACHE BOOL "" FORCE)
+  # SD_GGML_NATIVE=OFF with SD_NATIVE=ON: one static extension whose ggml CPU code targets the
+  # GGML_AVX2/GGML_AVX512... levels passed on the command line instead of the build machine's
+  # CPU, for a build made on one machine and run on another (a GPU box); our own kernels pick
+  # their ISA at run time either way.
+  if(DEFINED SD_GGML_NATIVE)
+    set(GGML_NATIVE ${SD_GGML_NATIVE} CACHE BOOL "" FORCE)
+  else()
+    set(GGML_NATIVE ${SD_NATIVE} CACHE BOOL "" FORCE)
+  endif()
   if(NOT SD_NATIVE)
     # Portable: ggml's CPU backend is built once per instruction-set level (x64 .. AVX2 ..
     # AVX-512 .. AMX on x86; armv8.0 .. SVE/SME on Arm) as shared modules next to the

@@ -82,7 +82,11 @@ void bind_runtime(py::module_& m) {
              "Zero copy: use the file's bytes at offset (stored type, C order, element-aligned) in place")
         .def_static("mapping_supported", &WeightStore::mapping_supported)
         .def("is_mapped", &WeightStore::is_mapped)
+        .def("is_paged", &WeightStore::is_paged)
         .def_property_readonly("mapped_nbytes", &WeightStore::mapped_nbytes)
+        .def("spill_to", &WeightStore::spill_to, py::arg("dir"),
+             "Before allocate (CPU): keep the unmapped tensors in an unlinked temporary file under dir")
+        .def_property_readonly("spilled_nbytes", &WeightStore::spilled_nbytes)
         .def("release_mapped_pages",
              [](WeightStore& s) {
                  py::gil_scoped_release nogil;

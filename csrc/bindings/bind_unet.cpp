@@ -211,6 +211,14 @@ void bind_unet(py::module_& m) {
                 o.fused = f;
                 u.set_options(o);
             })
+        .def_property(
+            "stream_weights",
+            [](const UNet& u) { return u.options().stream_weights; },
+            [](UNet& u, bool f) {
+                UNetOptions o = u.options();
+                o.stream_weights = f;
+                u.set_options(o);
+            })
         .def_property_readonly("resolved_conv",
                                [](const UNet& u) { return std::string(u.resolved_conv() == ConvImpl::Winograd ? "winograd" : "im2col"); })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })

@@ -1,5 +1,7 @@
 #include "unet.h"
 
+#include <functional>
+
 #include <cmath>
 #include <chrono>
 #include <ctime>
@@ -137,6 +139,11 @@ struct UNet::Builder {
     const UNetConfig& cfg;
     ggml_context* ctx;
     Lowering low;
+    // Called with each module's output and name once the module is built (stream_weights puts
+    // a node there that gives the module's weight pages back); none: the output as it is.
+    std::function<ggml_tensor*(ggml_tensor*, const std::string&)> after_module;
+
+    ggml_tensor* done(ggml_tensor* h, const std::string& module) const { return after_module ? after_module(h, module) : h; }
 
     // Channels of an activation [W, H, C, N].
     static int64_t channels(const ggml_tensor* x) { return x->ne[2]; }
@@ -231,20 +238,22 @@ struct UNet::Builder {
             const auto& b = cfg.down[i];
             const std::string p = pfx + "down_blocks." + std::to_string(i);
             for (int j = 0; j < b.resnets; ++j) {
-                h = resnet(h, p + ".resnets." + std::to_string(j), ch[i], temb_act);
-                if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
+                const std::string r = p + ".resnets." + std::to_string(j), a = p + ".attentions." + std::to_string(j);
+                h = done(resnet(h, r, ch[i], temb_act), r);
+                if (b.depths[j] > 0) h = done(transformer(h, a, b.depths[j], b.heads, context), a);
                 skips.push_back(h);
             }
             if (b.resample) {
-                h = conv(h, p + ".downsamplers.0.conv", 2, 1);
+                h = done(conv(h, p + ".downsamplers.0.conv", 2, 1), p + ".downsamplers.0");
                 skips.push_back(h);
             }
         }
         if (cfg.mid_type != "none") {
-            h = resnet(h, pfx + "mid_block.resnets.0", channels(h), temb_act);
+            h = done(resnet(h, pfx + "mid_block.resnets.0", channels(h), temb_act), pfx + "mid_block.resnets.0");
             if (cfg.mid_type == "cross_attn") {
-                h = transformer(h, pfx + "mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context);
-                h = resnet(h, pfx + "mid_block.resnets.1", channels(h), temb_act);
+                h = done(transformer(h, pfx + "mid_block.attentions.0", cfg.mid_depth, cfg.mid_heads, context),
+                         pfx + "mid_block.attentions.0");
+                h = done(resnet(h, pfx + "mid_block.resnets.1", channels(h), temb_act), pfx + "mid_block.resnets.1");
             }
         }
         return h;
@@ -275,8 +284,9 @@ struct UNet::Builder {
             for (int j = 0; j < b.resnets; ++j) {
                 ggml_tensor* skip = skips.back();
                 skips.pop_back();
-                h = resnet(ggml_concat(ctx, h, skip, 2), p + ".resnets." + std::to_string(j), out, temb_act);
-                if (b.depths[j] > 0) h = transformer(h, p + ".attentions." + std::to_string(j), b.depths[j], b.heads, context);
+                const std::string r = p + ".resnets." + std::to_string(j), a = p + ".attentions." + std::to_string(j);
+                h = done(resnet(ggml_concat(ctx, h, skip, 2), r, out, temb_act), r);
+                if (b.depths[j] > 0) h = done(transformer(h, a, b.depths[j], b.heads, context), a);
             }
             if (b.resample) {
                 // Upsample to the size of the skip the next block concatenates: exactly 2x for
@@ -289,7 +299,7 @@ struct UNet::Builder {
                     h = ggml_upscale(ctx, h, 2, GGML_SCALE_MODE_NEAREST);
                 else
                     h = ggml_interpolate(ctx, h, tw, th, h->ne[2], h->ne[3], GGML_SCALE_MODE_NEAREST);
-                h = conv(h, p + ".upsamplers.0.conv", 1, 1);
+                h = done(conv(h, p + ".upsamplers.0.conv", 1, 1), p + ".upsamplers.0");
             }
         }
         h = group_norm(h, "unet.conv_norm_out", cfg.norm_eps, true);
@@ -299,6 +309,12 @@ struct UNet::Builder {
 
 // ------------------------------------------------------------------------------------------
 // UNet
+
+// stream_weights: the mapped byte runs of one module's weights, for the node that releases them.
+struct UNet::StreamSegment {
+    const WeightStore* store = nullptr;
+    std::vector<std::pair<const char*, const char*>> runs;  // merged [lo, hi) byte runs
+};
 
 UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(std::move(store)), cfg_(std::move(cfg)) {
     SD_CHECK(store_ != nullptr, "U-Net: no weight store");
@@ -332,6 +348,10 @@ nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attent
 
 ConvImpl UNet::resolved_conv() const { return resolve_conv(opt_, *store_->device()); }
 
+bool UNet::streams() const {
+    return opt_.stream_weights && store_->device()->is_cpu() && store_->mapped_nbytes() + store_->spilled_nbytes() > 0;
+}
+
 void UNet::set_options(const UNetOptions& opt) {
     std::lock_guard<std::mutex> lock(mu_);
     opt_ = opt;
@@ -340,7 +360,7 @@ void UNet::set_options(const UNetOptions& opt) {
 std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
            std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv())) +
-           (opt_.fused ? "/f" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
+           (opt_.fused ? "/f" : "") + (streams() ? "/s" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
 }
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
@@ -358,8 +378,49 @@ void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_tex
     }
 }
 
+const UNet::StreamSegment* UNet::segment(const std::string& module) const {
+    auto it = segments_.find(module);
+    if (it != segments_.end()) return it->second.get();
+    auto seg = std::make_unique<StreamSegment>();
+    seg->store = store_.get();
+    const std::string pfx = module + ".";
+    std::vector<std::pair<const char*, const char*>> r;
+    for (const std::string& n : store_->names()) {
+        if (n.compare(0, pfx.size(), pfx) != 0 || !store_->is_paged(n)) continue;
+        const ggml_tensor* t = store_->get(n);
+        const char* p = static_cast<const char*>(t->data);
+        r.emplace_back(p, p + ggml_nbytes(t));
+    }
+    std::sort(r.begin(), r.end());
+    for (const auto& x : r) {  // a checkpoint keeps a module's tensors together: few runs
+        if (!seg->runs.empty() && x.first <= seg->runs.back().second + 4096)
+            seg->runs.back().second = std::max(seg->runs.back().second, x.second);
+        else
+            seg->runs.push_back(x);
+    }
+    return segments_.emplace(module, std::move(seg)).first->second.get();
+}
+
+namespace {
+// The release node: one thread gives the module's unwritten mapped pages back; the output is
+// the input itself (an in-place view), so the next module depends on it and runs after it.
+void release_segment(ggml_tensor* dst, const ggml_tensor* a, int ith, int nth, void* userdata) {
+    (void)dst, (void)a, (void)nth;
+    if (ith != 0) return;
+    const auto* seg = static_cast<const UNet::StreamSegment*>(userdata);
+    for (const auto& r : seg->runs) seg->store->release_mapped_range(r.first, r.second);
+}
+}  // namespace
+
 void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals) const {
-    const Builder w{*weights_, cfg_, ctx, Builder::lowering(opt_, *store_->device())};
+    Builder w{*weights_, cfg_, ctx, Builder::lowering(opt_, *store_->device()), {}};
+    if (streams()) {
+        w.after_module = [this, ctx](ggml_tensor* h, const std::string& module) {
+            const StreamSegment* seg = segment(module);
+            if (seg->runs.empty()) return h;
+            return ggml_map_custom1_inplace(ctx, h, release_segment, 1, const_cast<StreamSegment*>(seg));
+        };
+    }
     ggml_tensor* x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, cfg_.in_channels, B);
     ggml_tensor* t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cfg_.time_proj_dim, B);
     ggml_tensor* c = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, cfg_.cross_attention_dim, L, B);
@@ -425,7 +486,7 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
 
 UNetBlocks::UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt) {
     SD_CHECK(ctx != nullptr, "UNetBlocks: no ggml context");
-    b_ = std::make_unique<UNet::Builder>(UNet::Builder{w, cfg, ctx, UNet::Builder::lowering(opt, *w.store().device())});
+    b_ = std::make_unique<UNet::Builder>(UNet::Builder{w, cfg, ctx, UNet::Builder::lowering(opt, *w.store().device()), {}});
 }
 
 UNetBlocks::~UNetBlocks() = default;

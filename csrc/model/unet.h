@@ -4,6 +4,7 @@
 // BK-SDM tiny/small/base): they differ only in the native config (docs/internals.md §4).
 // Weights are bound by canonical names "unet.<diffusers state_dict key>" from a WeightStore.
 #pragma once
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +30,11 @@ struct UNetOptions {
     // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
     // custom ops; false = stock ggml ops only (what other backends run).
     bool fused = true;
+    // CPU, weights mapped from the checkpoint (zero copy): give each module's file pages back
+    // (WeightStore::release_mapped_range) as soon as its part of the graph has run, so the
+    // process holds about one module's weights at a time and reads the rest back from the page
+    // cache every step (memory="low"). Values are unchanged; no effect on other weights.
+    bool stream_weights = false;
 };
 
 struct UNetBlockConfig {
@@ -118,6 +124,9 @@ class UNet {
     size_t compute_buffer_size() const;
     int64_t graph_nodes(int64_t B, int64_t H, int64_t W, int64_t L);
 
+    // stream_weights: one module's mapped byte runs (model/unet.cpp; public for its graph node)
+    struct StreamSegment;
+
    private:
     friend class UNetBlocks;
     struct Builder;  // the graph (model/unet.cpp)
@@ -128,6 +137,12 @@ class UNet {
     std::vector<std::string> unused_;
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
+    // stream_weights: the mapped byte ranges of each module, by module name, made when a graph
+    // first needs them and kept (graph nodes point at them) for the model's lifetime.
+    mutable std::map<std::string, std::unique_ptr<StreamSegment>> segments_;
+    const StreamSegment* segment(const std::string& module) const;
+    bool streams() const;  // stream_weights applies: CPU device and mapped weights
+
 
     void build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals = false) const;
     std::string key(int64_t B, int64_t H, int64_t W, int64_t L) const;

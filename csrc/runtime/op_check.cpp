@@ -76,7 +76,7 @@ bool callback(ggml_tensor* t, bool ask, void*) {
         s.srcs.assign(GGML_MAX_SRC, {});
         for (int i = 0; i < GGML_MAX_SRC && t->src[i]; ++i) {
             ggml_tensor* src = t->src[i];
-            if (!src->data || !src->buffer && !(src->view_src && src->view_src->buffer)) continue;
+            if (!src->data || (!src->buffer && !(src->view_src && src->view_src->buffer))) continue;
             s.srcs[i].resize(span(src));
             ggml_backend_tensor_get(src, s.srcs[i].data(), 0, span(src));
             auto it = s.produced.find(src);

@@ -140,6 +140,7 @@ void WeightStore::note_written(const std::string& name) {
     for (Mapping& m : maps_) {
         const char* base = static_cast<const char*>(m.addr);
         if (p >= base && p < base + m.size) {
+            if (m.shared) return;  // the spill file keeps its writes
             const size_t lo = size_t(p - base);
             std::lock_guard<std::mutex> lock(written_mutex_);
             m.written.emplace_back(lo, std::min(m.size, lo + ggml_nbytes(t)));
@@ -157,7 +158,8 @@ size_t WeightStore::release_mapped_pages() {
         // Keep every page that holds a written byte: widen the written ranges to whole pages
         // and merge them; advise the gaps between them.
         std::vector<std::pair<size_t, size_t>> keep;
-        for (const auto& r : m.written) keep.emplace_back(r.first / page * page, (r.second + page - 1) / page * page);
+        if (!m.shared)
+            for (const auto& r : m.written) keep.emplace_back(r.first / page * page, (r.second + page - 1) / page * page);
         std::sort(keep.begin(), keep.end());
         size_t at = 0;  // the mapping starts page-aligned (mmap)
         auto advise = [&](size_t lo, size_t hi) {
@@ -175,6 +177,41 @@ size_t WeightStore::release_mapped_pages() {
         }
         advise(at, m.size);
         m.written.swap(merged);  // repeated LoRA changes do not grow it without bound
+    }
+#endif
+    return advised;
+}
+
+size_t WeightStore::release_mapped_range(const void* lo_p, const void* hi_p) const {
+    size_t advised = 0;
+#ifdef SDCPP_HAVE_MMAP
+    std::lock_guard<std::mutex> lock(written_mutex_);
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const char* lo_c = static_cast<const char*>(lo_p);
+    const char* hi_c = static_cast<const char*>(hi_p);
+    for (const Mapping& m : maps_) {
+        const char* base = static_cast<const char*>(m.addr);
+        if (lo_c < base || lo_c >= base + m.size) continue;
+        const size_t end = (m.size + page - 1) / page * page;
+        size_t lo = size_t(lo_c - base) / page * page;
+        const size_t hi = std::min(end, (size_t(std::min(hi_c, base + m.size) - base) + page - 1) / page * page);
+        // skip the pages a write touched (widened to pages as in release_mapped_pages)
+        std::vector<std::pair<size_t, size_t>> keep;
+        for (const auto& r : m.written) {
+            if (m.shared) break;  // the spill file keeps every write
+            const size_t a = r.first / page * page, b = (r.second + page - 1) / page * page;
+            if (b > lo && a < hi) keep.emplace_back(std::max(a, lo), std::min(b, hi));
+        }
+        std::sort(keep.begin(), keep.end());
+        auto advise = [&](size_t a, size_t b) {
+            if (b > a && madvise(const_cast<char*>(base) + a, b - a, MADV_DONTNEED) == 0) advised += b - a;
+        };
+        for (const auto& r : keep) {
+            if (r.first > lo) advise(lo, r.first);
+            lo = std::max(lo, r.second);
+        }
+        advise(lo, hi);
+        break;
     }
 #endif
     return advised;
@@ -237,7 +274,7 @@ void WeightStore::declare(const std::string& name, const std::vector<int64_t>& s
         }
     }
     spec_index_[name] = specs_.size();
-    specs_.push_back({name, shape, storage, type});
+    specs_.push_back({name, shape, storage, type, std::string(), 0});
 }
 
 void WeightStore::allocate() {
@@ -265,6 +302,8 @@ void WeightStore::allocate() {
         tensors_[s.name] = t;
     }
     map_specs();  // zero-copy tensors first: ggml-alloc then skips them (their data is set)
+    size_t spilled = 0;
+    if (in_main && !spill_dir_.empty() && device_->is_cpu() && spill_allocate(spilled)) in_main = 0;
     if (in_main) {
         buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, device_->backend());
         if (!buffer_) throw Error("out of memory on " + device_->info().name + " allocating the model weights");
@@ -277,6 +316,57 @@ void WeightStore::allocate() {
         ggml_backend_buffer_set_usage(repack_buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     }
     allocated_ = true;
+}
+
+bool WeightStore::spill_allocate(size_t& placed) {
+#ifdef SDCPP_HAVE_MMAP
+    const size_t align = 64;  // ggml's CPU buffer alignment
+    size_t total = 0;
+    for (ggml_tensor* t = ggml_get_first_tensor(ctx_); t; t = ggml_get_next_tensor(ctx_, t))
+        if (!t->data) total += (ggml_nbytes(t) + align - 1) / align * align;
+    if (total == 0) return false;
+    std::string tmpl = spill_dir_ + "/sdcpp-weights-XXXXXX";
+    const int fd = mkstemp(tmpl.data());
+    if (fd < 0) return false;
+    unlink(tmpl.c_str());  // nothing is left behind, whatever happens next
+    // Reserve the blocks now: writing a mapped page of a sparse file on a full disk would
+    // raise SIGBUS in the middle of loading.
+    void* addr = posix_fallocate(fd, 0, off_t(total)) == 0
+                     ? mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                     : MAP_FAILED;
+    ::close(fd);
+    if (addr == MAP_FAILED) return false;
+    Mapping m;
+    m.addr = addr;
+    m.size = total;
+    m.shared = true;
+    maps_.push_back(m);  // owned from here: the destructor unmaps it (and the file goes)
+    maps_.back().buffer = cpu_buffer_from_ptr(addr, total);
+    SD_CHECK(maps_.back().buffer, "cannot wrap the weight spill file in a ggml buffer");
+    ggml_backend_buffer_set_usage(maps_.back().buffer, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    size_t off = 0;
+    for (ggml_tensor* t = ggml_get_first_tensor(ctx_); t; t = ggml_get_next_tensor(ctx_, t)) {
+        if (t->data) continue;
+        SD_CHECK(ggml_backend_tensor_alloc(maps_.back().buffer, t, static_cast<char*>(addr) + off) == GGML_STATUS_SUCCESS,
+                 "cannot place a tensor in the weight spill file");
+        off += (ggml_nbytes(t) + align - 1) / align * align;
+    }
+    placed = spilled_bytes_ = total;
+    return true;
+#else
+    (void)placed;
+    return false;
+#endif
+}
+
+bool WeightStore::is_paged(const std::string& name) const {
+    if (is_mapped(name)) return true;
+    const ggml_tensor* t = find(name);
+    if (!t || !t->data || spilled_bytes_ == 0) return false;
+    for (const Mapping& m : maps_)
+        if (m.shared && t->data >= m.addr && static_cast<const char*>(t->data) < static_cast<const char*>(m.addr) + m.size)
+            return true;
+    return false;
 }
 
 bool WeightStore::repacked(const std::string& name) const {

@@ -47,9 +47,19 @@ class WeightStore {
     // checkpoints rarely keep a 32-byte alignment past their first odd-sized tensor.
     void map_to_file(const std::string& name, const std::string& file, uint64_t offset);
     static bool mapping_supported();
+    // Spill (CPU, before allocate): the tensors that are not mapped from a checkpoint live in a
+    // temporary file under `dir` (created, unlinked at once, space reserved with
+    // posix_fallocate, mapped shared) instead of anonymous memory: the converted weights then
+    // page like a checkpoint, so release_mapped_pages / release_mapped_range can give them back
+    // to the page cache without losing a byte (memory="low" streams a converted U-Net this way).
+    // Where the file cannot be made or its space reserved, allocate() uses memory as usual.
+    void spill_to(const std::string& dir) { spill_dir_ = dir; }
+    size_t spilled_nbytes() const { return spilled_bytes_; }
     void allocate();
     bool allocated() const { return allocated_; }
     bool is_mapped(const std::string& name) const;
+    // Mapped from a checkpoint or spilled: pages release_mapped_range can give back.
+    bool is_paged(const std::string& name) const;
     size_t mapped_nbytes() const { return mapped_bytes_; }
     // A write into a mapped tensor's bytes copies those pages (copy on write): they then hold
     // data the file does not. set() records its writes; a writer that goes through the tensor's
@@ -61,6 +71,11 @@ class WeightStore {
     // Pages holding written bytes are kept (dropping them would lose the writes). Returns the
     // bytes advised; 0 where there is no mapping.
     size_t release_mapped_pages();
+    // The same for the bytes [lo, hi) of one mapped tensor or run of tensors (widened to whole
+    // pages; unwritten pages only): memory="low" streams the U-Net's weights by giving back each
+    // module's pages once its part of the graph has run (model/unet.cpp). A range outside every
+    // mapping is ignored. Safe to call while a graph runs: it changes no byte's value.
+    size_t release_mapped_range(const void* lo, const void* hi) const;
 
     // Copy `count` elements of `src_type` (F32, F16, BF16 or a ggml quantized type, C-contiguous
     // in the declared shape) into the tensor, converting to its storage type (F32, F16, BF16 or
@@ -94,6 +109,7 @@ class WeightStore {
         size_t size = 0;
         ggml_backend_buffer_t buffer = nullptr;
         std::vector<std::pair<size_t, size_t>> written;  // byte ranges [lo, hi) from addr, unsorted
+        bool shared = false;  // the spill file (MAP_SHARED): writes live in the file, every page may go
     };
     DevicePtr device_;
     std::vector<Spec> specs_;
@@ -107,7 +123,10 @@ class WeightStore {
     std::unordered_map<std::string, ggml_tensor*> tensors_;
     std::vector<Mapping> maps_;
     size_t mapped_bytes_ = 0;
-    std::mutex written_mutex_;  // set() runs on several loader threads at once
+    std::string spill_dir_;
+    size_t spilled_bytes_ = 0;
+    bool spill_allocate(size_t& placed);  // true: every unmapped plain-buffer tensor is in the spill file
+    mutable std::mutex written_mutex_;  // set() runs on several loader threads at once
     void map_specs();
 };
 

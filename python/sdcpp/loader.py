@@ -14,6 +14,7 @@ import numpy as np
 
 from . import errors
 from .engine.weights import QUANT_TYPES, WEIGHT_TYPES, build_store, open_device, storage_type
+from .memory import spill_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -105,8 +106,11 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
 
     def fill(prefix: str, type_of=storage_type):
         sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        # memory="low": a converted U-Net goes to a temporary file so that it streams like a
+        # mapped checkpoint (sdcpp.memory)
+        spill = spill_dir() if prefix == "unet." and mem.stream_unet_weights else None
         try:
-            return build_store(dev, sub, wt, type_of, on_tensor=bar.update)
+            return build_store(dev, sub, wt, type_of, on_tensor=bar.update, spill=spill)
         except ValueError as exc:
             raise errors.BackendError(f"loading {prefix[:-1]} weights from {info.path}: {exc}") from None
 
@@ -160,7 +164,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         encoders.append(component(prefix, lambda st, p=prefix, c=cfg: TextEncoder(st, p, c), mem.release_text_encoders))
     components = {
         "text_encoders": encoders,
-        "unet": component("unet.", lambda st: UNet(st, info.unet_native_config()), mem.unet_on_demand),
+        "unet": component("unet.", lambda st: _unet(st, info.unet_native_config(), mem.stream_unet_weights),
+                          mem.unet_on_demand),
         "vae": vae_obj,
         "preview": tiny_vae(preview) if preview is not None else None,
         "stores": stores,
@@ -169,3 +174,12 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     bar.close()
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
+
+
+def _unet(store, config, stream: bool):
+    """The U-Net over its store; memory="low" streams its mapped weights (UNet.stream_weights)."""
+    from .engine.unet import UNet
+
+    unet = UNet(store, config)
+    unet.stream_weights = stream
+    return unet

@@ -11,6 +11,7 @@ VAE weights                 enc/dec    always      always
 VAE compute buffers         enc/dec    enc/dec     always
 U-Net compute buffers       sampling   one shape   all
 U-Net weights               sampling   always      always
+mapped U-Net weights        streamed   always      always
 ==========================  =========  ==========  =====
 
 *prompt*: built for encoding, freed right after; rebuilt from the (memory-mapped) source for the
@@ -22,13 +23,18 @@ dropped before the VAE decodes (``release_unet``). For the U-Net's weights that 
 they are: the checkpoint's own mapped pages (zero copy, sdcpp.engine.weights: a file's stored type
 loaded as such) only leave the process's RSS (WeightStore.release_mapped_pages, madvise DONTNEED:
 the page cache keeps them, the next sampling faults them back from it, pages a LoRA merge wrote
-are kept); a converted copy (weight_type="q8_0" of an f16 file, f16 of an f32 file) is freed and
-converted again from the mapped file at the next sampling (the conversion's time per call, merged
-LoRA tensors written again). Every mode computes the same numbers: only memory and
-time change.
+are kept); a converted copy (weight_type="q8_0" of an f16 file, f16 of an f32 file) lives in a
+spill file (WeightStore.spill_to, ``spill_dir()``) and pages the same way, or, where no spill
+file could be made, is freed and converted again from the mapped file at the next sampling (the conversion's time per call, merged
+LoRA tensors written again). *streamed*: the checkpoint's own mapped U-Net pages are given back
+module by module while a step runs (UNet.stream_weights), so about one module's weights are in
+RSS at a time and every step reads the rest back from the page cache (about 0.17 s per GiB of
+weights per step); converted copies stay whole while sampling. Every mode computes the same
+numbers: only memory and time change.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -48,6 +54,7 @@ class MemoryPolicy:
     free_unet_before_decode: bool   # free the U-Net's compute buffers before decoding
     fit_unet_to_shape: bool         # drop the U-Net's buffers when the latent shape changes
     unet_on_demand: bool            # U-Net weights out of RSS while decoding (see release_unet)
+    stream_unet_weights: bool = False  # mapped U-Net weights given back module by module while sampling
 
 
 def policy(mode: Optional[str]) -> MemoryPolicy:
@@ -56,7 +63,22 @@ def policy(mode: Optional[str]) -> MemoryPolicy:
         raise errors.InvalidArgumentError(f"memory must be one of {MEMORY_MODES}, got {mode!r}")
     low = mode == "low"
     return MemoryPolicy(mode, release_text_encoders=low, vae_on_demand=low, free_vae_buffers=mode != "fast",
-                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast", unet_on_demand=low)
+                        free_unet_before_decode=low, fit_unet_to_shape=mode != "fast", unet_on_demand=low,
+                        stream_unet_weights=low)
+
+
+def spill_dir() -> str:
+    """Where memory="low" keeps a converted U-Net's temporary file: SDCPP_SPILL_DIR, else the
+    system's temporary folder (a tmpfs /tmp holds it in RAM: then set SDCPP_SPILL_DIR to a disk)."""
+    import tempfile
+
+    return os.environ.get("SDCPP_SPILL_DIR") or tempfile.gettempdir()
+
+
+def paged_nbytes(store) -> int:
+    """Bytes of a store that can leave RSS without being lost: mapped from the checkpoint or
+    spilled to its temporary file."""
+    return int(getattr(store, "mapped_nbytes", 0)) + int(getattr(store, "spilled_nbytes", 0))
 
 
 def release_file_pages(store) -> int:
@@ -77,7 +99,7 @@ def release_unet(unet, store=None) -> None:
         if not res.resident:
             return
         res.obj.clear()
-        if 2 * res.store.mapped_nbytes >= res.store.nbytes:
+        if 2 * paged_nbytes(res.store) >= res.store.nbytes:
             release_file_pages(res.store)
         else:
             res.release()

@@ -272,5 +272,5 @@ def test_winograd_f23_at_each_level(level, N, C, OC, H, W, wtype, bias):
 def test_winograd_f23_follows_the_cap(restore_level):
     for level in LEVELS:
         core.set_cpu_level(level)
-        expected = "avx512" if level.startswith("avx512") else "avx2" if level == "avx2" else "portable"
+        expected = "avx512" if level.startswith("avx512") or level == "amx" else "avx2" if level == "avx2" else "portable"
         assert sdcpp.system_info()["cpu_kernels"]["winograd_f23"] == expected

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import sdcpp
+from sdcpp.system import host_cpu_flags
 
 core = sdcpp.engine.weights.native()
 LEVELS = core.cpu_levels()
@@ -77,7 +78,10 @@ def test_q8_gemm_at_each_level(level):
     blocks), along N (> 256 columns) and along M (> 240 quantized rows), threads 1 and 3 (rows or
     columns split unevenly): bit-identical to the portable variant, within 2e-6 of float64."""
     rng = np.random.default_rng(8)
-    for M, K, N in [(1, 32, 1), (13, 64, 45), (37, 320, 70), (100, 544, 33), (25, 64, 530), (250, 96, 40)]:
+    # (32, 32, 32): exactly one AMX tile set; (33, 1056, 65) one row / column past it and 33 blocks
+    # (AMX quantizes A 16 blocks at a time); (64, 288, 1024): C rows 4 KiB apart
+    for M, K, N in [(1, 32, 1), (13, 64, 45), (37, 320, 70), (100, 544, 33), (25, 64, 530), (250, 96, 40),
+                    (32, 32, 32), (33, 1056, 65), (64, 288, 1024)]:
         a = rng.standard_normal((M, K)).astype(np.float32)
         a[0, :32] = 0.0  # an all-zero block (d = 0)
         b, d_b, q_b = q8_bytes(rng, N, K)
@@ -94,12 +98,26 @@ def test_q8_gemm_at_each_level(level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_q8_gemm_activation_scales(level):
+    """Rows of A from 1e-7 to 1e3 (block scales d = f16(amax / 127) down in f16's subnormal range, where
+    the vectorized f16 rounding must still match the scalar one): bit-identical to portable."""
+    rng = np.random.default_rng(11)
+    M, K, N = 40, 1056, 37
+    a = (rng.standard_normal((M, K)) * np.geomspace(1e-7, 1e3, M)[:, None]).astype(np.float32)
+    b, d_b, q_b = q8_bytes(rng, N, K)
+    portable = core.cpu_kernel_gemm_q8(a, b, "portable", 1)
+    ref = reference(a, d_b, q_b)
+    assert np.all(np.abs(portable - ref) <= 2e-6 * np.abs(ref).max(axis=1, keepdims=True))
+    assert np.array_equal(core.cpu_kernel_gemm_q8(a, b, level, 2), portable), level
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("btype", ["q5_0", "q4_0"])
 def test_q4_q5_gemm_at_each_level(level, btype):
     """q5_0 / q4_0 weights, unpacked to int8 while packed: bit-identical to the portable variant,
     within 2e-6 of the float64 product of the decoded values (17 blocks: two cache blocks)."""
     rng = np.random.default_rng(10)
-    for M, K, N in [(13, 64, 45), (37, 544, 70)]:
+    for M, K, N in [(13, 64, 45), (37, 544, 70), (33, 96, 33)]:
         a = rng.standard_normal((M, K)).astype(np.float32)
         b, d_b, q_b = q4_q5_bytes(rng, N, K, btype)
         ref = reference(a, d_b, q_b)
@@ -163,6 +181,19 @@ def test_q8_mul_mat_matches_ggml(level):
             ours = core.cpu_mul_mat_q8(x, w, "sdcpp", level, threads)
             assert np.abs(ours - ggml).max() <= 1e-5 * scale, (level, (M, K, N), threads)
             assert np.abs(ours - ref).max() <= 2e-6 * scale, (level, (M, K, N), threads)
+
+
+def test_amx_level_where_the_cpu_has_it():
+    """A CPU (and Linux) with AMX tiles runs the q8_0 product at the level amx, unless capped."""
+    flags = host_cpu_flags() or set()
+    if not {"amx_tile", "amx_int8", "avx512_bf16", "avx512_vnni"} <= flags:
+        assert "amx" not in LEVELS or {"amx_tile", "amx_int8"} <= flags
+        pytest.skip("no AMX-INT8 on this CPU")
+    assert "amx" in LEVELS
+    info = core.cpu_kernels()
+    assert info["features"]["amx_int8"] and info["features"]["amx_tile"]
+    if info["cap"] == "amx":
+        assert info["gemm_q8_0"] == "amx"
 
 
 def test_q8_kernel_is_reported():

@@ -8,6 +8,8 @@ padded with spaces, gaps in the data area) to pin the file layout the test relie
 of another type (f32 stored as f16) is copied as before.
 """
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +137,60 @@ def test_tensors_sharing_bytes_are_copied(aligned_file):
     assert [store.is_mapped(n) for n in "abcd"] == [False, False, False, True]
     store.set("a", np.zeros(recs[k].shape, np.float32))
     assert np.array_equal(store.get("b"), recs[k].numpy())
+
+
+def _mapped_rss_kib(path) -> int:
+    """Rss of this process's private writable mappings of `path`: WeightStore's zero-copy maps
+    (the readers map files read-only)."""
+    total, hit = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:   # a mapping's header line
+                hit = parts[1] == "rw-p" and len(parts) >= 6 and parts[-1] == str(path)
+            elif hit and parts[0] == "Rss:":
+                total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_streamed_unet_weights_are_bit_identical_and_given_back(aligned_file, model_fixtures):
+    """memory="low" streams the mapped U-Net (UNet.stream_weights): each module's file pages are
+    given back once its part of the graph ran. The result must not change (with and without a
+    LoRA merged into mapped pages, over repeated calls), and after a streamed call far fewer of the
+    U-Net's mapped pages are resident than after a plain one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lora"))
+    from lora_helpers import make_lora, write_kohya
+
+    fx, path = aligned_file
+    m = sdcpp.load(str(path), device="cpu", weight_type="f32", threads=2, memory="low")
+    res = m._c["unet"].resident
+    unet = res.get()
+    assert unet.stream_weights and res.store.mapped_nbytes > 0
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    ctx = rng.standard_normal((2, 77, unet.cross_attention_dim)).astype(np.float32)
+
+    def run(stream):
+        unet.stream_weights = stream
+        y = unet(x, 500.0, ctx)
+        return y, _mapped_rss_kib(path)
+
+    plain, rss_plain = run(False)
+    streamed, rss_streamed = run(True)
+    again, _ = run(True)
+    assert np.array_equal(plain, streamed) and np.array_equal(plain, again)
+    print(f"U-Net mapped RSS after a call: plain {rss_plain} KiB, streamed {rss_streamed} KiB")
+    assert rss_streamed < 0.5 * rss_plain
+
+    lo = make_lora(fx, seed=61, unet_targets=["to_q", "to_v", "conv1"], rank=2)
+    lora = write_kohya(fx, lo, path.parent / "stream-lora.safetensors")
+    m.set_loras([(lora, 0.9)])
+    with_lora, _ = run(False)
+    assert not np.array_equal(with_lora, plain)
+    for _ in range(2):
+        y, _ = run(True)
+        assert np.array_equal(y, with_lora)
+    m.set_loras([])
+    y, _ = run(True)
+    assert np.array_equal(y, plain)

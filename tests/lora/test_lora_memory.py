@@ -57,14 +57,16 @@ def test_low_mode_lora_matches_diffusers(lora):
     assert err <= LATENT_TOL, err
 
 
-@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
-def test_unet_lora_survives_the_release_before_decode(lora, weight_type):
-    """memory="low" takes the U-Net's weights out of RSS before each decode: f32 (the fixture's
-    own type, mapped) drops the mapped file pages (WeightStore.release_mapped_pages), and pages a
-    LoRA merge wrote must stay; q8_0 (a converted copy) is freed and rebuilt, and the merged
-    tensors must be written into the rebuilt store. Either way the next call samples with the
-    merged U-Net: latents equal to "fast" after decodes, and after a LoRA change (the restore
-    writes originals too)."""
+@pytest.mark.parametrize("weight_type,spill", [("f32", True), ("q8_0", True), ("q8_0", False)])
+def test_unet_lora_survives_the_release_before_decode(lora, weight_type, spill, monkeypatch, tmp_path):
+    """memory="low" takes the U-Net's weights out of RSS before each decode (and streams them
+    while sampling): f32 (the fixture's own type, mapped) drops the mapped file pages
+    (WeightStore.release_mapped_pages), and pages a LoRA merge wrote must stay; q8_0 (a converted
+    copy) lives in a spill file whose pages may all go (the file keeps the merge), or, without a
+    spill file, is freed and rebuilt, and the merged tensors must be written into the rebuilt
+    store. Either way the next call samples with the merged U-Net: latents equal to "fast" after
+    decodes, and after a LoRA change (the restore writes originals too)."""
+    monkeypatch.setenv("SDCPP_SPILL_DIR", str(tmp_path if spill else tmp_path / "missing"))
     fx, ref_dir, kohya = lora
     path = str(fx.path("ldm"))
     fast = sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory="fast", loras=[(kohya, 0.8)])
@@ -81,4 +83,4 @@ def test_unet_lora_survives_the_release_before_decode(lora, weight_type):
         assert np.array_equal(image(low), image(fast))        # decodes: pages released
         assert np.array_equal(latent_run(low, latents), latent_run(fast, latents))   # sampled after it
     res = low._c["unet"].resident
-    assert res.builds == (1 if weight_type == "f32" else 4)   # q8_0: rebuilt after each decode
+    assert res.builds == (1 if spill else 4)   # q8_0 without a spill file: rebuilt after each decode

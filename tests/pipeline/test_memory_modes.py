@@ -66,19 +66,26 @@ def test_low_mode_frees_text_encoders_and_vae_between_calls(models):
     assert m._c["vae"].resident.builds == after[1]
 
 
+@pytest.mark.parametrize("spill", [True, False])
 @pytest.mark.parametrize("weight_type", ["f32", "q8_0", "f16"])
-def test_low_mode_unet_out_of_rss_while_decoding(model_fixtures, weight_type):
+def test_low_mode_unet_out_of_rss_while_decoding(model_fixtures, weight_type, spill, monkeypatch, tmp_path):
     """Before decoding, memory="low" takes the U-Net's weights out of RSS: the fixture's f32
     U-Net loaded as f32 is the mapped file (kept, its pages released: nothing to rebuild); a
-    converted copy (q8_0, f16) is freed and converted again for the next sampling. Images and
+    converted copy (q8_0, f16) lives in a spill file (kept, its pages released) or, where no
+    spill file can be made, is freed and converted again for the next sampling. Images and
     latents stay equal to "fast" with the same weight_type, call after call."""
+    monkeypatch.setenv("SDCPP_SPILL_DIR", str(tmp_path if spill else tmp_path / "missing"))
     path = str(model_fixtures.get("sd1").path("ldm"))
     low, fast = (sdcpp.load(path, device="cpu", weight_type=weight_type, threads=2, memory=m) for m in ("low", "fast"))
     res = low._c["unet"].resident
+    converted = weight_type != "f32"
+    assert (res.store.spilled_nbytes > 0) == (converted and spill)
+    assert not list(tmp_path.iterdir())           # the spill file is unlinked at once
+    kept = spill or not converted
     for seed in (5, 9):
         assert np.array_equal(run(low, seed=seed), run(fast, seed=seed))
-        assert res.resident == (weight_type == "f32")
-    assert res.builds == (1 if weight_type == "f32" else 2)
+        assert res.resident == kept
+    assert res.builds == (1 if kept else 2)
     assert np.array_equal(run(low, output_type="latent"), run(fast, output_type="latent"))
 
 

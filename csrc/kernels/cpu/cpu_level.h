@@ -2,7 +2,8 @@
 //
 // Levels, lowest first: portable (plain C++), then avx2 (AVX2 + FMA + F16C: every AMD Zen,
 // Intel since Haswell) or neon (arm64), avx512 (F + BW + DQ + VL), avx512_bf16 (adds
-// AVX512-BF16). The level is detected at run time from CPUID (with the OS's register-state
+// AVX512-BF16), amx (adds AMX-TILE + AMX-INT8 tiles, Sapphire Rapids and later, and the OS's
+// permission to use them, asked for once at detection). The level is detected at run time from CPUID (with the OS's register-state
 // support), never from the build machine's flags, so one binary runs its best kernels on
 // every CPU. SDCPP_CPU_LEVEL=<name> (read once, at first use) or set_level_cap() caps it:
 // tests and benchmarks use that to run every variant the machine has.
@@ -12,10 +13,10 @@
 
 namespace sdcpp::kernels::cpu {
 
-enum class Level : int { Portable = 0, Neon = 1, Avx2 = 2, Avx512 = 3, Avx512Bf16 = 4 };
+enum class Level : int { Portable = 0, Neon = 1, Avx2 = 2, Avx512 = 3, Avx512Bf16 = 4, Amx = 5 };
 
 const char* level_name(Level l);
-// "portable", "neon", "avx2", "avx512", "avx512_bf16"; throws InvalidArgument otherwise.
+// "portable", "neon", "avx2", "avx512", "avx512_bf16", "amx"; throws InvalidArgument otherwise.
 Level parse_level(const std::string& name);
 
 // The levels this CPU (and OS) supports, portable first.

@@ -113,7 +113,8 @@ bool int8_enabled() {
 }  // namespace
 
 bool int8_gemm_preferred() {
-    return int8_enabled() && kc::gemm_q8_kernels().level == kc::Level::Avx512;
+    const kc::Level l = kc::gemm_q8_kernels().level;
+    return int8_enabled() && (l == kc::Level::Avx512 || l == kc::Level::Amx);
 }
 
 bool int8_matmul_applies(const ggml_tensor* w) {

@@ -26,7 +26,7 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x);
 bool int8_matmul_applies(const ggml_tensor* w);
 
 // Whether q4_0 weights should stay in ggml's plain layout for our integer product rather than go
-// to ggml's repacked buffer: where our AVX-512 VNNI variant runs (measured on BK-SDM-tiny: 95
+// to ggml's repacked buffer: where our AVX-512 VNNI or AMX variant runs (measured on BK-SDM-tiny: 95
 // GMAC/s against 45 for ggml's repacked AVX2 kernels); on AVX2-only CPUs ggml's repacked q4_0
 // GEMM is the faster one.
 bool int8_gemm_preferred();

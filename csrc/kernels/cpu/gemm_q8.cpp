@@ -131,6 +131,7 @@ void gemm_q8_block(const GemmQ8Kernels& k, const GemmQ8Args& g, const uint8_t* a
 }
 
 const GemmQ8Kernels& gemm_q8_kernels_at(Level level) {
+    if (const GemmQ8Kernels* t = gemm_q8_amx(); t && runs(level, t->level)) return *t;
     if (const GemmQ8Kernels* t = gemm_q8_avx512(); t && runs(level, t->level)) return *t;
     if (const GemmQ8Kernels* t = gemm_q8_avx2(); t && runs(level, t->level)) return *t;
     return gemm_q8_portable();

@@ -12,8 +12,9 @@
 //
 // Like gemm.h: B is packed per cache block into NR-column panels (each variant its own layout:
 // AVX-512 VNNI 4-byte groups for vpdpbusd with a column-sum compensation, AVX2 int16 pairs for
-// vpmaddwd, portable plain int8) and an MR x NR tile of C stays in registers. One table per CPU
-// level, chosen at run time (cpu_level.h); the AVX-512 table needs AVX512-VNNI besides the level.
+// vpmaddwd, portable plain int8) and an MR x NR tile of C stays in registers (AMX: in four tile
+// registers per block, folded into f32 with AVX-512). One table per CPU level, chosen at run time
+// (cpu_level.h); the AVX-512 table needs AVX512-VNNI besides the level.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -62,6 +63,7 @@ const GemmQ8Kernels& gemm_q8_kernels_at(Level level);  // tests run each variant
 const GemmQ8Kernels& gemm_q8_portable();
 const GemmQ8Kernels* gemm_q8_avx2();
 const GemmQ8Kernels* gemm_q8_avx512();  // nullptr without AVX512-VNNI
+const GemmQ8Kernels* gemm_q8_amx();     // nullptr below the level amx
 
 struct GemmQ8Args {
     const float* A;    // [M][K], rows lda floats apart

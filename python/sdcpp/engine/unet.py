@@ -109,6 +109,18 @@ class UNet:
     def fused(self, on: bool) -> None:
         self._native.fused = bool(on)
 
+    @property
+    def stream_weights(self) -> bool:
+        """CPU, weights mapped from the checkpoint: give each module's file pages back as soon as
+        its part of the graph has run (memory="low"), so about one module's weights are resident
+        at a time; every step reads them back from the page cache. Same results; other weights
+        (converted copies) are unaffected."""
+        return bool(self._native.stream_weights)
+
+    @stream_weights.setter
+    def stream_weights(self, on: bool) -> None:
+        self._native.stream_weights = bool(on)
+
     def profile(self, batch: int, height: int, width: int, context_length: int = 77) -> list[dict]:
         """Per-node timing of one forward pass with zero inputs (profiling only: the graph is
         stopped after every node). Rows: op, name, shape, src0, src1, wall_us, cpu_us."""

@@ -225,7 +225,7 @@ def _without_aliases(records: dict) -> set:
 def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
                 type_of: Callable[[str, tuple, str], str] = storage_type,
                 on_tensor: Optional[Callable[[int], None]] = None, repack: bool = True,
-                zero_copy: Optional[bool] = None):
+                zero_copy: Optional[bool] = None, spill: Optional[str] = None):
     """A WeightStore holding `tensors` (name -> numpy array or TensorRecord), converted
     one tensor per worker thread at a time (LOAD_WORKERS) so peak host memory beyond the store
     stays at a few tensors. `on_tensor(elements)` is called after each tensor (progress).
@@ -245,7 +245,11 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     with another record is not copied: the store maps the file privately and uses those bytes in
     place (WeightStore.map_to_file; copy-on-write if a LoRA writes it). The other records' file
     pages are released from this process's mapping as soon as their tensor is stored
-    (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the copy."""
+    (io.mmap_view.release_pages), so the checkpoint's pages never sit in RSS beside the copy.
+
+    spill (CPU): a folder for the converted tensors' temporary file (WeightStore.spill_to,
+    unlinked at once): they then page like the checkpoint and memory="low" can stream them
+    (UNet.stream_weights). Memory as usual where the file cannot be made."""
     core = native()
     store = core.WeightStore(device, repack)
     zero_copy = ZERO_COPY if zero_copy is None else bool(zero_copy)
@@ -263,13 +267,15 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     mapped = _without_aliases(candidates)
     for name in mapped:
         store.map_to_file(name, str(tensors[name].file), int(tensors[name].offset))
+    if spill and device.is_cpu and core.WeightStore.mapping_supported():
+        store.spill_to(str(spill))
     try:
         store.allocate()
     except Exception:
         if not mapped:
             raise
         # a file system that refuses private writable maps: copy instead
-        return build_store(device, tensors, weight_type, type_of, on_tensor, repack, zero_copy=False)
+        return build_store(device, tensors, weight_type, type_of, on_tensor, repack, zero_copy=False, spill=spill)
     import threading
 
     progress_lock = threading.Lock()
