@@ -87,6 +87,13 @@ void bind_runtime(py::module_& m) {
         .def("spill_to", &WeightStore::spill_to, py::arg("dir"),
              "Before allocate (CPU): keep the unmapped tensors in an unlinked temporary file under dir")
         .def_property_readonly("spilled_nbytes", &WeightStore::spilled_nbytes)
+        .def("release_pages",
+             [](const WeightStore& s, const std::string& name) {
+                 const ggml_tensor* t = s.get(name);
+                 const char* p = static_cast<const char*>(t->data);
+                 return s.is_paged(name) ? s.release_mapped_range(p, p + ggml_nbytes(t)) : size_t(0);
+             },
+             py::arg("name"), "Drop one mapped or spilled tensor's unwritten pages from RSS; returns the bytes advised")
         .def("release_mapped_pages",
              [](WeightStore& s) {
                  py::gil_scoped_release nogil;

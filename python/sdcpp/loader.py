@@ -136,6 +136,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
             return make(stores[prefix[:-1]])
         res = Resident(prefix[:-1], lambda part=None: fill(prefix, type_of, (parts or {}).get(part, ())), make)
         res.get()
+        if prefix.startswith("text_encoder"):
+            res.release()   # checked; rebuilt for each prompt (memory="low"), so not held while the rest loads
         stores[prefix[:-1]] = StoreHandle(res)
         return LazyComponent(res)
 
@@ -171,13 +173,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "memory": mem,
     }
     bar.close()
-    # memory="low": what was built to check it at load leaves RSS until it is used (the text
-    # encoders are rebuilt for each prompt anyway; the U-Net's mapped / spilled pages fault back
-    # in at its first step), so encoding does not sit on top of the U-Net's pages
-    if mem.release_text_encoders:
-        for enc in encoders:
-            if isinstance(enc, LazyComponent):
-                enc.resident.release()
+    # memory="low": the U-Net's mapped / spilled pages leave RSS until its first step, so encoding
+    # does not sit on top of them
     unet_res = components["unet"].resident if isinstance(components["unet"], LazyComponent) else None
     if unet_res is not None and 2 * paged_nbytes(unet_res.store) >= unet_res.store.nbytes:
         release_file_pages(unet_res.store)

@@ -288,11 +288,15 @@ def build_store(device, tensors: Mapping[str, Any], weight_type: str = "f32",
     for name in mapped:
         done(tensors[name])
 
+    spilled = int(getattr(store, "spilled_nbytes", 0)) > 0
+
     def fill(name, value) -> None:
         set_value(store, name, value)
         if not isinstance(value, np.ndarray):
             # the copy is in the store: the mapped file's pages need not stay in our RSS
             _release(value)
+        if spilled:
+            store.release_pages(name)   # nor the spill file's pages just written (they are in the file)
         done(value)
 
     items = [(k, v) for k, v in tensors.items() if k not in mapped]
