@@ -4,7 +4,7 @@ has (below amx, or without AMX-BF16, the portable reference runs) against a floa
 operands rounded here in numpy by the same rule.
 
 Tolerance: <= 1e-5 of max |C| (f32 accumulation over up to 1100 k, in each variant's order:
-measured ~1e-7). One operand rounded differently (one bf16 ulp, 2^-8 relative) moves C by far more
+measured 2e-7 to 5e-7). One operand rounded differently (one bf16 ulp, 2^-8 relative) moves C by far more
 than that on the K = 1 products, which check the rounding bit for bit.
 """
 from __future__ import annotations

@@ -7,17 +7,19 @@ namespace sdcpp::kernels::cpu {
 
 namespace {
 
-// Cache blocking: a KC x NC block of B as bf16 (256 KiB) stays in L2 while MR rows of A pass over
-// its panels; one panel (KC x NR bf16, 32 KiB) and those rows (32 KiB) about fill L1. A is rounded
-// MC rows at a time (a bounded scratch whatever M is), and B repacked per MC rows, which costs
-// N K conversions against MC N K multiply-adds.
+// Cache blocking: a KC x NC block of B as bf16 (512 KiB) stays in L2 (2 MiB per core on Sapphire
+// Rapids) while MR rows of A pass over its panels. A is rounded MC rows at a time (a bounded
+// scratch whatever M is: MC x K bf16, 11 MiB at K = 11520), and B repacked per MC rows, which
+// costs N K conversions against MC N K multiply-adds: at AMX speed (~1000 flop per cycle peak)
+// packing B is not negligible, so MC is large. KC 1024 / MC 512 against 256-512 / 256 measured
+// up to 1.5x on the large-K U-Net shapes (shared machine, noisy: bench/README.md).
 #ifndef SDCPP_GEMM_BF16_KC
-#define SDCPP_GEMM_BF16_KC 512
+#define SDCPP_GEMM_BF16_KC 1024
 #endif
 constexpr int64_t KC = SDCPP_GEMM_BF16_KC;
 static_assert(KC % kBf16Block == 0, "K blocks hold whole tile products");
 constexpr int64_t NC = 256;
-constexpr int64_t MC = 256;
+constexpr int64_t MC = 512;
 
 int64_t pad32(int64_t k) { return (k + kBf16Block - 1) / kBf16Block * kBf16Block; }
 
