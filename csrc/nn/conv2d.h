@@ -43,6 +43,10 @@ struct ConvOptions {
     int64_t winograd_min_pixels = 256;             // ConvAlgo::Winograd
     size_t max_im2col_bytes = SIZE_MAX;            // ConvAlgo::Strips / WinogradStrips, per strip
     size_t winograd_strip_bytes = size_t(32) << 20;  // ConvAlgo::WinogradStrips
+    // Im2col / Winograd with custom ops, f32 / f16 / bf16 kernels: the products in bf16 (operands
+    // rounded to bf16, f32 sums: kernels/cpu/gemm_bf16.h) where the CPU has AMX-BF16, the im2col
+    // in f32 for it; elsewhere the default products. Opt-in (UNetOptions::compute).
+    bool bf16_gemm = false;
 };
 
 // Padding per side, stride, and `up` = 2 to convolve the nearest-neighbour 2x upsampling of x.
