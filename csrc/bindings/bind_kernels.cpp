@@ -11,9 +11,11 @@
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_bf16.h"
 #include "../kernels/cpu/gemm_op.h"
+#include "../kernels/cpu/conv_q8_op.h"
 #include "../kernels/cpu/gemm_q8.h"
 #include "../kernels/cpu/winograd_f23.h"
 #include "../kernels/cpu/winograd_f43.h"
+#include "../nn/conv2d.h"
 #include "../nn/winograd_f23.h"
 #include "../nn/winograd_f43_strips.h"
 #include "../runtime/backends.h"
@@ -332,6 +334,59 @@ void bind_kernels(py::module_& m) {
         std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("via"), py::arg("level"), py::arg("threads") = 2, py::arg("btype") = "q8_0");
+    // nn::conv2d with a quantized kernel in a CPU graph at `level`: x [N, C, H, W] f32, w [OC,
+    // C*k*k / 32 * block bytes] uint8 (ggml blocks of `btype`, K ordered c*k*k + ky*k + kx), b
+    // [OC] or None, residual [N, OC, OH, OW] or None -> [N, OC, OH, OW], of the 2x upsampling
+    // of x when up = 2. via "direct": the one-op convolution (kernels/cpu/conv_q8.h; an error
+    // where it does not apply), "im2col": im2col + mul_mat with custom ops (sdcpp's integer
+    // product), "ggml": without custom ops (ggml's im2col and products).
+    m.def("cpu_conv2d_q8", [](F32Array x, py::array_t<uint8_t, py::array::c_style> w, std::optional<F32Array> b,
+                              std::optional<F32Array> residual, int k, int stride, int pad, int up, const std::string& btype,
+                              const std::string& via, const std::string& level, int threads) {
+        require_ndim(x, 4, "x");
+        const auto [bt, gt] = int8_btype(btype);
+        const int64_t bb = kc::gemm_qb_block_bytes(bt);
+        const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+        if (k < 1 || stride < 1 || pad < 0 || (up != 1 && up != 2)) throw InvalidArgument("need k >= 1, stride >= 1, pad >= 0, up 1 or 2");
+        const int64_t K = C * k * k;
+        if (w.ndim() != 2 || K % kc::kQ8Block || w.shape(1) != K / kc::kQ8Block * bb)
+            throw InvalidArgument("C*k*k must be a multiple of 32 and w [OC, C*k*k / 32 * " + std::to_string(bb) + "] uint8");
+        const int64_t OC = w.shape(0);
+        const int64_t OW = (W * up + 2 * pad - k) / stride + 1, OH = (H * up + 2 * pad - k) / stride + 1;
+        if (OW < 1 || OH < 1) throw InvalidArgument("the kernel does not fit the image");
+        if (b && b->size() != OC) throw InvalidArgument("b must have OC values");
+        if (residual && (residual->ndim() != 4 || residual->shape(0) != N || residual->shape(1) != OC ||
+                         residual->shape(2) != OH || residual->shape(3) != OW))
+            throw InvalidArgument("residual must be [N, OC, OH, OW]");
+        if (via != "direct" && via != "im2col" && via != "ggml")
+            throw InvalidArgument("via must be 'direct', 'im2col' or 'ggml', got '" + via + "'");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        const size_t bytes = sizeof(float) * size_t(4 * N * C * H * W + 2 * K * OH * OW * N + 4 * OC * OH * OW * N + OC) +
+                             size_t(w.nbytes());
+        LevelGraph lg(bytes, level);
+        ggml_context* ctx = lg.ctx();
+        ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
+        ggml_tensor* tw = ggml_new_tensor_2d(ctx, gt, K, OC);
+        ggml_tensor* tb = b ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC) : nullptr;
+        ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N) : nullptr;
+        std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
+        std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
+        if (tb) std::memcpy(tb->data, b->data(), ggml_nbytes(tb));
+        if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
+        if (via == "direct" && !(fused::conv_q8_enabled() && fused::conv_q8_applies(tx, tw, k, stride, pad, up, tb, tr)))
+            throw InvalidArgument("the direct quantized convolution does not apply (portable level, SDCPP_INT8_GEMM=0 or SDCPP_CONV_Q8=0)");
+        nn::ConvOptions opt;
+        opt.custom_ops = via != "ggml";
+        opt.direct_q8 = via == "direct";
+        nn::ConvGeometry geo = nn::ConvGeometry::same(stride, pad);
+        geo.up = up;
+        ggml_tensor* out = nn::conv2d(ctx, tx, tw, tb, geo, opt, tr);
+        lg.compute(out, threads, 64);
+        F32Array y = new_f32({N, OC, OH, OW});
+        std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("residual"), py::arg("k"), py::arg("stride"), py::arg("pad"),
+       py::arg("up"), py::arg("btype"), py::arg("via"), py::arg("level"), py::arg("threads") = 2);
 }
 
 }  // namespace sdcpp::bind

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "../runtime/error.h"
+#include "../kernels/cpu/conv_q8_op.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "conv2d_strips.h"
 #include "layers.h"
@@ -52,14 +53,20 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
     return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
 }
 
-// A quantized kernel stored as the matrix w [IC*k*k, OC]: an f32 im2col times w as mul_mat's
-// src0, so that the integer dot products run (ours for q8_0 where custom ops may, kernels/cpu/
-// gemm_q8.h; ggml's otherwise). 1x1 stride-1 kernels skip the im2col.
-ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad, bool custom_ops) {
-    const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
+// The kernel size k of a quantized kernel stored as the matrix w [IC*k*k, OC].
+int quantized_kernel_size(const ggml_tensor* x, const ggml_tensor* w) {
+    const int64_t IC = x->ne[2];
     SD_CHECK(IC > 0 && w->ne[0] % IC == 0, "conv2d: quantized kernel rows do not match the input channels");
     const int k = static_cast<int>(std::lround(std::sqrt(static_cast<double>(w->ne[0] / IC))));
     SD_CHECK(int64_t(k) * k * IC == w->ne[0], "conv2d: quantized kernel is not square");
+    return k;
+}
+
+// A quantized kernel stored as the matrix w [IC*k*k, OC]: an f32 im2col times w as mul_mat's
+// src0, so that the integer dot products run (ours for q8_0 where custom ops may, kernels/cpu/
+// gemm_q8.h; ggml's otherwise). 1x1 stride-1 kernels skip the im2col.
+ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int k, int stride, int pad, bool custom_ops) {
+    const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
     if (k == 1 && stride == 1 && pad == 0) {
         const int64_t W = x->ne[0], H = x->ne[1];
         ggml_tensor* r = fused::mul_mat(ctx, w, image_to_sequence(ctx, x), custom_ops);  // [OC, WH, N]
@@ -85,15 +92,28 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
 
     SD_CHECK(g.pad_l == g.pad_r && g.pad_l == g.pad_t && g.pad_l == g.pad_b,
              "conv2d: asymmetric padding needs ConvAlgo::Strips or Direct");
-    if (g.up != 1) x = ggml_upscale(ctx, x, g.up, GGML_SCALE_MODE_NEAREST);
     const int stride = g.stride, pad = g.pad_l;
-    if (opt.products == ConvProducts::F32 && !quantized) w = to_f32(ctx, w);
-    ggml_tensor* y;
     if (quantized) {
+        const int k = quantized_kernel_size(x, w);
+        if (opt.custom_ops && opt.direct_q8 && fused::conv_q8_enabled()) {
+            // One op from the image (upsampling, bias and residual folded in) where it applies.
+            if (fused::conv_q8_applies(x, w, k, stride, pad, g.up, b, residual))
+                return fused::conv2d_q8(ctx, x, w, k, stride, pad, g.up, b, residual);
+            if (fused::conv_q8_applies(x, w, k, stride, pad, g.up, nullptr, nullptr)) {
+                ggml_tensor* y = add_bias(ctx, fused::conv2d_q8(ctx, x, w, k, stride, pad, g.up, nullptr, nullptr), b);
+                return residual ? ggml_add(ctx, residual, y) : y;
+            }
+        }
+        if (g.up != 1) x = ggml_upscale(ctx, x, g.up, GGML_SCALE_MODE_NEAREST);
         // Winograd would need the kernel transformed (and so dequantized) every pass.
-        y = add_bias(ctx, conv2d_matrix(ctx, x, w, stride, pad, opt.custom_ops), b);
-    } else if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 && stride == 1 && pad == 1 &&
-               w->ne[2] >= 32 && w->ne[3] >= 32 && x->ne[0] * x->ne[1] * x->ne[3] >= opt.winograd_min_pixels) {
+        ggml_tensor* y = add_bias(ctx, conv2d_matrix(ctx, x, w, k, stride, pad, opt.custom_ops), b);
+        return residual ? ggml_add(ctx, residual, y) : y;
+    }
+    if (g.up != 1) x = ggml_upscale(ctx, x, g.up, GGML_SCALE_MODE_NEAREST);
+    if (opt.products == ConvProducts::F32) w = to_f32(ctx, w);
+    ggml_tensor* y;
+    if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 && stride == 1 && pad == 1 &&
+        w->ne[2] >= 32 && w->ne[3] >= 32 && x->ne[0] * x->ne[1] * x->ne[3] >= opt.winograd_min_pixels) {
         // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
         // 256 output pixels (measured; below that im2col + GEMM is as fast). The transformed
         // operands are f32 (f16 / bf16 kernels are widened by the kernel transform) so that the

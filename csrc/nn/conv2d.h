@@ -2,8 +2,12 @@
 // runs is decided inside it, from the weight's type, the geometry and the caller's options:
 //
 //   quantized kernel (stored as the matrix [IC*k*k, OC], runtime/weights.h)
-//       -> an f32 im2col times the matrix as mul_mat's src0 (ggml's integer dot products);
-//          Winograd would need the kernel transformed, and so dequantized, every pass.
+//       -> with custom ops where sdcpp's integer product runs (kernels/cpu/gemm_op.h), one op
+//          from the image to the output (kernels/cpu/conv_q8.h: receptive fields quantized as
+//          gathered, output written in place, 2x upsampling, bias and residual folded in);
+//          otherwise an f32 im2col times the matrix as mul_mat's src0 (the integer dot
+//          products: ours where custom ops may run, ggml's otherwise). Winograd would need the
+//          kernel transformed, and so dequantized, every pass.
 //   ConvAlgo::Im2col   -> ggml_im2col + one GEMM over the whole (batched) output; any backend.
 //   ConvAlgo::Winograd -> with custom ops, 3x3 stride-1 pad-1 convolutions of images with at
 //          least `winograd_min_pixels` N*H*W pixels and >= 32 channels in and out by Winograd
@@ -43,6 +47,9 @@ struct ConvOptions {
     int64_t winograd_min_pixels = 256;             // ConvAlgo::Winograd
     size_t max_im2col_bytes = SIZE_MAX;            // ConvAlgo::Strips / WinogradStrips, per strip
     size_t winograd_strip_bytes = size_t(32) << 20;  // ConvAlgo::WinogradStrips
+    // Quantized kernels: the direct op (conv_q8.h) where it applies; false (or SDCPP_CONV_Q8=0)
+    // keeps im2col + GEMM, bit for bit the same result (tests, A/B benchmarks).
+    bool direct_q8 = true;
     // Im2col / Winograd with custom ops, f32 / f16 / bf16 kernels: the products in bf16 (operands
     // rounded to bf16, f32 sums: kernels/cpu/gemm_bf16.h) where the CPU has AMX-BF16, the im2col
     // in f32 for it; elsewhere the default products. Opt-in (UNetOptions::compute).

@@ -62,9 +62,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
                preview_vae: Optional[PathLike] = None):
     from .arch import inspect
     from .engine.text import TextEncoder
-    from .engine.unet import UNet
     from .engine.vae import VAE
-    from .memory import LazyComponent, Resident, StoreHandle, policy
+    from .memory import LazyComponent, Resident, StoreHandle, policy, paged_nbytes, release_file_pages
     from .pipeline import Model
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
@@ -104,8 +103,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     from .progress import phases
     bar = phases(progress).bar("load", sum(int(np.prod(v.shape)) for v in tensors.values()), "param", scale=True)
 
-    def fill(prefix: str, type_of=storage_type):
-        sub = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+    def fill(prefix: str, type_of=storage_type, without: tuple = ()):
+        sub = {k: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith(without)}
         # memory="low": a converted U-Net goes to a temporary file so that it streams like a
         # mapped checkpoint (sdcpp.memory)
         spill = spill_dir() if prefix == "unet." and mem.stream_unet_weights else None
@@ -127,15 +126,15 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
                                              file=info.path, tensor=tensor) from None
         return build
 
-    def component(prefix: str, make, on_demand: bool, type_of=storage_type):
+    def component(prefix: str, make, on_demand: bool, type_of=storage_type, parts: Optional[dict] = None):
         """The component over a store of `prefix`'s tensors; with `on_demand`, a LazyComponent
         whose weights can be freed and rebuilt (sdcpp.memory). Built here either way, so bad
-        weights fail at load."""
+        weights fail at load. `parts`: part name -> the tensor prefixes such a partial store leaves out."""
         make = named(make, prefix)
         if not on_demand:
             stores[prefix[:-1]] = fill(prefix, type_of)
             return make(stores[prefix[:-1]])
-        res = Resident(prefix[:-1], lambda: fill(prefix, type_of), make)
+        res = Resident(prefix[:-1], lambda part=None: fill(prefix, type_of, (parts or {}).get(part, ())), make)
         res.get()
         stores[prefix[:-1]] = StoreHandle(res)
         return LazyComponent(res)
@@ -155,7 +154,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         vae_obj = tiny_vae(tiny)
     else:
         vae_obj = component("vae.", lambda st: VAE(st, info.vae_native_config()), mem.vae_on_demand,
-                            _vae_storage_type)
+                            _vae_storage_type, parts=VAE_PARTS)
         if mem.vae_on_demand:
             vae_obj.resident.release()
     encoders = []
@@ -172,8 +171,24 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         "memory": mem,
     }
     bar.close()
+    # memory="low": what was built to check it at load leaves RSS until it is used (the text
+    # encoders are rebuilt for each prompt anyway; the U-Net's mapped / spilled pages fault back
+    # in at its first step), so encoding does not sit on top of the U-Net's pages
+    if mem.release_text_encoders:
+        for enc in encoders:
+            if isinstance(enc, LazyComponent):
+                enc.resident.release()
+    unet_res = components["unet"].resident if isinstance(components["unet"], LazyComponent) else None
+    if unet_res is not None and 2 * paged_nbytes(unet_res.store) >= unet_res.store.nbytes:
+        release_file_pages(unet_res.store)
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
+
+
+# What a VAE store built for one direction leaves out (memory="low" builds the VAE per encode /
+# decode): decoding needs no encoder weights (137 of SD's 335 MB in f32), encoding no decoder.
+VAE_PARTS = {"decoder": ("vae.encoder.", "vae.quant_conv."),
+             "encoder": ("vae.decoder.", "vae.post_quant_conv.")}
 
 
 def _unet(store, config, stream: bool):

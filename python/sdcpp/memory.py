@@ -117,12 +117,13 @@ class Resident:
     manager writes its merged tensors again). ``builds`` and ``build_seconds`` say what rebuilding
     cost (docs, tests)."""
 
-    def __init__(self, name: str, build_store: Callable[[], Any], make: Callable[[Any], Any]):
+    def __init__(self, name: str, build_store: Callable[..., Any], make: Callable[[Any], Any]):
         self.name = name
         self._build_store = build_store
         self._make = make
         self.store = None
         self.obj = None
+        self.part: Optional[str] = None   # what the resident store holds: None = everything
         self.on_rebuild: list[Callable[[str, Any], None]] = []
         self.builds = 0
         self.build_seconds = 0.0
@@ -131,12 +132,17 @@ class Resident:
     def resident(self) -> bool:
         return self.obj is not None
 
-    def get(self):
+    def get(self, part: Optional[str] = None):
+        """The component, built if needed. `part` (the VAE: "encoder" / "decoder") asks for a
+        store of that part only (``build_store(part)``): memory="low" decodes without building
+        the encoder's weights. A resident whole component serves any part."""
+        if self.obj is not None and self.part is not None and self.part != part:
+            self.release()
         if self.obj is None:
             t0 = time.perf_counter()
-            store = self._build_store()
+            store = self._build_store(part) if part is not None else self._build_store()
             obj = self._make(store)
-            self.store, self.obj = store, obj
+            self.store, self.obj, self.part = store, obj, part
             if self.builds:
                 for cb in self.on_rebuild:
                     cb(self.name, store)
@@ -148,6 +154,7 @@ class Resident:
         """Drop the weights and the component (its graphs and compute buffers go with it)."""
         self.obj = None
         self.store = None
+        self.part = None
 
 
 class LazyComponent:

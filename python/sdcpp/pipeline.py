@@ -399,7 +399,12 @@ class Model:
 
     # -- VAE and U-Net phases under the memory policy (sdcpp.memory) ---------------------------
     def _vae_run(self, encode: bool, x: np.ndarray, tiled: bool) -> np.ndarray:
+        from .memory import LazyComponent
+
         vae = self._c["vae"]
+        if self.memory.vae_on_demand and isinstance(vae, LazyComponent):
+            # built for this direction only (memory="low"): no encoder weights while decoding
+            vae = vae.resident.get("encoder" if encode else "decoder")
         try:
             if not tiled:
                 return vae.encode(x) if encode else vae.decode(x)
@@ -408,7 +413,7 @@ class Model:
             return vae.decode_tiled(x, tile=self.vae_tile_size // vae.factor, overlap=self.vae_tile_overlap)
         finally:
             if self.memory.vae_on_demand:
-                vae.resident.release()
+                self._c["vae"].resident.release()
             elif self.memory.free_vae_buffers:
                 vae.free_compute_memory()
 

@@ -140,6 +140,13 @@ bool int8_gemm_preferred() {
     return int8_enabled() && (l == kc::Level::Avx512 || l == kc::Level::Amx);
 }
 
+bool int8_matmul_applies(const ggml_tensor* w) {
+    kc::GemmQB qb;
+    if (w->buffer && !ggml_backend_buffer_is_host(w->buffer)) return false;
+    return int8_enabled() && int8_type(w->type, &qb) && w->ne[0] % kc::kQ8Block == 0 &&
+           kc::gemm_q8_kernels().level != kc::Level::Portable;
+}
+
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x, bool bf16) {
     // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read once.
     static const bool enabled = [] {

@@ -22,6 +22,10 @@ void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n);
 // bf16: the caller asks for bf16 products (matmul's bf16), which also take f32 weights against few rows.
 bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x, bool bf16 = false);
 
+// Whether a q8_0 / q5_0 / q4_0 weight runs our integer product (gemm_q8.h): SDCPP_INT8_GEMM not
+// 0, rows a multiple of 32, plain layout in a host buffer, and not at the portable level.
+bool int8_matmul_applies(const ggml_tensor* w);
+
 // Whether q4_0 weights should stay in ggml's plain layout for our integer product rather than go
 // to ggml's repacked buffer: where our AVX-512 VNNI or AMX variant runs (measured on BK-SDM-tiny: 95
 // GMAC/s against 45 for ggml's repacked AVX2 kernels); on AVX2-only CPUs ggml's repacked q4_0

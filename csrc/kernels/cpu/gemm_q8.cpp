@@ -58,24 +58,20 @@ void unpack_b(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t n0, int64_t n
 // A is quantized MC rows at a time (a bounded scratch whatever M is); B is repacked per MC rows,
 // which costs N K bytes of copying against MC N K multiply-adds.
 constexpr int64_t KCB = 16;
-constexpr int64_t NC = 256;
+constexpr int64_t NC = kQ8ColBlock;
 constexpr int64_t MC = 240;
 
 // Rows [r0, r1) and columns [c0, c1) of one product.
 void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    const int mr = k.mr, nr = k.nr;
+    const int mr = k.mr;
     const int64_t KB = g.K / kQ8Block;
     const int64_t lda = g.K * k.a_esz;
     const int64_t mc = std::max<int64_t>(mr, (MC / mr) * mr);
-    thread_local std::vector<uint8_t> aq, bp, unpacked;
-    thread_local std::vector<float> ad, zero, edge;
+    thread_local std::vector<uint8_t> aq;
+    thread_local std::vector<float> ad, zero;
     aq.resize(static_cast<size_t>(mc * lda));
     ad.resize(static_cast<size_t>(mc * KB));
     if (zero.size() < static_cast<size_t>(g.K)) zero.assign(static_cast<size_t>(g.K), 0.0f);
-    bp.resize(static_cast<size_t>(((NC + nr - 1) / nr) * KCB * k.panel_block));
-    edge.resize(static_cast<size_t>(mr * nr));
-    const bool q8 = g.btype == GemmQB::Q8_0;
-    if (!q8) unpacked.resize(static_cast<size_t>(NC * KCB * kQ8BlockBytes));
     if (k.thread_begin) k.thread_begin();
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
@@ -83,44 +79,56 @@ void gemm_q8_rows(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t r0, int64
         // rows past M quantize as zero rows, so the micro-kernel always reads MR real rows
         for (int64_t r = 0; r < mpad; ++r)
             k.quantize_a(r < mm ? g.A + (m0 + r) * g.lda : zero.data(), g.K, aq.data() + r * lda, ad.data() + r * KB);
-        for (int64_t n0 = c0; n0 < c1; n0 += NC) {
-            const int64_t nn = std::min(NC, c1 - n0);
-            for (int64_t kb0 = 0; kb0 < KB; kb0 += KCB) {
-                const int64_t nkb = std::min(KCB, KB - kb0);
-                const bool acc = kb0 > 0;
-                if (q8) {
-                    k.pack_b(g.B, g.ldb, n0, nn, kb0, nkb, bp.data());
-                } else {
-                    unpack_b(k, g, n0, nn, kb0, nkb, unpacked.data());
-                    k.pack_b(unpacked.data(), nkb * kQ8BlockBytes, 0, nn, 0, nkb, bp.data());
-                }
-                for (int64_t i = 0; i < mm; i += mr) {
-                    const int64_t mv = std::min<int64_t>(mr, mm - i);
-                    const uint8_t* a = aq.data() + i * lda + kb0 * kQ8Block * k.a_esz;
-                    const float* d = ad.data() + i * KB + kb0;
-                    for (int64_t j = 0; j < nn; j += nr) {
-                        const uint8_t* panel = bp.data() + (j / nr) * nkb * k.panel_block;
-                        const int64_t nv = std::min<int64_t>(nr, nn - j);
-                        float* c = g.C + (m0 + i) * g.ldc + n0 + j;
-                        if (mv == mr && nv == nr) {
-                            k.micro(nkb, a, lda, d, KB, panel, c, g.ldc, acc);
-                            continue;
-                        }
-                        // A partial tile goes through a full-size scratch tile.
-                        if (acc) {
-                            for (int64_t r = 0; r < mv; ++r) std::memcpy(&edge[r * nr], c + r * g.ldc, nv * sizeof(float));
-                        }
-                        k.micro(nkb, a, lda, d, KB, panel, edge.data(), nr, acc);
-                        for (int64_t r = 0; r < mv; ++r) std::memcpy(c + r * g.ldc, &edge[r * nr], nv * sizeof(float));
-                    }
-                }
-            }
-        }
+        for (int64_t n0 = c0; n0 < c1; n0 += NC)
+            gemm_q8_block(k, g, aq.data(), ad.data(), mm, n0, std::min(NC, c1 - n0), g.C + m0 * g.ldc + n0, g.ldc);
     }
     if (k.thread_end) k.thread_end();
 }
 
 }  // namespace
+
+void gemm_q8_block(const GemmQ8Kernels& k, const GemmQ8Args& g, const uint8_t* aq, const float* ad, int64_t mm,
+                   int64_t n0, int64_t nn, float* C, int64_t ldc) {
+    const int mr = k.mr, nr = k.nr;
+    const int64_t KB = g.K / kQ8Block;
+    const int64_t lda = g.K * k.a_esz;
+    thread_local std::vector<uint8_t> bp, unpacked;
+    thread_local std::vector<float> edge;
+    bp.resize(static_cast<size_t>(((std::max(nn, NC) + nr - 1) / nr) * KCB * k.panel_block));
+    edge.resize(static_cast<size_t>(mr * nr));
+    const bool q8 = g.btype == GemmQB::Q8_0;
+    if (!q8) unpacked.resize(static_cast<size_t>(std::max(nn, NC) * KCB * kQ8BlockBytes));
+    for (int64_t kb0 = 0; kb0 < KB; kb0 += KCB) {
+        const int64_t nkb = std::min(KCB, KB - kb0);
+        const bool acc = kb0 > 0;
+        if (q8) {
+            k.pack_b(g.B, g.ldb, n0, nn, kb0, nkb, bp.data());
+        } else {
+            unpack_b(k, g, n0, nn, kb0, nkb, unpacked.data());
+            k.pack_b(unpacked.data(), nkb * kQ8BlockBytes, 0, nn, 0, nkb, bp.data());
+        }
+        for (int64_t i = 0; i < mm; i += mr) {
+            const int64_t mv = std::min<int64_t>(mr, mm - i);
+            const uint8_t* a = aq + i * lda + kb0 * kQ8Block * k.a_esz;
+            const float* d = ad + i * KB + kb0;
+            for (int64_t j = 0; j < nn; j += nr) {
+                const uint8_t* panel = bp.data() + (j / nr) * nkb * k.panel_block;
+                const int64_t nv = std::min<int64_t>(nr, nn - j);
+                float* c = C + i * ldc + j;
+                if (mv == mr && nv == nr) {
+                    k.micro(nkb, a, lda, d, KB, panel, c, ldc, acc);
+                    continue;
+                }
+                // A partial tile goes through a full-size scratch tile.
+                if (acc) {
+                    for (int64_t r = 0; r < mv; ++r) std::memcpy(&edge[r * nr], c + r * ldc, nv * sizeof(float));
+                }
+                k.micro(nkb, a, lda, d, KB, panel, edge.data(), nr, acc);
+                for (int64_t r = 0; r < mv; ++r) std::memcpy(c + r * ldc, &edge[r * nr], nv * sizeof(float));
+            }
+        }
+    }
+}
 
 const GemmQ8Kernels& gemm_q8_kernels_at(Level level) {
     if (const GemmQ8Kernels* t = gemm_q8_amx(); t && runs(level, t->level)) return *t;

@@ -39,6 +39,8 @@ struct GemmQ8Kernels {
     int64_t panel_block;      // bytes of one packed panel per 32-value block (values, scales, compensation)
     // One row of K f32 values (K a multiple of 32) to this variant's layout: q (K values of a_esz
     // bytes) and d (K / 32 scales, the f16-rounded d as f32), the values exactly ggml's q8_0.
+    // Blocks are independent (block b at q + 32 b a_esz, d[b]), so a row may also be quantized a
+    // run of blocks at a time (conv_q8.cpp does, as it gathers).
     void (*quantize_a)(const float* x, int64_t K, void* q, float* d);
     // Panels of B's rows n0 .. n0 + nn (zero columns past them) over the blocks kb0 .. kb0 + nkb:
     // panel p at Bp + p * nkb * panel_block. B's rows are ldb bytes apart.
@@ -78,6 +80,17 @@ struct GemmQ8Args {
 // B + b * b_batch bytes, C + b * c_batch floats); each thread quantizes the rows of A it needs.
 void gemm_q8_batched(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t batch, int64_t a_batch, int64_t b_batch,
                      int64_t c_batch, int ith, int nth);
+
+// The inner loops of the product, for drivers that make A's quantized rows themselves (the
+// quantized convolution, conv_q8.h): C[mm][nn] (rows ldc floats apart) = mm rows of A quantized
+// by k.quantize_a (aq rows g.K * a_esz bytes apart, ad rows g.K / 32 floats apart; rows up to the
+// next multiple of k.mr must exist, e.g. zero rows) times B's rows n0 .. n0 + nn (g.B, g.ldb,
+// g.btype over g.K; g.A and g.C unused). B is packed per cache block in thread-local scratch.
+// gemm_q8_batched runs these same loops, so any driver gets its numbers bit for bit. The caller
+// brackets its calls on a thread with k.thread_begin / k.thread_end where those are set.
+void gemm_q8_block(const GemmQ8Kernels& k, const GemmQ8Args& g, const uint8_t* aq, const float* ad, int64_t mm,
+                   int64_t n0, int64_t nn, float* C, int64_t ldc);
+constexpr int64_t kQ8ColBlock = 256;  // columns of B one gemm_q8_block call should take at most (L2)
 
 namespace gemm_q8_detail {
 // ggml's activation quantization of one 32-value block, scalar: the f16-rounded scale and the

@@ -372,8 +372,8 @@ class LoraManager:
         """Write the merged tensors of `component` into `store` again: the model rebuilt that
         component's weights from the checkpoint (sdcpp.memory, memory="low"). Returns how many."""
         with self._lock:
-            names = [n for n in self._applied if n.split(".", 1)[0] == component]
-            for name in names:
+            names = [n for n in self._applied if n.split(".", 1)[0] == component and store.has(n)]
+            for name in names:   # (a partial store, memory="low"'s decode-only VAE, lacks some)
                 self._put(store, name, self._merges[name])
             return len(names)
 
