@@ -40,12 +40,13 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml", "sdcpp-q8_0-im2col",
-               "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16", "openvino-f32",
-               "openvino-auto")
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml",
+               "sdcpp-q8_0-im2col", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
+               "openvino-f32", "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
 # sdcpp-q8_0-im2col: quantized convolutions as im2col + sdcpp's integer GEMM (SDCPP_CONV_Q8=0)
 #   instead of the one-op convolution (kernels/cpu/conv_q8.h), for A/B runs
+# sdcpp-f16-bf16compute: f16 weights, UNet.compute = "bf16" (AMX-BF16 products where the CPU has them)
 
 
 def load_config(model: str) -> dict:
@@ -97,6 +98,8 @@ def child_sdcpp(args, spec) -> dict:
     load_s = time.perf_counter() - t0
     unet = UNet(store, spec["native"])
     unet.attention = args.attention
+    if args.config.endswith("-bf16compute"):
+        unet.compute = "bf16"
     nc = spec["native"]
     B = args.batch
     x = rng.standard_normal((B, 4, args.latent, args.latent)).astype(np.float32)

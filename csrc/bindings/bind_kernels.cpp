@@ -9,6 +9,7 @@
 #include "../kernels/cpu/elementwise.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_bf16.h"
 #include "../kernels/cpu/gemm_op.h"
 #include "../kernels/cpu/conv_q8_op.h"
 #include "../kernels/cpu/gemm_q8.h"
@@ -95,6 +96,7 @@ void bind_kernels(py::module_& m) {
         d["winograd_f23"] = kc::level_name(kc::winograd_f23().level);
         d["gemm"] = kc::level_name(kc::gemm_kernels().level);
         d["gemm_q8_0"] = kc::level_name(kc::gemm_q8_kernels().level);
+        d["gemm_bf16"] = kc::level_name(kc::gemm_bf16_kernels().level);
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
@@ -245,6 +247,36 @@ void bind_kernels(py::module_& m) {
             std::vector<std::thread> pool;
             for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_batched(k, g, 1, 0, 0, 0, i, threads); });
             kc::gemm_batched(k, g, 1, 0, 0, 0, 0, threads);
+            for (auto& th : pool) th.join();
+        }
+        return c;
+    }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
+
+    // The bf16 product (gemm_bf16.h) at one level: arguments as cpu_kernel_gemm; levels below amx
+    // (or without AMX-BF16) run the portable reference.
+    m.def("cpu_kernel_gemm_bf16", [](F32Array a, py::array b, const std::string& btype, const std::string& level, int threads) {
+        require_ndim(a, 2, "a");
+        require_ndim(b, 2, "b");
+        table_for(level);  // throws for a level this CPU lacks
+        kc::GemmB t;
+        if (btype == "f32") t = kc::GemmB::F32;
+        else if (btype == "f16") t = kc::GemmB::F16;
+        else if (btype == "bf16") t = kc::GemmB::BF16;
+        else throw InvalidArgument("btype must be f32, f16 or bf16, got '" + btype + "'");
+        const size_t esz = t == kc::GemmB::F32 ? 4 : 2;
+        if (static_cast<size_t>(b.itemsize()) != esz || !(b.flags() & py::array::c_style))
+            throw InvalidArgument("b must be a C-contiguous array of " + std::to_string(esz) + "-byte values");
+        if (a.shape(1) != b.shape(1)) throw InvalidArgument("a and b must have the same K");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
+        F32Array c = new_f32({M, N});
+        kc::GemmArgs g{a.data(), K, b.data(), t, static_cast<int64_t>(K * esz), c.mutable_data(), N, M, N, K};
+        const kc::GemmBf16Kernels& k = kc::gemm_bf16_kernels_at(kc::parse_level(level));
+        {
+            py::gil_scoped_release nogil;
+            std::vector<std::thread> pool;
+            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_bf16_batched(k, g, 1, 0, 0, 0, i, threads); });
+            kc::gemm_bf16_batched(k, g, 1, 0, 0, 0, 0, threads);
             for (auto& th : pool) th.join();
         }
         return c;

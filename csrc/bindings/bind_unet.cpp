@@ -204,6 +204,16 @@ void bind_unet(py::module_& m) {
                 u.set_options(o);
             })
         .def_property(
+            "compute",
+            [](const UNet& u) { return std::string(u.options().compute == Compute::BF16 ? "bf16" : "f32"); },
+            [](UNet& u, const std::string& c) {
+                UNetOptions o = u.options();
+                if (c == "f32") o.compute = Compute::F32;
+                else if (c == "bf16") o.compute = Compute::BF16;
+                else throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + c + "'");
+                u.set_options(o);
+            })
+        .def_property(
             "fused",
             [](const UNet& u) { return u.options().fused; },
             [](UNet& u, bool f) {

@@ -131,6 +131,7 @@ struct UNet::Builder {
         nn::AttentionKernel attn = nn::AttentionKernel::MulMat;
         bool custom_ops = false;  // nn::custom_ops_allowed (fused norms / GEGLU / attention)
         nn::ConvOptions conv_opt;  // how nn::conv2d lowers the convolutions
+        bool bf16 = false;         // linear layers' products in bf16 (UNetOptions::compute)
     };
     // The one place that turns UNetOptions into a Lowering.
     static Lowering lowering(const UNetOptions& opt, const Device& device);
@@ -151,7 +152,7 @@ struct UNet::Builder {
     // --- layers ----------------------------------------------------------------------------
     // Linear, and proj_in / proj_out (a Linear [C, C] or a 1x1 conv [C, C, 1, 1], both used as a linear).
     ggml_tensor* linear(ggml_tensor* x, const std::string& p, bool bias) const {
-        return nn::linear(ctx, x, w(p + ".weight"), bias ? w(p + ".bias") : nullptr, low.custom_ops);
+        return nn::linear(ctx, x, w(p + ".weight"), bias ? w(p + ".bias") : nullptr, low.custom_ops, low.bf16);
     }
     ggml_tensor* conv(ggml_tensor* x, const std::string& p, int stride, int pad) const {
         return nn::conv2d(ctx, x, w(p + ".weight"), w(p + ".bias"), nn::ConvGeometry::same(stride, pad), low.conv_opt);
@@ -341,6 +342,8 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     l.conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
     l.conv_opt.custom_ops = nn::custom_ops_allowed(device);
     if (opt.conv == ConvImpl::Winograd) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;
+    l.conv_opt.bf16_gemm = l.bf16;
     return l;
 }
 
@@ -360,7 +363,7 @@ void UNet::set_options(const UNetOptions& opt) {
 std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
            std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv())) +
-           (opt_.fused ? "/f" : "") + (streams() ? "/s" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
+           (opt_.fused ? "/f" : "") + (streams() ? "/s" : "") + (opt_.compute == Compute::BF16 ? "/bf16" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
 }
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
@@ -503,7 +506,7 @@ ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_ten
 std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device) {
     UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device);
     return "a" + std::to_string(static_cast<int>(l.attn)) + "/c" + std::to_string(static_cast<int>(l.conv_opt.algo)) +
-           std::to_string(l.conv_opt.winograd_min_pixels) + (l.custom_ops ? "/f" : "") + "/" +
+           std::to_string(l.conv_opt.winograd_min_pixels) + (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/" +
            kernels::cpu::level_name(kernels::cpu::active_level());
 }
 

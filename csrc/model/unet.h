@@ -21,6 +21,13 @@ class CheckedWeights;  // model/unet_weights.h
 
 enum class ConvImpl { Auto, Im2col, Winograd };
 
+// The arithmetic of the U-Net's linear layers and convolutions with f32 / f16 / bf16 weights.
+enum class Compute {
+    F32,   // exact f32 products (f16 / bf16 weights widened): the default
+    BF16,  // CPU with AMX-BF16: both operands rounded to bf16, f32 sums (kernels/cpu/gemm_bf16.h),
+           // about 1e-2 from f32 on the output; elsewhere as F32
+};
+
 struct UNetOptions {
     // Attention: Auto = the faster kernel measured for the device (nn::resolve_attention).
     nn::AttentionKernel attention = nn::AttentionKernel::Auto;
@@ -35,6 +42,7 @@ struct UNetOptions {
     // process holds about one module's weights at a time and reads the rest back from the page
     // cache every step (memory="low"). Values are unchanged; no effect on other weights.
     bool stream_weights = false;
+    Compute compute = Compute::F32;
 };
 
 struct UNetBlockConfig {

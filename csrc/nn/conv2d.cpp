@@ -18,14 +18,24 @@ ggml_tensor* add_bias(ggml_context* ctx, ggml_tensor* y, ggml_tensor* b) {
 }
 
 // Whole-output im2col + GEMM, any batch, any backend.
-ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad, bool custom_ops) {
+ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int stride, int pad, bool custom_ops,
+                           bool bf16) {
     const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
     const int64_t N = x->ne[3];
     if (KW == 1 && KH == 1 && stride == 1 && pad == 0) {
         // 1x1: a matmul over channels.
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x), custom_ops);  // [OC, WH, N]
+        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x), custom_ops, bf16);  // [OC, WH, N]
         return sequence_to_image(ctx, r, W, H);
+    }
+    if (bf16 && custom_ops && fused::bf16_products()) {
+        // an f32 im2col against the kernel as B, rounded to bf16 while packed (as conv2d_matrix)
+        ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
+        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+        ggml_tensor* w2 = ggml_reshape_2d(ctx, w, K, OC);
+        ggml_tensor* r = fused::mul_mat(ctx, w2, ggml_reshape_2d(ctx, col, K, OW * OH * N), true, true);  // [OC, OW*OH*N]
+        r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+        return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
     }
     const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
@@ -108,9 +118,9 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         // 256 output pixels (measured; below that im2col + GEMM is as fast). The transformed
         // operands are f32 (f16 / bf16 kernels are widened by the kernel transform) so that the
         // products run through the packed CPU product (kernels/cpu/gemm.h) at f32 speed.
-        y = winograd::conv3x3(ctx, x, w, b);
+        y = winograd::conv3x3(ctx, x, w, b, opt.bf16_gemm);
     } else {
-        y = add_bias(ctx, conv2d_im2col(ctx, x, w, stride, pad, opt.custom_ops), b);
+        y = add_bias(ctx, conv2d_im2col(ctx, x, w, stride, pad, opt.custom_ops, opt.bf16_gemm), b);
     }
     // The residual as the first operand: ggml orders a node's sources depth first, so the
     // residual's producer (a ResNet's shortcut) runs before this convolution's input chain and

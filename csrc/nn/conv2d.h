@@ -50,6 +50,10 @@ struct ConvOptions {
     // Quantized kernels: the direct op (conv_q8.h) where it applies; false (or SDCPP_CONV_Q8=0)
     // keeps im2col + GEMM, bit for bit the same result (tests, A/B benchmarks).
     bool direct_q8 = true;
+    // Im2col / Winograd with custom ops, f32 / f16 / bf16 kernels: the products in bf16 (operands
+    // rounded to bf16, f32 sums: kernels/cpu/gemm_bf16.h) where the CPU has AMX-BF16, the im2col
+    // in f32 for it; elsewhere the default products. Opt-in (UNetOptions::compute).
+    bool bf16_gemm = false;
 };
 
 // Padding per side, stride, and `up` = 2 to convolve the nearest-neighbour 2x upsampling of x.

@@ -9,9 +9,9 @@ ggml_tensor* to_f32(ggml_context* ctx, ggml_tensor* t) {
     return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
 }
 
-ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool custom_ops) {
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool custom_ops, bool bf16) {
     if (ggml_n_dims(w) > 2) w = ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]);
-    ggml_tensor* y = fused::mul_mat(ctx, w, x, custom_ops);
+    ggml_tensor* y = fused::mul_mat(ctx, w, x, custom_ops, bf16);
     if (b) y = ggml_add(ctx, y, b);
     return y;
 }

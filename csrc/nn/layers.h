@@ -37,8 +37,10 @@ ggml_tensor* to_f32(ggml_context* ctx, ggml_tensor* t);
 
 // y = x @ W^T + b over ne0 (b may be null). Accepts 2-D [in, out] weights and 1x1-conv
 // [1, 1, in, out] weights. custom_ops: f32/f16/bf16 weights go through the packed CPU product
-// (kernels/cpu/gemm_op.h); quantized weights and other backends keep ggml_mul_mat.
-ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool custom_ops = false);
+// (kernels/cpu/gemm_op.h); quantized weights and other backends keep ggml_mul_mat. bf16 (with
+// custom_ops): the product in bf16 where the CPU has AMX-BF16 (fused::matmul).
+ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool custom_ops = false,
+                    bool bf16 = false);
 ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, const Params& p, bool custom_ops = false);
 
 // GroupNorm over the channels (ne2) of x [W, H, C, N] times w [C] plus b [C], then SiLU when

@@ -73,7 +73,7 @@ void output_op(ggml_tensor* dst, int ith, int nth, void*) {
 
 }  // namespace
 
-Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) {
+Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool bf16) {
     if (x->type != GGML_TYPE_F32) x = ggml_cast(ctx, x, GGML_TYPE_F32);
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
     if (!ggml_is_contiguous(w)) w = ggml_cont(ctx, w);
@@ -83,11 +83,13 @@ Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, gg
     ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, T, 16, 1, xa, 1, input_op, GGML_N_TASKS_MAX, nullptr);
     ggml_tensor* wa[1] = {w};
     ggml_tensor* u = ggml_custom_4d(ctx, GGML_TYPE_F32, C, OC, 16, 1, wa, 1, kernel_op, GGML_N_TASKS_MAX, nullptr);
-    ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [T, OC, 16] through the packed product
+    ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true, bf16);  // [T, OC, 16] through the packed product
     ggml_tensor* ma[2] = {m, b};
     return {v, u, ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, N, ma, b ? 2 : 1, output_op, GGML_N_TASKS_MAX, nullptr)};
 }
 
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b) { return conv3x3_parts(ctx, x, w, b).y; }
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool bf16) {
+    return conv3x3_parts(ctx, x, w, b, bf16).y;
+}
 
 }  // namespace sdcpp::winograd

@@ -13,8 +13,10 @@
 
 namespace sdcpp::winograd {
 
-// x [W, H, C, N] f32, w [3, 3, C, OC] (f32 / f16 / bf16), b [OC] f32 or null.
-ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
+// x [W, H, C, N] f32, w [3, 3, C, OC] (f32 / f16 / bf16), b [OC] f32 or null. bf16: the 16
+// products in bf16 where the CPU has AMX-BF16 (the transformed operands rounded to bf16, f32
+// sums: fused::matmul's bf16), exact f32 otherwise.
+ggml_tensor* conv3x3(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool bf16 = false);
 
 // The same graph with its transformed operands, for the tests: v [C, T, 16] (tiles in image,
 // row, column order), u [C, OC, 16] and the result y.
@@ -23,6 +25,6 @@ struct Conv3x3Parts {
     ggml_tensor* u;
     ggml_tensor* y;
 };
-Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b);
+Conv3x3Parts conv3x3_parts(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, bool bf16 = false);
 
 }  // namespace sdcpp::winograd

@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "gemm_q8.h"
 #include "ggml-backend.h"
 
@@ -66,14 +67,36 @@ void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
-void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
+// The op's userdata: whether the graph asked for bf16 products (a pointer to one of these).
+const bool kExact = false, kBf16 = true;
+
+// The float product, f32 (gemm.h) or bf16 (gemm_bf16.h), one signature for matmul_op.
+struct FloatGemm {
+    const kc::GemmKernels* f32 = nullptr;
+    const kc::GemmBf16Kernels* bf16 = nullptr;
+    void operator()(const kc::GemmArgs& g, int64_t batch, int64_t a_batch, int64_t b_batch, int64_t c_batch, int ith,
+                    int nth) const {
+        if (bf16) {
+            kc::gemm_bf16_batched(*bf16, g, batch, a_batch, b_batch, c_batch, ith, nth);
+        } else {
+            kc::gemm_batched(*f32, g, batch, a_batch, b_batch, c_batch, ith, nth);
+        }
+    }
+};
+
+void matmul_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
     kc::GemmQB qb;
     if (int8_type(w->type, &qb)) return matmul_q8_op(dst, ith, nth, nullptr);
     kc::GemmB bt = kc::GemmB::F32;
     gemm_type(w->type, &bt);
-    const kc::GemmKernels& k = kc::gemm_kernels();
+    FloatGemm gemm;
+    if (userdata && *static_cast<const bool*>(userdata) && kc::gemm_bf16_fast()) {
+        gemm.bf16 = &kc::gemm_bf16_kernels();
+    } else {
+        gemm.f32 = &kc::gemm_kernels();
+    }
     const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
     const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
     // One call per (i2, i3) run that shares w: when w has all of x's batches, the whole dimension 2
@@ -86,16 +109,16 @@ void matmul_op(ggml_tensor* dst, int ith, int nth, void*) {
                        static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
                        static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
         if (r2 == 1) {
-            kc::gemm_batched(k, g, x->ne[2], static_cast<int64_t>(x->nb[2] / sizeof(float)), static_cast<int64_t>(w->nb[2]),
-                             static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
+            gemm(g, x->ne[2], static_cast<int64_t>(x->nb[2] / sizeof(float)), static_cast<int64_t>(w->nb[2]),
+                 static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
         } else {
             for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w) {  // r2 products of x per w matrix
                 kc::GemmArgs gi = g;
                 gi.A = reinterpret_cast<const float*>(xb + i2w * r2 * x->nb[2]);
                 gi.B = wb + i2w * w->nb[2];
                 gi.C = reinterpret_cast<float*>(db + i2w * r2 * dst->nb[2]);
-                kc::gemm_batched(k, gi, r2, static_cast<int64_t>(x->nb[2] / sizeof(float)), 0,
-                                 static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
+                gemm(gi, r2, static_cast<int64_t>(x->nb[2] / sizeof(float)), 0, static_cast<int64_t>(dst->nb[2] / sizeof(float)),
+                     ith, nth);
             }
         }
     }
@@ -124,7 +147,7 @@ bool int8_matmul_applies(const ggml_tensor* w) {
            kc::gemm_q8_kernels().level != kc::Level::Portable;
 }
 
-bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
+bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x, bool bf16) {
     // SDCPP_PACKED_GEMM=0 keeps ggml_mul_mat everywhere (for A/B benchmarks), read once.
     static const bool enabled = [] {
         const char* env = std::getenv("SDCPP_PACKED_GEMM");
@@ -149,19 +172,22 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x) {
     // f32 weights against few rows (a text encoder's 2 x 77 tokens, the cross-attention
     // context, time embeddings): packing B costs as much as the product there, and llamafile's
     // unpacked f32 kernel is faster (measured: CLIP-L prompt 0.150 s vs 0.196 s on an AVX-512
-    // Xeon). f16 / bf16 weights still come here: ggml would convert both operands per product.
-    if (w->type == GGML_TYPE_F32 && x->ne[1] * x->ne[2] * x->ne[3] <= 1024) return false;
+    // Xeon). f16 / bf16 weights still come here: ggml would convert both operands per product;
+    // so do f32 ones when bf16 products run (AMX: packing is cheap beside llamafile's f32 product).
+    if (w->type == GGML_TYPE_F32 && x->ne[1] * x->ne[2] * x->ne[3] <= 1024 && !(bf16 && kc::gemm_bf16_fast())) return false;
     return true;
 }
 
-ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x) {
+bool bf16_products() { return kc::gemm_bf16_fast(); }
+
+ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool bf16) {
     ggml_tensor* args[2] = {w, x};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, 2, matmul_op,
-                          GGML_N_TASKS_MAX, nullptr);
+                          GGML_N_TASKS_MAX, const_cast<bool*>(bf16 ? &kBf16 : &kExact));
 }
 
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu) {
-    if (cpu && matmul_applies(w, x)) return matmul(ctx, w, x);
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu, bool bf16) {
+    if (cpu && matmul_applies(w, x, bf16)) return matmul(ctx, w, x, bf16);
     return ggml_mul_mat(ctx, w, x);
 }
 

@@ -19,7 +19,8 @@ bool gemm_type(ggml_type t, kernels::cpu::GemmB* out);
 // level's row converter (the one the packed product packs with).
 void row_to_f32(float* dst, const void* src, ggml_type type, int64_t n);
 
-bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x);
+// bf16: the caller asks for bf16 products (matmul's bf16), which also take f32 weights against few rows.
+bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x, bool bf16 = false);
 
 // Whether a q8_0 / q5_0 / q4_0 weight runs our integer product (gemm_q8.h): SDCPP_INT8_GEMM not
 // 0, rows a multiple of 32, plain layout in a host buffer, and not at the portable level.
@@ -30,9 +31,16 @@ bool int8_matmul_applies(const ggml_tensor* w);
 // GMAC/s against 45 for ggml's repacked AVX2 kernels); on AVX2-only CPUs ggml's repacked q4_0
 // GEMM is the faster one.
 bool int8_gemm_preferred();
-ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x);
+// bf16: f32 / f16 / bf16 weights run the bf16 product (gemm_bf16.h: both operands rounded to
+// bf16, f32 sums) where the active level has AMX-BF16, decided when the graph runs; elsewhere,
+// and by default, the exact f32 product. Quantized weights ignore it.
+ggml_tensor* matmul(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool bf16 = false);
+
+// Whether this CPU runs matmul's bf16 products in bf16 (AMX-BF16 at the active level), for graph
+// builders that would lay out a product differently for it.
+bool bf16_products();
 
 // ggml_mul_mat(w, x), or `matmul` when custom ops may run (`cpu`) and it applies.
-ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu);
+ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* w, ggml_tensor* x, bool cpu, bool bf16 = false);
 
 }  // namespace sdcpp::fused
