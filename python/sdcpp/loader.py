@@ -59,7 +59,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
                weight_type: Optional[str] = None, threads: Optional[int] = None,
                prediction_type: Optional[str] = None, variant: Optional[str] = None,
                revision: Optional[str] = None, memory: Optional[str] = None, progress: bool = False,
-               preview_vae: Optional[PathLike] = None):
+               preview_vae: Optional[PathLike] = None, compute: str = "f32"):
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.vae import VAE
@@ -74,6 +74,10 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise errors.InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
     mem = policy(memory)
+    from .engine.unet import COMPUTE_KINDS
+
+    if compute not in COMPUTE_KINDS:
+        raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {compute!r}")
 
     from .io import open_source
 
@@ -165,7 +169,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
         encoders.append(component(prefix, lambda st, p=prefix, c=cfg: TextEncoder(st, p, c), mem.release_text_encoders))
     components = {
         "text_encoders": encoders,
-        "unet": component("unet.", lambda st: _unet(st, info.unet_native_config(), mem.stream_unet_weights),
+        "unet": component("unet.", lambda st: _unet(st, info.unet_native_config(), mem.stream_unet_weights, compute),
                           mem.unet_on_demand),
         "vae": vae_obj,
         "preview": tiny_vae(preview) if preview is not None else None,
@@ -188,10 +192,12 @@ VAE_PARTS = {"decoder": ("vae.encoder.", "vae.quant_conv."),
              "encoder": ("vae.decoder.", "vae.post_quant_conv.")}
 
 
-def _unet(store, config, stream: bool):
-    """The U-Net over its store; memory="low" streams its mapped weights (UNet.stream_weights)."""
+def _unet(store, config, stream: bool, compute: str = "f32"):
+    """The U-Net over its store; memory="low" streams its mapped weights (UNet.stream_weights);
+    compute: its arithmetic (UNet.compute)."""
     from .engine.unet import UNet
 
     unet = UNet(store, config)
     unet.stream_weights = stream
+    unet.compute = compute
     return unet

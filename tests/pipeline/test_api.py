@@ -208,3 +208,16 @@ def test_latents_that_disagree_with_the_size_or_batch_are_refused(tiny):
     with pytest.raises(errors.InvalidArgumentError, match="batch_size is 3"):
         tiny.txt2img(PROMPT, steps=1, latents=lat, batch_size=3)
     assert len(tiny.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, latents=lat, output_type="latent")) == 2
+
+
+def test_load_compute_reaches_the_unet(model_fixtures):
+    """load(compute=...) sets the U-Net's arithmetic (UNet.compute; its numerics are tested in
+    tests/engine/test_unet.py::test_bf16_compute) in every memory mode, and a bad value is a typed error
+    before anything loads."""
+    path = str(model_fixtures.get("sd1").path("ldm"))
+    for memory in ("balanced", "low"):
+        m = sdcpp.load(path, device="cpu", weight_type="f16", threads=1, memory=memory, compute="bf16")
+        assert m._c["unet"].compute == "bf16"
+    assert sdcpp.load(path, device="cpu", threads=1)._c["unet"].compute == "f32"
+    with pytest.raises(errors.InvalidArgumentError, match="compute"):
+        sdcpp.load(path, device="cpu", compute="fp8")
