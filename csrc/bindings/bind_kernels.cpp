@@ -27,12 +27,42 @@ namespace kc = sdcpp::kernels::cpu;
 
 namespace {
 
-const kc::Elementwise& table_for(const std::string& level) {
+// The level named `level`; throws for one this CPU lacks.
+kc::Level supported_level(const std::string& level) {
     const kc::Level l = kc::parse_level(level);
-    bool supported = false;
-    for (kc::Level s : kc::supported_levels()) supported = supported || s == l;
-    if (!supported) throw InvalidArgument("this CPU does not support the level '" + level + "'");
-    return kc::elementwise_at(l);
+    if (!kc::supported(l)) throw InvalidArgument("this CPU does not support the level '" + level + "'");
+    return l;
+}
+
+const kc::Elementwise& table_for(const std::string& level) { return kc::elementwise_at(supported_level(level)); }
+
+// Runs work(ith, nth) on `threads` real threads (the caller's among them), as ggml's workers would.
+template <class Work>
+void on_threads(int threads, Work&& work) {
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { work(i, threads); });
+    work(0, threads);
+    for (auto& th : pool) th.join();
+}
+
+// A float product's arguments (cpu_kernel_gemm, cpu_kernel_gemm_bf16): C = A B^T with A [M, K] f32
+// and B [N, K] of `btype` (f32 / f16 / bf16); `c` is the new output.
+kc::GemmArgs float_gemm_args(const F32Array& a, const py::array& b, const std::string& btype, int threads, F32Array& c) {
+    require_ndim(a, 2, "a");
+    require_ndim(b, 2, "b");
+    kc::GemmB t;
+    if (btype == "f32") t = kc::GemmB::F32;
+    else if (btype == "f16") t = kc::GemmB::F16;
+    else if (btype == "bf16") t = kc::GemmB::BF16;
+    else throw InvalidArgument("btype must be f32, f16 or bf16, got '" + btype + "'");
+    const size_t esz = t == kc::GemmB::F32 ? 4 : 2;
+    if (static_cast<size_t>(b.itemsize()) != esz || !(b.flags() & py::array::c_style))
+        throw InvalidArgument("b must be a C-contiguous array of " + std::to_string(esz) + "-byte values");
+    if (a.shape(1) != b.shape(1)) throw InvalidArgument("a and b must have the same K");
+    if (threads < 1) throw InvalidArgument("threads must be >= 1");
+    const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
+    c = new_f32({M, N});
+    return kc::GemmArgs{a.data(), K, b.data(), t, static_cast<int64_t>(K * esz), c.mutable_data(), N, M, N, K};
 }
 
 // A test graph's context of `bytes` (tensors allocated in it) with sdcpp's kernels capped at
@@ -40,11 +70,11 @@ const kc::Elementwise& table_for(const std::string& level) {
 class LevelGraph {
    public:
     LevelGraph(size_t bytes, const std::string& level) : cap_(kc::level_cap()) {
-        table_for(level);  // throws for a level this CPU lacks
+        const kc::Level l = supported_level(level);
         ggml_init_params ip{bytes + (size_t(64) << 20), nullptr, false};
         ctx_ = ggml_init(ip);
         if (!ctx_) throw std::runtime_error("ggml_init failed");
-        kc::set_level_cap(kc::parse_level(level));
+        kc::set_level_cap(l);
     }
     ~LevelGraph() {
         kc::set_level_cap(cap_);
@@ -222,32 +252,12 @@ void bind_kernels(py::module_& m) {
     // The packed product at one level: C = A B^T, A [M, K] f32, B [N, K] as float32, or as
     // uint16 holding f16 / bf16 bits (btype "f16" / "bf16"); `threads` real threads (GIL released).
     m.def("cpu_kernel_gemm", [](F32Array a, py::array b, const std::string& btype, const std::string& level, int threads) {
-        require_ndim(a, 2, "a");
-        require_ndim(b, 2, "b");
-        const kc::Level l = kc::parse_level(level);
-        bool supported = false;
-        for (kc::Level s : kc::supported_levels()) supported = supported || s == l;
-        if (!supported) throw InvalidArgument("this CPU does not support the level '" + level + "'");
-        kc::GemmB t;
-        if (btype == "f32") t = kc::GemmB::F32;
-        else if (btype == "f16") t = kc::GemmB::F16;
-        else if (btype == "bf16") t = kc::GemmB::BF16;
-        else throw InvalidArgument("btype must be f32, f16 or bf16, got '" + btype + "'");
-        const size_t esz = t == kc::GemmB::F32 ? 4 : 2;
-        if (static_cast<size_t>(b.itemsize()) != esz || !(b.flags() & py::array::c_style))
-            throw InvalidArgument("b must be a C-contiguous array of " + std::to_string(esz) + "-byte values");
-        if (a.shape(1) != b.shape(1)) throw InvalidArgument("a and b must have the same K");
-        if (threads < 1) throw InvalidArgument("threads must be >= 1");
-        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
-        F32Array c = new_f32({M, N});
-        kc::GemmArgs g{a.data(), K, b.data(), t, static_cast<int64_t>(K * esz), c.mutable_data(), N, M, N, K};
-        const kc::GemmKernels& k = kc::gemm_kernels_at(l);
+        const kc::GemmKernels& k = kc::gemm_kernels_at(supported_level(level));
+        F32Array c;
+        const kc::GemmArgs g = float_gemm_args(a, b, btype, threads, c);
         {
             py::gil_scoped_release nogil;
-            std::vector<std::thread> pool;
-            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_batched(k, g, 1, 0, 0, 0, i, threads); });
-            kc::gemm_batched(k, g, 1, 0, 0, 0, 0, threads);
-            for (auto& th : pool) th.join();
+            on_threads(threads, [&](int ith, int nth) { kc::gemm_batched(k, g, 1, 0, 0, 0, ith, nth); });
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
@@ -255,29 +265,12 @@ void bind_kernels(py::module_& m) {
     // The bf16 product (gemm_bf16.h) at one level: arguments as cpu_kernel_gemm; levels below amx
     // (or without AMX-BF16) run the portable reference.
     m.def("cpu_kernel_gemm_bf16", [](F32Array a, py::array b, const std::string& btype, const std::string& level, int threads) {
-        require_ndim(a, 2, "a");
-        require_ndim(b, 2, "b");
-        table_for(level);  // throws for a level this CPU lacks
-        kc::GemmB t;
-        if (btype == "f32") t = kc::GemmB::F32;
-        else if (btype == "f16") t = kc::GemmB::F16;
-        else if (btype == "bf16") t = kc::GemmB::BF16;
-        else throw InvalidArgument("btype must be f32, f16 or bf16, got '" + btype + "'");
-        const size_t esz = t == kc::GemmB::F32 ? 4 : 2;
-        if (static_cast<size_t>(b.itemsize()) != esz || !(b.flags() & py::array::c_style))
-            throw InvalidArgument("b must be a C-contiguous array of " + std::to_string(esz) + "-byte values");
-        if (a.shape(1) != b.shape(1)) throw InvalidArgument("a and b must have the same K");
-        if (threads < 1) throw InvalidArgument("threads must be >= 1");
-        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
-        F32Array c = new_f32({M, N});
-        kc::GemmArgs g{a.data(), K, b.data(), t, static_cast<int64_t>(K * esz), c.mutable_data(), N, M, N, K};
-        const kc::GemmBf16Kernels& k = kc::gemm_bf16_kernels_at(kc::parse_level(level));
+        const kc::GemmBf16Kernels& k = kc::gemm_bf16_kernels_at(supported_level(level));
+        F32Array c;
+        const kc::GemmArgs g = float_gemm_args(a, b, btype, threads, c);
         {
             py::gil_scoped_release nogil;
-            std::vector<std::thread> pool;
-            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_bf16_batched(k, g, 1, 0, 0, 0, i, threads); });
-            kc::gemm_bf16_batched(k, g, 1, 0, 0, 0, 0, threads);
-            for (auto& th : pool) th.join();
+            on_threads(threads, [&](int ith, int nth) { kc::gemm_bf16_batched(k, g, 1, 0, 0, 0, ith, nth); });
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
@@ -290,20 +283,17 @@ void bind_kernels(py::module_& m) {
         const kc::GemmQB bt = int8_btype(btype).first;
         const int64_t bb = kc::gemm_qb_block_bytes(bt);
         if (b.ndim() != 2) throw InvalidArgument("b must be [N, K / 32 * block bytes] uint8");
-        table_for(level);  // throws for a level this CPU lacks
+        const kc::Level l = supported_level(level);
         const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(0);
         if (K % kc::kQ8Block || b.shape(1) != K / kc::kQ8Block * bb)
             throw InvalidArgument("K must be a multiple of 32 and b rows K / 32 * " + std::to_string(bb) + " bytes");
         if (threads < 1) throw InvalidArgument("threads must be >= 1");
         F32Array c = new_f32({M, N});
         kc::GemmQ8Args g{a.data(), K, b.data(), static_cast<int64_t>(b.shape(1)), c.mutable_data(), N, M, N, K, bt};
-        const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels_at(kc::parse_level(level));
+        const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels_at(l);
         {
             py::gil_scoped_release nogil;
-            std::vector<std::thread> pool;
-            for (int i = 1; i < threads; ++i) pool.emplace_back([&, i] { kc::gemm_q8_batched(k, g, 1, 0, 0, 0, i, threads); });
-            kc::gemm_q8_batched(k, g, 1, 0, 0, 0, 0, threads);
-            for (auto& th : pool) th.join();
+            on_threads(threads, [&](int ith, int nth) { kc::gemm_q8_batched(k, g, 1, 0, 0, 0, ith, nth); });
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("level"), py::arg("threads") = 1, py::arg("btype") = "q8_0");

@@ -149,72 +149,75 @@ void WeightStore::note_written(const std::string& name) {
     }
 }
 
+#ifdef SDCPP_HAVE_MMAP
+namespace {
+using ByteRanges = std::vector<std::pair<size_t, size_t>>;
+
+// Written byte ranges widened to whole pages, sorted and merged: the pages that must stay.
+ByteRanges written_pages(const ByteRanges& written, size_t page) {
+    ByteRanges keep;
+    for (const auto& r : written) keep.emplace_back(r.first / page * page, (r.second + page - 1) / page * page);
+    std::sort(keep.begin(), keep.end());
+    ByteRanges merged;
+    for (const auto& r : keep) {
+        if (!merged.empty() && r.first <= merged.back().second)
+            merged.back().second = std::max(merged.back().second, r.second);
+        else
+            merged.push_back(r);
+    }
+    return merged;
+}
+
+// madvise(DONTNEED) the page-aligned bytes [lo, hi) of the mapping at `base` except `keep`
+// (written_pages); returns the bytes advised.
+size_t advise_except(char* base, size_t lo, size_t hi, const ByteRanges& keep) {
+    size_t advised = 0;
+    auto advise = [&](size_t a, size_t b) {
+        if (b > a && madvise(base + a, b - a, MADV_DONTNEED) == 0) advised += b - a;
+    };
+    for (const auto& r : keep) {
+        if (r.second <= lo) continue;
+        if (r.first >= hi) break;
+        if (r.first > lo) advise(lo, r.first);
+        lo = std::max(lo, r.second);
+    }
+    advise(lo, hi);
+    return advised;
+}
+}  // namespace
+#endif
+
 size_t WeightStore::release_mapped_pages() {
     size_t advised = 0;
 #ifdef SDCPP_HAVE_MMAP
     std::lock_guard<std::mutex> lock(written_mutex_);
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     for (Mapping& m : maps_) {
-        // Keep every page that holds a written byte: widen the written ranges to whole pages
-        // and merge them; advise the gaps between them.
-        std::vector<std::pair<size_t, size_t>> keep;
-        if (!m.shared)
-            for (const auto& r : m.written) keep.emplace_back(r.first / page * page, (r.second + page - 1) / page * page);
-        std::sort(keep.begin(), keep.end());
-        size_t at = 0;  // the mapping starts page-aligned (mmap)
-        auto advise = [&](size_t lo, size_t hi) {
-            hi = std::min(hi, (m.size + page - 1) / page * page);
-            if (hi > lo && madvise(static_cast<char*>(m.addr) + lo, hi - lo, MADV_DONTNEED) == 0) advised += hi - lo;
-        };
-        std::vector<std::pair<size_t, size_t>> merged;  // the kept pages, as the new write record
-        for (const auto& r : keep) {
-            if (r.first > at) advise(at, r.first);
-            if (!merged.empty() && r.first <= merged.back().second)
-                merged.back().second = std::max(merged.back().second, r.second);
-            else
-                merged.push_back(r);
-            at = std::max(at, r.second);
-        }
-        advise(at, m.size);
-        m.written.swap(merged);  // repeated LoRA changes do not grow it without bound
+        // the spill file keeps its writes: every page may go
+        ByteRanges keep = m.shared ? ByteRanges() : written_pages(m.written, page);
+        advised += advise_except(static_cast<char*>(m.addr), 0, (m.size + page - 1) / page * page, keep);
+        m.written.swap(keep);  // merged: repeated LoRA changes do not grow it without bound
     }
 #endif
     return advised;
 }
 
 size_t WeightStore::release_mapped_range(const void* lo_p, const void* hi_p) const {
-    size_t advised = 0;
 #ifdef SDCPP_HAVE_MMAP
     std::lock_guard<std::mutex> lock(written_mutex_);
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     const char* lo_c = static_cast<const char*>(lo_p);
     const char* hi_c = static_cast<const char*>(hi_p);
     for (const Mapping& m : maps_) {
-        const char* base = static_cast<const char*>(m.addr);
+        char* base = static_cast<char*>(m.addr);
         if (lo_c < base || lo_c >= base + m.size) continue;
         const size_t end = (m.size + page - 1) / page * page;
-        size_t lo = size_t(lo_c - base) / page * page;
-        const size_t hi = std::min(end, (size_t(std::min(hi_c, base + m.size) - base) + page - 1) / page * page);
-        // skip the pages a write touched (widened to pages as in release_mapped_pages)
-        std::vector<std::pair<size_t, size_t>> keep;
-        for (const auto& r : m.written) {
-            if (m.shared) break;  // the spill file keeps every write
-            const size_t a = r.first / page * page, b = (r.second + page - 1) / page * page;
-            if (b > lo && a < hi) keep.emplace_back(std::max(a, lo), std::min(b, hi));
-        }
-        std::sort(keep.begin(), keep.end());
-        auto advise = [&](size_t a, size_t b) {
-            if (b > a && madvise(const_cast<char*>(base) + a, b - a, MADV_DONTNEED) == 0) advised += b - a;
-        };
-        for (const auto& r : keep) {
-            if (r.first > lo) advise(lo, r.first);
-            lo = std::max(lo, r.second);
-        }
-        advise(lo, hi);
-        break;
+        const size_t lo = size_t(lo_c - base) / page * page;
+        const size_t hi = std::min(end, (size_t(std::min<const char*>(hi_c, base + m.size) - base) + page - 1) / page * page);
+        return advise_except(base, lo, hi, m.shared ? ByteRanges() : written_pages(m.written, page));
     }
 #endif
-    return advised;
+    return 0;
 }
 
 void WeightStore::map_specs() {

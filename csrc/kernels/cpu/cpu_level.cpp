@@ -1,5 +1,7 @@
 #include "cpu_level.h"
 
+#include <algorithm>
+
 #include <atomic>
 #include <cstdlib>
 
@@ -139,6 +141,11 @@ Level parse_level(const std::string& name) {
 }
 
 const std::vector<Level>& supported_levels() { return detected().levels; }
+
+bool supported(Level l) {
+    const auto& v = supported_levels();
+    return std::find(v.begin(), v.end(), l) != v.end();
+}
 
 Level detected_level() { return detected().levels.back(); }
 

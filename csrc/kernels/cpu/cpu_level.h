@@ -21,6 +21,8 @@ Level parse_level(const std::string& name);
 
 // The levels this CPU (and OS) supports, portable first.
 const std::vector<Level>& supported_levels();
+// Whether this CPU (and OS) supports `l`.
+bool supported(Level l);
 // The highest supported level, uncapped.
 Level detected_level();
 // The level the kernels use now: the highest supported level not above the cap.

@@ -1,4 +1,5 @@
 #include "gemm.h"
+#include "gemm_split.h"
 
 #include <algorithm>
 #include <cstring>
@@ -76,40 +77,13 @@ const GemmKernels& gemm_kernels() { return gemm_kernels_at(active_level()); }
 
 void gemm_batched(const GemmKernels& k, const GemmArgs& g, int64_t batch, int64_t a_batch, int64_t b_batch,
                   int64_t c_batch, int ith, int nth) {
-    const int64_t tiles_per = (g.M + k.mr - 1) / k.mr;
-    const int64_t tiles = tiles_per * batch;
-    // Few rows per product (a text encoder's 2 x 77 tokens, a time embedding, the Winograd
-    // products' output channels against their tiles) against many columns: every thread takes
-    // all rows and a range of columns, so each packs (converts) only its part of B; split by
-    // rows, each thread would pack all of B, as costly as a small product itself.
-    const int64_t col_panels = (g.N + k.nr - 1) / k.nr;
-    if (nth > 1 && g.M <= 1024 && col_panels >= int64_t(2) * nth) {
-        const int64_t p0 = col_panels * ith / nth, p1 = col_panels * (ith + 1) / nth;
-        const int64_t c0 = p0 * k.nr, c1 = std::min(g.N, p1 * k.nr);
-        for (int64_t b = 0; b < batch && c0 < c1; ++b) {
-            GemmArgs one = g;
-            one.A = g.A + b * a_batch;
-            one.B = static_cast<const char*>(g.B) + b * b_batch;
-            one.C = g.C + b * c_batch;
-            gemm_rows(k, one, 0, g.M, c0, c1);
-        }
-        return;
-    }
-    // Otherwise all rows of all products, cut into nth contiguous ranges on MR boundaries; a
-    // range that crosses products is done product by product.
-    const int64_t t0 = tiles * ith / nth, t1 = tiles * (ith + 1) / nth;
-    for (int64_t t = t0; t < t1;) {
-        const int64_t b = t / tiles_per;
-        const int64_t end = std::min(t1, (b + 1) * tiles_per);
+    split_batched(g.M, g.N, k.mr, k.nr, batch, ith, nth, [&](int64_t b, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         GemmArgs one = g;
         one.A = g.A + b * a_batch;
         one.B = static_cast<const char*>(g.B) + b * b_batch;
         one.C = g.C + b * c_batch;
-        const int64_t r0 = (t - b * tiles_per) * k.mr;
-        const int64_t r1 = std::min(g.M, (end - b * tiles_per) * k.mr);
-        gemm_rows(k, one, r0, r1, 0, g.N);
-        t = end;
-    }
+        gemm_rows(k, one, r0, r1, c0, c1);
+    });
 }
 
 }  // namespace sdcpp::kernels::cpu

@@ -144,10 +144,9 @@ GemmBf16Kernels make_table() {
 const GemmBf16Kernels* gemm_bf16_amx() {
     static const GemmBf16Kernels table = make_table();
     static const bool ok = [] {
-        bool amx = false, bf16 = false;
-        for (Level l : supported_levels()) amx = amx || l == Level::Amx;
+        bool bf16 = false;
         for (const auto& [name, has] : reported_features()) bf16 = bf16 || (name == "amx_bf16" && has);
-        return amx && bf16;
+        return supported(Level::Amx) && bf16;
     }();
     return ok ? &table : nullptr;
 }

@@ -1,4 +1,5 @@
 #include "gemm_q8.h"
+#include "gemm_split.h"
 
 #include <algorithm>
 #include <cstring>
@@ -141,34 +142,13 @@ const GemmQ8Kernels& gemm_q8_kernels() { return gemm_q8_kernels_at(active_level(
 
 void gemm_q8_batched(const GemmQ8Kernels& k, const GemmQ8Args& g, int64_t batch, int64_t a_batch, int64_t b_batch,
                      int64_t c_batch, int ith, int nth) {
-    auto one = [&](int64_t b) {
-        GemmQ8Args o = g;
-        o.A = g.A + b * a_batch;
-        o.B = g.B + b * b_batch;
-        o.C = g.C + b * c_batch;
-        return o;
-    };
-    // Few rows against many columns (text encoder tokens, the cross-attention context): every
-    // thread takes all rows and a range of columns, so each packs only its part of B (as gemm.cpp).
-    const int64_t col_panels = (g.N + k.nr - 1) / k.nr;
-    if (nth > 1 && g.M <= 1024 && col_panels >= int64_t(2) * nth) {
-        const int64_t p0 = col_panels * ith / nth, p1 = col_panels * (ith + 1) / nth;
-        const int64_t c0 = p0 * k.nr, c1 = std::min(g.N, p1 * k.nr);
-        for (int64_t b = 0; b < batch && c0 < c1; ++b) gemm_q8_rows(k, one(b), 0, g.M, c0, c1);
-        return;
-    }
-    // Otherwise all rows of all products, cut into nth contiguous ranges on MR boundaries.
-    const int64_t tiles_per = (g.M + k.mr - 1) / k.mr;
-    const int64_t tiles = tiles_per * batch;
-    const int64_t t0 = tiles * ith / nth, t1 = tiles * (ith + 1) / nth;
-    for (int64_t t = t0; t < t1;) {
-        const int64_t b = t / tiles_per;
-        const int64_t end = std::min(t1, (b + 1) * tiles_per);
-        const int64_t r0 = (t - b * tiles_per) * k.mr;
-        const int64_t r1 = std::min(g.M, (end - b * tiles_per) * k.mr);
-        gemm_q8_rows(k, one(b), r0, r1, 0, g.N);
-        t = end;
-    }
+    split_batched(g.M, g.N, k.mr, k.nr, batch, ith, nth, [&](int64_t b, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        GemmQ8Args one = g;
+        one.A = g.A + b * a_batch;
+        one.B = g.B + b * b_batch;
+        one.C = g.C + b * c_batch;
+        gemm_q8_rows(k, one, r0, r1, c0, c1);
+    });
 }
 
 }  // namespace sdcpp::kernels::cpu

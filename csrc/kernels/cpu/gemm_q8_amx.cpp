@@ -204,11 +204,7 @@ GemmQ8Kernels make_table() {
 
 const GemmQ8Kernels* gemm_q8_amx() {
     static const GemmQ8Kernels table = make_table();
-    static const bool amx = [] {
-        for (Level l : supported_levels())
-            if (l == Level::Amx) return true;
-        return false;
-    }();
+    static const bool amx = supported(Level::Amx);
     return amx ? &table : nullptr;
 }
 
