@@ -63,7 +63,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     from .arch import inspect
     from .engine.text import TextEncoder
     from .engine.vae import VAE
-    from .memory import LazyComponent, Resident, StoreHandle, policy, paged_nbytes, release_file_pages
+    from .memory import LazyComponent, Resident, StoreHandle, policy, mostly_paged, release_file_pages
     from .pipeline import Model
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
@@ -180,7 +180,7 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     # memory="low": the U-Net's mapped / spilled pages leave RSS until its first step, so encoding
     # does not sit on top of them
     unet_res = components["unet"].resident if isinstance(components["unet"], LazyComponent) else None
-    if unet_res is not None and 2 * paged_nbytes(unet_res.store) >= unet_res.store.nbytes:
+    if unet_res is not None and mostly_paged(unet_res.store):
         release_file_pages(unet_res.store)
     prediction = prediction_type or info.prediction_type or "epsilon"
     return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)

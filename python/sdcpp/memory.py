@@ -81,6 +81,12 @@ def paged_nbytes(store) -> int:
     return int(getattr(store, "mapped_nbytes", 0)) + int(getattr(store, "spilled_nbytes", 0))
 
 
+def mostly_paged(store) -> bool:
+    """Whether most of a store's bytes can leave RSS without being lost (paged_nbytes): then its
+    pages are given back rather than the store freed and rebuilt."""
+    return 2 * paged_nbytes(store) >= store.nbytes
+
+
 def release_file_pages(store) -> int:
     """Drop a WeightStore's unwritten mapped pages from the process's RSS (bytes advised; 0 for
     a store without mappings or a stand-in without the method)."""
@@ -99,7 +105,7 @@ def release_unet(unet, store=None) -> None:
         if not res.resident:
             return
         res.obj.clear()
-        if 2 * paged_nbytes(res.store) >= res.store.nbytes:
+        if mostly_paged(res.store):
             release_file_pages(res.store)
         else:
             res.release()

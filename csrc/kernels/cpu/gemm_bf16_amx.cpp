@@ -13,6 +13,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include "amx_tiles.h"
+
 #include <algorithm>
 
 #define SD_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,f16c")))
@@ -24,17 +26,10 @@ namespace {
 constexpr int MR = 32, NR = 32;
 constexpr int64_t HALF = 16 * 16 * 2;  // one B tile: 16 k pairs x 16 columns x 2 bf16 = 512 values
 
-// ldtilecfg's 64-byte operand, palette 1: all eight tiles 16 rows of 64 bytes (C: 16 f32, A: 32
+// The tile shapes (amx_tiles.h): all eight tiles 16 rows of 64 bytes (C: 16 f32, A: 32
 // bf16, B: 16 columns of 2 bf16).
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
 SD_TARGET void thread_begin() {
-    static const TileConfig cfg;
+    static const AmxTileConfig cfg = amx_tiles({64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16});
     _tile_loadconfig(&cfg);
 }
 

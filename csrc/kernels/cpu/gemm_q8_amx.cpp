@@ -17,6 +17,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include "amx_tiles.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -33,17 +35,10 @@ constexpr int64_t HALF = 8 * 16 * 4;  // one B tile: 8 groups x 16 columns x 4 b
 constexpr int64_t SCALES = 2 * HALF;
 constexpr int64_t PANEL_BLOCK = SCALES + NR * 4;
 
-// ldtilecfg's 64-byte operand, palette 1: tiles 0-3 C (16 rows of 16 int32), 4-5 A (16 rows of
+// The tile shapes (amx_tiles.h): tiles 0-3 C (16 rows of 16 int32), 4-5 A (16 rows of
 // 32 int8), 6-7 B (8 rows of 16 x 4 int8).
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {64, 64, 64, 64, 32, 32, 64, 64};
-    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 8, 8};
-};
-
 SD_TARGET void thread_begin() {
-    static const TileConfig cfg;
+    static const AmxTileConfig cfg = amx_tiles({64, 64, 64, 64, 32, 32, 64, 64}, {16, 16, 16, 16, 16, 16, 8, 8});
     _tile_loadconfig(&cfg);
 }
 
