@@ -37,34 +37,42 @@ bool int8_type(ggml_type t, kc::GemmQB* out) {
     }
 }
 
-// q8_0 / q5_0 / q4_0 weights: the integer product (gemm_q8.h), same batching as matmul_op below.
+// ggml mul_mat's broadcasting of w over x's dimensions 2 and 3, as runs of products that share w:
+// run(A, B, C, batch, a_batch floats, b_batch bytes, c_batch floats). When w has all of x's
+// dimension-2 batches, the whole dimension is one batched call (threads split its rows across
+// products); otherwise r2 products of x per w matrix.
+template <class Run>
+void for_each_weight_run(const ggml_tensor* dst, const ggml_tensor* w, const ggml_tensor* x, Run&& run) {
+    const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
+    const int64_t xs2 = static_cast<int64_t>(x->nb[2] / sizeof(float)), ds2 = static_cast<int64_t>(dst->nb[2] / sizeof(float));
+    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+        const char* wb = static_cast<const char*>(w->data) + (i3 / r3) * w->nb[3];
+        const char* xb = static_cast<const char*>(x->data) + i3 * x->nb[3];
+        char* db = static_cast<char*>(dst->data) + i3 * dst->nb[3];
+        if (r2 == 1) {
+            run(xb, wb, db, x->ne[2], xs2, static_cast<int64_t>(w->nb[2]), ds2);
+        } else {
+            for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w)
+                run(xb + i2w * r2 * x->nb[2], wb + i2w * w->nb[2], db + i2w * r2 * dst->nb[2], r2, xs2, int64_t(0), ds2);
+        }
+    }
+}
+
+// q8_0 / q5_0 / q4_0 weights: the integer product (gemm_q8.h).
 void matmul_q8_op(ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* w = dst->src[0];
     const ggml_tensor* x = dst->src[1];
     const kc::GemmQ8Kernels& k = kc::gemm_q8_kernels();
-    const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
-    const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
-    const int64_t xs2 = static_cast<int64_t>(x->nb[2] / sizeof(float)), ds2 = static_cast<int64_t>(dst->nb[2] / sizeof(float));
-    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
-        const uint8_t* wb = static_cast<const uint8_t*>(w->data) + (i3 / r3) * w->nb[3];
-        const char* xb = static_cast<const char*>(x->data) + i3 * x->nb[3];
-        char* db = static_cast<char*>(dst->data) + i3 * dst->nb[3];
-        kc::GemmQ8Args g{reinterpret_cast<const float*>(xb), static_cast<int64_t>(x->nb[1] / sizeof(float)), wb,
-                         static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
-                         static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
-        int8_type(w->type, &g.btype);
-        if (r2 == 1) {
-            kc::gemm_q8_batched(k, g, x->ne[2], xs2, static_cast<int64_t>(w->nb[2]), ds2, ith, nth);
-        } else {
-            for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w) {
-                kc::GemmQ8Args gi = g;
-                gi.A = reinterpret_cast<const float*>(xb + i2w * r2 * x->nb[2]);
-                gi.B = wb + i2w * w->nb[2];
-                gi.C = reinterpret_cast<float*>(db + i2w * r2 * dst->nb[2]);
-                kc::gemm_q8_batched(k, gi, r2, xs2, 0, ds2, ith, nth);
-            }
-        }
-    }
+    kc::GemmQ8Args g{nullptr, static_cast<int64_t>(x->nb[1] / sizeof(float)), nullptr, static_cast<int64_t>(w->nb[1]),
+                     nullptr, static_cast<int64_t>(dst->nb[1] / sizeof(float)), x->ne[1], w->ne[1], x->ne[0]};
+    int8_type(w->type, &g.btype);
+    for_each_weight_run(dst, w, x, [&](const char* a, const char* b, char* c, int64_t batch, int64_t ab, int64_t bb, int64_t cb) {
+        kc::GemmQ8Args gi = g;
+        gi.A = reinterpret_cast<const float*>(a);
+        gi.B = reinterpret_cast<const uint8_t*>(b);
+        gi.C = reinterpret_cast<float*>(c);
+        kc::gemm_q8_batched(k, gi, batch, ab, bb, cb, ith, nth);
+    });
 }
 
 // The op's userdata: whether the graph asked for bf16 products (a pointer to one of these).
@@ -97,31 +105,15 @@ void matmul_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
     } else {
         gemm.f32 = &kc::gemm_kernels();
     }
-    const int64_t K = x->ne[0], M = x->ne[1], N = w->ne[1];
-    const int64_t r2 = x->ne[2] / w->ne[2], r3 = x->ne[3] / w->ne[3];
-    // One call per (i2, i3) run that shares w: when w has all of x's batches, the whole dimension 2
-    // is one batched call (threads split its rows across products).
-    for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
-        const char* wb = static_cast<const char*>(w->data) + (i3 / r3) * w->nb[3];
-        const char* xb = static_cast<const char*>(x->data) + i3 * x->nb[3];
-        char* db = static_cast<char*>(dst->data) + i3 * dst->nb[3];
-        kc::GemmArgs g{reinterpret_cast<const float*>(xb), static_cast<int64_t>(x->nb[1] / sizeof(float)), wb, bt,
-                       static_cast<int64_t>(w->nb[1]), reinterpret_cast<float*>(db),
-                       static_cast<int64_t>(dst->nb[1] / sizeof(float)), M, N, K};
-        if (r2 == 1) {
-            gemm(g, x->ne[2], static_cast<int64_t>(x->nb[2] / sizeof(float)), static_cast<int64_t>(w->nb[2]),
-                 static_cast<int64_t>(dst->nb[2] / sizeof(float)), ith, nth);
-        } else {
-            for (int64_t i2w = 0; i2w < w->ne[2]; ++i2w) {  // r2 products of x per w matrix
-                kc::GemmArgs gi = g;
-                gi.A = reinterpret_cast<const float*>(xb + i2w * r2 * x->nb[2]);
-                gi.B = wb + i2w * w->nb[2];
-                gi.C = reinterpret_cast<float*>(db + i2w * r2 * dst->nb[2]);
-                gemm(gi, r2, static_cast<int64_t>(x->nb[2] / sizeof(float)), 0, static_cast<int64_t>(dst->nb[2] / sizeof(float)),
-                     ith, nth);
-            }
-        }
-    }
+    const kc::GemmArgs g{nullptr, static_cast<int64_t>(x->nb[1] / sizeof(float)), nullptr, bt, static_cast<int64_t>(w->nb[1]),
+                         nullptr, static_cast<int64_t>(dst->nb[1] / sizeof(float)), x->ne[1], w->ne[1], x->ne[0]};
+    for_each_weight_run(dst, w, x, [&](const char* a, const char* b, char* c, int64_t batch, int64_t ab, int64_t bb, int64_t cb) {
+        kc::GemmArgs gi = g;
+        gi.A = reinterpret_cast<const float*>(a);
+        gi.B = b;
+        gi.C = reinterpret_cast<float*>(c);
+        gemm(gi, batch, ab, bb, cb, ith, nth);
+    });
 }
 
 // SDCPP_INT8_GEMM=0 sends quantized weights back to ggml's integer products (A/B benchmarks).
