@@ -35,38 +35,47 @@ using bf16::to_bf16;
 
 }  // namespace
 
-void bf16::pack_kv(ggml_tensor* dst, int ith, int nth, void* ud) {
+namespace {
+
+#define SD_PACK_TARGET __attribute__((target("avx512f,avx512bw")))
+
+using bf16::round16;
+
+}  // namespace
+
+SD_PACK_TARGET void bf16::pack_kv(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* k = dst->src[0];
     const ggml_tensor* v = dst->src[1];
     const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud), amx_of(ud));
-    uint16_t* out = static_cast<uint16_t*>(dst->data);
     const int64_t blocks = m.Lkp / 16;
+    const auto row_of = [&](const ggml_tensor* t, int64_t key, int64_t n, int64_t h) -> const float* {
+        return key < m.Lk ? reinterpret_cast<const float*>(static_cast<const char*>(t->data) + key * t->nb[1] +
+                                                            n * t->nb[2]) + h * m.d
+                          : nullptr;
+    };
+    thread_local std::vector<uint32_t> kpairs;  // one key's k row as bf16 pairs, zero-padded (to 16 dims)
+    kpairs.resize((m.dpairs + 7) / 8 * 8);
+    uint16_t* pairs = reinterpret_cast<uint16_t*>(kpairs.data());
     for (int64_t unit = ith; unit < m.N * m.heads * blocks; unit += nth) {
         const int64_t kb = unit % blocks, nh = unit / blocks, h = nh % m.heads, n = nh / m.heads;
-        uint16_t* base = out + nh * m.head_size();
-        uint16_t* kp = base + kb * m.dpairs * 32;
+        uint32_t* base = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(dst->data) + nh * m.head_size());
+        // K: each key's row rounded, then its pairs dealt out 16 dwords apart (one per key)
+        uint32_t* kp = base + kb * m.dpairs * 16;
         for (int64_t i = 0; i < 16; ++i) {
-            const int64_t key = kb * 16 + i;
-            const float* row = key < m.Lk
-                                   ? reinterpret_cast<const float*>(static_cast<const char*>(k->data) + key * k->nb[1] +
-                                                                    n * k->nb[2]) + h * m.d
-                                   : nullptr;
-            for (int64_t p = 0; p < m.dpairs; ++p)
-                for (int e = 0; e < 2; ++e) {
-                    const int64_t dim = 2 * p + e;
-                    kp[(p * 16 + i) * 2 + e] = row && dim < m.d ? to_bf16(row[dim]) : 0;
-                }
+            const float* row = row_of(k, kb * 16 + i, n, h);
+            for (int64_t c = 0; c < 2 * m.dpairs; c += 16)
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(pairs + c),
+                                    _mm512_cvtepi32_epi16(round16(row ? row + c : nullptr, m.d - c)));
+            for (int64_t p = 0; p < m.dpairs; ++p) kp[p * 16 + i] = kpairs[p];
         }
-        uint16_t* vp = base + m.kp_size();
+        // V: each pair of keys' rows interleaved, 16 dims (dwords) at a time
+        uint32_t* vp = base + m.kp_size() / 2;
         for (int64_t pair = kb * 8; pair < kb * 8 + 8; ++pair) {
-            for (int e = 0; e < 2; ++e) {
-                const int64_t key = 2 * pair + e;
-                const float* row = key < m.Lk
-                                       ? reinterpret_cast<const float*>(static_cast<const char*>(v->data) +
-                                                                        key * v->nb[1] + n * v->nb[2]) + h * m.d
-                                       : nullptr;
-                for (int64_t dd = 0; dd < m.dvp; ++dd)
-                    vp[(pair * m.dvp + dd) * 2 + e] = row && dd < m.d ? to_bf16(row[dd]) : 0;
+            const float* a = row_of(v, 2 * pair, n, h);
+            const float* b = row_of(v, 2 * pair + 1, n, h);
+            for (int64_t c = 0; c < m.dvp; c += 16) {
+                const __m512i lo = round16(a ? a + c : nullptr, m.d - c), hi = round16(b ? b + c : nullptr, m.d - c);
+                _mm512_storeu_si512(vp + pair * m.dvp + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
         }
     }

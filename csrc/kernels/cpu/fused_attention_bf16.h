@@ -58,6 +58,16 @@ inline float q_scale(int64_t d) {
     return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)) * 1.4426950408889634);
 }
 
+// Up to 16 floats at x times scale (n of them; none for n <= 0 or x null, zero past n) rounded
+// as to_bf16 (bit for bit the scalar rule), in the low half of each dword.
+__attribute__((target("avx512f"))) inline __m512i round16(const float* x, int64_t n, float scale = 1.0f) {
+    if (!x || n <= 0) return _mm512_setzero_si512();
+    const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+    const __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x), _mm512_set1_ps(scale)));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+}
+
 // The K / V packing op (ggml custom op, src[0] = k, src[1] = v, user_data()). Per (n, head):
 //   K: [Lkp/16 blocks][dpairs][16 keys][2 dims]  (a vdpbf16ps operand: 16 keys in the lanes;
 //      with AMX's dpairs, 16 pairs of a block are one TDPBF16PS B tile of k^T)
