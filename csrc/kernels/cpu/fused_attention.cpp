@@ -248,6 +248,8 @@ namespace kc = sdcpp::kernels::cpu;
 
 bool available_bf16() { return kc::runs(kc::active_level(), kc::Level::Avx512Bf16); }
 
+bool available_bf16_amx() { return available_bf16() && bf16::amx_available(); }
+
 const char* bf16_variant() { return !available_bf16() ? "ggml_flash" : bf16::amx_available() ? "amx" : "avx512_bf16"; }
 
 bool available_f32() {
@@ -285,7 +287,10 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
 #else
 
 bool available_bf16() { return false; }
+bool available_bf16_amx() { return available_bf16() && bf16::amx_available(); }
+
 const char* bf16_variant() { return "ggml_flash"; }
+bool available_bf16_amx() { return false; }
 bool available_f32() { return false; }
 ggml_tensor* attention_f32(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
     throw Error("the fused f32 attention is not built for this CPU architecture");

@@ -18,6 +18,9 @@ bool available_bf16();  // level avx512_bf16: attention_bf16()
 // attention_bf16()'s variant at the active level: "amx" (level amx with AMX-BF16: tile products,
 // fused_attention_amx.cpp), "avx512_bf16", or "ggml_flash" (none).
 const char* bf16_variant();
+// Whether that variant is the AMX one: what compute="bf16" (model/unet.h) asks for before it
+// routes f32 / f16 attention through attention_bf16().
+bool available_bf16_amx();
 bool available_f32();   // level avx2 or avx512: attention_f32()
 
 // q [D, Lq, N], k, v [D, Lk, N] f32 (contiguous rows); returns [D, Lq, N] f32.
