@@ -14,7 +14,8 @@
 // Numerics as the AVX512-BF16 variant: q * (log2(e) / sqrt(d)), k and v rounded to bf16 (nearest
 // even), the same 2^x, probabilities rounded to bf16 (VCVTNE2PS2BF16) after subtracting the
 // running max, f32 sums. Not bit for bit that variant: the products add in another order (pairs,
-// 32 deep per tile product) and the running max moves per KT keys rather than per 64.
+// 32 deep per tile product), the running max moves per KT keys rather than per 64, and the
+// rescale factor 2^(old max - new max) is the vector 2^x rather than std::exp2.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include "fused_attention_bf16.h"
 
