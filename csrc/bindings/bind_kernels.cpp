@@ -130,7 +130,7 @@ void bind_kernels(py::module_& m) {
         d["attention_f32"] = !fused_attention::available_f32()                    ? "ggml_flash"
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
-        d["attention_bf16"] = fused_attention::available_bf16() ? "avx512_bf16" : "ggml_flash";
+        d["attention_bf16"] = fused_attention::bf16_variant();
         py::dict f;
         for (const auto& [name, has] : kc::reported_features()) f[py::str(name)] = has;
         d["features"] = f;

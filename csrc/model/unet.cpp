@@ -10,6 +10,7 @@
 
 #include "../runtime/error.h"
 #include "../kernels/cpu/cpu_level.h"
+#include "../kernels/cpu/fused_attention.h"
 #include "../nn/blocks.h"
 #include "../nn/layers.h"
 #include "unet_weights.h"
@@ -132,6 +133,10 @@ struct UNet::Builder {
         bool custom_ops = false;  // nn::custom_ops_allowed (fused norms / GEGLU / attention)
         nn::ConvOptions conv_opt;  // how nn::conv2d lowers the convolutions
         bool bf16 = false;         // linear layers' products in bf16 (UNetOptions::compute)
+        // attention in bf16 too: compute bf16 where the fused kernel is the AMX-BF16 one (with
+        // the AVX512-BF16 one it would be slower than the f32 kernel; elsewhere compute bf16
+        // changes nothing)
+        bool bf16_attention = false;
     };
     // The one place that turns UNetOptions into a Lowering.
     static Lowering lowering(const UNetOptions& opt, const Device& device);
@@ -187,9 +192,12 @@ struct UNet::Builder {
         ggml_tensor* q = linear(n, p + ".attn1.to_q", false);
         ggml_tensor* k = linear(n, p + ".attn1.to_k", false);
         ggml_tensor* v = linear(n, p + ".attn1.to_v", false);
-        // attention products in the precision of the weights (f32, f16 or bf16)
+        // attention products in the precision of the weights (f32, f16 or bf16), or in bf16
+        // with compute bf16 where that is the fused AMX-BF16 kernel (Lowering::bf16_attention)
         const ggml_type wt = w(p + ".attn1.to_q.weight")->type;
-        const ggml_type at = wt == GGML_TYPE_F16 || wt == GGML_TYPE_BF16 ? wt : GGML_TYPE_F32;
+        const ggml_type at = low.bf16_attention                              ? GGML_TYPE_BF16
+                             : wt == GGML_TYPE_F16 || wt == GGML_TYPE_BF16 ? wt
+                                                                           : GGML_TYPE_F32;
         ggml_tensor* a = attention(q, k, v, heads, at);
         x = ggml_add(ctx, x, linear(a, p + ".attn1.to_out.0", true));
         // cross-attention
@@ -344,6 +352,7 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     if (opt.conv == ConvImpl::Winograd) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
     l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;
     l.conv_opt.bf16_gemm = l.bf16;
+    l.bf16_attention = l.bf16 && l.attn == nn::AttentionKernel::Flash && fused_attention::available_bf16_amx();
     return l;
 }
 

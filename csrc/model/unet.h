@@ -21,11 +21,12 @@ class CheckedWeights;  // model/unet_weights.h
 
 enum class ConvImpl { Auto, Im2col, Winograd };
 
-// The arithmetic of the U-Net's linear layers and convolutions with f32 / f16 / bf16 weights.
+// The arithmetic of the U-Net's linear layers, convolutions and attention with f32 / f16 / bf16 weights.
 enum class Compute {
     F32,   // exact f32 products (f16 / bf16 weights widened): the default
     BF16,  // CPU with AMX-BF16: both operands rounded to bf16, f32 sums (kernels/cpu/gemm_bf16.h),
-           // about 1e-2 from f32 on the output; elsewhere as F32
+           // the attention too (the fused AMX-BF16 kernel, kernels/cpu/fused_attention.h), about
+           // 1e-2 from f32 on the output; elsewhere as F32
 };
 
 struct UNetOptions {

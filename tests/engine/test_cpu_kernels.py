@@ -128,6 +128,54 @@ def test_fused_attention_f32_at_each_level(level, restore_level):
         assert rel(ours, ref) <= 1e-5, (level, (N, Lq, Lk, D, H), rel(ours, ref))
 
 
+def _bf16(x):
+    """float32 -> bf16 (round to nearest even) -> float64, as the bf16 attention rounds its operands."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)).astype(np.float64)
+
+
+# (N, Lq, Lk, D, heads): the real models' head widths 40 / 80 / 160 (SD1, BK-SDM) and 64 (SDXL,
+# SSD-1B), an odd one (33), query and key counts off the kernels' tiles (32 queries, 32 / 64 /
+# 128 keys), a context of 77, a single key.
+BF16_ATTN_SHAPES = [(2, 100, 77, 80, 2), (1, 64, 130, 128, 2), (2, 33, 64, 160, 1), (1, 70, 200, 66, 2),
+                    (1, 5, 3, 40, 1), (2, 97, 300, 320, 8), (1, 40, 1, 40, 1)]
+
+
+@pytest.mark.parametrize("level", [lv for lv in LEVELS if lv in ("avx512_bf16", "amx")])
+def test_fused_attention_bf16_at_each_level(level, restore_level):
+    """The bf16 attention's variants (AVX512-BF16 dot products; AMX-BF16 tiles at the level amx):
+    against a float64 softmax(q k^T / sqrt(d)) v of the operands as the kernels round them (q
+    scaled by log2(e) / sqrt(d), q, k, v to bf16), which leaves the rounding of the probabilities
+    to bf16 (relative 2^-9 each) and the f32 sums; and the AMX variant against the AVX512-BF16
+    one, which defines its numerics (same rounding; another summation order, and its running
+    max moves per 128 keys rather than 64)."""
+    core.set_cpu_level(level)
+    variant = sdcpp.system_info()["cpu_kernels"]["attention_bf16"]
+    if level == "amx" and variant != "amx":
+        pytest.skip("no AMX-BF16 on this CPU")
+    assert variant == level
+    rng = np.random.default_rng(9)
+    for N, Lq, Lk, D, H in BF16_ATTN_SHAPES:
+        q = rng.standard_normal((N, Lq, D)).astype(np.float32) * 2
+        k = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        v = rng.standard_normal((N, Lk, D)).astype(np.float32)
+        d = D // H
+        heads = lambda x: x.reshape(N, -1, H, d).transpose(0, 2, 1, 3)  # noqa: E731
+        qs = np.float32(1.4426950408889634 / np.sqrt(d))
+        s = heads(_bf16(q * qs)) @ heads(_bf16(k)).transpose(0, 1, 3, 2)  # base-2 logits
+        p = np.exp2(s - s.max(-1, keepdims=True))
+        ref = ((p / p.sum(-1, keepdims=True)) @ heads(_bf16(v))).transpose(0, 2, 1, 3).reshape(N, Lq, D)
+        ours = core.unet_attention(q, k, v, H, "fused", "bf16")
+        print(level, (N, Lq, Lk, D, H), f"rel L2 {rel(ours, ref):.2e}")
+        assert rel(ours, ref) <= 2e-3, (level, (N, Lq, Lk, D, H), rel(ours, ref))
+        if level == "amx":
+            core.set_cpu_level("avx512_bf16")
+            dot = core.unet_attention(q, k, v, H, "fused", "bf16")
+            core.set_cpu_level("amx")
+            print(f"  amx vs avx512_bf16 {rel(ours, dot):.2e}")
+            assert rel(ours, dot) <= 1e-3, ((N, Lq, Lk, D, H), rel(ours, dot))
+
+
 def test_levels_are_detected_and_capped(restore_level):
     assert LEVELS[0] == "portable"
     info = sdcpp.system_info()["cpu_kernels"]

@@ -7,6 +7,7 @@ Tolerances (relative L2): f32 weights <= 1e-4, f16 weights <= 5e-3.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from pathlib import Path
@@ -216,8 +217,9 @@ def _autocast_bf16(model, x, t, ctx, kw):
 
 @pytest.mark.parametrize("name", ["sd1", "sdxl", "bk_tiny"])
 def test_bf16_compute(device, name):
-    """compute="bf16" (opt-in): where the CPU has AMX-BF16 the linear layers and convolutions
-    round both operands to bf16 and sum in f32 (kernels/cpu/gemm_bf16.h): within 2e-2 of
+    """compute="bf16" (opt-in): where the CPU has AMX-BF16 the linear layers, convolutions and
+    attention round both operands to bf16 and sum in f32 (kernels/cpu/gemm_bf16.h, the AMX
+    variant of kernels/cpu/fused_attention.h): within 2e-2 of
     diffusers fp32 (measured 0.9e-2 to 1.2e-2), and no further from it than 1.25x PyTorch's bf16
     autocast of the same model (measured 0.7x to 0.75x), f32 and f16 weights. Elsewhere the option
     changes nothing. Switching back gives the exact graph again (the graph cache keys it)."""
@@ -242,6 +244,10 @@ def test_bf16_compute(device, name):
         assert err <= 1.25 * torch_bf16, (name, wt, err, torch_bf16)
         if amx_bf16:
             assert rel_l2(ours, exact) > 1e-5  # the bf16 products ran
+            # and the attention ran in bf16 (AMX-BF16): its K / V packing op, a 1-d bf16 node
+            nodes = unet.profile(2, H, W, L)
+            packs = [r for r in nodes if r["op"] == "CUSTOM" and re.fullmatch(r"bf16\[\d+\]", r["shape"])]
+            assert packs, "compute bf16 kept the f32 attention"
         else:
             assert np.array_equal(ours, exact)
         unet.compute = "f32"

@@ -15,6 +15,8 @@
 // The fused kernels (bf16 and f32) are written with x86 intrinsics and target attributes.
 #define SD_X86_FUSED_ATTENTION 1
 #include <immintrin.h>
+
+#include "fused_attention_bf16.h"
 #endif
 
 namespace sdcpp::fused_attention {
@@ -27,93 +29,61 @@ constexpr int KT = 64;  // keys per tile (4 vectors of 16)
 constexpr int R = 4;    // query rows per register block
 constexpr int QB = 32;  // query rows per work unit (8 register blocks share each K/V tile)
 
-struct Dims {
-    int64_t D, d, heads, Lq, Lk, N;
-    int64_t dpairs;  // ceil(d / 2): bf16 pairs of a q / k row
-    int64_t dvp;     // d rounded up to 16: output lanes
-    int64_t Lkp;     // Lk rounded up to KT
-    int64_t kp_size() const { return (Lkp / 16) * dpairs * 32; }  // packed K per (n, head)
-    int64_t vp_size() const { return Lkp * dvp; }                 // packed V per (n, head)
-    int64_t head_size() const { return kp_size() + vp_size(); }
-};
+using bf16::Dims;
+using bf16::exp2_ps;
+using bf16::to_bf16;
 
-Dims dims_of(int64_t D, int64_t Lq, int64_t Lk, int64_t N, int heads) {
-    Dims m{};
-    m.D = D;
-    m.heads = heads;
-    m.d = D / heads;
-    m.Lq = Lq;
-    m.Lk = Lk;
-    m.N = N;
-    m.dpairs = (m.d + 1) / 2;
-    m.dvp = (m.d + 15) / 16 * 16;
-    m.Lkp = (Lk + KT - 1) / KT * KT;
-    return m;
-}
+}  // namespace
 
-inline uint16_t to_bf16(float f) {  // round to nearest even (inputs are finite)
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+namespace {
 
-int heads_of(void* ud) { return static_cast<int>(reinterpret_cast<intptr_t>(ud)); }
+#define SD_PACK_TARGET __attribute__((target("avx512f,avx512bw")))
 
-// Packed layout per (n, head):
-//   K: [Lkp/16 blocks][dpairs][16 keys][2 dims]   (a vdpbf16ps operand: 16 keys in the lanes)
-//   V: [Lkp/2 key pairs][dvp dims][2 keys]         (16 output dims in the lanes)
-void pack_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
+using bf16::round16;
+
+}  // namespace
+
+SD_PACK_TARGET void bf16::pack_kv(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* k = dst->src[0];
     const ggml_tensor* v = dst->src[1];
-    const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud));
-    uint16_t* out = static_cast<uint16_t*>(dst->data);
+    const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud), amx_of(ud));
     const int64_t blocks = m.Lkp / 16;
+    const auto row_of = [&](const ggml_tensor* t, int64_t key, int64_t n, int64_t h) -> const float* {
+        return key < m.Lk ? reinterpret_cast<const float*>(static_cast<const char*>(t->data) + key * t->nb[1] +
+                                                            n * t->nb[2]) + h * m.d
+                          : nullptr;
+    };
+    thread_local std::vector<uint32_t> kpairs;  // one key's k row as bf16 pairs, zero-padded (to 16 dims)
+    kpairs.resize((m.dpairs + 7) / 8 * 8);
+    uint16_t* pairs = reinterpret_cast<uint16_t*>(kpairs.data());
     for (int64_t unit = ith; unit < m.N * m.heads * blocks; unit += nth) {
         const int64_t kb = unit % blocks, nh = unit / blocks, h = nh % m.heads, n = nh / m.heads;
-        uint16_t* base = out + nh * m.head_size();
-        uint16_t* kp = base + kb * m.dpairs * 32;
+        uint32_t* base = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(dst->data) + nh * m.head_size());
+        // K: each key's row rounded, then its pairs dealt out 16 dwords apart (one per key)
+        uint32_t* kp = base + kb * m.dpairs * 16;
         for (int64_t i = 0; i < 16; ++i) {
-            const int64_t key = kb * 16 + i;
-            const float* row = key < m.Lk
-                                   ? reinterpret_cast<const float*>(static_cast<const char*>(k->data) + key * k->nb[1] +
-                                                                    n * k->nb[2]) + h * m.d
-                                   : nullptr;
-            for (int64_t p = 0; p < m.dpairs; ++p)
-                for (int e = 0; e < 2; ++e) {
-                    const int64_t dim = 2 * p + e;
-                    kp[(p * 16 + i) * 2 + e] = row && dim < m.d ? to_bf16(row[dim]) : 0;
-                }
+            const float* row = row_of(k, kb * 16 + i, n, h);
+            for (int64_t c = 0; c < 2 * m.dpairs; c += 16)
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(pairs + c),
+                                    _mm512_cvtepi32_epi16(round16(row ? row + c : nullptr, m.d - c)));
+            for (int64_t p = 0; p < m.dpairs; ++p) kp[p * 16 + i] = kpairs[p];
         }
-        uint16_t* vp = base + m.kp_size();
+        // V: each pair of keys' rows interleaved, 16 dims (dwords) at a time
+        uint32_t* vp = base + m.kp_size() / 2;
         for (int64_t pair = kb * 8; pair < kb * 8 + 8; ++pair) {
-            for (int e = 0; e < 2; ++e) {
-                const int64_t key = 2 * pair + e;
-                const float* row = key < m.Lk
-                                       ? reinterpret_cast<const float*>(static_cast<const char*>(v->data) +
-                                                                        key * v->nb[1] + n * v->nb[2]) + h * m.d
-                                       : nullptr;
-                for (int64_t dd = 0; dd < m.dvp; ++dd)
-                    vp[(pair * m.dvp + dd) * 2 + e] = row && dd < m.d ? to_bf16(row[dd]) : 0;
+            const float* a = row_of(v, 2 * pair, n, h);
+            const float* b = row_of(v, 2 * pair + 1, n, h);
+            for (int64_t c = 0; c < m.dvp; c += 16) {
+                const __m512i lo = round16(a ? a + c : nullptr, m.d - c), hi = round16(b ? b + c : nullptr, m.d - c);
+                _mm512_storeu_si512(vp + pair * m.dvp + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
         }
     }
 }
 
-#define SD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")))
+namespace {
 
-SD_TARGET inline __m512 exp2_ps(__m512 x) {  // x <= 0; 2^x with ~1e-7 relative error
-    x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
-    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
-    __m512 p = _mm512_set1_ps(1.5403530e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
+#define SD_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")))
 
 SD_TARGET inline __m512 dp(__m512 acc, __m512i a, __m512i b) {
     return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(a), reinterpret_cast<__m512bh&>(b));
@@ -167,8 +137,8 @@ SD_TARGET void attend_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* packed = dst->src[1];
     const ggml_tensor* k = dst->src[2];
-    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads_of(ud));
-    const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.d)) * 1.4426950408889634);  // log2(e)
+    const Dims m = bf16::dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], bf16::heads_of(ud), false);
+    const float qscale = bf16::q_scale(m.d);  // the softmax then uses 2^x
     const int64_t qblocks = (m.Lq + QB - 1) / QB;
     const int64_t tiles = m.Lkp / KT;
 
@@ -262,7 +232,7 @@ void attend_gemm(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* q = dst->src[0];
     const ggml_tensor* k = dst->src[1];
     const ggml_tensor* v = dst->src[2];
-    const int heads = heads_of(ud);
+    const int heads = bf16::heads_of(ud);
     const auto f = [](const ggml_tensor* t, int i) { return static_cast<int64_t>(t->nb[i] / sizeof(float)); };
     kernels::cpu::AttentionArgs a{static_cast<const float*>(q->data), f(q, 1), f(q, 2),
                                   static_cast<const float*>(k->data), f(k, 1), f(k, 2),
@@ -278,6 +248,10 @@ namespace kc = sdcpp::kernels::cpu;
 
 bool available_bf16() { return kc::runs(kc::active_level(), kc::Level::Avx512Bf16); }
 
+bool available_bf16_amx() { return available_bf16() && bf16::amx_available(); }
+
+const char* bf16_variant() { return !available_bf16() ? "ggml_flash" : bf16::amx_available() ? "amx" : "avx512_bf16"; }
+
 bool available_f32() {
     const kc::Level level = kc::active_level();
     return kc::runs(level, kc::Level::Avx512) || kc::runs(level, kc::Level::Avx2);
@@ -290,7 +264,7 @@ ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, gg
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
     ggml_tensor* args[3] = {q, k, v};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attend_gemm, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void*>(static_cast<intptr_t>(heads)));
+                          bf16::user_data(heads, false));
 }
 
 ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads) {
@@ -298,18 +272,25 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
     if (q->type != GGML_TYPE_F32 || q->nb[0] != sizeof(float)) q = ggml_cont(ctx, q);
     if (k->type != GGML_TYPE_F32 || k->nb[0] != sizeof(float)) k = ggml_cont(ctx, k);
     if (v->type != GGML_TYPE_F32 || v->nb[0] != sizeof(float)) v = ggml_cont(ctx, v);
-    const Dims m = dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads);
-    void* ud = reinterpret_cast<void*>(static_cast<intptr_t>(heads));
+    // level amx (with AMX-BF16): the tile variant, on its own K / V padding
+    const bool amx = bf16::amx_available();
+    const Dims m = bf16::dims_of(q->ne[0], q->ne[1], k->ne[1], q->ne[2], heads, amx);
+    void* ud = bf16::user_data(heads, amx);
     ggml_tensor* kv[2] = {k, v};
-    ggml_tensor* packed =
-        ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, pack_bf16, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* packed = ggml_custom_4d(ctx, GGML_TYPE_BF16, m.N * m.heads * m.head_size(), 1, 1, 1, kv, 2, bf16::pack_kv,
+                                         GGML_N_TASKS_MAX, ud);
     ggml_tensor* args[3] = {q, packed, k};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, attend_bf16, GGML_N_TASKS_MAX, ud);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, m.D, m.Lq, m.N, 1, args, 3, amx ? bf16::attend_amx : attend_bf16,
+                          GGML_N_TASKS_MAX, ud);
 }
 
 #else
 
 bool available_bf16() { return false; }
+bool available_bf16_amx() { return available_bf16() && bf16::amx_available(); }
+
+const char* bf16_variant() { return "ggml_flash"; }
+bool available_bf16_amx() { return false; }
 bool available_f32() { return false; }
 ggml_tensor* attention_f32(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
     throw Error("the fused f32 attention is not built for this CPU architecture");

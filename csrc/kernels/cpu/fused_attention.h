@@ -1,4 +1,5 @@
-// Fused multi-head attention for the CPU backend: bf16 products (level avx512_bf16), or f32
+// Fused multi-head attention for the CPU backend: bf16 products (level avx512_bf16; amx: AMX-BF16
+// tiles), or f32
 // (levels avx2 and avx512: the GEMM-tiled driver of attention_gemm.h on the packed product's
 // micro-kernels); below those levels callers use ggml's flash attention.
 //
@@ -14,6 +15,12 @@
 namespace sdcpp::fused_attention {
 
 bool available_bf16();  // level avx512_bf16: attention_bf16()
+// attention_bf16()'s variant at the active level: "amx" (level amx with AMX-BF16: tile products,
+// fused_attention_amx.cpp), "avx512_bf16", or "ggml_flash" (none).
+const char* bf16_variant();
+// Whether that variant is the AMX one: what compute="bf16" (model/unet.h) asks for before it
+// routes f32 / f16 attention through attention_bf16().
+bool available_bf16_amx();
 bool available_f32();   // level avx2 or avx512: attention_f32()
 
 // q [D, Lq, N], k, v [D, Lk, N] f32 (contiguous rows); returns [D, Lq, N] f32.

@@ -112,10 +112,11 @@ class UNet:
 
     @property
     def compute(self) -> str:
-        """Arithmetic of the linear layers and convolutions with f32 / f16 / bf16 weights: "f32"
-        (default: exact f32 products) or "bf16" (opt-in: on CPUs with AMX-BF16 both operands are
-        rounded to bf16 and summed in f32, several times faster; about 1e-2 from f32 on the
-        output; elsewhere the same as "f32"). Quantized weights are unaffected."""
+        """Arithmetic of the linear layers, convolutions and attention with f32 / f16 / bf16
+        weights: "f32" (default: exact f32 products) or "bf16" (opt-in: on CPUs with AMX-BF16 both
+        operands are rounded to bf16 and summed in f32, the attention's too, several times faster;
+        about 1e-2 from f32 on the output; elsewhere the same as "f32"). Quantized weights are
+        unaffected."""
         return self._native.compute
 
     @compute.setter
