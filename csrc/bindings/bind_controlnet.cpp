@@ -9,6 +9,8 @@ namespace sdcpp::bind {
 // bind_unet.cpp: a ControlNet's config is a U-Net config (its up blocks are never walked).
 UNetConfig parse_unet_config(const py::dict& d);
 F32Array unet_f32_input(const py::handle& h, const char* what, const std::vector<int64_t>& shape);
+Compute parse_compute(const std::string& c);
+std::string compute_name(Compute c);
 
 namespace {
 
@@ -76,6 +78,16 @@ void bind_controlnet(py::module_& m) {
             [](ControlNet& c, bool f) {
                 UNetOptions o = c.options();
                 o.fused = f;
+                c.set_options(o);
+            })
+        // The U-Net's compute option (UNetOptions::compute): the encoder's linear layers,
+        // convolutions and attention and the embedding / zero convolutions build through the same
+        // lowering, so "bf16" means what it means for the U-Net; the graph cache keys on it.
+        .def_property(
+            "compute", [](const ControlNet& c) { return compute_name(c.options().compute); },
+            [](ControlNet& c, const std::string& v) {
+                UNetOptions o = c.options();
+                o.compute = parse_compute(v);
                 c.set_options(o);
             })
         .def("clear", &ControlNet::clear);

@@ -123,6 +123,14 @@ UNetConfig parse_unet_config(const py::dict& d) { return parse_config(d); }
 F32Array unet_f32_input(const py::handle& h, const char* what, const std::vector<int64_t>& shape) {
     return f32_input(h, what, shape);
 }
+// UNetOptions::compute <-> "f32" / "bf16" (the ControlNet follows the U-Net's setting, so both
+// bind it with one spelling and one error).
+Compute parse_compute(const std::string& c) {
+    if (c == "f32") return Compute::F32;
+    if (c == "bf16") return Compute::BF16;
+    throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + c + "'");
+}
+std::string compute_name(Compute c) { return c == Compute::BF16 ? "bf16" : "f32"; }
 
 void bind_unet(py::module_& m) {
     py::class_<UNet, std::shared_ptr<UNet>>(m, "UNet")
@@ -205,12 +213,10 @@ void bind_unet(py::module_& m) {
             })
         .def_property(
             "compute",
-            [](const UNet& u) { return std::string(u.options().compute == Compute::BF16 ? "bf16" : "f32"); },
+            [](const UNet& u) { return compute_name(u.options().compute); },
             [](UNet& u, const std::string& c) {
                 UNetOptions o = u.options();
-                if (c == "f32") o.compute = Compute::F32;
-                else if (c == "bf16") o.compute = Compute::BF16;
-                else throw InvalidArgument("compute must be 'f32' or 'bf16', got '" + c + "'");
+                o.compute = parse_compute(c);
                 u.set_options(o);
             })
         .def_property(

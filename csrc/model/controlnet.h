@@ -48,6 +48,8 @@ class ControlNet {
                  const std::vector<float*>& out);
     void check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text_embeds, bool has_time_ids) const;
 
+    // The U-Net's options (attention, convolution, fused ops, compute): the encoder is built by the
+    // U-Net's own lowering, so compute BF16 means here what it means for the U-Net.
     void set_options(const UNetOptions& opt);
     const UNetOptions& options() const { return opt_; }
     const std::vector<std::string>& unused_weights() const { return unused_; }

@@ -53,8 +53,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="low: text encoders and VAE weights only while used (re-built per prompt); "
                         "fast: keep every weight and buffer (docs/generation.md)")
     p.add_argument("--compute", default="f32", choices=("f32", "bf16"),
-                   help="U-Net arithmetic: bf16 = operands rounded to bf16 (AMX CPUs: several times faster "
-                        "products, about 1e-2 from f32); f32 = exact")
+                   help="U-Net and ControlNet arithmetic: bf16 = operands rounded to bf16 (AMX CPUs: several "
+                        "times faster products, about 1e-2 from f32); f32 = exact")
     p.add_argument("--vae-tiling", default="auto", choices=("auto", "on", "off"),
                    help="VAE in overlapping 512-pixel tiles: auto = above 1024x1024 pixels")
     p.add_argument("--vae-tile-size", type=int, default=512, help="VAE tile size in pixels (multiple of 32)")

@@ -9,8 +9,9 @@ The architecture is read from the tensors (the U-Net encoder's blocks, the condi
 embedding's widths); what tensors cannot say (attention heads, GroupNorm groups, the SDXL time-id
 width) comes from the folder's config.json, else from the model the ControlNet is used with (a
 ControlNet is a copy of its base U-Net's encoder), else from the family's published values.
-The native weights are built on first use, on the model's device and in its weight type unless
-``load_controlnet(device=, weight_type=)`` said otherwise.
+The native weights are built on first use, on the model's device and in its weight type, and
+compute with the model's arithmetic (``sdcpp.load(compute=)``), unless ``load_controlnet(device=,
+weight_type=, compute=)`` said otherwise.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class ControlNet:
     """A ControlNet read from a file or folder (see :func:`load_controlnet`)."""
 
     def __init__(self, path: Optional[Path], tensors: dict, origin: dict, config: dict, device=None,
-                 weight_type: Optional[str] = None):
+                 weight_type: Optional[str] = None, compute: Optional[str] = None):
         self.path = path
         self.tensors = tensors          # canonical "controlnet.*" -> records
         self.origin = origin
@@ -61,6 +62,7 @@ class ControlNet:
         self.layout = _layout(tensors, path)
         self._device = device
         self._weight_type = weight_type
+        self._compute = compute
         self._engines: dict = {}
 
     @property
@@ -110,9 +112,11 @@ class ControlNet:
         }
         return controlnet_native_config(unet, lay["cond_channels"], lay["embedding_channels"])
 
-    def engine(self, device, weight_type: str, base: Optional[dict] = None):
+    def engine(self, device, weight_type: str, base: Optional[dict] = None, compute: str = "f32"):
         """The native ControlNet (engine.controlnet.ControlNet) on `device`, built once per
-        (device, weight type, config)."""
+        (device, weight type, config), computing with `compute` (the model's: a bf16 U-Net gets
+        bf16 residuals, an exact one exact residuals). Switching it keeps the weights (the native
+        graph cache keys on it)."""
         from .engine.controlnet import ControlNet as Engine
         from .engine.weights import build_store
 
@@ -129,7 +133,9 @@ class ControlNet:
                 tensor = self.origin.get(m.group(1), m.group(1)) if m else None
                 raise errors.CheckpointError(f"the ControlNet cannot be built from this file: {exc}",
                                              file=self.path, tensor=tensor) from None
-        return self._engines[key][0]
+        eng = self._engines[key][0]
+        eng.compute = self._compute or compute
+        return eng
 
     def close(self) -> None:
         """Free the native weights (rebuilt on the next use)."""
@@ -202,17 +208,21 @@ def _layout(t: dict, path) -> dict:
 
 def load_controlnet(source: PathLike, *, device: Optional[str] = None, weight_type: Optional[str] = None,
                     threads: Optional[int] = None, variant: Optional[str] = None,
-                    revision: Optional[str] = None) -> ControlNet:
+                    revision: Optional[str] = None, compute: Optional[str] = None) -> ControlNet:
     """Read a ControlNet: a diffusers ControlNetModel folder (or its weights file), an
     lllyasviel/A1111 file (``control_*.pth`` / ``.safetensors``, read without running pickle code)
     or a Hugging Face repo id. Nothing is computed here; the native weights are built on the
     first generation that uses it, on that model's device (``device=`` builds them on this one)
-    and in its weight type unless ``weight_type=`` is given."""
+    and in its weight type unless ``weight_type=`` is given, computing as that model does
+    (``sdcpp.load(compute=)``: "f32" exact, "bf16" AMX-BF16 products) unless ``compute=`` is given."""
+    from .engine.unet import COMPUTE_KINDS
     from .engine.weights import WEIGHT_TYPES, open_device
     from .io import open_source
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
         raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+    if compute is not None and compute not in COMPUTE_KINDS:
+        raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {compute!r}")
     src = open_source(source, variant=variant, revision=revision)
     if len(src.components) != 1:
         raise errors.UnknownArchitectureError("a ControlNet is one set of weights; this source holds the "
@@ -227,7 +237,7 @@ def load_controlnet(source: PathLike, *, device: Optional[str] = None, weight_ty
                                               tensor=unknown[0])
     config = dict(src.configs.get(comp) or {})
     dev = open_device(device, threads) if device is not None else None
-    return ControlNet(Path(src.path), tensors, origin, config, dev, weight_type)
+    return ControlNet(Path(src.path), tensors, origin, config, dev, weight_type, compute)
 
 
 # ---------------------------------------------------------------------- generation
@@ -313,7 +323,7 @@ class ControlRunner:
             if bool(s.net.layout["add_in_dim"]) != bool(base.get("addition_embed")):
                 raise errors.InvalidArgumentError(f"ControlNet {name} is a {s.net.family} ControlNet, the model is "
                                                   f"{model.family}")
-            eng = s.net.engine(model.device, model.weight_type, base)
+            eng = s.net.engine(model.device, model.weight_type, base, model.compute)
             f = eng.cond_factor
             if s.image.shape[1] % f or s.image.shape[2] % f:
                 raise errors.InvalidArgumentError(f"control image size must be a multiple of {f}")

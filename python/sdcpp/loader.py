@@ -183,7 +183,8 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     if unet_res is not None and mostly_paged(unet_res.store):
         release_file_pages(unet_res.store)
     prediction = prediction_type or info.prediction_type or "epsilon"
-    return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction)
+    return Model(info, dev, components, wt, Path(info.path) if info.path else Path(str(source)), prediction,
+                 compute)
 
 
 # What a VAE store built for one direction leaves out (memory="low" builds the VAE per encode /

@@ -69,10 +69,11 @@ class Model:
     """A loaded checkpoint. Build it with :func:`sdcpp.load`."""
 
     def __init__(self, info, device, components: dict, weight_type: str, source: Path,
-                 prediction_type: str):
+                 prediction_type: str, compute: str = "f32"):
         self.info = info
         self.device = device
         self.weight_type = weight_type
+        self._compute = compute
         self.source = source
         self.prediction_type = prediction_type
         self._c = components
@@ -116,6 +117,12 @@ class Model:
             if isinstance(comp, LazyComponent):
                 comp.resident.on_rebuild.append(self._lora_rewrite)
         self.info.loras = []
+
+    @property
+    def compute(self) -> str:
+        """The arithmetic chosen at load (``sdcpp.load(compute=)``): the U-Net's and that of the
+        ControlNets it runs with (unless ``load_controlnet(compute=)`` said otherwise)."""
+        return self._compute
 
     # ------------------------------------------------------------ embeddings
     def load_embeddings(self, sources: Sequence[PathLike]) -> list[str]:
@@ -845,6 +852,7 @@ def load(source: PathLike, *, vae: Optional[PathLike] = None, device: str = "aut
     compute: the U-Net's arithmetic for f32/f16/bf16 weights: "f32" (exact, default) or "bf16"
     (opt-in; on CPUs with AMX-BF16 the products round both operands to bf16 and sum in f32, several
     times faster, about 1e-2 from f32 on the output; elsewhere the same as "f32"; see UNet.compute).
+    The ControlNets used with the model follow it.
     """
     from .loader import load_model
 

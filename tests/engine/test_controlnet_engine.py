@@ -156,3 +156,63 @@ def test_reduced_precision_weights_and_odd_sizes(device, wt, tol):
     for i, (a, b) in enumerate(zip(res, [d.numpy() for d in down] + [mid.numpy()])):
         assert a.shape == b.shape
         assert rel_l2(a, b) <= tol, (wt, i, rel_l2(a, b))
+
+
+# compute="bf16" as the U-Net's (tests/engine/test_unet.py::test_bf16_compute): the same bound,
+# relative L2 against diffusers fp32, here on every residual.
+BF16_COMPUTE_TOL = 2e-2
+
+
+def _diffusers_residuals(cn_t, x, t, ctx, cond, scale, kw, autocast=False):
+    """diffusers' ControlNetModel residuals (down..., mid) as float32 arrays; autocast: under
+    torch.autocast(bfloat16) (oneDNN's bf16 products), the yardstick for the bf16 ones."""
+    import contextlib
+
+    B = x.shape[0]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), amp:
+        down, mid = cn_t(torch.from_numpy(x), torch.full((B,), float(t)), torch.from_numpy(ctx),
+                         torch.from_numpy(cond), conditioning_scale=scale, return_dict=False, **_torch_kw(kw))
+    return [r.float().numpy() for r in list(down) + [mid]]
+
+
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+def test_bf16_compute(device, name):
+    """ControlNet.compute = "bf16" (what the pipeline sets for sdcpp.load(compute="bf16")): where
+    the CPU has AMX-BF16 the encoder's linear layers, convolutions and attention, the conditioning
+    embedding and the zero convolutions round both operands to bf16 and sum in f32, as the U-Net's:
+    every residual within 2e-2 of diffusers fp32 and no further from it than 1.25x PyTorch's bf16
+    autocast of the same ControlNet (over all residuals together), f32 and f16 weights. Elsewhere
+    the option changes nothing. Switching back gives the exact graph again (the graph cache keys it)."""
+    from sdcpp.engine.weights import native
+
+    dc, unet_t, cn_t, nc = _models(name)
+    rng = np.random.default_rng(7)
+    x, ctx, cond, kw = _inputs(nc, 2, rng)
+    x[1] = x[0]                                # classifier-free guidance rows: one latent, two contexts
+    ref = _diffusers_residuals(cn_t, x, 500.0, ctx, cond, 0.8, kw)
+    flat = lambda rs: np.concatenate([r.ravel() for r in rs])  # noqa: E731
+    torch_bf16 = rel_l2(flat(_diffusers_residuals(cn_t, x, 500.0, ctx, cond, 0.8, kw, autocast=True)), flat(ref))
+    amx_bf16 = device.is_cpu and native().cpu_kernels()["gemm_bf16"] == "amx"
+    sd = {"controlnet." + k: v.numpy() for k, v in cn_t.state_dict().items()}
+    for wt, tol in (("f32", F32_TOL), ("f16", 5e-3)):
+        cn = ControlNet(weights.build_store(device, sd, wt), nc)
+        assert cn.compute == "f32"
+        exact = cn(x, 500.0, ctx, cond, scale=0.8, **kw)
+        assert max(rel_l2(a, b) for a, b in zip(exact, ref)) <= tol
+        cn.compute = "bf16"
+        ours = cn(x, 500.0, ctx, cond, scale=0.8, **kw)
+        errs = [rel_l2(a, b) for a, b in zip(ours, ref)]
+        err = rel_l2(flat(ours), flat(ref))
+        print(f"{name} {wt} weights, bf16 compute (AMX-BF16 {amx_bf16}): residuals rel L2 {err:.2e} "
+              f"(worst {max(errs):.2e}), torch autocast bf16 {torch_bf16:.2e}")
+        assert max(errs) <= BF16_COMPUTE_TOL, (name, wt, errs)
+        assert err <= 1.25 * torch_bf16, (name, wt, err, torch_bf16)
+        if amx_bf16:
+            assert rel_l2(flat(ours), flat(exact)) > 1e-5  # the bf16 products ran
+        else:
+            assert all(np.array_equal(a, b) for a, b in zip(ours, exact))
+        cn.compute = "f32"
+        assert all(np.array_equal(a, b) for a, b in zip(cn(x, 500.0, ctx, cond, scale=0.8, **kw), exact))
+    with pytest.raises(errors.InvalidArgumentError, match="compute"):
+        cn.compute = "f16"

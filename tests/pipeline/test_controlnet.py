@@ -298,3 +298,27 @@ def test_controlnet_inpaint_matches_diffusers(model_fixtures, models, files):
     err = rel(ours, ref[0])
     print(f"[controlnet] sd1 inpaint: rel L2 {err:.2e}")
     assert err <= LATENT_TOL
+
+
+def test_controlnet_follows_the_models_compute(model_fixtures, models, files):
+    """sdcpp.load(compute=) reaches the ControlNets the pipeline runs (ControlNet.compute; the
+    numerics are tested in tests/engine/test_controlnet_engine.py::test_bf16_compute), so a bf16
+    U-Net gets bf16 residuals and an exact one exact residuals; load_controlnet(compute=)
+    overrides it, and a bad value is a typed error before anything loads."""
+    fx = model_fixtures.get("sd1")
+
+    def run(model, cn) -> str:
+        model.txt2img(PROMPT, width=SIZE, height=SIZE, steps=1, sampler="euler", seed=1, output_type="latent",
+                      control=[(cn, _control_image(0), 0.7)])
+        (eng, _dev), = cn._engines.values()
+        return eng.compute
+
+    bf16 = sdcpp.load(str(fx.path("diffusers")), device="cpu", weight_type="f16", threads=2, compute="bf16")
+    assert bf16.compute == "bf16" and bf16._c["unet"].compute == "bf16"
+    cn = sdcpp.load_controlnet(str(files(fx, 3, "diffusers")))
+    assert run(bf16, cn) == "bf16"
+    assert models(fx).compute == "f32"
+    assert run(models(fx), cn) == "f32"          # the same net with an exact model: exact again
+    assert run(bf16, sdcpp.load_controlnet(str(files(fx, 3, "diffusers")), compute="f32")) == "f32"
+    with pytest.raises(sdcpp.errors.InvalidArgumentError, match="compute"):
+        sdcpp.load_controlnet(str(files(fx, 3, "diffusers")), compute="fp8")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import errors
 from .native_call import call_native
-from .unet import float_array
+from .unet import COMPUTE_KINDS, float_array
 from .weights import native
 
 
@@ -62,6 +62,20 @@ class ControlNet:
     @property
     def unused_weights(self) -> list[str]:
         return list(self._native.unused_weights)
+
+    @property
+    def compute(self) -> str:
+        """Arithmetic of the linear layers, convolutions and attention with f32 / f16 / bf16
+        weights, as UNet.compute: "f32" (default, exact) or "bf16" (opt-in; on CPUs with AMX-BF16
+        bf16 operands summed in f32, elsewhere the same as "f32"). The pipeline sets it to the
+        model's (sdcpp.load(compute=)) so the residuals and the U-Net they feed agree."""
+        return self._native.compute
+
+    @compute.setter
+    def compute(self, kind: str) -> None:
+        if kind not in COMPUTE_KINDS:
+            raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {kind!r}")
+        self._native.compute = kind
 
     def clear(self) -> None:
         self._native.clear()
