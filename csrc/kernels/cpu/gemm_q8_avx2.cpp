@@ -147,7 +147,31 @@ SD_TARGET void micro(int64_t nkb, const uint8_t* A, int64_t lda, const float* D,
     }
 }
 
-const GemmQ8Kernels kTable{Level::Avx2, MR, NR, 2, PANEL_BLOCK, quantize_a, pack_b, micro, nullptr};
+// q4_0: low nibbles are values 0-15, high nibbles 16-31, minus 8; q5_0 adds bit t of qh as 16
+// (byte t of a broadcast qh picks its byte t / 8, then tests bit t % 8) and subtracts 16. As the
+// AVX-512 one: a few instructions per block where the portable unpacker loops per value.
+SD_TARGET void unpack_block(GemmQB t, const uint8_t* src, uint8_t* dst) {
+    std::memcpy(dst, src, 2);
+    const bool q5 = t == GemmQB::Q5_0;
+    const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (q5 ? 6 : 2)));
+    const __m128i low = _mm_set1_epi8(15);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
+    if (q5) {
+        uint32_t qh;
+        std::memcpy(&qh, src + 2, 4);
+        const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+        const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int32_t>(qh)), pick);
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+        v = _mm256_sub_epi8(_mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(16))), _mm256_set1_epi8(16));
+    } else {
+        v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2), v);
+}
+
+const GemmQ8Kernels kTable{Level::Avx2, MR, NR, 2, PANEL_BLOCK, quantize_a, pack_b, micro, unpack_block};
 
 }  // namespace
 
