@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--no-repack", action="store_true", help="keep q4_0 out of ggml's repacked layout (sdcpp's product)")
     args = ap.parse_args()
 
     import numpy as np
@@ -31,7 +32,8 @@ def main() -> None:
     spec = bu.make_spec(argparse.Namespace(model=args.model))
     rng = np.random.default_rng(0)
     tensors = {"unet." + k: bu._RandomTensor(k, s, rng) for k, s in spec["shapes"].items()}
-    store = weights.build_store(weights.open_device("cpu", 1), tensors, args.weights)
+    store = weights.build_store(weights.open_device("cpu", 1), tensors, args.weights,
+                                **({"repack": False} if args.no_repack else {}))
     unet = UNet(store, spec["native"])
     unet.profile(args.batch, args.latent, args.latent)  # warm-up: scratch buffers, packed weights
     rows = unet.profile(args.batch, args.latent, args.latent)
