@@ -43,7 +43,9 @@ SD_TARGET void quantize_a(const float* x, int64_t K, void* q, float* d) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
         const float amax = _mm_cvtss_f32(m4);
-        d[b] = gemm_detail::half_to_float(gemm_q8_detail::float_to_half_bits(amax / 127.0f));
+        // F16C's round trip, nearest even, subnormal halves included: float_to_half_bits /
+        // half_to_float's values without their branches (amax is never NaN here)
+        d[b] = _cvtsh_ss(_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT));
         const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
         __m256i r[4];
         for (int i = 0; i < 4; ++i)
