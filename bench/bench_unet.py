@@ -8,6 +8,7 @@ guidance), a 64x64 latent (512x512 image) and a 77-token context by default.
     PYTHONPATH=python python bench/bench_unet.py --model sd15 --threads 2
     PYTHONPATH=python python bench/bench_unet.py --model bk-sdm-tiny --configs sdcpp-f16,diffusers-bf16
     PYTHONPATH=python python bench/bench_unet.py --model sd15 --configs sdcpp-f16 --attention flash
+    PYTHONPATH=python python bench/bench_unet.py --model bk-sdm-tiny --emulate-avx2   # an AVX2-only CPU
 
 Models: the published reference configs in tests/fixtures/configs (sd15, sdxl, ssd-1b,
 segmind-vega, bk-sdm-tiny, bk-sdm-small, bk-sdm-base) or a path to a diffusers config.json.
@@ -90,6 +91,10 @@ def child_sdcpp(args, spec) -> dict:
     from sdcpp.engine import weights
     from sdcpp.engine.unet import UNet
 
+    if args.emulate_avx2:
+        import avx2_emulation
+
+        avx2_emulation.check_sdcpp()
     rng = np.random.default_rng(0)
     tensors = {"unet." + k: _RandomTensor(k, s, rng) for k, s in spec["shapes"].items()}
     dev = weights.open_device(args.device, args.threads)
@@ -124,6 +129,10 @@ def child_diffusers(args, spec) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
+    if args.emulate_avx2:
+        import avx2_emulation
+
+        avx2_emulation.check_torch()
     torch.set_num_threads(args.threads)
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.config.split("-")[1], torch.float32)
     # --device cuda: diffusers on the same GPU (torch's cuDNN/cuBLAS), timed to the end of the step
@@ -215,6 +224,12 @@ def make_spec(args) -> dict:
     return {"diffusers": dc, "native": um.native_config(dc), "shapes": shapes}
 
 
+def avx2_emulation_help() -> str:
+    import avx2_emulation
+
+    return avx2_emulation.HELP
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sd15", help=f"one of {sorted(MODELS)} or a config.json path")
@@ -231,6 +246,7 @@ def main() -> None:
     ap.add_argument("--cpu-level", default=None,
                     help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16, amx; SDCPP_CPU_LEVEL), e.g. to "
                          "measure an AVX2 CPU's path on an AVX-512 machine")
+    ap.add_argument("--emulate-avx2", action="store_true", help="bench/avx2_emulation.py: " + avx2_emulation_help())
     ap.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
                     help="OMP_WAIT_POLICY for every child, sdcpp and torch alike (inherit: leave the environment "
                          "as is; sdcpp then defaults to passive, torch to active)")
@@ -242,6 +258,10 @@ def main() -> None:
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.emulate_avx2:
+        if args.cpu_level not in (None, "avx2"):
+            ap.error("--emulate-avx2 runs sdcpp at the level avx2")
+        args.cpu_level = "avx2"
     if args.child:
         run_child(args)
         return
@@ -267,12 +287,17 @@ def main() -> None:
                        "--model", args.model, "--threads", str(args.threads), "--batch", str(args.batch),
                        "--latent", str(args.latent), "--context", str(args.context), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--attention", args.attention, "--device", args.device]
+                cmd += ["--emulate-avx2"] if args.emulate_avx2 else []
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
                 if args.omp_wait_policy != "inherit":
                     env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
                 env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
                 if args.cpu_level:
                     env["SDCPP_CPU_LEVEL"] = args.cpu_level
+                if args.emulate_avx2:
+                    import avx2_emulation
+
+                    env.update(avx2_emulation.ENV)
                 if c.endswith("-ggml"):
                     env["SDCPP_INT8_GEMM"] = "0"
                 if c.endswith("-im2col"):
@@ -302,7 +327,7 @@ def main() -> None:
     print(f"\nU-Net {args.model} on {args.device}: batch {args.batch}, latent {args.latent}x{args.latent}, context {args.context}, "
           f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up, "
           f"OMP_WAIT_POLICY {args.omp_wait_policy}, {args.rounds} round(s), sdcpp CPU level "
-          f"{args.cpu_level or 'detected'}")
+          f"{args.cpu_level or 'detected'}" + (", emulated AVX2-only CPU (both engines)" if args.emulate_avx2 else ""))
     base = [b for b in ("diffusers-f32", "diffusers-bf16", "diffusers-f16", "openvino-f32", "openvino-auto")
             if b in results]
     print(f"{'config':<16}{'mean s':>9}{'min s':>9}{'min CPU s':>11}{'peak RSS MiB':>14}" +

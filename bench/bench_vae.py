@@ -12,6 +12,9 @@ Extra configurations: sdcpp-<weights>[-<option>...] with options winograd (the C
 Winograd F(4x4, 3x3) strips), direct (ggml_conv_2d_direct), im2col (whole-image im2col, no
 strips), strips<N> (im2col strips, budget N MiB; the default before Winograd), cbf16 (bf16 compute),
 e.g. sdcpp-bf16-cbf16.
+
+--emulate-avx2 runs both engines as on an AVX2-only CPU (bench/avx2_emulation.py; sdcpp must be
+built against an AVX2-only ggml, bench/README.md).
 """
 from __future__ import annotations
 
@@ -62,8 +65,11 @@ def make_weights(path: Path) -> None:
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
 
 
-def run_child(config: str, weights: str, threads: int, size: int, repeat: int) -> dict:
+def run_child(config: str, weights: str, threads: int, size: int, repeat: int, emulate_avx2: bool = False) -> dict:
     import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import avx2_emulation
 
     rng = np.random.RandomState(0)
     latent = rng.randn(1, 4, size, size).astype(np.float32)
@@ -73,6 +79,8 @@ def run_child(config: str, weights: str, threads: int, size: int, repeat: int) -
         from diffusers import AutoencoderKL
         from safetensors.torch import load_file
 
+        if emulate_avx2:
+            out["emulation"] = avx2_emulation.check_torch()
         torch.set_num_threads(threads)
         cfg = {k: v for k, v in _vae_config().items() if k not in ("scaling_factor", "force_upcast")}
         vae = AutoencoderKL(**cfg)
@@ -96,6 +104,8 @@ def run_child(config: str, weights: str, threads: int, size: int, repeat: int) -
         from sdcpp.engine import vae as V
         from sdcpp.engine.weights import open_device
 
+        if emulate_avx2:
+            out["emulation"] = avx2_emulation.check_sdcpp()
         parts = config.split("-")
         weight_type = parts[1]
         fh = safe_open(weights, framework="np")
@@ -143,12 +153,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="latent side (64 -> 512x512 image)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS)
+    ap.add_argument("--emulate-avx2", action="store_true", help="see bench/avx2_emulation.py")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
-        print(json.dumps(run_child(args.child, args.weights, args.threads, args.size, args.repeat)))
+        print(json.dumps(run_child(args.child, args.weights, args.threads, args.size, args.repeat, args.emulate_avx2)))
         return
 
     import numpy as np
@@ -161,8 +172,13 @@ def main() -> None:
         for cfg in args.configs.split(","):
             env = dict(os.environ, VAE_BENCH_OUT=str(Path(tmp) / f"{cfg}.npy"),
                        OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+            if args.emulate_avx2:
+                sys.path.insert(0, str(ROOT / "bench"))
+                import avx2_emulation
+
+                env.update(avx2_emulation.ENV)
             cmd = [sys.executable, __file__, "--child", cfg, "--weights", str(wpath), "--threads", str(args.threads),
-                   "--size", str(args.size), "--repeat", str(args.repeat)]
+                   "--size", str(args.size), "--repeat", str(args.repeat)] + (["--emulate-avx2"] if args.emulate_avx2 else [])
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode != 0:
                 print(f"{cfg}: FAILED\n{p.stderr[-2000:]}")
@@ -177,7 +193,8 @@ def main() -> None:
 
     ref = images.get("diffusers-fp32")
     print(f"\nVAE decode {args.size}x{args.size} latent -> {8 * args.size}x{8 * args.size}, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}"
+          + (", emulated AVX2-only CPU (both engines)" if args.emulate_avx2 else ""))
     print("(wall seconds and process CPU seconds, best of --repeat; ratios > 1 mean sdcpp is faster; on a busy "
           "machine compare CPU seconds)")
     base = {r["config"]: (min(r["seconds"]), min(r["cpu_seconds"])) for r in results}

@@ -33,7 +33,7 @@ class WeightStore {
    public:
     // repack: on the CPU, hold q4_0 matrices in ggml's CPU_REPACK buffer (rows interleaved for
     // its AVX2 / NEON GEMM kernels, ~2x faster products); such tensors cannot be read back. Not
-    // where sdcpp's integer product runs AVX-512 VNNI (fused::int8_gemm_preferred), faster still.
+    // where sdcpp's integer product runs AVX2 or better (fused::int8_gemm_preferred), faster still.
     explicit WeightStore(DevicePtr device, bool repack = true);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;

@@ -112,6 +112,22 @@ def test_q8_gemm_activation_scales(level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_q8_gemm_non_finite_activations(level):
+    """NaN / inf inside a block, an all-zero block and a tiny one: ggml's quantization skips a NaN in
+    the block's amax and writes -128 for it (and for inf * 0); every level the same bits as portable."""
+    rng = np.random.default_rng(12)
+    M, K, N = 37, 256, 40
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    a[3, 5], a[7, 40], a[9, 100] = np.nan, np.inf, -np.inf
+    a[11, :32] = 0.0
+    a[12, 64:96] = 1e-30
+    b = q8_bytes(rng, N, K)[0]
+    portable = core.cpu_kernel_gemm_q8(a, b, "portable", 1)
+    assert np.isfinite(portable[3]).all()  # the NaN was skipped in its block's scale
+    assert np.array_equal(core.cpu_kernel_gemm_q8(a, b, level, 2), portable, equal_nan=True), level
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("btype", ["q5_0", "q4_0"])
 def test_q4_q5_gemm_at_each_level(level, btype):
     """q5_0 / q4_0 weights, unpacked to int8 while packed: bit-identical to the portable variant,

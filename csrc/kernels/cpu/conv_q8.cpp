@@ -188,12 +188,17 @@ void transpose_portable(const float* in, int64_t rows, float* out) {
 
 ConvQ8Transpose conv_q8_transpose_portable() { return transpose_portable; }
 
+ConvQ8Transpose conv_q8_transpose_at(Level level) {
+    // exact copies at every level: the widest one the product's level may run
+    if (ConvQ8Transpose t = conv_q8_transpose_avx512(); t && runs(level, Level::Avx512)) return t;
+    if (ConvQ8Transpose t = conv_q8_transpose_avx2(); t && runs(level, Level::Avx2)) return t;
+    return transpose_portable;
+}
+
 int64_t conv_q8_out_size(int64_t in, int up, int k, int stride, int pad) { return (in * up + 2 * pad - k) / stride + 1; }
 
 void conv_q8(const GemmQ8Kernels& k, const ConvQ8Args& a, int ith, int nth) {
-    // the AVX-512 transpose where the product runs at that level (exact copies either way)
-    const ConvQ8Transpose avx512 = conv_q8_transpose_avx512();
-    const ConvQ8Transpose transpose = avx512 && runs(k.level, Level::Avx512) ? avx512 : conv_q8_transpose_portable();
+    const ConvQ8Transpose transpose = conv_q8_transpose_at(k.level);
     const int64_t M = a.OW * a.OH * a.N;
     // The same split as gemm_q8_batched (one product of M rows): few pixels against many output
     // channels -> every thread all pixels and a range of channels; otherwise ranges of pixels.

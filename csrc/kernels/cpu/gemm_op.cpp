@@ -129,7 +129,7 @@ bool int8_enabled() {
 
 bool int8_gemm_preferred() {
     const kc::Level l = kc::gemm_q8_kernels().level;
-    return int8_enabled() && (l == kc::Level::Avx512 || l == kc::Level::Amx);
+    return int8_enabled() && (l == kc::Level::Avx2 || l == kc::Level::Avx512 || l == kc::Level::Amx);
 }
 
 bool int8_matmul_applies(const ggml_tensor* w) {

@@ -27,9 +27,10 @@ bool matmul_applies(const ggml_tensor* w, const ggml_tensor* x, bool bf16 = fals
 bool int8_matmul_applies(const ggml_tensor* w);
 
 // Whether q4_0 weights should stay in ggml's plain layout for our integer product rather than go
-// to ggml's repacked buffer: where our AVX-512 VNNI or AMX variant runs (measured on BK-SDM-tiny: 95
-// GMAC/s against 45 for ggml's repacked AVX2 kernels); on AVX2-only CPUs ggml's repacked q4_0
-// GEMM is the faster one.
+// to ggml's repacked buffer: where our AVX2, AVX-512 VNNI or AMX variant runs (measured on
+// BK-SDM-tiny: 95 GMAC/s against 45 for ggml's repacked kernels at AVX-512; on an emulated
+// AVX2-only CPU, a whole q4_0 U-Net pass 12.3 s against 16.4 s with ggml's repacked AVX2 GEMM
+// and its im2col, bench/README.md).
 bool int8_gemm_preferred();
 // bf16: f32 / f16 / bf16 weights run the bf16 product (gemm_bf16.h: both operands rounded to
 // bf16, f32 sums) where the active level has AMX-BF16, decided when the graph runs; elsewhere,
