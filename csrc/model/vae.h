@@ -98,7 +98,8 @@ class VAE {
     // h x w to encode), planned without computing (GraphRunner::measure).
     size_t measure(bool decoder, int64_t h, int64_t w);
     int graph_nodes(bool decoder, int64_t h, int64_t w);
-    std::string memory_trace(bool decoder, int64_t h, int64_t w);  // node count of a graph (diagnostics)
+    // The intermediate tensors alive together at the graph's peak (runtime/graph_trace.h; diagnostics).
+    std::string memory_trace(bool decoder, int64_t h, int64_t w);
 
    private:
     std::shared_ptr<WeightStore> store_;

@@ -191,7 +191,8 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
     if (opt.algo == ConvAlgo::WinogradStrips && cpu && KW == 3 && KH == 3 && stride == 1 && pl == 1 && pr == 1 && pt == 1 &&
         pb == 1 && f32_products) {
         // Bias, residual and the 2x upsampling are folded into the Winograd strips.
-        return winograd::conv3x3_f43(ctx, x, w_in, b ? to_f32(ctx, b) : nullptr, residual, up, opt.winograd_strip_bytes);
+        return winograd::conv3x3_f43(ctx, x, w_in, b ? to_f32(ctx, b) : nullptr, residual, up, opt.winograd_strip_bytes,
+                                     opt.residual_dead, opt.input_dead);
     }
     const int64_t W = x->ne[0] * up, H = x->ne[1] * up;
     ggml_tensor* y;
