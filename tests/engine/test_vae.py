@@ -279,7 +279,7 @@ def test_untiled_1024_decode_compute_buffer_bound(cpu):
     """SD / SDXL VAE topology, 128x128 latent -> 1024x1024 without tiles: the GroupNorms written
     over their consumed inputs, conv1 over norm1's output and conv2 over its residual keep the
     1024x1024 stage to the upsampled 256-channel activation plus one 128-channel one (1.5 GiB
-    live); with ggml-alloc's placement the buffer is ~2077 MiB (2632 before). Planned only."""
+    live); with ggml-alloc's placement the buffers are 1855 MiB (2632 before). Planned only."""
     cfg_path = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "vae_sd1.json"
     cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_") and k != "scaling_factor"}
     model = AutoencoderKL(**cfg)
@@ -288,7 +288,7 @@ def test_untiled_1024_decode_compute_buffer_bound(cpu):
     vae = V.VAE.from_tensors(cpu, tensors, V.native_config(model.config))
     need = vae.measure(True, 128, 128) / 2**20
     print(f"1024x1024 decode compute buffers: {need:.0f} MiB")
-    assert need <= 2200
+    assert need <= 2000
 
 
 def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, refs):
