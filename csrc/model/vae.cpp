@@ -368,8 +368,8 @@ std::string VAE::memory_trace(bool decoder, int64_t h, int64_t w) {
     if (decoder) check_decode_input(1, cfg_.latent_channels, h, w);
     else check_encode_input(1, cfg_.in_channels, h, w);
     std::lock_guard<std::mutex> lock(mu_);
-    ggml_cgraph* g = decoder ? decoder_graph(h, w).graph : encoder_graph(h, w).graph;
-    return live_set_report(g) + placement_report(g, size_t(32) << 20);
+    BuiltGraph& g = decoder ? decoder_graph(h, w) : encoder_graph(h, w);
+    return live_set_report(g.graph) + placement_report(g.graph, g.ctx, size_t(32) << 20);
 }
 
 int VAE::graph_nodes(bool decoder, int64_t h, int64_t w) {

@@ -69,7 +69,7 @@ std::string live_set_report(ggml_cgraph* graph, int top) {
     return out;
 }
 
-std::string placement_report(ggml_cgraph* graph, size_t min_bytes) {
+std::string placement_report(ggml_cgraph* graph, ggml_context* ctx, size_t min_bytes) {
     ggml_gallocr_t ga = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
     if (!ga || !ggml_gallocr_alloc_graph(ga, graph)) {
         if (ga) ggml_gallocr_free(ga);
@@ -104,8 +104,7 @@ std::string placement_report(ggml_cgraph* graph, size_t min_bytes) {
         out += buf;
     }
     ggml_gallocr_free(ga);
-    for (int i = 0; i < n; ++i) {
-        ggml_tensor* t = ggml_graph_node(graph, i);
+    for (ggml_tensor* t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t)) {
         t->data = nullptr;
         t->buffer = nullptr;
     }

@@ -17,7 +17,8 @@ std::string live_set_report(ggml_cgraph* graph, int top = 12);
 
 // Where ggml-alloc actually places the tensors of at least `min_bytes` (CPU buffer type,
 // allocated but never touched, then released): node span, offset, size; to see how much of
-// the buffer is fragmentation. The graph's tensors are left without data.
-std::string placement_report(ggml_cgraph* graph, size_t min_bytes);
+// the buffer is fragmentation. Every tensor of `ctx` (the graph's own context: nodes and
+// inputs) is left without data afterwards, as GraphRunner::measure leaves them.
+std::string placement_report(ggml_cgraph* graph, ggml_context* ctx, size_t min_bytes);
 
 }  // namespace sdcpp
