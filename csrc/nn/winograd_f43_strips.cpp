@@ -16,8 +16,8 @@ namespace {
 
 namespace kc = sdcpp::kernels::cpu;
 
-constexpr int64_t kChunk = 16;
-constexpr int kOntoResidual = 1, kOntoInput = 2;  // tiles per input-transform work unit (its patch: 6 x 66 x C floats)
+constexpr int64_t kChunk = 16;  // tiles per input-transform work unit (its patch: 6 x 66 x C floats)
+constexpr int kOntoResidual = 1, kOntoInput = 2;  // StripParams::onto
 
 struct StripParams {
     int64_t ty0, nty;  // the strip's first tile row and its number of tile rows
