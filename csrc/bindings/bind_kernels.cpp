@@ -139,9 +139,11 @@ void bind_kernels(py::module_& m) {
 
     // The VAE's Winograd F(4x4, 3x3) convolution as a graph of its own (strips, transforms at
     // `level`, the level cap restored afterwards): x [1, C, H, W], w [OC, C, 3, 3], b [OC],
-    // residual [1, OC, H*up, W*up] or None -> [1, OC, H*up, W*up].
+    // residual [1, OC, H*up, W*up] or None -> [1, OC, H*up, W*up]. onto: "" (an output of its
+    // own), "residual" or "input" (written over that tensor, winograd_f43_strips.h).
     m.def("cpu_winograd_conv3x3", [](F32Array x, F32Array w, F32Array b, std::optional<F32Array> residual, int up,
-                                     const std::string& level, double strip_kb, int threads) {
+                                     const std::string& level, double strip_kb, int threads, const std::string& onto) {
+        if (onto != "" && onto != "residual" && onto != "input") throw InvalidArgument("onto must be '', 'residual' or 'input'");
         require_ndim(x, 4, "x");
         require_ndim(w, 4, "w");
         const int64_t C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
@@ -165,12 +167,13 @@ void bind_kernels(py::module_& m) {
         std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
         std::memcpy(tb->data, b.data(), ggml_nbytes(tb));
         if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
-        ggml_tensor* out = winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024));
+        ggml_tensor* out =
+            winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024), onto == "residual", onto == "input");
         lg.compute(out, threads, 16384);
         std::memcpy(y.mutable_data(), out->data, ggml_nbytes(out));
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("residual"), py::arg("up"), py::arg("level"),
-       py::arg("strip_kb") = 8192.0, py::arg("threads") = 2);
+       py::arg("strip_kb") = 8192.0, py::arg("threads") = 2, py::arg("onto") = "");
 
     // The U-Net's Winograd F(2x2, 3x3) convolution as a graph of its own, transforms at `level`
     // (the level cap restored afterwards), the kernel stored as `wtype` (f32 / f16 / bf16,
@@ -209,16 +212,21 @@ void bind_kernels(py::module_& m) {
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("wtype"), py::arg("level"), py::arg("threads") = 2);
 
     // Test hooks: one kernel at one level (work unit 0 of 1), on C-contiguous float32 arrays.
-    m.def("cpu_kernel_group_norm", [](F32Array x, F32Array w, F32Array b, int groups, float eps, bool silu, const std::string& level) {
+    // in_place: the result written over a copy of x (fused::group_norm_inplace's use).
+    m.def("cpu_kernel_group_norm", [](F32Array x, F32Array w, F32Array b, int groups, float eps, bool silu, const std::string& level,
+                                      bool in_place) {
         require_ndim(x, 4, "x");
         const auto& k = table_for(level);
         const int64_t N = x.shape(0), C = x.shape(1), HW = x.shape(2) * x.shape(3);
         if (groups < 1 || C % groups != 0) throw InvalidArgument("channels must be divisible by groups");
         if (w.size() != C || b.size() != C) throw InvalidArgument("w and b must have C values");
         F32Array y = new_f32(shape_of(x));
-        kc::group_norm_rows(k, x.data(), y.mutable_data(), N, C, HW, groups, eps, silu, w.data(), b.data(), 0, 1);
+        if (in_place) std::memcpy(y.mutable_data(), x.data(), sizeof(float) * size_t(x.size()));
+        kc::group_norm_rows(k, in_place ? y.data() : x.data(), y.mutable_data(), N, C, HW, groups, eps, silu, w.data(), b.data(),
+                            0, 1);
         return y;
-    });
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("level"),
+       py::arg("in_place") = false);
     m.def("cpu_kernel_layer_norm", [](F32Array x, F32Array w, F32Array b, float eps, const std::string& level) {
         require_ndim(x, 2, "x");
         const auto& k = table_for(level);

@@ -146,7 +146,9 @@ void bind_vae(py::module_& m) {
              },
              py::arg("decoder"), py::arg("height"), py::arg("width"),
              "compute-buffer bytes of one image (latent h x w to decode, image h x w to encode), planned")
-        .def("graph_nodes", &model::VAE::graph_nodes, py::arg("decoder"), py::arg("height"), py::arg("width"));
+        .def("graph_nodes", &model::VAE::graph_nodes, py::arg("decoder"), py::arg("height"), py::arg("width"))
+        .def("memory_trace", &model::VAE::memory_trace, py::arg("decoder"), py::arg("height"), py::arg("width"),
+             "the tensors alive together at the graph's peak (diagnostics)");
 }
 
 }  // namespace sdcpp::bind

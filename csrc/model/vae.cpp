@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "../runtime/error.h"
+#include "../runtime/graph_trace.h"
 #include "../nn/blocks.h"
 #include "../nn/layers.h"
 
@@ -152,16 +153,20 @@ struct Builder {
     ggml_tensor* conv3x3(ggml_tensor* x, const std::string& name) const { return conv(x, name, 1, 1, 1, 1, 1); }
     ggml_tensor* conv1x1(ggml_tensor* x, const std::string& name) const { return conv(x, name, 1, 0, 0, 0, 0); }
 
+    // Every activation the encoder and decoder pass on has one reader, the next block (the
+    // attention block keeps its own input for its residual): the GroupNorms of the ResNets and
+    // of conv_norm_out may overwrite their inputs (CPU), which is what keeps the 1024x1024
+    // decode's peak at two 256-channel activations' worth (bench/README.md, memory).
     ggml_tensor* norm_silu(ggml_tensor* x, const std::string& name) const {
-        return nn::group_norm(ctx, x, weight(name + ".weight"), weight(name + ".bias"), cfg.norm_groups, cfg.norm_eps, true,
-                              custom_ops());
+        return nn::group_norm_consuming(ctx, x, weight(name + ".weight"), weight(name + ".bias"), cfg.norm_groups,
+                                        cfg.norm_eps, true, custom_ops());
     }
 
     ggml_tensor* resnet(ggml_tensor* x, const std::string& name) const {
         const bool shortcut = weight_if(name + ".conv_shortcut.weight") != nullptr;
         const nn::ResnetWeights w = nn::ResnetWeights::named(
             name, [this](const std::string& n) { return weight(n); }, /*temb=*/false, shortcut);
-        return nn::resnet_block(ctx, x, w, nullptr, norm(), conv_options(), custom_ops());
+        return nn::resnet_block(ctx, x, w, nullptr, norm(), conv_options(), custom_ops(), /*consume_x=*/true);
     }
 
     // Single-head self-attention over the H*W positions, with residual; mul_mat + soft_max in
@@ -357,6 +362,14 @@ size_t VAE::measure(bool decoder, int64_t h, int64_t w) {
     else check_encode_input(1, cfg_.in_channels, h, w);
     std::lock_guard<std::mutex> lock(mu_);
     return runner_.measure(decoder ? decoder_graph(h, w) : encoder_graph(h, w));
+}
+
+std::string VAE::memory_trace(bool decoder, int64_t h, int64_t w) {
+    if (decoder) check_decode_input(1, cfg_.latent_channels, h, w);
+    else check_encode_input(1, cfg_.in_channels, h, w);
+    std::lock_guard<std::mutex> lock(mu_);
+    BuiltGraph& g = decoder ? decoder_graph(h, w) : encoder_graph(h, w);
+    return live_set_report(g.graph) + placement_report(g.graph, g.ctx, size_t(32) << 20);
 }
 
 int VAE::graph_nodes(bool decoder, int64_t h, int64_t w) {

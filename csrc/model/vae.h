@@ -16,6 +16,10 @@
 // and are computed in horizontal strips of output rows, each strip's im2col bounded by
 // `max_im2col_bytes`, written in place into one output tensor. ggml_conv_2d_direct (a bounded
 // 16 MB work buffer) is available as an alternative. Other devices use ggml_im2col.
+// On the CPU the activations are also overwritten once consumed (nn::resnet_block consume_x):
+// the GroupNorms over their inputs, conv1 over norm1's output, conv2 over its residual, so the
+// untiled 1024x1024 decode holds at most the upsampled 256-channel activation and one
+// 128-channel one at a time (compute buffers 1855 MiB; `memory_trace` shows the live set).
 // Speed: on the CPU the default ConvMode::Winograd computes the 3x3 stride-1 convolutions
 // (all but the encoder's downsamplers) by Winograd F(4x4, 3x3) in row strips, the decoder's
 // nearest-2x upsampling read through by the input transform; with ComputeType::BF16 the
@@ -98,7 +102,8 @@ class VAE {
     // h x w to encode), planned without computing (GraphRunner::measure).
     size_t measure(bool decoder, int64_t h, int64_t w);
     int graph_nodes(bool decoder, int64_t h, int64_t w);
-    std::string memory_trace(bool decoder, int64_t h, int64_t w);  // node count of a graph (diagnostics)
+    // The intermediate tensors alive together at the graph's peak (runtime/graph_trace.h; diagnostics).
+    std::string memory_trace(bool decoder, int64_t h, int64_t w);
 
    private:
     std::shared_ptr<WeightStore> store_;

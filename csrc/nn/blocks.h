@@ -51,8 +51,13 @@ struct ResnetWeights {
 // x [W, H, C, N]; temb_act = SiLU(time embedding) [E, N] or null. 3x3 convolutions pad 1.
 // The shortcut is computed first (x is then free after norm1, its last reader) and enters
 // conv2 as its residual (added strip by strip by the bounded convolutions).
+// `consume_x`: nothing outside the block reads x, so (CPU, custom ops) every step may write
+// over its consumed input: norm1 over x once the shortcut has read it (when there is one;
+// without a shortcut x is the residual and must stay), conv1 over norm1's output, norm2 over
+// conv1's, conv2 over its residual (ConvOptions::input_dead / residual_dead: the Winograd
+// strips). Same values; the VAE decoder's 1024x1024 stage holds two activations, not four.
 ggml_tensor* resnet_block(ggml_context* ctx, ggml_tensor* x, const ResnetWeights& w, ggml_tensor* temb_act,
-                          const GroupNormSpec& norm, const ConvOptions& conv, bool custom_ops);
+                          const GroupNormSpec& norm, const ConvOptions& conv, bool custom_ops, bool consume_x = false);
 
 // diffusers Attention over the pixels of an image with its GroupNorm and residual (the VAE's
 // mid-block attention): x + to_out(attention(to_q(h), to_k(h), to_v(h))), h = norm(x) as a

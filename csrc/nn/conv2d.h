@@ -54,6 +54,12 @@ struct ConvOptions {
     // rounded to bf16, f32 sums: kernels/cpu/gemm_bf16.h) where the CPU has AMX-BF16, the im2col
     // in f32 for it; elsewhere the default products. Opt-in (UNetOptions::compute).
     bool bf16_gemm = false;
+    // Nothing reads the residual after this convolution: WinogradStrips (CPU) writes the output
+    // over it instead of into a tensor of its own (same values). Ignored elsewhere.
+    bool residual_dead = false;
+    // Nothing reads x after this convolution: WinogradStrips (CPU) may write the output over it
+    // (3x3 without residual or upsampling, OC <= C; same values). Ignored elsewhere.
+    bool input_dead = false;
 };
 
 // Padding per side, stride, and `up` = 2 to convolve the nearest-neighbour 2x upsampling of x.

@@ -135,10 +135,14 @@ void place_first_rows(ggml_tensor* dst, int ith, int nth, void*) {
     }
 }
 
+// No computation: a tensor for the parts to be written into, allocated where the graph
+// reaches it (its source only orders it).
+void allocate_only(ggml_tensor*, int, int, void*) {}
+
 }  // namespace
 
 // Place `parts` (each [W, rows_i, C, 1], rows summing to H) one under the other.
-ggml_tensor* stack_rows(ggml_context* ctx, const std::vector<ggml_tensor*>& parts, bool custom_ops) {
+ggml_tensor* stack_rows(ggml_context* ctx, const std::vector<ggml_tensor*>& parts, bool custom_ops, ggml_tensor* allocate_after) {
     if (parts.size() == 1) return parts[0];
     int64_t H = 0;
     for (auto* p : parts) H += p->ne[1];
@@ -148,14 +152,19 @@ ggml_tensor* stack_rows(ggml_context* ctx, const std::vector<ggml_tensor*>& part
         // The first part placed into a full-size tensor, then every other part written in
         // place (ggml_set keeps its offsets in int32, hence the size limit).
         ggml_tensor* acc;
-        if (custom_ops) {
+        size_t i0 = 1;
+        if (custom_ops && allocate_after) {
+            ggml_tensor* after[1] = {allocate_after};
+            acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, after, 1, allocate_only, 1, nullptr);
+            i0 = 0;
+        } else if (custom_ops) {
             ggml_tensor* args[1] = {parts[0]};
             acc = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, C, N, args, 1, place_first_rows, GGML_N_TASKS_MAX, nullptr);
         } else {
             acc = ggml_pad(ctx, parts[0], 0, static_cast<int>(H - parts[0]->ne[1]), 0, 0);
         }
-        int64_t row = parts[0]->ne[1];
-        for (size_t i = 1; i < parts.size(); ++i) {
+        int64_t row = i0 ? parts[0]->ne[1] : 0;
+        for (size_t i = i0; i < parts.size(); ++i) {
             acc = ggml_set_inplace(ctx, acc, parts[i], acc->nb[1], acc->nb[2], acc->nb[3], size_t(row) * acc->nb[1]);
             row += parts[i]->ne[1];
         }
@@ -191,7 +200,8 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
     if (opt.algo == ConvAlgo::WinogradStrips && cpu && KW == 3 && KH == 3 && stride == 1 && pl == 1 && pr == 1 && pt == 1 &&
         pb == 1 && f32_products) {
         // Bias, residual and the 2x upsampling are folded into the Winograd strips.
-        return winograd::conv3x3_f43(ctx, x, w_in, b ? to_f32(ctx, b) : nullptr, residual, up, opt.winograd_strip_bytes);
+        return winograd::conv3x3_f43(ctx, x, w_in, b ? to_f32(ctx, b) : nullptr, residual, up, opt.winograd_strip_bytes,
+                                     opt.residual_dead, opt.input_dead);
     }
     const int64_t W = x->ne[0] * up, H = x->ne[1] * up;
     ggml_tensor* y;
@@ -224,7 +234,12 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
     const bool strips = opt.algo == ConvAlgo::Strips || opt.algo == ConvAlgo::WinogradStrips;
     if (strips) {
         const size_t per_row = size_t(OW) * size_t(K) * sizeof(float);
-        rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(opt.max_im2col_bytes / per_row)));
+        // A 1x1 convolution's "im2col" is only a transposition and its strip product is half its
+        // size again: a quarter of the budget keeps the VAE shortcuts' temporaries (alive next to
+        // the full-size input and output) small at no cost in speed (decode buffers at 512 px
+        // 584 -> 450 MiB; same values).
+        const size_t budget = KW == 1 && KH == 1 ? opt.max_im2col_bytes / 4 : opt.max_im2col_bytes;
+        rows = std::max<int64_t>(1, std::min<int64_t>(OH, int64_t(budget / per_row)));
         if (rows < OH) {  // even strips
             const int64_t n = (OH + rows - 1) / rows;
             rows = (OH + n - 1) / n;
@@ -277,7 +292,11 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
         }
         parts.push_back(r);
     }
-    return stack_rows(ctx, parts, cpu);
+    // A 1x1 convolution's output allocated as soon as its input exists, before the strips'
+    // temporaries: ggml-alloc then puts the VAE's ResNet shortcuts low in the buffer, and the
+    // activations the next stage stacks on top of them with them (1024x1024 decode: compute
+    // buffers 2077 -> 1855 MiB for the same live set; bench/README.md, memory).
+    return stack_rows(ctx, parts, cpu, KW == 1 && KH == 1 ? x : nullptr);
 }
 
 }  // namespace sdcpp::nn

@@ -34,6 +34,13 @@ ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
     return silu ? ggml_silu(ctx, y) : y;
 }
 
+ggml_tensor* group_norm_consuming(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps,
+                                  bool silu, bool custom_ops, ggml_tensor* after) {
+    if (custom_ops && ggml_is_contiguous(x) && x->type == GGML_TYPE_F32)
+        return fused::group_norm_inplace(ctx, x, to_f32(ctx, w), to_f32(ctx, b), groups, eps, silu, after);
+    return group_norm(ctx, x, w, b, groups, eps, silu, custom_ops);
+}
+
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps, bool custom_ops) {
     if (custom_ops) return fused::layer_norm(ctx, x, to_f32(ctx, w), to_f32(ctx, b), eps);
     ggml_tensor* y = ggml_norm(ctx, x, eps);

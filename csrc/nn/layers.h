@@ -48,6 +48,11 @@ ggml_tensor* linear(ggml_context* ctx, ggml_tensor* x, const Params& p, bool cus
 // ggml_group_norm, mul, add (and silu).
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps, bool silu,
                         bool custom_ops);
+// The same for an x that nothing reads afterwards except `after` (computed first; or null):
+// with custom ops written over x (no second tensor of x's size; the same values), else as
+// group_norm. The bounded-memory VAE's way to keep its 1024x1024 activations few.
+ggml_tensor* group_norm_consuming(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps,
+                                  bool silu, bool custom_ops, ggml_tensor* after = nullptr);
 
 // LayerNorm over ne0 times w plus b (fused on the CPU with custom ops).
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps, bool custom_ops);

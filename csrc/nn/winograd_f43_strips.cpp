@@ -17,12 +17,16 @@ namespace {
 namespace kc = sdcpp::kernels::cpu;
 
 constexpr int64_t kChunk = 16;  // tiles per input-transform work unit (its patch: 6 x 66 x C floats)
+constexpr int kOntoResidual = 1, kOntoInput = 2;  // StripParams::onto
 
 struct StripParams {
     int64_t ty0, nty;  // the strip's first tile row and its number of tile rows
     int up;
     bool first;  // the first strip allocates the output; the others write into it in place
-    bool operator<(const StripParams& o) const { return std::tie(ty0, nty, up, first) < std::tie(o.ty0, o.nty, o.up, o.first); }
+    int onto;    // 0: an output of its own; kOntoResidual / kOntoInput: written over that tensor
+    bool operator<(const StripParams& o) const {
+        return std::tie(ty0, nty, up, first, onto) < std::tie(o.ty0, o.nty, o.up, o.first, o.onto);
+    }
 };
 
 // Custom ops keep a pointer to their parameters: intern them for the life of the process
@@ -70,13 +74,15 @@ void kernel_op(ggml_tensor* dst, int ith, int nth, void*) {
 }
 
 // The strip's rows of y [W, H, OC, 1] = A^T M A + b (+ residual), M [nty * TW, OC, 36].
-// Sources: (y, when in place), M, b, residual.
+// Sources: (y, when in place), M, b, residual. Written over the residual: y (= the residual),
+// M, b. Written over the input: y (a view of it), M, b, the next strip's V (read before this
+// strip overwrites rows it needs; not read here).
 void output_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
     const StripParams& p = *static_cast<const StripParams*>(userdata);
-    const int s0 = p.first ? 0 : 1;
+    const int s0 = p.first && !p.onto ? 0 : 1;
     const ggml_tensor* m = dst->src[s0];
     const ggml_tensor* b = dst->src[s0 + 1];
-    const ggml_tensor* res = dst->src[s0 + 2];
+    const ggml_tensor* res = p.onto == kOntoResidual ? dst : p.onto == kOntoInput ? nullptr : dst->src[s0 + 2];
     const int64_t W = dst->ne[0], H = dst->ne[1], OC = dst->ne[2];
     const int64_t TW = (W + 3) / 4;
     const kc::WinogradF43& k = kc::winograd_f43();
@@ -97,10 +103,18 @@ void output_op(ggml_tensor* dst, int ith, int nth, void* userdata) {
 }  // namespace
 
 ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_tensor* residual, int up,
-                         size_t strip_bytes) {
+                         size_t strip_bytes, bool onto_residual, bool onto_input) {
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
     if (!ggml_is_contiguous(w)) w = ggml_cont(ctx, w);
     if (residual && (residual->nb[0] != sizeof(float) || residual->type != GGML_TYPE_F32)) residual = ggml_cont(ctx, residual);
+    // Over the residual only where it is the output's exact shape and layout.
+    int onto = 0;
+    if (onto_residual && residual && ggml_is_contiguous(residual) && residual->ne[0] == x->ne[0] * up &&
+        residual->ne[1] == x->ne[1] * up && residual->ne[2] == w->ne[3] && residual->ne[3] == 1)
+        onto = kOntoResidual;
+    // Over the input: the output's channels are the input's first planes (same width and height).
+    else if (onto_input && !residual && up == 1 && w->ne[3] <= x->ne[2] && x->ne[3] == 1 && x->type == GGML_TYPE_F32)
+        onto = kOntoInput;
     const int64_t W = x->ne[0] * up, H = x->ne[1] * up, C = x->ne[2], OC = w->ne[3];
     const int64_t TW = (W + 3) / 4, TH = (H + 3) / 4;
     // Tile rows per strip: the strip's V and M each within the budget, strips of even size.
@@ -111,17 +125,30 @@ ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml
 
     ggml_tensor* wa[1] = {w};
     ggml_tensor* u = ggml_custom_4d(ctx, GGML_TYPE_F32, C, OC, 36, 1, wa, 1, kernel_op, GGML_N_TASKS_MAX, nullptr);
-    ggml_tensor* y = nullptr;
+    // Every strip's transformed input first: over the input, strip k's output op takes strip
+    // k+1's V as a source, so that V has read its top row (strip k's last) before it is overwritten.
+    std::vector<ggml_tensor*> vs;
+    std::vector<const StripParams*> ps;
     for (int64_t ty0 = 0; ty0 < TH; ty0 += nty) {
         const int64_t rows = std::min(nty, TH - ty0);
-        const StripParams* p = intern({ty0, rows, up, y == nullptr});
+        ps.push_back(intern({ty0, rows, up, ty0 == 0, onto}));
         ggml_tensor* xa[1] = {x};
-        ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, rows * TW, 36, 1, xa, 1, input_op, GGML_N_TASKS_MAX,
-                                        const_cast<StripParams*>(p));
-        ggml_tensor* m = fused::mul_mat(ctx, v, u, /*cpu=*/true);  // [rows * TW, OC, 36]
+        vs.push_back(ggml_custom_4d(ctx, GGML_TYPE_F32, C, rows * TW, 36, 1, xa, 1, input_op, GGML_N_TASKS_MAX,
+                                    const_cast<StripParams*>(ps.back())));
+    }
+    ggml_tensor* y = nullptr;
+    for (size_t k = 0; k < vs.size(); ++k) {
+        const StripParams* p = ps[k];
+        ggml_tensor* m = fused::mul_mat(ctx, vs[k], u, /*cpu=*/true);  // [rows * TW, OC, 36]
         ggml_tensor* args[3] = {m, b, residual};
-        const int nargs = residual ? 3 : 2;
-        if (!y) {
+        int nargs = residual && onto != kOntoResidual ? 3 : 2;
+        if (onto == kOntoInput && k + 1 < vs.size()) args[nargs++] = vs[k + 1];
+        if (!y && onto == kOntoResidual) {
+            y = ggml_custom_inplace(ctx, residual, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));
+        } else if (!y && onto == kOntoInput) {
+            ggml_tensor* first = ggml_view_4d(ctx, x, W, H, OC, 1, x->nb[1], x->nb[2], x->nb[3], 0);
+            y = ggml_custom_inplace(ctx, first, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));
+        } else if (!y) {
             y = ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, 1, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));
         } else {
             y = ggml_custom_inplace(ctx, y, args, nargs, output_op, GGML_N_TASKS_MAX, const_cast<StripParams*>(p));

@@ -18,7 +18,7 @@ import sdcpp
 from sdcpp import errors
 from sdcpp.engine import vae as V
 from sdcpp.engine.weights import build_store, open_device
-from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
+from fixtures.devices import ON_CPU, TEST_DEVICE, tol as device_tol  # noqa: E402
 
 pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
 
@@ -249,6 +249,51 @@ def test_winograd_conv_matches_torch(C, OC, H, W, up, residual, strip_kb, level)
     print(f"winograd {level} C={C} OC={OC} {H}x{W} up={up}: rel L2 {err:.2e}, max abs {np.abs(out - ref).max():.2e}")
     # F(4, 3) in f32: a few ulps of the result's magnitude (direct f32 convolution: ~1e-7).
     assert err <= 3e-6 and float(np.abs(out - ref).max()) <= 3e-6 * max(scale, 1.0) * 10
+
+
+@pytest.mark.parametrize("level", core.cpu_levels())
+@pytest.mark.parametrize("onto,C,OC,H,W,strip_kb", [
+    ("residual", 13, 7, 11, 9, 4),     # one tile row per strip, partial tiles on both edges
+    ("residual", 24, 40, 23, 70, 64),  # lane groups and scalar tails, several strips
+    ("input", 13, 7, 11, 9, 4),        # fewer output channels; every strip's top row shared
+    ("input", 40, 40, 23, 70, 64),     # as many channels, several strips, partial last tile row
+    ("input", 8, 8, 5, 6, 8192),       # one strip
+])
+def test_winograd_conv_written_over_its_operand_is_bit_identical(onto, C, OC, H, W, strip_kb, level):
+    """The memory-saving forms (the output written over the residual, or over the input's first
+    planes with each strip's output held back until the next strip has read the rows they share)
+    compute exactly the values of the convolution with an output of its own."""
+    rng = np.random.default_rng(C * 100 + W)
+    x = rng.standard_normal((1, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((OC, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32)
+    res = rng.standard_normal((1, OC, H, W)).astype(np.float32) if onto == "residual" else None
+    plain = core.cpu_winograd_conv3x3(x, w, b, res, 1, level, strip_kb, 2)
+    over = core.cpu_winograd_conv3x3(x, w, b, res, 1, level, strip_kb, 2, onto)
+    assert over.shape == plain.shape
+    assert np.array_equal(over, plain)
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the bounded plan uses the CPU's custom ops")
+def test_untiled_1024_decode_compute_buffer_bound(cpu):
+    """SD / SDXL VAE topology, 128x128 latent -> 1024x1024 without tiles: the GroupNorms written
+    over their consumed inputs, conv1 over norm1's output and conv2 over its residual keep the
+    1024x1024 stage to the upsampled 256-channel activation plus one 128-channel one (1.5 GiB
+    live); with ggml-alloc's placement the buffers are 1855 MiB (2632 before). Planned only."""
+    cfg_path = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "vae_sd1.json"
+    cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_") and k != "scaling_factor"}
+    model = AutoencoderKL(**cfg)
+    tensors = {f"vae.{k}": v.detach().numpy() for k, v in model.state_dict().items()
+               if k.startswith(("decoder.", "post_quant_conv."))}
+    vae = V.VAE.from_tensors(cpu, tensors, V.native_config(model.config))
+    need = vae.measure(True, 128, 128) / 2**20
+    print(f"1024x1024 decode compute buffers: {need:.0f} MiB")
+    assert need <= 2000
+    # The live set itself (ggml-alloc's placement aside): U + the shortcut + one 1x1 strip (1601 MiB).
+    trace = vae._vae.memory_trace(True, 128, 128)
+    live = float(trace.split("peak live ")[1].split(" MiB")[0])
+    print(trace.splitlines()[0])
+    assert live <= 1700, trace
 
 
 def test_attention_weights_as_1x1_convs(cpu, small_tensors, small_cfg, refs):

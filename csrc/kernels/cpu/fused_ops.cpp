@@ -82,6 +82,16 @@ ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
                           pack_params(eps, (static_cast<uint32_t>(groups) << 1) | (silu ? 1u : 0u)));
 }
 
+ggml_tensor* group_norm_inplace(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps,
+                                bool silu, ggml_tensor* after) {
+    GGML_ASSERT(ggml_is_contiguous(x) && x->type == GGML_TYPE_F32);
+    // ggml_custom_inplace puts x at src[0] and the arguments after it: the sources are laid out
+    // as group_norm's (x, w, b), so the same op body runs with dst's data being x's.
+    ggml_tensor* a[3] = {w, b, after};
+    return ggml_custom_inplace(ctx, x, a, after ? 3 : 2, group_norm_op, GGML_N_TASKS_MAX,
+                               pack_params(eps, (static_cast<uint32_t>(groups) << 1) | (silu ? 1u : 0u)));
+}
+
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps) {
     if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
     ggml_tensor* a[3] = {x, w, b};

@@ -18,6 +18,12 @@ ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x);
 // GroupNorm over the channels (ne2) of x [W, H, C, N] with `groups` groups, times w [C] plus
 // b [C], then SiLU when `silu`. Statistics summed in double like ggml_group_norm.
 ggml_tensor* group_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps, bool silu);
+// The same, written over x (x contiguous; bit for bit group_norm's result: each group's
+// statistics are read before its values are overwritten). The caller guarantees nothing else
+// reads x afterwards; `after` (or null) is a tensor that must be computed first (x's other
+// reader, e.g. a ResNet's shortcut), made a source so the graph orders it before.
+ggml_tensor* group_norm_inplace(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int groups, float eps,
+                                bool silu, ggml_tensor* after);
 
 // LayerNorm over ne0 of x [C, ...] (every row of every higher dimension) times w [C] plus b [C].
 ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, float eps);

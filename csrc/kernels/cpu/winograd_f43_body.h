@@ -83,10 +83,15 @@ SD_TARGET void output_tiles(const float* m, int64_t p_stride, int64_t ntiles, in
         output_tile<V>(m + t, p_stride, y);
         for (int r = 0; r < rows; ++r) {
             float* o = out + r * out_stride + 4 * t;
+            // The residual is read before the interleave writes o: res may be out itself (the
+            // output written over its residual, winograd_f43_strips.h).
+            V rv[4] = {};
+            if (res)
+                for (int q = 0; q < 4; ++q) rv[q] = ld<V>(res + r * res_stride + 4 * t + q * L);
             interleave4(y[r], o);
             for (int q = 0; q < 4; ++q) {
                 V z = ld<V>(o + q * L) + vb;
-                if (res) z += ld<V>(res + r * res_stride + 4 * t + q * L);
+                if (res) z += rv[q];
                 st(o + q * L, z);
             }
         }
