@@ -11,7 +11,7 @@
 #      a package folder there: the CPU CI's installed sdcpp is left alone;
 #   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine and txt2img parity tests.
 #
-# Environment: PYTHON, the interpreter whose environment has the test dependencies (torch,
+# Environment: SDCPP_VK_BUILD_ONLY=1 stops after step 3; PYTHON, the interpreter whose environment has the test dependencies (torch,
 # diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +62,8 @@ cmake --build "$work/build" -j"$(nproc)"
 rm -rf "$work/pkg" && mkdir -p "$work/pkg" && cp -r python/sdcpp "$work/pkg/"
 find "$work/pkg" -name "_core*.so" -delete && cp "$work"/build/_core*.so "$work/pkg/sdcpp/"
 stamp "sdcpp built with Vulkan"
+# SDCPP_VK_BUILD_ONLY=1: stop after the build (to run the suite by hand, e.g. a subset)
+[[ "${SDCPP_VK_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 # 4. the device suite. GGML_VK_VISIBLE_DEVICES=0: ggml skips CPU-type Vulkan devices (lavapipe)
 # unless listed. GGML_NO_BACKTRACE: ggml's abort handler would attach gdb. GGML_VK_DISABLE_F16:

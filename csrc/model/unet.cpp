@@ -132,6 +132,7 @@ struct UNet::Builder {
         bool custom_ops = false;  // nn::custom_ops_allowed (fused norms / GEGLU / attention)
         nn::ConvOptions conv_opt;  // how nn::conv2d lowers the convolutions
         bool bf16 = false;         // linear layers' products in bf16 (UNetOptions::compute)
+        size_t max_score_bytes = SIZE_MAX;  // MulMat attention: score matrix per query chunk
     };
     // The one place that turns UNetOptions into a Lowering.
     static Lowering lowering(const UNetOptions& opt, const Device& device);
@@ -170,6 +171,7 @@ struct UNet::Builder {
         o.kernel = low.attn;
         o.custom_ops = low.custom_ops;
         o.type = at;
+        o.max_score_bytes = low.max_score_bytes;
         return nn::attention(ctx, q, k, v, heads, o);
     }
 
@@ -344,6 +346,10 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     if (opt.conv == ConvImpl::Winograd) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
     l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;
     l.conv_opt.bf16_gemm = l.bf16;
+    // Whole score matrices on the CPU; on a device, query chunks of at most the largest tensor
+    // it takes (SD1's 4096-token self-attention has 512 MiB of scores per image, past
+    // lavapipe's 128 MiB).
+    l.max_score_bytes = device.max_tensor_bytes();
     return l;
 }
 

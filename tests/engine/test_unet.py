@@ -22,7 +22,7 @@ import unet_models as um  # noqa: E402
 
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
-from fixtures.devices import TEST_DEVICE, tol as device_tol  # noqa: E402
+from fixtures.devices import ON_CPU, TEST_DEVICE, tol as device_tol  # noqa: E402
 
 pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
 
@@ -145,7 +145,8 @@ def test_two_threads(name, wt, tol):
 def test_attention_kernels(device, kernel):
     dc, model, tensors, nc = _model("sd2")
     unet = UNet(weights.build_store(device, tensors, "f32"), nc)
-    assert unet.resolved_attention == "flash"  # "auto" on the CPU backend
+    # "auto": flash on the CPU backend, mul_mat on others (nn::resolve_attention)
+    assert unet.resolved_attention == ("flash" if ON_CPU else "mul_mat")
     unet.attention = kernel
     assert unet.resolved_attention == kernel
     rng = np.random.default_rng(4)
