@@ -11,8 +11,9 @@
 #      a package folder there: the CPU CI's installed sdcpp is left alone;
 #   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine and txt2img parity tests.
 #
-# Environment: SDCPP_VK_BUILD_ONLY=1 stops after step 3; PYTHON, the interpreter whose environment has the test dependencies (torch,
-# diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3).
+# Environment: PYTHON, the interpreter whose environment has the test dependencies (torch,
+# diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3);
+# SDCPP_VK_BUILD_ONLY=1 stops after step 3 (to run the suite, or part of it, by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,7 +63,6 @@ cmake --build "$work/build" -j"$(nproc)"
 rm -rf "$work/pkg" && mkdir -p "$work/pkg" && cp -r python/sdcpp "$work/pkg/"
 find "$work/pkg" -name "_core*.so" -delete && cp "$work"/build/_core*.so "$work/pkg/sdcpp/"
 stamp "sdcpp built with Vulkan"
-# SDCPP_VK_BUILD_ONLY=1: stop after the build (to run the suite by hand, e.g. a subset)
 [[ "${SDCPP_VK_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 # 4. the device suite. GGML_VK_VISIBLE_DEVICES=0: ggml skips CPU-type Vulkan devices (lavapipe)
