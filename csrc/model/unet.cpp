@@ -350,6 +350,9 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     // it takes (SD1's 4096-token self-attention has 512 MiB of scores per image, past
     // lavapipe's 128 MiB).
     l.max_score_bytes = device.max_tensor_bytes();
+    // and convolutions whose im2col is past it in row strips (SD1.5's 960-channel 3x3 at 64x64:
+    // 135 MiB)
+    l.conv_opt.max_im2col_bytes = device.max_tensor_bytes();
     return l;
 }
 
