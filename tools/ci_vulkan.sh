@@ -12,7 +12,8 @@
 #   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine and txt2img parity tests.
 #
 # Environment: PYTHON, the interpreter whose environment has the test dependencies (torch,
-# diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3).
+# diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3);
+# SDCPP_VK_BUILD_ONLY=1 stops after step 3 (to run the suite, or part of it, by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,6 +63,7 @@ cmake --build "$work/build" -j"$(nproc)"
 rm -rf "$work/pkg" && mkdir -p "$work/pkg" && cp -r python/sdcpp "$work/pkg/"
 find "$work/pkg" -name "_core*.so" -delete && cp "$work"/build/_core*.so "$work/pkg/sdcpp/"
 stamp "sdcpp built with Vulkan"
+[[ "${SDCPP_VK_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 # 4. the device suite. GGML_VK_VISIBLE_DEVICES=0: ggml skips CPU-type Vulkan devices (lavapipe)
 # unless listed. GGML_NO_BACKTRACE: ggml's abort handler would attach gdb. GGML_VK_DISABLE_F16:

@@ -68,6 +68,12 @@ void bind_runtime(py::module_& m) {
         .def(py::init<const std::string&, int>(), py::arg("spec") = "auto", py::arg("threads") = 1)
         .def_property_readonly("info", [](const Device& d) { return device_info_dict(d.info()); })
         .def_property_readonly("is_cpu", &Device::is_cpu)
+        // None on the CPU (no limit); the largest tensor the device's ops take otherwise
+        .def_property_readonly("max_tensor_bytes",
+                               [](const Device& d) -> py::object {
+                                   if (d.max_tensor_bytes() == SIZE_MAX) return py::none();
+                                   return py::int_(d.max_tensor_bytes());
+                               })
         .def_property("threads", &Device::threads, &Device::set_threads);
 
     py::class_<WeightStore, std::shared_ptr<WeightStore>>(m, "WeightStore")

@@ -137,6 +137,7 @@ struct UNet::Builder {
         // the AVX512-BF16 one it would be slower than the f32 kernel; elsewhere compute bf16
         // changes nothing)
         bool bf16_attention = false;
+        size_t max_score_bytes = SIZE_MAX;  // MulMat attention: score matrix per query chunk
     };
     // The one place that turns UNetOptions into a Lowering.
     static Lowering lowering(const UNetOptions& opt, const Device& device);
@@ -175,6 +176,7 @@ struct UNet::Builder {
         o.kernel = low.attn;
         o.custom_ops = low.custom_ops;
         o.type = at;
+        o.max_score_bytes = low.max_score_bytes;
         return nn::attention(ctx, q, k, v, heads, o);
     }
 
@@ -353,6 +355,13 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;
     l.conv_opt.bf16_gemm = l.bf16;
     l.bf16_attention = l.bf16 && l.attn == nn::AttentionKernel::Flash && fused_attention::available_bf16_amx();
+    // Whole score matrices on the CPU; on a device, query chunks of at most the largest tensor
+    // it takes (SD1's 4096-token self-attention has 512 MiB of scores per image, past
+    // lavapipe's 128 MiB).
+    l.max_score_bytes = device.max_tensor_bytes();
+    // and convolutions whose im2col is past it in row strips (SD1.5's 960-channel 3x3 at 64x64:
+    // 135 MiB)
+    l.conv_opt.max_im2col_bytes = device.max_tensor_bytes();
     return l;
 }
 

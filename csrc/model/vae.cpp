@@ -1,5 +1,6 @@
 #include "vae.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
@@ -140,6 +141,9 @@ struct Builder {
         o.custom_ops = custom_ops();
         o.products = opt.compute == ComputeType::BF16 ? nn::ConvProducts::BF16 : nn::ConvProducts::F32;
         o.max_im2col_bytes = opt.conv == ConvMode::Im2col ? SIZE_MAX : opt.max_im2col_bytes;
+        // On a device every strip's im2col must be one the device takes (else it and its
+        // product fall back to the CPU): Im2col mode, too, becomes strips past that size.
+        o.max_im2col_bytes = std::min(o.max_im2col_bytes, store.device()->max_tensor_bytes());
         o.winograd_strip_bytes = opt.winograd_strip_bytes;
         return o;
     }
@@ -186,7 +190,7 @@ struct Builder {
         nn::AttentionOptions a;
         a.kernel = nn::AttentionKernel::MulMat;
         a.custom_ops = custom_ops();
-        a.max_score_bytes = opt.max_attention_bytes;
+        a.max_score_bytes = std::min(opt.max_attention_bytes, store.device()->max_tensor_bytes());
         return nn::attention_block(ctx, x, w, 1, norm(), a, /*f32_weights=*/true);
     }
 

@@ -1,6 +1,7 @@
 #include "conv2d.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "../runtime/error.h"
 #include "../kernels/cpu/conv_q8_op.h"
@@ -89,6 +90,19 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     const bool quantized = ggml_is_quantized(w->type);
     const bool bounded = opt.algo == ConvAlgo::Strips || opt.algo == ConvAlgo::WinogradStrips || opt.algo == ConvAlgo::Direct;
     if (bounded && !quantized && x->ne[3] == 1) return conv2d_strips(ctx, x, w, b, g, opt, residual);
+    if (!opt.custom_ops && !quantized && x->ne[3] == 1 && opt.max_im2col_bytes != SIZE_MAX) {
+        // On a device, a whole-image im2col larger than the device takes (max_im2col_bytes =
+        // Device::max_tensor_bytes) would run on the CPU: that image in row strips instead.
+        const int64_t W = x->ne[0] * g.up, H = x->ne[1] * g.up;
+        const int64_t OW = (W + g.pad_l + g.pad_r - w->ne[0]) / g.stride + 1;
+        const int64_t OH = (H + g.pad_t + g.pad_b - w->ne[1]) / g.stride + 1;
+        const double bytes = double(OW) * OH * w->ne[0] * w->ne[1] * w->ne[2] * sizeof(float);
+        if (bytes > double(opt.max_im2col_bytes)) {
+            ConvOptions strips = opt;
+            strips.algo = ConvAlgo::Strips;
+            return conv2d_strips(ctx, x, w, b, g, strips, residual);
+        }
+    }
 
     SD_CHECK(g.pad_l == g.pad_r && g.pad_l == g.pad_t && g.pad_l == g.pad_b,
              "conv2d: asymmetric padding needs ConvAlgo::Strips or Direct");

@@ -45,7 +45,9 @@ struct ConvOptions {
     bool custom_ops = false;  // nn::custom_ops_allowed()
     ConvProducts products = ConvProducts::Native;
     int64_t winograd_min_pixels = 256;             // ConvAlgo::Winograd
-    size_t max_im2col_bytes = SIZE_MAX;            // ConvAlgo::Strips / WinogradStrips, per strip
+    // ConvAlgo::Strips / WinogradStrips, per strip; without custom ops (a device), also the
+    // largest whole-image im2col of the other algorithms (one image past it goes in strips)
+    size_t max_im2col_bytes = SIZE_MAX;
     size_t winograd_strip_bytes = size_t(32) << 20;  // ConvAlgo::WinogradStrips
     // Quantized kernels: the direct op (conv_q8.h) where it applies; false (or SDCPP_CONV_Q8=0)
     // keeps im2col + GEMM, bit for bit the same result (tests, A/B benchmarks).

@@ -280,6 +280,10 @@ ggml_tensor* conv2d_strips(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w_in,
             if (!sym_w || top || bottom) {
                 xs = ggml_pad_ext(ctx, xs, sym_w ? 0 : pl, sym_w ? 0 : pr, top, bottom, 0, 0, 0, 0);
                 if (!sym_w) p0 = 0;
+            } else if (!ggml_is_contiguous(xs)) {
+                // A middle strip's rows are a strided view; ggml-vulkan's im2col takes only a
+                // contiguous input (else the scheduler runs it on the CPU).
+                xs = ggml_cont(ctx, xs);
             }
             col = ggml_im2col(ctx, w_in, xs, stride, stride, p0, 0, 1, 1, true, GGML_TYPE_F32);  // [K, OW, o1-o0, 1]
         }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 
 #include "backends.h"
 #include "error.h"
@@ -40,6 +41,39 @@ std::string build_hint(const std::string& family) {
     if (family == "vulkan") return "rebuild sdcpp with CMAKE_ARGS=\"-DSD_VULKAN=ON\" pip install sdcpp --no-binary sdcpp";
     if (family == "metal") return "rebuild sdcpp with CMAKE_ARGS=\"-DSD_METAL=ON\" pip install sdcpp --no-binary sdcpp";
     return "";
+}
+
+// The largest f32 tensor `backend` takes in an ADD, found by asking ggml_backend_supports_op
+// about data-less tensors (rows of 4 KiB, up to 1 TiB): ggml's backends check tensor sizes
+// against their limits there, before looking at the op (ggml-vulkan: maxStorageBufferRange
+// and the largest buffer). SIZE_MAX when every size probed is taken.
+size_t probe_max_tensor_bytes(ggml_backend_t backend) {
+    const int64_t row = 1024;  // f32 elements per row
+    const size_t row_bytes = row * sizeof(float);
+    ggml_init_params params{64 * ggml_tensor_overhead(), nullptr, /*no_alloc=*/true};
+    ggml_context* ctx = ggml_init(params);
+    SD_CHECK(ctx != nullptr, "failed to create a ggml context");
+    auto takes = [&](int64_t rows) {
+        ggml_tensor* a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, row, rows);
+        ggml_tensor* b = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, row, rows);
+        return ggml_backend_supports_op(backend, ggml_add(ctx, a, b));
+    };
+    int64_t lo = 0, hi = int64_t(1) << 28;  // rows taken / not taken
+    if (takes(hi)) {
+        ggml_free(ctx);
+        return SIZE_MAX;
+    }
+    while (hi - lo > 1) {  // ~28 probes of 3 tensors each: a fresh context every 18 probes
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (ggml_get_mem_size(ctx) - ggml_used_mem(ctx) < 4 * ggml_tensor_overhead()) {
+            ggml_free(ctx);
+            ctx = ggml_init(params);
+            SD_CHECK(ctx != nullptr, "failed to create a ggml context");
+        }
+        (takes(mid) ? lo : hi) = mid;
+    }
+    ggml_free(ctx);
+    return size_t(lo) * row_bytes;
 }
 
 }  // namespace
@@ -107,6 +141,7 @@ Device::Device(const std::string& spec_in, int n_threads) {
         }
     }
     info_ = describe(chosen);
+    if (backend_ != cpu_) max_tensor_bytes_ = probe_max_tensor_bytes(backend_);
     set_threads(n_threads);
 }
 

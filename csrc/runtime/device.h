@@ -1,6 +1,7 @@
 // A compute device: one ggml backend picked through ggml's backend registry, plus the CPU
 // backend that ggml's scheduler falls back to for ops the device lacks.
 #pragma once
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,11 @@ class Device {
     const DeviceInfo& info() const { return info_; }
     int threads() const { return n_threads_; }
     void set_threads(int n);
+    // The largest tensor (bytes) the device's ops take; SIZE_MAX on the CPU. A backend refuses
+    // ops on tensors past its buffer or binding limits (lavapipe: 128 MiB storage-buffer
+    // ranges) and ggml's scheduler then runs them on the CPU: graph builders keep score
+    // matrices and im2col strips within this on a device.
+    size_t max_tensor_bytes() const { return max_tensor_bytes_; }
 
     static std::vector<DeviceInfo> list();
 
@@ -40,6 +46,7 @@ class Device {
     ggml_backend_t cpu_ = nullptr;
     DeviceInfo info_;
     int n_threads_ = 1;
+    size_t max_tensor_bytes_ = SIZE_MAX;
 };
 
 using DevicePtr = std::shared_ptr<Device>;

@@ -20,9 +20,13 @@ bool is_view(const ggml_tensor* t) {
 }
 }  // namespace
 
-void BuiltGraph::restore_sources() {
-    for (auto& [node, srcs] : sources)
+void BuiltGraph::restore_as_built() {
+    ggml_tensor** nodes = ggml_graph_nodes(graph);
+    for (size_t i = 0; i < sources.size(); ++i) {
+        auto& [node, srcs] = sources[i];
+        nodes[i] = node;
         for (int j = 0; j < GGML_MAX_SRC; ++j) node->src[j] = srcs[size_t(j)];
+    }
 }
 
 GraphRunner::GraphRunner(DevicePtr device, size_t max_nodes) : device_(std::move(device)), max_nodes_(max_nodes) {}
@@ -100,12 +104,12 @@ void GraphRunner::run(BuiltGraph& g, const std::map<std::string, const void*>& i
     // counts match and sizes fit, which is only valid for that same graph: plan a different
     // graph afresh (two graphs of equal node count but different topology would share memory).
     if (g.id != last_id_) {
-        g.restore_sources();
+        g.restore_as_built();
         if (!ggml_backend_sched_reserve(sched_, g.graph))
             throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
         last_id_ = g.id;
     }
-    g.restore_sources();
+    g.restore_as_built();
     if (!ggml_backend_sched_alloc_graph(sched_, g.graph))
         throw Error("out of memory on " + device_->info().name + " allocating the compute graph");
     for (auto& kv : g.inputs) {
@@ -150,14 +154,14 @@ size_t GraphRunner::measure(BuiltGraph& g) {
         }
     };
     reset();
-    g.restore_sources();
+    g.restore_as_built();
     const bool ok = ggml_backend_sched_reserve(s, g.graph);
     size_t total = 0;
     for (int i = 0; ok && i < ggml_backend_sched_get_n_backends(s); ++i)
         total += ggml_backend_sched_get_buffer_size(s, ggml_backend_sched_get_backend(s, i));
     ggml_backend_sched_free(s);
     reset();
-    g.restore_sources();  // s's copies are gone with it
+    g.restore_as_built();  // s's copies are gone with it
     last_id_ = 0;  // the running scheduler plans its next graph afresh
     if (!ok) throw Error("out of memory on " + device_->info().name + " planning the compute graph");
     return total;

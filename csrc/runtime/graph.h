@@ -34,10 +34,15 @@ struct BuiltGraph {
     // an op falling back to the CPU), and those copies live in the scheduler's own context,
     // which the next split frees. A cached graph split again would then read the stale copy,
     // which nobody fills (zeros on Vulkan: wrong results), or freed memory (the CLIP abort):
-    // restore_sources() puts the originals back before each split.
-    // (Keyed by node: a backend's graph_optimize may reorder the graph's node array in place.)
-    std::vector<std::pair<ggml_tensor*, std::array<ggml_tensor*, GGML_MAX_SRC>>> sources;
-    void restore_sources();
+    // The node order, too, is put back: a backend's graph_optimize (ggml-vulkan's) reorders
+    // the caller's node array in place, starting from the order it finds, so a cached graph
+    // split again came out in another order each run. ggml-alloc, which reuses the previous
+    // placements by node index when the node count matches and the sizes fit, then gave
+    // tensors another tensor's offsets (live tensors could overlap), and the compute buffer
+    // grew from run to run of the same graph.
+    // restore_as_built() puts the sources and the order back before each split.
+    std::vector<std::pair<ggml_tensor*, std::array<ggml_tensor*, GGML_MAX_SRC>>> sources;  // in build order
+    void restore_as_built();
     ~BuiltGraph();
 };
 

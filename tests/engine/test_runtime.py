@@ -75,3 +75,16 @@ def test_system_info_reports_ggml_and_cpu():
     assert ("GGML_LLAMAFILE" in text) == (not compiled.get("llamafile"))
     if not missing and compiled.get("llamafile"):
         assert info["warnings"] == [], info["warnings"]
+
+
+@pytest.mark.device
+def test_device_max_tensor_bytes():
+    """The CPU takes tensors of any size (None); a device reports the largest tensor its ops
+    take (lavapipe: its 128 MiB storage-buffer range), which the graph builders keep score
+    matrices and im2col strips within."""
+    from fixtures.devices import ON_CPU, TEST_DEVICE
+
+    assert open_device("cpu", threads=1).max_tensor_bytes is None
+    if not ON_CPU:
+        limit = open_device(TEST_DEVICE, threads=1).max_tensor_bytes
+        assert limit is None or (limit > 0 and limit % 4096 == 0)
