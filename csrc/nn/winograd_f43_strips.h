@@ -16,9 +16,11 @@
 
 namespace sdcpp::winograd {
 
-// y [W*up, H*up, OC, 1] = conv3x3(x') + b (+ residual), x' = x [W, H, C, 1] (f32, contiguous)
+// y [W*up, H*up, OC, N] = conv3x3(x') + b (+ residual), x' = x [W, H, C, N] (f32, contiguous)
 // or, with up = 2, its nearest-neighbour 2x upsampling (read through, never materialized).
-// w [3, 3, C, OC] f32 / f16 / bf16; b [OC] f32; residual f32 of y's shape, or null.
+// w [3, 3, C, OC] f32 / f16 / bf16; b [OC] f32 or null; residual f32 of y's shape, or null.
+// The strips run over the tile rows of the whole batch (the VAE: one image; the U-Net: its
+// cond + uncond pair, usually one strip).
 ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_tensor* residual, int up,
                          size_t strip_bytes);
 

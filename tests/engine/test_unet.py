@@ -157,10 +157,11 @@ def test_attention_kernels(device, kernel):
 
 
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
-@pytest.mark.parametrize("conv", ["im2col", "winograd"])
+@pytest.mark.parametrize("conv", ["im2col", "winograd", "winograd_f43"])
 def test_conv_implementations(device, name, conv):
-    """Both 3x3 paths on every eligible convolution (forced; "auto" uses Winograd on the CPU
-    from 256 output pixels), including odd tile counts (24 / 8 = 3 columns at the lowest level)."""
+    """The 3x3 paths on every eligible convolution (forced; "auto" uses Winograd F(2x2, 3x3) on
+    the CPU from 256 output pixels, F(4x4, 3x3) from 2048), including odd tile counts (24 / 8 = 3
+    columns at the lowest level; F(4, 3): 3 x 2 outputs in the last tile)."""
     dc, model, tensors, nc = _model(name)
     rng = np.random.default_rng(5)
     x, ctx, kw = _inputs(nc, 2, rng)
