@@ -175,6 +175,21 @@ def test_conv_implementations(device, name, conv):
         assert err <= tol
 
 
+def test_auto_conv_mixes_winograd_sizes(device):
+    """"auto" on a 40x32 latent pair (2560 output pixels at the top level): F(4x4, 3x3) there,
+    F(2x2, 3x3) / im2col below; f32 and f16 weights (f32 products) against diffusers fp32."""
+    dc, model, tensors, nc = _model("sd1")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, nc["in_channels"], 32, 40)).astype(np.float32)
+    ctx = rng.standard_normal((2, L, nc["cross_attention_dim"])).astype(np.float32)
+    ref = _reference(model, x, 700.0, ctx, {})
+    for wt, tol in (("f32", F32_TOL), ("f16", F16_TOL)):
+        unet = UNet(weights.build_store(device, tensors, wt), nc)
+        err = rel_l2(unet(x, 700.0, ctx), ref)
+        print(f"auto conv 32x40 {wt}: rel L2 {err:.2e}")
+        assert err <= tol
+
+
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
 def test_generic_ggml_path(device, name):
     """Only stock ggml ops (what non-CPU backends run): no fused / Winograd / bf16 custom ops."""
