@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 
 import bench_unet as bu
+
+
+def is_conv3x3(r: dict) -> bool:
+    """A node of a 3x3 convolution, told by its shapes: the im2col, the kernel transform (reads a
+    [3, 3, C, OC] kernel) and the Winograd operands' products / output transform (their last
+    dimension is F(2,3)'s 16 or F(4,3)'s 36 transformed values; the input transform writes them)."""
+    def winograd(shape: str) -> bool:
+        return re.search(r",(16|36)\]$", shape) is not None
+
+    return (r["op"] == "IM2COL" or r["src0"].startswith(("f16[3,3,", "f32[3,3,", "bf16[3,3,")) or winograd(r["src0"])
+            or winograd(r["src1"]) or (r["op"].startswith("CUSTOM") and winograd(r["shape"])))
 
 
 def main() -> None:
@@ -45,6 +57,8 @@ def main() -> None:
         per[key][0] += r["cpu_us"]
         per[key][1] += 1
     print(f"{args.model} {args.weights}, batch {args.batch}, latent {args.latent}: {total / 1e6:.2f} s CPU, 1 thread")
+    conv = sum(r["cpu_us"] for r in rows if is_conv3x3(r))
+    print(f"3x3 convolutions (im2col, Winograd transforms and products): {conv / 1e6:.2f} s, {100 * conv / total:.0f} %")
     for k, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:args.top]:
         print(f"{k:<60}{n:>6}{us / 1e6:>9.3f} s{100 * us / total:>7.1f} %")
 

@@ -137,35 +137,37 @@ void bind_kernels(py::module_& m) {
         return d;
     }, "which variant each CPU kernel uses");
 
-    // The VAE's Winograd F(4x4, 3x3) convolution as a graph of its own (strips, transforms at
-    // `level`, the level cap restored afterwards): x [1, C, H, W], w [OC, C, 3, 3], b [OC],
-    // residual [1, OC, H*up, W*up] or None -> [1, OC, H*up, W*up]. onto: "" (an output of its
-    // own), "residual" or "input" (written over that tensor, winograd_f43_strips.h).
-    m.def("cpu_winograd_conv3x3", [](F32Array x, F32Array w, F32Array b, std::optional<F32Array> residual, int up,
-                                     const std::string& level, double strip_kb, int threads, const std::string& onto) {
+    // The Winograd F(4x4, 3x3) convolution (the VAE's; the U-Net's over its batch) as a graph
+    // of its own (strips, transforms at `level`, the level cap restored afterwards):
+    // x [N, C, H, W], w [OC, C, 3, 3], b [OC] or None, residual [N, OC, H*up, W*up] or None
+    // -> [N, OC, H*up, W*up]. onto: "" (an output of its own), "residual" or "input" (written
+    // over that tensor, winograd_f43_strips.h).
+    m.def("cpu_winograd_conv3x3", [](F32Array x, F32Array w, std::optional<F32Array> b, std::optional<F32Array> residual,
+                                     int up, const std::string& level, double strip_kb, int threads, const std::string& onto) {
         if (onto != "" && onto != "residual" && onto != "input") throw InvalidArgument("onto must be '', 'residual' or 'input'");
         require_ndim(x, 4, "x");
         require_ndim(w, 4, "w");
-        const int64_t C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
-        if (x.shape(0) != 1 || w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || b.size() != OC)
-            throw InvalidArgument("x must be [1, C, H, W], w [OC, C, 3, 3] and b [OC]");
+        const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), OC = w.shape(0);
+        if (w.shape(1) != C || w.shape(2) != 3 || w.shape(3) != 3 || (b && b->size() != OC))
+            throw InvalidArgument("x must be [N, C, H, W], w [OC, C, 3, 3] and b [OC]");
         if (up != 1 && up != 2) throw InvalidArgument("up must be 1 or 2");
         const int64_t OH = H * up, OW = W * up;
-        if (residual && (residual->ndim() != 4 || residual->shape(0) != 1 || residual->shape(1) != OC ||
+        if (residual && (residual->ndim() != 4 || residual->shape(0) != N || residual->shape(1) != OC ||
                          residual->shape(2) != OH || residual->shape(3) != OW))
-            throw InvalidArgument("residual must be [1, OC, H*up, W*up]");
-        const int64_t T = ((OW + 3) / 4) * ((OH + 3) / 4);
-        const size_t bytes = sizeof(float) * size_t(36 * T * (C + OC) + 36 * C * OC + W * H * C + 9 * C * OC + 2 * OH * OW * OC + OC);
+            throw InvalidArgument("residual must be [N, OC, H*up, W*up]");
+        const int64_t T = N * ((OW + 3) / 4) * ((OH + 3) / 4);
+        const size_t bytes = sizeof(float) * size_t(36 * T * (C + OC) + 36 * C * OC + N * W * H * C + 9 * C * OC +
+                                                    2 * N * OH * OW * OC + OC);
         LevelGraph lg(bytes, level);
         ggml_context* ctx = lg.ctx();
-        F32Array y = new_f32({1, OC, OH, OW});
-        ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, 1);
+        F32Array y = new_f32({N, OC, OH, OW});
+        ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
         ggml_tensor* tw = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 3, 3, C, OC);
-        ggml_tensor* tb = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC);
-        ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, 1) : nullptr;
+        ggml_tensor* tb = b ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, OC) : nullptr;
+        ggml_tensor* tr = residual ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N) : nullptr;
         std::memcpy(tx->data, x.data(), ggml_nbytes(tx));
         std::memcpy(tw->data, w.data(), ggml_nbytes(tw));
-        std::memcpy(tb->data, b.data(), ggml_nbytes(tb));
+        if (tb) std::memcpy(tb->data, b->data(), ggml_nbytes(tb));
         if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
         ggml_tensor* out =
             winograd::conv3x3_f43(ctx, tx, tw, tb, tr, up, size_t(strip_kb * 1024), onto == "residual", onto == "input");
@@ -259,6 +261,18 @@ void bind_kernels(py::module_& m) {
     });
     // The packed product at one level: C = A B^T, A [M, K] f32, B [N, K] as float32, or as
     // uint16 holding f16 / bf16 bits (btype "f16" / "bf16"); `threads` real threads (GIL released).
+    // The Winograd F(4x4, 3x3) kernel transform of one level alone: w [OC, C, 3, 3] ->
+    // U [36, OC, C] (U[p, oc, c] = (G g G^T)[p / 6, p % 6] of w[oc, c]).
+    m.def("cpu_winograd_f43_kernel", [](F32Array w, const std::string& level) {
+        require_ndim(w, 4, "w");
+        const int64_t OC = w.shape(0), C = w.shape(1);
+        if (w.shape(2) != 3 || w.shape(3) != 3) throw InvalidArgument("w must be [OC, C, 3, 3]");
+        const kc::WinogradF43& k = kc::winograd_f43_at(supported_level(level));
+        F32Array u = new_f32({36, OC, C});
+        for (int64_t oc = 0; oc < OC; ++oc) k.kernel(w.data() + oc * 9 * C, C, u.mutable_data() + oc * C, OC * C);
+        return u;
+    }, py::arg("w"), py::arg("level"));
+
     m.def("cpu_kernel_gemm", [](F32Array a, py::array b, const std::string& btype, const std::string& level, int threads) {
         const kc::GemmKernels& k = kc::gemm_kernels_at(supported_level(level));
         F32Array c;

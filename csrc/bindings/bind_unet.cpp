@@ -200,6 +200,7 @@ void bind_unet(py::module_& m) {
                 switch (u.options().conv) {
                     case ConvImpl::Im2col: return std::string("im2col");
                     case ConvImpl::Winograd: return std::string("winograd");
+                    case ConvImpl::WinogradF43: return std::string("winograd_f43");
                     default: return std::string("auto");
                 }
             },
@@ -208,7 +209,8 @@ void bind_unet(py::module_& m) {
                 if (k == "auto") o.conv = ConvImpl::Auto;
                 else if (k == "im2col") o.conv = ConvImpl::Im2col;
                 else if (k == "winograd") o.conv = ConvImpl::Winograd;
-                else throw InvalidArgument("conv must be 'auto', 'im2col' or 'winograd', got '" + k + "'");
+                else if (k == "winograd_f43") o.conv = ConvImpl::WinogradF43;
+                else throw InvalidArgument("conv must be 'auto', 'im2col', 'winograd' or 'winograd_f43', got '" + k + "'");
                 u.set_options(o);
             })
         .def_property(
@@ -236,7 +238,13 @@ void bind_unet(py::module_& m) {
                 u.set_options(o);
             })
         .def_property_readonly("resolved_conv",
-                               [](const UNet& u) { return std::string(u.resolved_conv() == ConvImpl::Winograd ? "winograd" : "im2col"); })
+                               [](const UNet& u) {
+                                   switch (u.resolved_conv()) {
+                                       case ConvImpl::Winograd: return std::string("winograd");
+                                       case ConvImpl::WinogradF43: return std::string("winograd_f43");
+                                       default: return std::string("im2col");
+                                   }
+                               })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })
         .def_property_readonly("unused_weights", &UNet::unused_weights)
         .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)

@@ -1,5 +1,7 @@
 #include "unet.h"
 
+#include <cstdlib>
+
 #include <functional>
 
 #include <cmath>
@@ -343,15 +345,34 @@ ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
     if (opt.conv != ConvImpl::Auto) return opt.conv;
     return nn::custom_ops_allowed(device, !opt.fused) ? ConvImpl::Winograd : ConvImpl::Im2col;
 }
+
+// Auto: F(4x4, 3x3) from this many N*H*W output pixels (measured, bench/README.md "Winograd
+// F(4x4, 3x3) in the U-Net"): below it the per-pass kernel transform (36 values per 3x3 kernel)
+// and the edge tiles outweigh the 36-vs-64 products per 4x4 outputs. SDCPP_WINOGRAD_F43=0
+// keeps F(2x2, 3x3) everywhere (A/B runs); another number sets the threshold (measurements).
+constexpr int64_t kF43MinPixels = 2 * 32 * 32;
+
+int64_t f43_min_pixels() {
+    static const int64_t v = [] {
+        const char* env = std::getenv("SDCPP_WINOGRAD_F43");
+        if (!env || !*env) return kF43MinPixels;
+        const long long n = std::atoll(env);
+        return n <= 0 ? INT64_MAX : int64_t(n);
+    }();
+    return v;
+}
 }  // namespace
 
 UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const Device& device) {
     Lowering l;
     l.attn = nn::resolve_attention(opt.attention, device);
     l.custom_ops = nn::custom_ops_allowed(device, !opt.fused);
-    l.conv_opt.algo = resolve_conv(opt, device) == ConvImpl::Winograd ? nn::ConvAlgo::Winograd : nn::ConvAlgo::Im2col;
+    const ConvImpl conv = resolve_conv(opt, device);
+    l.conv_opt.algo = conv == ConvImpl::Im2col ? nn::ConvAlgo::Im2col : nn::ConvAlgo::Winograd;
     l.conv_opt.custom_ops = nn::custom_ops_allowed(device);
-    if (opt.conv == ConvImpl::Winograd) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    if (opt.conv != ConvImpl::Auto) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    if (opt.conv == ConvImpl::WinogradF43) l.conv_opt.winograd_f43_min_pixels = 0;
+    else if (opt.conv == ConvImpl::Auto) l.conv_opt.winograd_f43_min_pixels = f43_min_pixels();
     l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;
     l.conv_opt.bf16_gemm = l.bf16;
     l.bf16_attention = l.bf16 && l.attn == nn::AttentionKernel::Flash && fused_attention::available_bf16_amx();
@@ -524,7 +545,8 @@ ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_ten
 std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device) {
     UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device);
     return "a" + std::to_string(static_cast<int>(l.attn)) + "/c" + std::to_string(static_cast<int>(l.conv_opt.algo)) +
-           std::to_string(l.conv_opt.winograd_min_pixels) + (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/" +
+           std::to_string(l.conv_opt.winograd_min_pixels) + "/" + std::to_string(l.conv_opt.winograd_f43_min_pixels) +
+           (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/" +
            kernels::cpu::level_name(kernels::cpu::active_level());
 }
 

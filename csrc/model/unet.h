@@ -19,7 +19,9 @@ namespace sdcpp {
 
 class CheckedWeights;  // model/unet_weights.h
 
-enum class ConvImpl { Auto, Im2col, Winograd };
+// Winograd: F(2x2, 3x3) on every eligible convolution; WinogradF43: F(4x4, 3x3) on every
+// eligible one with f32 products (F(2x2, 3x3) under compute = bf16). Both forced, for tests.
+enum class ConvImpl { Auto, Im2col, Winograd, WinogradF43 };
 
 // The arithmetic of the U-Net's linear layers, convolutions and attention with f32 / f16 / bf16 weights.
 enum class Compute {
@@ -32,8 +34,9 @@ enum class Compute {
 struct UNetOptions {
     // Attention: Auto = the faster kernel measured for the device (nn::resolve_attention).
     nn::AttentionKernel attention = nn::AttentionKernel::Auto;
-    // 3x3 stride-1 convolutions: Auto = Winograd F(2x2,3x3) on the CPU backend (custom ops),
-    // im2col + GEMM elsewhere.
+    // 3x3 stride-1 convolutions: Auto = Winograd on the CPU backend (custom ops): F(4x4,3x3)
+    // on the larger images (kF43MinPixels, f32 products; SDCPP_WINOGRAD_F43=0: never),
+    // F(2x2,3x3) on the others from 256 pixels; im2col + GEMM elsewhere.
     ConvImpl conv = ConvImpl::Auto;
     // CPU: GroupNorm(+SiLU), LayerNorm, GEGLU and (with the flash kernel) attention as fused
     // custom ops; false = stock ggml ops only (what other backends run).

@@ -9,6 +9,7 @@
 #include "conv2d_strips.h"
 #include "layers.h"
 #include "winograd_f23.h"
+#include "winograd_f43_strips.h"
 
 namespace sdcpp::nn {
 
@@ -123,11 +124,21 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         ggml_tensor* y = add_bias(ctx, conv2d_matrix(ctx, x, w, k, stride, pad, opt.custom_ops), b);
         return residual ? ggml_add(ctx, residual, y) : y;
     }
+    const bool winograd = opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 &&
+                          stride == 1 && pad == 1 && w->ne[2] >= 32 && w->ne[3] >= 32;
+    const int64_t pixels = x->ne[0] * x->ne[1] * x->ne[3] * g.up * g.up;
+    if (winograd && pixels >= opt.winograd_f43_min_pixels && !opt.bf16_gemm && opt.products != ConvProducts::BF16 &&
+        x->type == GGML_TYPE_F32) {
+        // F(4x4, 3x3): f32 products whatever the kernel's type (f16 / bf16 kernels widened by
+        // the per-pass kernel transform, U = 36/9 of the weights in f32, transient); bias,
+        // residual and the 2x upsampling folded into its output / input transforms.
+        return winograd::conv3x3_f43(ctx, x, w, b ? to_f32(ctx, b) : nullptr, residual, g.up,
+                                     opt.winograd_strip_bytes);
+    }
     if (g.up != 1) x = ggml_upscale(ctx, x, g.up, GGML_SCALE_MODE_NEAREST);
     if (opt.products == ConvProducts::F32) w = to_f32(ctx, w);
     ggml_tensor* y;
-    if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 && stride == 1 && pad == 1 &&
-        w->ne[2] >= 32 && w->ne[3] >= 32 && x->ne[0] * x->ne[1] * x->ne[3] >= opt.winograd_min_pixels) {
+    if (winograd && pixels >= opt.winograd_min_pixels) {
         // Winograd pays a per-call kernel transform (16/9 of the weights): worth it from about
         // 256 output pixels (measured; below that im2col + GEMM is as fast). The transformed
         // operands are f32 (f16 / bf16 kernels are widened by the kernel transform) so that the

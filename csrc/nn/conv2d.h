@@ -11,7 +11,10 @@
 //   ConvAlgo::Im2col   -> ggml_im2col + one GEMM over the whole (batched) output; any backend.
 //   ConvAlgo::Winograd -> with custom ops, 3x3 stride-1 pad-1 convolutions of images with at
 //          least `winograd_min_pixels` N*H*W pixels and >= 32 channels in and out by Winograd
-//          F(2x2, 3x3) (winograd_f23.h); the others as Im2col. (The U-Net's CPU default.)
+//          F(2x2, 3x3) (winograd_f23.h), those with at least `winograd_f43_min_pixels` (and f32
+//          products) by F(4x4, 3x3) over the whole batch (winograd_f43_strips.h: 4x fewer
+//          multiply-adds than im2col instead of 2.25x); the others as Im2col. (The U-Net's CPU
+//          default.)
 //   ConvAlgo::Strips   -> bounded memory for one large image (N == 1): im2col + GEMM in
 //          horizontal strips of output rows, each strip's im2col within `max_im2col_bytes`;
 //          with custom ops the im2col is sdcpp's own op (threads over rows, implicit zero
@@ -45,6 +48,7 @@ struct ConvOptions {
     bool custom_ops = false;  // nn::custom_ops_allowed()
     ConvProducts products = ConvProducts::Native;
     int64_t winograd_min_pixels = 256;             // ConvAlgo::Winograd
+    int64_t winograd_f43_min_pixels = INT64_MAX;   // ConvAlgo::Winograd: F(4x4, 3x3) from here
     // ConvAlgo::Strips / WinogradStrips, per strip; without custom ops (a device), also the
     // largest whole-image im2col of the other algorithms (one image past it goes in strips)
     size_t max_im2col_bytes = SIZE_MAX;

@@ -16,14 +16,17 @@
 
 namespace sdcpp::winograd {
 
-// y [W*up, H*up, OC, 1] = conv3x3(x') + b (+ residual), x' = x [W, H, C, 1] (f32, contiguous)
+// y [W*up, H*up, OC, N] = conv3x3(x') + b (+ residual), x' = x [W, H, C, N] (f32, contiguous)
 // or, with up = 2, its nearest-neighbour 2x upsampling (read through, never materialized).
-// w [3, 3, C, OC] f32 / f16 / bf16; b [OC] f32; residual f32 of y's shape, or null.
+// w [3, 3, C, OC] f32 / f16 / bf16; b [OC] f32 or null; residual f32 of y's shape, or null.
+// The strips run over the tile rows of the whole batch (the VAE: one image; the U-Net: its
+// cond + uncond pair, usually one strip).
 // `onto_residual`: nothing reads the residual after this convolution, so y is written over it
 // (each strip's residual rows are read before they are overwritten; same values, no
-// full-size output of its own). `onto_input`: nothing reads x afterwards (no residual, no
-// upsampling, OC <= C): y is written over x's first OC channel planes, strip by strip, each
-// strip's output only once the next strip's input transform has read the rows it shares.
+// full-size output of its own). `onto_input`: nothing reads x afterwards (one image, no
+// residual, no upsampling, OC <= C): y is written over x's first OC channel planes, strip by
+// strip, each strip's output only once the next strip's input transform has read the rows it
+// shares.
 ggml_tensor* conv3x3_f43(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, ggml_tensor* residual, int up,
                          size_t strip_bytes, bool onto_residual = false, bool onto_input = false);
 

@@ -331,6 +331,59 @@ def test_winograd_f23_at_each_level(level, N, C, OC, H, W, wtype, bias):
         core.cpu_winograd_f23_conv3x3(x, w, b, "q8_0", level, 1)
 
 
+_G43 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                 [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_winograd_f43_kernel_at_each_level(level):
+    """The F(4x4, 3x3) kernel transform (it runs every pass on all the U-Net's 3x3 weights, so it
+    is vectorized): bit-identical to the portable reference at every level (powers of two and one
+    final scale only, see winograd_f43_body.h) and within f32 rounding of float64 G g G^T, for
+    channel counts with and without a scalar tail."""
+    rng = np.random.default_rng(43)
+    for OC, C in [(3, 37), (5, 16), (2, 3)]:
+        w = rng.standard_normal((OC, C, 3, 3)).astype(np.float32)
+        ref = (_G43 @ w.astype(np.float64) @ _G43.T).reshape(OC, C, 36).transpose(2, 0, 1)
+        u = core.cpu_winograd_f43_kernel(w, level)
+        assert u.shape == ref.shape
+        assert np.array_equal(u, core.cpu_winograd_f43_kernel(w, "portable")), (level, C)
+        assert np.abs(u - ref).max() <= 4e-7 * np.abs(ref).max() * 4, (level, C)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("N,C,OC,H,W,up,bias,residual,strip_kb", [
+    (2, 33, 40, 16, 24, 1, True, True, 8192),    # the U-Net's cond + uncond pair, one strip
+    (2, 19, 17, 7, 10, 2, False, False, 8192),   # upsampled, partial tiles, no bias
+    (3, 24, 9, 9, 5, 1, True, False, 16),        # several strips, some spanning two images
+])
+def test_winograd_f43_batch_at_each_level(level, N, C, OC, H, W, up, bias, residual, strip_kb):
+    """The Winograd F(4x4, 3x3) convolution over a batch (the U-Net's 3x3 convolutions): every
+    image bit-identical to the same convolution of that image alone (tile rows numbered across
+    the batch change no operation), and within F(4, 3)'s f32 rounding of torch's float64 conv2d."""
+    torch = _torch()
+    rng = np.random.default_rng(N * 1000 + C)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((OC, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32) if bias else None
+    res = rng.standard_normal((N, OC, H * up, W * up)).astype(np.float32) if residual else None
+    xt = torch.from_numpy(x).double()
+    if up == 2:
+        xt = torch.nn.functional.interpolate(xt, scale_factor=2, mode="nearest")
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), torch.from_numpy(b).double() if bias else None,
+                                     padding=1).numpy()
+    if residual:
+        ref = ref + res
+    out = core.cpu_winograd_conv3x3(x, w, b, res, up, level, strip_kb, 3)
+    assert out.shape == ref.shape
+    for n in range(N):
+        one = core.cpu_winograd_conv3x3(x[n:n + 1].copy(), w, b, None if res is None else res[n:n + 1].copy(), up, level,
+                                        8192, 1)
+        assert np.array_equal(out[n:n + 1], one), (level, n)
+    err = rel(out, ref)
+    assert err <= 3e-6 and float(np.abs(out - ref).max()) <= 3e-5 * max(float(np.abs(ref).max()), 1.0), (level, err)
+
+
 def test_winograd_f23_follows_the_cap(restore_level):
     for level in LEVELS:
         core.set_cpu_level(level)

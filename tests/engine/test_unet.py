@@ -158,10 +158,11 @@ def test_attention_kernels(device, kernel):
 
 
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
-@pytest.mark.parametrize("conv", ["im2col", "winograd"])
+@pytest.mark.parametrize("conv", ["im2col", "winograd", "winograd_f43"])
 def test_conv_implementations(device, name, conv):
-    """Both 3x3 paths on every eligible convolution (forced; "auto" uses Winograd on the CPU
-    from 256 output pixels), including odd tile counts (24 / 8 = 3 columns at the lowest level)."""
+    """The 3x3 paths on every eligible convolution (forced; "auto" uses Winograd F(2x2, 3x3) on
+    the CPU from 256 output pixels, F(4x4, 3x3) from 2048), including odd tile counts (24 / 8 = 3
+    columns at the lowest level; F(4, 3): 3 x 2 outputs in the last tile)."""
     dc, model, tensors, nc = _model(name)
     rng = np.random.default_rng(5)
     x, ctx, kw = _inputs(nc, 2, rng)
@@ -172,6 +173,21 @@ def test_conv_implementations(device, name, conv):
         assert unet._native.resolved_conv == conv
         err = rel_l2(unet(x, 999.0, ctx, **kw), ref)
         print(f"{name} conv {conv} {wt}: rel L2 {err:.2e}")
+        assert err <= tol
+
+
+def test_auto_conv_mixes_winograd_sizes(device):
+    """"auto" on a 40x32 latent pair (2560 output pixels at the top level): F(4x4, 3x3) there,
+    F(2x2, 3x3) / im2col below; f32 and f16 weights (f32 products) against diffusers fp32."""
+    dc, model, tensors, nc = _model("sd1")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, nc["in_channels"], 32, 40)).astype(np.float32)
+    ctx = rng.standard_normal((2, L, nc["cross_attention_dim"])).astype(np.float32)
+    ref = _reference(model, x, 700.0, ctx, {})
+    for wt, tol in (("f32", F32_TOL), ("f16", F16_TOL)):
+        unet = UNet(weights.build_store(device, tensors, wt), nc)
+        err = rel_l2(unet(x, 700.0, ctx), ref)
+        print(f"auto conv 32x40 {wt}: rel L2 {err:.2e}")
         assert err <= tol
 
 

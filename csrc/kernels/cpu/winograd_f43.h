@@ -26,6 +26,11 @@ struct WinogradF43 {
     // each the transform + bias (+ res[r * res_stride + x] when res is not null).
     void (*output_tiles)(const float* m, int64_t p_stride, int64_t ntiles, int rows, int64_t cols, float bias,
                          const float* res, int64_t res_stride, float* out, int64_t out_stride);
+    // Kernel transform U = G g G^T of one output channel's C kernels: g[c * 9 + ky * 3 + kx]
+    // (ggml's [3, 3, C, OC] layout) -> u[p * p_stride + c]. It runs every forward pass (no
+    // transformed copy of the weights is kept; the U-Net's U is 4x its weights in f32), so it is
+    // vectorized over channels and bit-identical at every level (see winograd_f43_body.h).
+    void (*kernel)(const float* g, int64_t C, float* u, int64_t p_stride);
 };
 
 // The best table for the active level, and for a given level (tests run each variant).
@@ -36,10 +41,5 @@ const WinogradF43& winograd_f43_at(Level level);
 const WinogradF43& winograd_f43_portable();
 const WinogradF43* winograd_f43_avx2();
 const WinogradF43* winograd_f43_avx512();
-
-// Kernel transform U = G g G^T of one output channel's C kernels: g[c * 9 + ky * 3 + kx]
-// (ggml's [3, 3, C, OC] layout) -> u[p * p_stride + c]. Cheap (once per conv and pass), so
-// there is one portable version.
-void winograd_f43_kernel(const float* g, int64_t C, float* u, int64_t p_stride);
 
 }  // namespace sdcpp::kernels::cpu

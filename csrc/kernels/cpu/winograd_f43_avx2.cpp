@@ -25,13 +25,19 @@ SD_TARGET inline void interleave4(const V* y, float* dst) {
     _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
 }
 
+// The channels' kernels are 9 floats apart: one gather per kernel position.
+SD_TARGET inline void load9(const float* g, V* k) {
+    const __m256i idx = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
+    for (int q = 0; q < 9; ++q) k[q] = _mm256_i32gather_ps(g + q, idx, 4);
+}
+
 #include "winograd_f43_body.h"
 #undef SD_TARGET
 
 }  // namespace
 
 const WinogradF43* winograd_f43_avx2() {
-    static const WinogradF43 t{Level::Avx2, input_tiles, output_tiles};
+    static const WinogradF43 t{Level::Avx2, input_tiles, output_tiles, kernel};
     return &t;
 }
 

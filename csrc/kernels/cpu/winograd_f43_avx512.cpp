@@ -30,13 +30,19 @@ SD_TARGET inline void interleave4(const V* y, float* dst) {
     _mm512_storeu_pd(reinterpret_cast<double*>(dst + 48), _mm512_permutex2var_pd(a_hi, q1, b_hi));
 }
 
+// The channels' kernels are 9 floats apart: one gather per kernel position.
+SD_TARGET inline void load9(const float* g, V* k) {
+    const __m512i idx = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
+    for (int q = 0; q < 9; ++q) k[q] = _mm512_i32gather_ps(idx, g + q, 4);
+}
+
 #include "winograd_f43_body.h"
 #undef SD_TARGET
 
 }  // namespace
 
 const WinogradF43* winograd_f43_avx512() {
-    static const WinogradF43 t{Level::Avx512, input_tiles, output_tiles};
+    static const WinogradF43 t{Level::Avx512, input_tiles, output_tiles, kernel};
     return &t;
 }
 

@@ -4,9 +4,10 @@
 //   SD_TARGET        the function target attribute of the variant (empty for portable)
 //   V, L             a GCC/clang vector of L floats (its arithmetic compiles to the ISA)
 //   interleave4(y, dst)  dst[4 l + k] = y[k][l] for l < L, k < 4 (64 bytes per lane group)
-// The input transform runs over channels (L at a time, scalar tail), the output transform
-// over tiles (L at a time, then tile by tile at the right edge), so both are pure vector
-// arithmetic on contiguous loads.
+//   load9(g, k)      k[q][l] = g[9 l + q] for q < 9, l < L (L channels' 3x3 kernels)
+// The input and kernel transforms run over channels (L at a time, scalar tail), the output
+// transform over tiles (L at a time, then tile by tile at the right edge), so all are pure
+// vector arithmetic on contiguous loads / stores.
 
 #include "vec_load_store.h"
 
@@ -105,4 +106,56 @@ SD_TARGET void output_tiles(const float* m, int64_t p_stride, int64_t ntiles, in
             for (int64_t k = 0; k < n; ++k) o[k] = y[r][k] + bias + (res ? res[r * res_stride + 4 * t + k] : 0.0f);
         }
     }
+}
+
+// G = D G' with D = diag(1/4, -1/6, -1/6, 1/24, 1/24, 1) and G' = [1 0 0; 1 1 1; 1 -1 1; 1 2 4;
+// 1 -2 4; 0 0 1]: U = G g G^T = D (G' g G'^T) D. G' g G'^T takes only additions and products
+// by powers of two (exact, so a fused multiply-add rounds as the separate ones would), then one
+// product by D_i D_j per value: the same bits at every level, whether or not the compiler
+// contracts, and one rounding fewer than applying G's thirds directly.
+constexpr double kD43[6] = {1.0 / 4, -1.0 / 6, -1.0 / 6, 1.0 / 24, 1.0 / 24, 1.0};
+
+// o = G' k for one column of three values.
+template <typename T>
+SD_TARGET inline void gp3(T k0, T k1, T k2, T* o) {
+    const T a = k0 + k2, b = k0 + k2 * 4.0f, c = k1 * 2.0f;
+    o[0] = k0;
+    o[1] = a + k1;
+    o[2] = a - k1;
+    o[3] = b + c;
+    o[4] = b - c;
+    o[5] = k2;
+}
+
+// U for T channels at a time: k[ky * 3 + kx] holds each channel's kernel value.
+template <typename T>
+SD_TARGET inline void kernel_tile(const T* k, float* u, int64_t ps) {
+    static const struct Scale {
+        float s[6][6];
+        Scale() {
+            for (int i = 0; i < 6; ++i)
+                for (int j = 0; j < 6; ++j) s[i][j] = static_cast<float>(kD43[i] * kD43[j]);
+        }
+    } scale;
+    T t[6][3];  // G' g, column by column
+    for (int j = 0; j < 3; ++j) {
+        T col[6];
+        gp3(k[j], k[3 + j], k[6 + j], col);
+        for (int i = 0; i < 6; ++i) t[i][j] = col[i];
+    }
+    for (int i = 0; i < 6; ++i) {  // (G' g) G'^T, then D_i D_j
+        T r[6];
+        gp3(t[i][0], t[i][1], t[i][2], r);
+        for (int j = 0; j < 6; ++j) st(u + (6 * i + j) * ps, T(r[j] * scale.s[i][j]));
+    }
+}
+
+SD_TARGET void kernel(const float* g, int64_t C, float* u, int64_t p_stride) {
+    int64_t c = 0;
+    for (; c + L <= C; c += L) {
+        V k[9];
+        load9(g + 9 * c, k);
+        kernel_tile<V>(k, u + c, p_stride);
+    }
+    for (; c < C; ++c) kernel_tile<float>(g + 9 * c, u + c, p_stride);
 }

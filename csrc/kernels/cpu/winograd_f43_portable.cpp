@@ -15,13 +15,18 @@ inline void interleave4(const V* y, float* dst) {
         for (int k = 0; k < 4; ++k) dst[4 * l + k] = y[k][l];
 }
 
+inline void load9(const float* g, V* k) {
+    for (int q = 0; q < 9; ++q)
+        for (int l = 0; l < L; ++l) k[q][l] = g[9 * l + q];
+}
+
 #include "winograd_f43_body.h"
 #undef SD_TARGET
 
 }  // namespace
 
 const WinogradF43& winograd_f43_portable() {
-    static const WinogradF43 t{Level::Portable, input_tiles, output_tiles};
+    static const WinogradF43 t{Level::Portable, input_tiles, output_tiles, kernel};
     return t;
 }
 

@@ -21,7 +21,7 @@ from .native_call import call_native
 from .weights import native
 
 ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
-CONV_IMPLS = ("auto", "im2col", "winograd")
+CONV_IMPLS = ("auto", "im2col", "winograd", "winograd_f43")
 COMPUTE_KINDS = ("f32", "bf16")
 
 
@@ -91,8 +91,11 @@ class UNet:
 
     @property
     def conv(self) -> str:
-        """3x3 convolutions: "auto" (Winograd F(2x2,3x3) on the CPU backend for images of 256+
-        pixels, im2col + GEMM otherwise), "im2col" or "winograd" (every eligible conv)."""
+        """3x3 convolutions: "auto" (on the CPU backend Winograd F(4x4,3x3) for batches of
+        2048+ output pixels, i.e. the 64x64 and 32x32 latents of a cond + uncond pair, F(2x2,3x3)
+        from 256 pixels, im2col + GEMM below; elsewhere im2col + GEMM), "im2col", "winograd"
+        (F(2x2,3x3) on every eligible conv) or "winograd_f43" (F(4x4,3x3) on every eligible conv,
+        F(2x2,3x3) under compute="bf16")."""
         return self._native.conv
 
     @conv.setter
