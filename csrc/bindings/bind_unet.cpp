@@ -116,6 +116,24 @@ const char* kernel_name(nn::AttentionKernel k) {
     }
 }
 
+// ConvImpl <-> UNet.conv / resolved_conv's spelling (resolve_conv never returns Auto).
+ConvImpl parse_conv(const std::string& k) {
+    if (k == "auto") return ConvImpl::Auto;
+    if (k == "im2col") return ConvImpl::Im2col;
+    if (k == "winograd") return ConvImpl::Winograd;
+    if (k == "winograd_f43") return ConvImpl::WinogradF43;
+    throw InvalidArgument("conv must be 'auto', 'im2col', 'winograd' or 'winograd_f43', got '" + k + "'");
+}
+
+const char* conv_name(ConvImpl c) {
+    switch (c) {
+        case ConvImpl::Im2col: return "im2col";
+        case ConvImpl::Winograd: return "winograd";
+        case ConvImpl::WinogradF43: return "winograd_f43";
+        default: return "auto";
+    }
+}
+
 }  // namespace
 
 // Shared with bind_controlnet.cpp (a ControlNet's config is a U-Net config).
@@ -196,21 +214,10 @@ void bind_unet(py::module_& m) {
             })
         .def_property(
             "conv",
-            [](const UNet& u) {
-                switch (u.options().conv) {
-                    case ConvImpl::Im2col: return std::string("im2col");
-                    case ConvImpl::Winograd: return std::string("winograd");
-                    case ConvImpl::WinogradF43: return std::string("winograd_f43");
-                    default: return std::string("auto");
-                }
-            },
+            [](const UNet& u) { return std::string(conv_name(u.options().conv)); },
             [](UNet& u, const std::string& k) {
                 UNetOptions o = u.options();
-                if (k == "auto") o.conv = ConvImpl::Auto;
-                else if (k == "im2col") o.conv = ConvImpl::Im2col;
-                else if (k == "winograd") o.conv = ConvImpl::Winograd;
-                else if (k == "winograd_f43") o.conv = ConvImpl::WinogradF43;
-                else throw InvalidArgument("conv must be 'auto', 'im2col', 'winograd' or 'winograd_f43', got '" + k + "'");
+                o.conv = parse_conv(k);
                 u.set_options(o);
             })
         .def_property(
@@ -237,14 +244,7 @@ void bind_unet(py::module_& m) {
                 o.stream_weights = f;
                 u.set_options(o);
             })
-        .def_property_readonly("resolved_conv",
-                               [](const UNet& u) {
-                                   switch (u.resolved_conv()) {
-                                       case ConvImpl::Winograd: return std::string("winograd");
-                                       case ConvImpl::WinogradF43: return std::string("winograd_f43");
-                                       default: return std::string("im2col");
-                                   }
-                               })
+        .def_property_readonly("resolved_conv", [](const UNet& u) { return std::string(conv_name(u.resolved_conv())); })
         .def_property_readonly("resolved_attention", [](const UNet& u) { return std::string(kernel_name(u.resolved_attention())); })
         .def_property_readonly("unused_weights", &UNet::unused_weights)
         .def_property_readonly("spatial_multiple", &UNet::spatial_multiple)

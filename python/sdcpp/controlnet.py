@@ -215,14 +215,14 @@ def load_controlnet(source: PathLike, *, device: Optional[str] = None, weight_ty
     first generation that uses it, on that model's device (``device=`` builds them on this one)
     and in its weight type unless ``weight_type=`` is given, computing as that model does
     (``sdcpp.load(compute=)``: "f32" exact, "bf16" AMX-BF16 products) unless ``compute=`` is given."""
-    from .engine.unet import COMPUTE_KINDS
+    from .engine.unet import check_compute
     from .engine.weights import WEIGHT_TYPES, open_device
     from .io import open_source
 
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
         raise errors.InvalidArgumentError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
-    if compute is not None and compute not in COMPUTE_KINDS:
-        raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {compute!r}")
+    if compute is not None:
+        check_compute(compute)
     src = open_source(source, variant=variant, revision=revision)
     if len(src.components) != 1:
         raise errors.UnknownArchitectureError("a ControlNet is one set of weights; this source holds the "

@@ -74,10 +74,9 @@ def load_model(source: PathLike, *, vae: Optional[PathLike] = None, device: str 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise errors.InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
     mem = policy(memory)
-    from .engine.unet import COMPUTE_KINDS
+    from .engine.unet import check_compute
 
-    if compute not in COMPUTE_KINDS:
-        raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {compute!r}")
+    check_compute(compute)
 
     from .io import open_source
 

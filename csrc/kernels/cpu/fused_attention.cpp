@@ -35,13 +35,7 @@ using bf16::to_bf16;
 
 }  // namespace
 
-namespace {
-
 #define SD_PACK_TARGET __attribute__((target("avx512f,avx512bw")))
-
-using bf16::round16;
-
-}  // namespace
 
 SD_PACK_TARGET void bf16::pack_kv(ggml_tensor* dst, int ith, int nth, void* ud) {
     const ggml_tensor* k = dst->src[0];
@@ -49,9 +43,7 @@ SD_PACK_TARGET void bf16::pack_kv(ggml_tensor* dst, int ith, int nth, void* ud) 
     const Dims m = dims_of(k->ne[0], 0, k->ne[1], k->ne[2], heads_of(ud), amx_of(ud));
     const int64_t blocks = m.Lkp / 16;
     const auto row_of = [&](const ggml_tensor* t, int64_t key, int64_t n, int64_t h) -> const float* {
-        return key < m.Lk ? reinterpret_cast<const float*>(static_cast<const char*>(t->data) + key * t->nb[1] +
-                                                            n * t->nb[2]) + h * m.d
-                          : nullptr;
+        return key < m.Lk ? head_row(t, key, n, h, m.d) : nullptr;
     };
     thread_local std::vector<uint32_t> kpairs;  // one key's k row as bf16 pairs, zero-padded (to 16 dims)
     kpairs.resize((m.dpairs + 7) / 8 * 8);
@@ -160,9 +152,7 @@ SD_TARGET void attend_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
         const uint16_t* vp = kp + m.kp_size();
         // q rows -> bf16 pairs, pre-scaled by scale * log2(e) (the softmax then uses 2^x)
         for (int64_t r = 0; r < QB; ++r) {
-            const float* row = r < rows ? reinterpret_cast<const float*>(static_cast<const char*>(q->data) +
-                                                                          (q0 + r) * q->nb[1] + n * q->nb[2]) + h * m.d
-                                        : nullptr;
+            const float* row = r < rows ? bf16::head_row(q, q0 + r, n, h, m.d) : nullptr;
             for (int64_t p = 0; p < m.dpairs; ++p) {
                 const float a = row ? row[2 * p] * qscale : 0.0f;
                 const float b = row && 2 * p + 1 < m.d ? row[2 * p + 1] * qscale : 0.0f;
@@ -218,11 +208,7 @@ SD_TARGET void attend_bf16(ggml_tensor* dst, int ith, int nth, void* ud) {
                 }
             }
         }
-        for (int64_t r = 0; r < rows; ++r) {
-            float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + (q0 + r) * dst->nb[1] + n * dst->nb[2]) + h * m.d;
-            const float inv = 1.0f / L[r];
-            for (int64_t c = 0; c < m.d; ++c) out[c] = O[r * m.dvp + c] * inv;
-        }
+        bf16::write_rows(dst, O, m.dvp, L, q0, rows, n, h, m.d);
     }
 }
 
@@ -287,10 +273,8 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
 #else
 
 bool available_bf16() { return false; }
-bool available_bf16_amx() { return available_bf16() && bf16::amx_available(); }
-
-const char* bf16_variant() { return "ggml_flash"; }
 bool available_bf16_amx() { return false; }
+const char* bf16_variant() { return "ggml_flash"; }
 bool available_f32() { return false; }
 ggml_tensor* attention_f32(ggml_context*, ggml_tensor*, ggml_tensor*, ggml_tensor*, int) {
     throw Error("the fused f32 attention is not built for this CPU architecture");

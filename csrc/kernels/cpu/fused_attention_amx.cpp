@@ -188,9 +188,7 @@ SD_TARGET void attend_amx(ggml_tensor* dst, int ith, int nth, void* ud) {
         const uint16_t* vp = kp + m.kp_size();
         // q rows -> bf16 pre-scaled (zero rows past Lq and dims past d: they add nothing)
         for (int64_t r = 0; r < QB; ++r) {
-            const float* row = r < rows ? reinterpret_cast<const float*>(static_cast<const char*>(q->data) +
-                                                                          (q0 + r) * q->nb[1] + n * q->nb[2]) + h * m.d
-                                        : nullptr;
+            const float* row = r < rows ? head_row(q, q0 + r, n, h, m.d) : nullptr;
             for (int64_t c = 0; c < dp; c += 16)
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(Q + r * dp + c),
                                     _mm512_cvtepi32_epi16(round16(row ? row + c : nullptr, m.d - c, qscale)));
@@ -204,16 +202,7 @@ SD_TARGET void attend_amx(ggml_tensor* dst, int ith, int nth, void* ud) {
             softmax(S, valid, nblk, M, L, O, m.dvp, P);
             accumulate(O, m.dvp, P, vp + t * (KT / 2) * m.dvp * 2, nblk);
         }
-        for (int64_t r = 0; r < rows; ++r) {
-            float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + (q0 + r) * dst->nb[1] + n * dst->nb[2]) +
-                         h * m.d;
-            const __m512 inv = _mm512_set1_ps(1.0f / L[r]);
-            for (int64_t c = 0; c < m.d; c += 16) {
-                const int64_t nv = std::min<int64_t>(16, m.d - c);
-                _mm512_mask_storeu_ps(out + c, static_cast<__mmask16>((1u << nv) - 1u),
-                                      _mm512_mul_ps(_mm512_loadu_ps(O + r * m.dvp + c), inv));
-            }
-        }
+        write_rows(dst, O, m.dvp, L, q0, rows, n, h, m.d);
     }
     _tile_release();
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -81,6 +82,25 @@ void pack_kv(ggml_tensor* dst, int ith, int nth, void* ud);
 // src[2] = k (for Lk); user_data(heads, true).
 bool amx_available();
 void attend_amx(ggml_tensor* dst, int ith, int nth, void* ud);
+
+// Row `pos` of head h of image n in a [D, L, N] f32 tensor (q, k, v or the output).
+inline float* head_row(const ggml_tensor* t, int64_t pos, int64_t n, int64_t h, int64_t d) {
+    return reinterpret_cast<float*>(static_cast<char*>(t->data) + pos * t->nb[1] + n * t->nb[2]) + h * d;
+}
+
+// The finished rows q0 .. q0 + rows - 1 of one (n, head): out = O / L, O rows dvp apart, L the
+// online softmax's sums (the same products as a scalar O[c] * (1 / L)).
+__attribute__((target("avx512f"))) inline void write_rows(ggml_tensor* dst, const float* O, int64_t dvp, const float* L,
+                                                          int64_t q0, int64_t rows, int64_t n, int64_t h, int64_t d) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float* out = head_row(dst, q0 + r, n, h, d);
+        const __m512 inv = _mm512_set1_ps(1.0f / L[r]);
+        for (int64_t c = 0; c < d; c += 16) {
+            const int64_t nv = std::min<int64_t>(16, d - c);
+            _mm512_mask_storeu_ps(out + c, static_cast<__mmask16>((1u << nv) - 1u), _mm512_mul_ps(_mm512_loadu_ps(O + r * dvp + c), inv));
+        }
+    }
+}
 
 // 2^x for x <= 0 (-inf gives 0 after the clamp's 2^-150 underflows) with ~1e-7 relative error.
 __attribute__((target("avx512f,avx512dq"))) inline __m512 exp2_ps(__m512 x) {

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import errors
 from .native_call import call_native
-from .unet import COMPUTE_KINDS, float_array
+from .unet import check_compute, float_array
 from .weights import native
 
 
@@ -73,9 +73,7 @@ class ControlNet:
 
     @compute.setter
     def compute(self, kind: str) -> None:
-        if kind not in COMPUTE_KINDS:
-            raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {kind!r}")
-        self._native.compute = kind
+        self._native.compute = check_compute(kind)
 
     def clear(self) -> None:
         self._native.clear()

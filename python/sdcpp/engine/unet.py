@@ -25,6 +25,14 @@ CONV_IMPLS = ("auto", "im2col", "winograd", "winograd_f43")
 COMPUTE_KINDS = ("f32", "bf16")
 
 
+def check_compute(kind: Any) -> str:
+    """`kind` if it is one of COMPUTE_KINDS (UNet / ControlNet .compute, sdcpp.load(compute=),
+    load_controlnet(compute=)), else InvalidArgumentError naming the value."""
+    if kind not in COMPUTE_KINDS:
+        raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {kind!r}")
+    return kind
+
+
 def float_array(value: Any, name: str) -> np.ndarray:
     """`value` as a contiguous float32 array; InvalidArgumentError naming `name` if it is not real-valued."""
     arr = np.asarray(value)
@@ -124,9 +132,7 @@ class UNet:
 
     @compute.setter
     def compute(self, kind: str) -> None:
-        if kind not in COMPUTE_KINDS:
-            raise errors.InvalidArgumentError(f"compute must be one of {COMPUTE_KINDS}, got {kind!r}")
-        self._native.compute = kind
+        self._native.compute = check_compute(kind)
 
     @property
     def stream_weights(self) -> bool:
