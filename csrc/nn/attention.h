@@ -3,6 +3,8 @@
 // here:
 //   Flash + custom ops, where the CPU level has one -> sdcpp's fused CPU kernel
 //       (kernels/cpu/fused_attention.h: bf16 products for `type` BF16, else f32);
+//   Int8 + custom ops -> sdcpp's int8 CPU kernel (kernels/cpu/attention_int8.h, every CPU
+//       level; opt-in, not exact), Int8 otherwise as Flash;
 //   Flash otherwise -> ggml_flash_attn_ext in f32;
 //   MulMat (and every causal attention) -> mul_mat + soft_max in `type` (F32, F16 or BF16
 //       operands, f32 sums), queries in chunks whose score matrix stays within
@@ -16,7 +18,8 @@
 
 namespace sdcpp::nn {
 
-enum class AttentionKernel { Auto, MulMat, Flash };
+// Int8: never chosen by Auto (its products are quantized: UNet.attention = "int8" opts in).
+enum class AttentionKernel { Auto, MulMat, Flash, Int8 };
 
 // What Auto means on this device. Measured on the CPU backend (bk-sdm-tiny / SD1.5 at 64x64,
 // batch 2, 1 thread): ggml's tiled f32 flash attention ~52 GFLOP/s, 0.94 s per 4096-token SD1
