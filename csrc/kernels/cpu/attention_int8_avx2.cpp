@@ -17,12 +17,20 @@ namespace {
 
 constexpr int R = 4;  // query rows per register block
 
+// acc += the pair products of a and b. The empty asm pins the sum to its register: without it
+// GCC computes each product into a new register and copies it back (a vmovdqa per product in
+// the inner loops, on the same ports as the products).
+SD_TARGET inline void dot2(__m256i& acc, __m256i a, __m256i b) {
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+    asm("" : "+x"(acc));
+}
+
 SD_TARGET inline __m256 exp2_neg8(__m256 x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
     const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(x, n);
     __m256 p = _mm256_set1_ps(kExp2[0]);
-    for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2[i]));
+    for (int i = 1; i < kExp2Terms; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -38,8 +46,8 @@ SD_TARGET void scores(const uint32_t* q, int rows, const uint32_t* ktile, int64_
                 const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kg + p * 16 + 8));
                 for (int r = 0; r < R; ++r) {
                     const __m256i qb = _mm256_set1_epi32(static_cast<int>(q[(r0 + r) * dpairs + p]));
-                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(qb, k0));
-                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(qb, k1));
+                    dot2(acc[r][0], qb, k0);
+                    dot2(acc[r][1], qb, k1);
                 }
             }
             for (int r = 0; r < R; ++r) {
@@ -91,31 +99,53 @@ SD_TARGET void softmax(const int32_t* S, int rows, const float* sq, const float*
     }
 }
 
+// R = 4 rows x NC (1 or 2) vectors of 8 channels starting at c. Named accumulators: with
+// arrays GCC keeps them on the stack here.
+template <int NC>
+SD_TARGET inline void pv_block(const int16_t* P, const uint32_t* vtile, const float* vs, const float* alpha, int64_t dvp,
+                               float* O, int r0, int64_t c) {
+    static_assert(R == 4 && (NC == 1 || NC == 2));
+    __m256i a00 = _mm256_setzero_si256(), a10 = a00, a20 = a00, a30 = a00, a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+    const int16_t* p = P + r0 * kKeys;
+    for (int kp = 0; kp < kKeys / 2; ++kp) {
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vtile + kp * dvp + c));
+        const __m256i v1 = NC == 2 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vtile + kp * dvp + c + 8)) : v0;
+        int32_t w[R];
+        std::memcpy(&w[0], p + 2 * kp, 4);
+        std::memcpy(&w[1], p + kKeys + 2 * kp, 4);
+        std::memcpy(&w[2], p + 2 * kKeys + 2 * kp, 4);
+        std::memcpy(&w[3], p + 3 * kKeys + 2 * kp, 4);
+        const __m256i p0 = _mm256_set1_epi32(w[0]), p1 = _mm256_set1_epi32(w[1]);
+        const __m256i p2 = _mm256_set1_epi32(w[2]), p3 = _mm256_set1_epi32(w[3]);
+        dot2(a00, p0, v0);
+        dot2(a10, p1, v0);
+        dot2(a20, p2, v0);
+        dot2(a30, p3, v0);
+        if constexpr (NC == 2) {
+            dot2(a01, p0, v1);
+            dot2(a11, p1, v1);
+            dot2(a21, p2, v1);
+            dot2(a31, p3, v1);
+        }
+    }
+    const __m256i acc[R][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+    for (int r = 0; r < R; ++r) {
+        const __m256 a = _mm256_set1_ps(alpha[r0 + r]);
+        for (int j = 0; j < NC; ++j) {
+            float* o = O + (r0 + r) * dvp + c + 8 * j;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][j]), _mm256_loadu_ps(vs + c + 8 * j),
+                                                _mm256_mul_ps(_mm256_loadu_ps(o), a)));
+        }
+    }
+}
+
 SD_TARGET void pv(const int16_t* P, int rows, const uint32_t* vtile, const float* vs, const float* alpha, int64_t dvp,
                   float* O) {
-    for (int r0 = 0; r0 < rows; r0 += R)
-        for (int64_t c = 0; c < dvp; c += 16) {
-            __m256i acc[R][2];
-            for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-            for (int kp = 0; kp < kKeys / 2; ++kp) {
-                const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vtile + kp * dvp + c));
-                const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vtile + kp * dvp + c + 8));
-                for (int r = 0; r < R; ++r) {
-                    int32_t pw;
-                    std::memcpy(&pw, P + (r0 + r) * kKeys + 2 * kp, 4);
-                    const __m256i pb = _mm256_set1_epi32(pw);
-                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(pb, v0));
-                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(pb, v1));
-                }
-            }
-            const __m256 s0 = _mm256_loadu_ps(vs + c), s1 = _mm256_loadu_ps(vs + c + 8);
-            for (int r = 0; r < R; ++r) {
-                float* o = O + (r0 + r) * dvp + c;
-                const __m256 a = _mm256_set1_ps(alpha[r0 + r]);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][0]), s0, _mm256_mul_ps(_mm256_loadu_ps(o), a)));
-                _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][1]), s1, _mm256_mul_ps(_mm256_loadu_ps(o + 8), a)));
-            }
-        }
+    for (int r0 = 0; r0 < rows; r0 += R) {
+        int64_t c = 0;
+        for (; c + 16 <= dvp; c += 16) pv_block<2>(P, vtile, vs, alpha, dvp, O, r0, c);
+        if (c < dvp) pv_block<1>(P, vtile, vs, alpha, dvp, O, r0, c);
+    }
 }
 
 #undef SD_TARGET

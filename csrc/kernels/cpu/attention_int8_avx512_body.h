@@ -12,7 +12,7 @@ SD_TARGET inline __m512 exp2_neg16(__m512 x) {
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(kExp2[0]);
-    for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2[i]));
+    for (int i = 1; i < kExp2Terms; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2[i]));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
@@ -68,16 +68,18 @@ SD_TARGET void softmax(const int32_t* S, int rows, const float* sq, const float*
     }
 }
 
-// R rows x NC vectors of 16 channels starting at c.
+// R rows x NC vectors of 16 channels starting at c; the last one only on the lanes of `tail`
+// (dvp is a multiple of 8: a last half vector).
 template <int NC>
 SD_TARGET inline void pv_block(const int16_t* P, const uint32_t* vtile, const float* vs, const float* alpha, int64_t dvp,
-                               float* O, int r0, int64_t c) {
+                               float* O, int r0, int64_t c, __mmask16 tail) {
     __m512i acc[R][NC];
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < NC; ++j) acc[r][j] = _mm512_setzero_si512();
     for (int kp = 0; kp < kKeys / 2; ++kp) {
         __m512i vv[NC];
-        for (int j = 0; j < NC; ++j) vv[j] = _mm512_loadu_si512(vtile + kp * dvp + c + 16 * j);
+        for (int j = 0; j < NC; ++j)
+            vv[j] = _mm512_maskz_loadu_epi32(j == NC - 1 ? tail : static_cast<__mmask16>(0xffff), vtile + kp * dvp + c + 16 * j);
         for (int r = 0; r < R; ++r) {
             int32_t pw;
             std::memcpy(&pw, P + (r0 + r) * kKeys + 2 * kp, 4);
@@ -88,26 +90,28 @@ SD_TARGET inline void pv_block(const int16_t* P, const uint32_t* vtile, const fl
     for (int r = 0; r < R; ++r) {
         const __m512 a = _mm512_set1_ps(alpha[r0 + r]);
         for (int j = 0; j < NC; ++j) {
+            const __mmask16 m = j == NC - 1 ? tail : static_cast<__mmask16>(0xffff);
             float* o = O + (r0 + r) * dvp + c + 16 * j;
-            _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), _mm512_loadu_ps(vs + c + 16 * j),
-                                                _mm512_mul_ps(_mm512_loadu_ps(o), a)));
+            _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), _mm512_maskz_loadu_ps(m, vs + c + 16 * j),
+                                                        _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o), a)));
         }
     }
 }
 
 SD_TARGET void pv(const int16_t* P, int rows, const uint32_t* vtile, const float* vs, const float* alpha, int64_t dvp,
                   float* O) {
-    const int64_t nvec = dvp / 16;
+    const int64_t nvec = (dvp + 15) / 16;
+    const __mmask16 tail = dvp % 16 ? static_cast<__mmask16>(0x00ff) : static_cast<__mmask16>(0xffff);
     for (int r0 = 0; r0 < rows; r0 += R)
         for (int64_t c0 = 0; c0 < nvec;) {
             const int64_t nc = std::min<int64_t>(4, nvec - c0);
+            const __mmask16 t = c0 + nc == nvec ? tail : static_cast<__mmask16>(0xffff);
             switch (nc) {
-                case 1: pv_block<1>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16); break;
-                case 2: pv_block<2>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16); break;
-                case 3: pv_block<3>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16); break;
-                default: pv_block<4>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16); break;
+                case 1: pv_block<1>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16, t); break;
+                case 2: pv_block<2>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16, t); break;
+                case 3: pv_block<3>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16, t); break;
+                default: pv_block<4>(P, vtile, vs, alpha, dvp, O, r0, c0 * 16, t); break;
             }
             c0 += nc;
         }
 }
-
