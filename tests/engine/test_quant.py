@@ -337,11 +337,13 @@ def test_q8_0_final_latents_real_widths_within_issue_bound():
     ref = euler(torch_eps, latents)
     dev = weights.open_device("cpu", 2)
     errs = {}
-    for label, wt, type_of in (("f16", "f16", weights.storage_type), ("q8_0", "q8_0", weights.storage_type),
-                               ("q8_0 every role", "q8_0",
-                                lambda n, shape, w: weights.storage_type(n, shape, w, keep_f16=False))):
+    for label, wt, type_of, attention in (
+            ("f16", "f16", weights.storage_type, "auto"), ("q8_0", "q8_0", weights.storage_type, "auto"),
+            ("q8_0 every role", "q8_0", lambda n, shape, w: weights.storage_type(n, shape, w, keep_f16=False), "auto"),
+            ("q8_0 int8 attention", "q8_0", weights.storage_type, "int8")):
         store = weights.build_store(dev, tensors, wt, type_of)
         unet = UNet(store, nc)
+        unet.attention = attention
 
         def eps(x, t):
             out = unet(x, t, ctx)
@@ -352,6 +354,7 @@ def test_q8_0_final_latents_real_widths_within_issue_bound():
     assert errs["f16"] <= ISSUE_F16, errs
     assert errs["q8_0"] <= ISSUE_Q8, errs
     assert errs["q8_0 every role"] > ISSUE_Q8, errs      # the policy is what meets the bound
+    assert errs["q8_0 int8 attention"] <= ISSUE_Q8, errs  # UNet.attention = "int8" too: INT8_E2E
 
 
 
