@@ -80,7 +80,7 @@ SD_TARGET void softmax(const int32_t* S, int rows, const float* sq, const float*
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
         const float mnew = std::max(M[r], _mm_cvtss_f32(m4));
-        alpha[r] = exp2_neg(M[r] - mnew);
+        alpha[r] = rescale(M[r], mnew);
         M[r] = mnew;
         const __m256 mv = _mm256_set1_ps(mnew);
         __m256i sum = _mm256_setzero_si256();

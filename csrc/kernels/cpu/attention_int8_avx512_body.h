@@ -55,7 +55,7 @@ SD_TARGET void softmax(const int32_t* S, int rows, const float* sq, const float*
             mx = _mm512_max_ps(mx, s[i]);
         }
         const float mnew = std::max(M[r], _mm512_reduce_max_ps(mx));
-        alpha[r] = exp2_neg(M[r] - mnew);
+        alpha[r] = rescale(M[r], mnew);
         M[r] = mnew;
         const __m512 mv = _mm512_set1_ps(mnew);
         __m512i sum = _mm512_setzero_si512();

@@ -32,7 +32,7 @@ void softmax(const int32_t* S, int rows, const float* sq, const float* sk, int v
             mx = std::max(mx, s[j]);
         }
         const float mnew = std::max(M[r], mx);
-        alpha[r] = exp2_neg(M[r] - mnew);
+        alpha[r] = rescale(M[r], mnew);
         M[r] = mnew;
         int32_t sum = 0;
         for (int j = 0; j < kKeys; ++j) {
