@@ -314,6 +314,7 @@ void bind_unet(py::module_& m) {
                 nn::AttentionOptions ao;  // "fused" = the flash kernel with custom ops allowed
                 ao.kernel = kern;
                 ao.custom_ops = fused || kern == nn::AttentionKernel::Int8;
+                ao.int8_min_keys = 0;  // "int8": the int8 kernel at every size (tests)
                 ao.type = t;
                 ao.causal = causal;
                 if (max_score_bytes > 0) ao.max_score_bytes = static_cast<size_t>(max_score_bytes);

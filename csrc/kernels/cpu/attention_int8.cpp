@@ -25,9 +25,12 @@ inline uint32_t pair(int32_t a, int32_t b) {
 }
 
 // x / scale rounded to the nearest int8 value (|x| <= 127 scale by construction; the clamp
-// only guards the division's rounding).
+// only guards the division's rounding). Nearest-even by adding and subtracting 1.5 * 2^23 (exact
+// for |y| < 2^22): what std::nearbyint gives, without its libm call in this baseline-ISA file.
 inline int32_t quant(float x, float inv) {
-    return std::clamp(static_cast<int32_t>(std::nearbyint(x * inv)), -127, 127);
+    constexpr float kRound = 12582912.0f;
+    const float y = x * inv;
+    return std::clamp(static_cast<int32_t>((y + kRound) - kRound), -127, 127);
 }
 
 // One row's int8 values as words (zero past d) and its scale (max |x| / 127; 0 for a zero row).
@@ -73,20 +76,26 @@ void pack_int8(const AttentionInt8Args& a, uint32_t* packed, int ith, int nth) {
             for (int64_t c = 0; c < m.d; ++c) row[c] = x[c] - mean[c];
             sk[j] = quant_row(row.data(), m.d, m.dpairs, kp + (j / 16) * m.dpairs * 16 + j % 16, 16);
         }
-        // V: one scale per channel per 64-key tile
+        // V: one scale per channel per 64-key tile (rows read in order: a column walk would
+        // touch a cache line per value)
+        std::vector<float> amax(m.d), inv(m.d);
         for (int64_t t = 0; t < m.tiles(); ++t) {
             const int64_t j0 = t * kKeys, j1 = std::min(m.Lk, j0 + kKeys);
+            std::fill(amax.begin(), amax.end(), 0.0f);
+            for (int64_t j = j0; j < j1; ++j) {
+                const float* x = row_of(a.v, a.v_row, a.v_batch, j, n, h, m.d);
+                for (int64_t c = 0; c < m.d; ++c) amax[c] = std::max(amax[c], std::fabs(x[c]));
+            }
             float* scale = vs + t * m.dvp;
             for (int64_t c = 0; c < m.d; ++c) {
-                float amax = 0.0f;
-                for (int64_t j = j0; j < j1; ++j) amax = std::max(amax, std::fabs(row_of(a.v, a.v_row, a.v_batch, j, n, h, m.d)[c]));
-                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-                scale[c] = amax / 127.0f;
-                for (int64_t j = j0; j < j1; j += 2) {
-                    const int32_t lo = quant(row_of(a.v, a.v_row, a.v_batch, j, n, h, m.d)[c], inv);
-                    const int32_t hi = j + 1 < j1 ? quant(row_of(a.v, a.v_row, a.v_batch, j + 1, n, h, m.d)[c], inv) : 0;
-                    vp[(j / 2) * m.dvp + c] = pair(lo, hi);
-                }
+                inv[c] = amax[c] > 0.0f ? 127.0f / amax[c] : 0.0f;
+                scale[c] = amax[c] / 127.0f;
+            }
+            for (int64_t j = j0; j < j1; j += 2) {
+                const float* lo = row_of(a.v, a.v_row, a.v_batch, j, n, h, m.d);
+                const float* hi = j + 1 < j1 ? row_of(a.v, a.v_row, a.v_batch, j + 1, n, h, m.d) : nullptr;
+                uint32_t* out = vp + (j / 2) * m.dvp;
+                for (int64_t c = 0; c < m.d; ++c) out[c] = pair(quant(lo[c], inv[c]), hi ? quant(hi[c], inv[c]) : 0);
             }
         }
     }
