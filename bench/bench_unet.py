@@ -41,7 +41,7 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml",
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-int8attn", "sdcpp-q8_0-ggml",
                "sdcpp-q8_0-im2col", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
                "openvino-f32", "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
@@ -49,6 +49,7 @@ ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcp
 #   instead of the one-op convolution (kernels/cpu/conv_q8.h), for A/B runs
 # sdcpp-f32-f23 / sdcpp-f16-f23: the 3x3 convolutions by Winograd F(2x2, 3x3) only
 #   (SDCPP_WINOGRAD_F43=0) instead of F(4x4, 3x3) on the larger latents, for A/B runs
+# sdcpp-q8_0-int8attn: q8_0 weights, UNet.attention = "int8" (the int8 attention kernel)
 # sdcpp-f16-bf16compute: f16 weights, UNet.compute = "bf16" (AMX-BF16 products where the CPU has them)
 
 
@@ -104,7 +105,7 @@ def child_sdcpp(args, spec) -> dict:
     store = weights.build_store(dev, tensors, args.config.split("-")[1])
     load_s = time.perf_counter() - t0
     unet = UNet(store, spec["native"])
-    unet.attention = args.attention
+    unet.attention = "int8" if args.config.endswith("-int8attn") else args.attention
     if args.config.endswith("-bf16compute"):
         unet.compute = "bf16"
     nc = spec["native"]
@@ -244,7 +245,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=77)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash"])
+    ap.add_argument("--attention", default="auto", choices=["auto", "mul_mat", "flash", "int8"])
     ap.add_argument("--cpu-level", default=None,
                     help="cap sdcpp's CPU kernels (portable, avx2, avx512, avx512_bf16, amx; SDCPP_CPU_LEVEL), e.g. to "
                          "measure an AVX2 CPU's path on an AVX-512 machine")

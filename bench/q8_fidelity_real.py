@@ -7,6 +7,7 @@ The denoising loop is the Euler discrete sampler of the tests (tests/engine/eule
 both sides see the same sigmas; the conditioning is a random context pair (cond / uncond) in place of CLIP's output.
 
     PYTHONPATH=python python bench/q8_fidelity_real.py --model bk-sdm-tiny --latent 64 --threads 2
+    PYTHONPATH=python python bench/q8_fidelity_real.py --latent 64 --configs q8_0 q8_0+int8attn   # + int8 attention
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["f16", "q8_0", "q8_0-all"],
                     help="sdcpp weight types; '-all' quantizes the roles KEEP_F16 keeps f16 too; "
                          "'q8_0-keep:shortcut,proj_in' keeps those q8_sensitivity classes f16 instead; "
-                         "'q8_0-only:conv1' quantizes that class alone; 'q8_0-wonly' stores the q8_0-rounded weights as f32 (weight rounding only)")
+                         "'q8_0-only:conv1' quantizes that class alone; 'q8_0-wonly' stores the q8_0-rounded weights as f32 (weight rounding only); "
+                         "a '+int8attn' suffix runs the U-Net with UNet.attention = 'int8'")
     ap.add_argument("--clip", action="store_true", help="CLIP-L text encoder instead (one encode)")
     args = ap.parse_args()
     if args.clip:
@@ -153,12 +155,17 @@ def main():
     print(f"{args.model} latent {args.latent}: diffusers fp32 {time.perf_counter() - t0:.1f} s", flush=True)
     dev = weights.open_device("cpu", args.threads)
     for config in args.configs:
-        wt, _, variant = config.partition("-")
+        base, _, option = config.partition("+")
+        wt, _, variant = base.partition("-")
         stored, wt, type_of = variant_store(tensors, wt, variant)
         store = weights.build_store(dev, stored, wt, type_of)
         types = store.types()
         nbytes = store.nbytes
         unet = UNet(store, nc)
+        if option == "int8attn":
+            unet.attention = "int8"
+        elif option:
+            raise SystemExit(f"unknown config option '+{option}'")
 
         def eps(x, t):
             out = unet(x, t, ctx, **kw)

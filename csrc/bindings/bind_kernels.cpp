@@ -7,6 +7,7 @@
 
 #include "../kernels/cpu/cpu_level.h"
 #include "../kernels/cpu/elementwise.h"
+#include "../kernels/cpu/attention_int8.h"
 #include "../kernels/cpu/fused_attention.h"
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_bf16.h"
@@ -131,6 +132,7 @@ void bind_kernels(py::module_& m) {
                              : kc::runs(kc::active_level(), kc::Level::Avx512) ? "avx512"
                                                                                : "avx2";
         d["attention_bf16"] = fused_attention::bf16_variant();
+        d["attention_int8"] = fused_attention::int8_variant();
         py::dict f;
         for (const auto& [name, has] : kc::reported_features()) f[py::str(name)] = has;
         d["features"] = f;
@@ -283,6 +285,34 @@ void bind_kernels(py::module_& m) {
         }
         return c;
     }, py::arg("a"), py::arg("b"), py::arg("btype"), py::arg("level"), py::arg("threads") = 1);
+
+    // The int8 attention (attention_int8.h) with one variant's micro-kernels ("portable", "avx2",
+    // "avx512" or "avx512_vnni", which this CPU must have): q [N, Lq, D], k, v [N, Lk, D] ->
+    // [N, Lq, D]; `threads` real threads (GIL released) for the packing and the attention.
+    m.def("cpu_kernel_attention_int8", [](F32Array q, F32Array k, F32Array v, int heads, const std::string& variant, int threads) {
+        const kc::AttentionInt8Kernels* t = nullptr;
+        if (variant == "portable") t = &kc::attention_int8_portable();
+        else if (variant == "avx2" && kc::supported(kc::Level::Avx2)) t = kc::attention_int8_avx2();
+        else if (variant == "avx512" && kc::supported(kc::Level::Avx512)) t = kc::attention_int8_avx512_with(false);
+        else if (variant == "avx512_vnni" && kc::supported(kc::Level::Avx512)) t = kc::attention_int8_avx512_with(true);
+        if (!t) throw InvalidArgument("no int8 attention variant '" + variant + "' on this CPU");
+        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3) throw InvalidArgument("q, k, v must be [N, L, D]");
+        const int64_t N = q.shape(0), Lq = q.shape(1), D = q.shape(2), Lk = k.shape(1);
+        if (k.shape(0) != N || v.shape(0) != N || k.shape(2) != D || v.shape(2) != D || v.shape(1) != Lk || Lk < 1)
+            throw InvalidArgument("q, k, v shapes do not agree");
+        if (heads < 1 || D % heads != 0) throw InvalidArgument("heads must divide the width");
+        if (threads < 1) throw InvalidArgument("threads must be >= 1");
+        F32Array out = new_f32({N, Lq, D});
+        const kc::AttentionInt8Args a{q.data(), D, Lq * D, k.data(), D, Lk * D, v.data(), D, Lk * D,
+                                      out.mutable_data(), D, Lq * D, N, Lq, Lk, D / heads, heads};
+        {
+            py::gil_scoped_release nogil;
+            std::vector<uint32_t> packed(static_cast<size_t>(kc::packed_int8_words(a)));
+            on_threads(threads, [&](int ith, int nth) { kc::pack_int8(a, packed.data(), ith, nth); });
+            on_threads(threads, [&](int ith, int nth) { kc::attend_int8(*t, a, packed.data(), ith, nth); });
+        }
+        return out;
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("variant"), py::arg("threads") = 1);
 
     // The bf16 product (gemm_bf16.h) at one level: arguments as cpu_kernel_gemm; levels below amx
     // (or without AMX-BF16) run the portable reference.

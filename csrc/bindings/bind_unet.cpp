@@ -105,13 +105,15 @@ nn::AttentionKernel parse_kernel(const std::string& k) {
     if (k == "auto") return nn::AttentionKernel::Auto;
     if (k == "mul_mat") return nn::AttentionKernel::MulMat;
     if (k == "flash") return nn::AttentionKernel::Flash;
-    throw InvalidArgument("attention kernel must be 'auto', 'mul_mat' or 'flash', got '" + k + "'");
+    if (k == "int8") return nn::AttentionKernel::Int8;
+    throw InvalidArgument("attention kernel must be 'auto', 'mul_mat', 'flash' or 'int8', got '" + k + "'");
 }
 
 const char* kernel_name(nn::AttentionKernel k) {
     switch (k) {
         case nn::AttentionKernel::MulMat: return "mul_mat";
         case nn::AttentionKernel::Flash: return "flash";
+        case nn::AttentionKernel::Int8: return "int8";
         default: return "auto";
     }
 }
@@ -311,7 +313,8 @@ void bind_unet(py::module_& m) {
                 std::memcpy(tv->data, v.data(), ggml_nbytes(tv));
                 nn::AttentionOptions ao;  // "fused" = the flash kernel with custom ops allowed
                 ao.kernel = kern;
-                ao.custom_ops = fused;
+                ao.custom_ops = fused || kern == nn::AttentionKernel::Int8;
+                ao.int8_min_keys = 0;  // "int8": the int8 kernel at every size (tests)
                 ao.type = t;
                 ao.causal = causal;
                 if (max_score_bytes > 0) ao.max_score_bytes = static_cast<size_t>(max_score_bytes);

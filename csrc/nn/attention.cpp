@@ -102,7 +102,9 @@ ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_t
     const int64_t D = q->ne[0];
     SD_CHECK(heads >= 1 && D % heads == 0, "attention width must be divisible by the number of heads");
     const float scale = 1.0f / std::sqrt(static_cast<float>(D / heads));
-    if (opt.kernel == AttentionKernel::Flash && !opt.causal) {
+    if ((opt.kernel == AttentionKernel::Flash || opt.kernel == AttentionKernel::Int8) && !opt.causal) {
+        if (opt.custom_ops && opt.kernel == AttentionKernel::Int8 && k->ne[1] >= opt.int8_min_keys)
+            return fused_attention::attention_int8(ctx, q, k, v, heads);
         if (opt.custom_ops) {  // the fused CPU kernels, where this CPU level has them
             if (opt.type == GGML_TYPE_BF16 && fused_attention::available_bf16())
                 return fused_attention::attention_bf16(ctx, q, k, v, heads);

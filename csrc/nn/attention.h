@@ -3,6 +3,9 @@
 // here:
 //   Flash + custom ops, where the CPU level has one -> sdcpp's fused CPU kernel
 //       (kernels/cpu/fused_attention.h: bf16 products for `type` BF16, else f32);
+//   Int8 + custom ops, at least int8_min_keys keys -> sdcpp's int8 CPU kernel
+//       (kernels/cpu/attention_int8.h, every CPU level; opt-in, not exact), Int8 otherwise as
+//       Flash;
 //   Flash otherwise -> ggml_flash_attn_ext in f32;
 //   MulMat (and every causal attention) -> mul_mat + soft_max in `type` (F32, F16 or BF16
 //       operands, f32 sums), queries in chunks whose score matrix stays within
@@ -16,7 +19,8 @@
 
 namespace sdcpp::nn {
 
-enum class AttentionKernel { Auto, MulMat, Flash };
+// Int8: never chosen by Auto (its products are quantized: UNet.attention = "int8" opts in).
+enum class AttentionKernel { Auto, MulMat, Flash, Int8 };
 
 // What Auto means on this device. Measured on the CPU backend (bk-sdm-tiny / SD1.5 at 64x64,
 // batch 2, 1 thread): ggml's tiled f32 flash attention ~52 GFLOP/s, 0.94 s per 4096-token SD1
@@ -31,6 +35,11 @@ struct AttentionOptions {
     ggml_type type = GGML_TYPE_F32;                    // operand type of the products (see above)
     bool causal = false;                               // mask future positions (CLIP)
     size_t max_score_bytes = SIZE_MAX;                 // MulMat: score matrix per query chunk
+    // Int8: the int8 kernel from this many keys on; fewer (the 77-token cross-attention, the
+    // 256-token self-attention of SD1's last level) run as Flash, exact and not slower there:
+    // measured on 2 x 8 heads, one Sapphire Rapids core at avx2, f32 / int8 time 0.81 at 77
+    // keys (the 64-key tile pads them to 128), 0.91 at 256, 1.11 at 1024, 1.39 at 4096.
+    int64_t int8_min_keys = 512;
 };
 
 ggml_tensor* attention(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads,

@@ -81,7 +81,7 @@ def format_system_info(info: dict[str, Any]) -> str:
         lines.append("CPU features present:  " + " ".join(sorted(info["cpu_features_host"])))
     k = info["cpu_kernels"]
     lines.append(f"sdcpp CPU kernels: level {k['level']} (detected {k['detected']}); element-wise {k['elementwise']}, "
-                 f"attention f32 {k['attention_f32']}, bf16 {k['attention_bf16']}")
+                 f"attention f32 {k['attention_f32']}, bf16 {k['attention_bf16']}, int8 {k['attention_int8']}")
     lines.append(f"default threads: {info['default_threads']}")
     for w in info["warnings"]:
         lines.append(f"warning: {w}")

@@ -157,6 +157,28 @@ def test_attention_kernels(device, kernel):
     assert err <= F32_TOL  # the tiled CPU flash attention runs in f32 with f32 K/V
 
 
+@pytest.mark.parametrize("name", ["sd1", "bk_tiny"])  # (SDXL's 32x32 attentions: 256 tokens at most)
+def test_int8_attention(device, name):
+    """UNet.attention = "int8" (on the CPU backend the int8 attention kernel for attentions of
+    512+ keys, here the first level's 1024-token self-attention of a 32x32 latent; the others
+    run the exact kernel; ggml's flash attention on other backends) with f32 weights, one call
+    vs diffusers fp32. Measured: sd1 1.2e-3, bk_tiny 1.5e-3 (f32 attention: ~1e-6; with the int8
+    kernel on every attention of a 16x24 latent: sd1 4.4e-3, sdxl 2.6e-3, bk_tiny 5.2e-3); bound
+    1.5e-2, and above 1e-5 on the CPU (the int8 kernel ran)."""
+    dc, model, tensors, nc = _model(name)
+    unet = UNet(weights.build_store(device, tensors, "f32"), nc)
+    unet.attention = "int8"
+    assert unet.attention == unet.resolved_attention == "int8"
+    rng = np.random.default_rng(6)
+    _, ctx, kw = _inputs(nc, 2, rng, cfg_style=True)
+    x = np.repeat(rng.standard_normal((1, nc["in_channels"], 32, 32)).astype(np.float32), 2, axis=0)
+    err = rel_l2(unet(x, 500.0, ctx, **kw), _reference(model, x, 500.0, ctx, kw))
+    print(f"{name} attention int8: rel L2 {err:.2e}")
+    assert err <= (1.5e-2 if ON_CPU else F32_TOL)
+    if ON_CPU:
+        assert err > 1e-5
+
+
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
 @pytest.mark.parametrize("conv", ["im2col", "winograd", "winograd_f43"])
 def test_conv_implementations(device, name, conv):

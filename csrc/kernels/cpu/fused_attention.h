@@ -30,4 +30,11 @@ ggml_tensor* attention_bf16(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, g
 // attention, no permute / copy nodes: one custom op (K/V are packed per head inside it).
 ggml_tensor* attention_f32(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
 
+// Int8 operands (kernels/cpu/attention_int8.h; opt-in, not exact: about 1e-2 from f32 on one
+// attention's output): every CPU level (the variant by the active level), two custom ops (K / V
+// quantized and packed, then the attention). int8_variant(): "portable", "avx2", "avx512" or
+// "avx512_vnni".
+ggml_tensor* attention_int8(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, int heads);
+const char* int8_variant();
+
 }  // namespace sdcpp::fused_attention

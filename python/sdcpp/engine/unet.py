@@ -20,7 +20,7 @@ from .. import errors
 from .native_call import call_native
 from .weights import native
 
-ATTENTION_KERNELS = ("auto", "mul_mat", "flash")
+ATTENTION_KERNELS = ("auto", "mul_mat", "flash", "int8")
 CONV_IMPLS = ("auto", "im2col", "winograd", "winograd_f43")
 COMPUTE_KINDS = ("f32", "bf16")
 
@@ -84,7 +84,12 @@ class UNet:
 
     @property
     def attention(self) -> str:
-        """"auto" (the kernel measured fastest on this device: flash on the CPU), "mul_mat" or "flash"."""
+        """"auto" (the kernel measured fastest on this device: flash on the CPU), "mul_mat", "flash"
+        or "int8": on the CPU backend the attentions of 512+ keys (SD1's 4096- and 1024-token
+        self-attentions) as int16-pair integer products of int8-quantized q, k, v (Q15
+        probabilities; kernels/cpu/attention_int8.h), the others exact as "flash"; opt-in because
+        it is not exact (up to ~1.5e-2 from f32 on one sharp attention's output); elsewhere as
+        "flash"."""
         return self._native.attention
 
     @attention.setter
