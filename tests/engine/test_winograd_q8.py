@@ -1,0 +1,158 @@
+"""Winograd F(2x2, 3x3) with int8 products for quantized 3x3 kernels (nn/winograd_f23_q8.h).
+
+Checked at every level where the integer product runs against a float64 reference of the same
+quantized numerics, written here from the definition: the dequantized kernel and the input
+transformed in float32 in the kernels' order of operations (additions and exact halvings, so
+numpy's float32 gives the same bits), each tile position's 32 values along C quantized as
+ggml's x86 quantize_row_q8_0 (test_gemm_q8.quantize_rows), the products and the output
+transform in float64. Also bounded against the exact convolution of the dequantized kernel and
+the direct quantized convolution (its error is of the same size: both quantize the activations
+per 32-value block; Winograd also re-quantizes the transformed kernel).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_conv_q8 import weights  # noqa: E402
+from test_gemm_q8 import quantize_rows  # noqa: E402
+
+import sdcpp  # noqa: E402
+
+core = sdcpp.engine.weights.native()
+FAST = [lv for lv in core.cpu_levels() if lv != "portable"]
+
+F32 = np.float32
+
+
+def kernel_transform(g):
+    """U = G g G^T in float32, winograd_f23_body.h's order: g [..., 3, 3] -> [..., 16]."""
+    half = F32(0.5)
+    k = [g[..., i // 3, i % 3] for i in range(9)]
+    t = [[None] * 3 for _ in range(4)]
+    for j in range(3):
+        t[0][j] = k[j]
+        t[1][j] = half * ((k[j] + k[3 + j]) + k[6 + j])
+        t[2][j] = half * ((k[j] - k[3 + j]) + k[6 + j])
+        t[3][j] = k[6 + j]
+    u = []
+    for i in range(4):
+        u += [t[i][0], half * ((t[i][0] + t[i][1]) + t[i][2]), half * ((t[i][0] - t[i][1]) + t[i][2]), t[i][2]]
+    return np.stack(u, -1)
+
+
+def input_transform(x):
+    """V = B^T d B in float32 per 2x2 output tile: x [N, C, H, W] (the upsampled image) ->
+    [16, N * TH * TW, C] (tiles in image, row, column order), zero padding."""
+    N, C, H, W = x.shape
+    TH, TW = (H + 1) // 2, (W + 1) // 2
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2), F32)
+    xp[:, :, 1:1 + H, 1:1 + W] = x
+    d = np.stack([np.stack([xp[:, :, i:i + 2 * TH:2, j:j + 2 * TW:2] for j in range(4)], -1) for i in range(4)], -2)
+    # d [N, C, TH, TW, 4 (row i), 4 (column j)]
+    t = [[None] * 4 for _ in range(4)]
+    for j in range(4):
+        d0, d1, d2, d3 = (d[..., i, j] for i in range(4))
+        t[0][j], t[1][j], t[2][j], t[3][j] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+    v = []
+    for i in range(4):
+        v += [t[i][0] - t[i][2], t[i][1] + t[i][2], t[i][2] - t[i][1], t[i][1] - t[i][3]]
+    v = np.stack(v, 0)  # [16, N, C, TH, TW]
+    return v.transpose(0, 1, 3, 4, 2).reshape(16, N * TH * TW, C), TH, TW
+
+
+def reference(x, d_b, q_b, b, up):
+    """float64 of the same quantized numerics -> [N, OC, H up, W up]."""
+    if up == 2:
+        x = x.repeat(2, axis=2).repeat(2, axis=3)
+    N, C, H, W = x.shape
+    OC = q_b.shape[0]
+    g = (d_b[:, :, None] * q_b).astype(F32).reshape(OC, C, 3, 3)  # exact: f16 times int8
+    u = kernel_transform(g).transpose(2, 0, 1)  # [16, OC, C]
+    qu, du = quantize_rows(u.reshape(16 * OC, C))
+    v, TH, TW = input_transform(x)
+    T = v.shape[1]
+    qv, dv = quantize_rows(v.reshape(16 * T, C))
+    qu, du = qu.reshape(16, OC, -1, 32), du.reshape(16, OC, -1)
+    qv, dv = qv.reshape(16, T, -1, 32), dv.reshape(16, T, -1)
+    dots = np.einsum("ptkb,pokb->ptok", qv, qu)
+    m = np.einsum("ptok,ptk,pok->pto", dots, dv, du).reshape(4, 4, N, TH, TW, OC)
+    At = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+    y = np.einsum("ri,ijntho,kj->nothrk", At, m, At)  # [N, OC, TH, TW, 2, 2]
+    y = y.transpose(0, 1, 2, 4, 3, 5).reshape(N, OC, 2 * TH, 2 * TW)[:, :, :H, :W]
+    return y + (0.0 if b is None else b.astype(np.float64)[None, :, None, None])
+
+
+def exact(x, d_b, q_b, b, up):
+    """The convolution of the dequantized kernel, float64."""
+    if up == 2:
+        x = x.repeat(2, axis=2).repeat(2, axis=3)
+    N, C, H, W = x.shape
+    OC = q_b.shape[0]
+    g = (d_b[:, :, None] * q_b).reshape(OC, C, 3, 3)
+    xp = np.zeros((N, C, H + 2, W + 2))
+    xp[:, :, 1:1 + H, 1:1 + W] = x
+    y = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + H, j:j + W], g[:, :, i, j]) for i in range(3) for j in range(3))
+    return y + (0.0 if b is None else b.astype(np.float64)[None, :, None, None])
+
+
+# (N, C, H, W, OC, up): odd sizes (partial tiles at both edges), > 240 tiles (several row blocks
+# of the product), > 256 output channels, a batch of 2, the 2x upsampling read through.
+CASES = [
+    (2, 32, 9, 11, 45, 1),
+    (1, 64, 5, 7, 300, 1),
+    (2, 32, 6, 5, 33, 2),
+    (1, 96, 34, 31, 40, 1),
+]
+
+
+@pytest.mark.parametrize("level", FAST)
+@pytest.mark.parametrize("btype", ["q8_0", "q5_0", "q4_0"])
+def test_winograd_q8_matches_reference(level, btype):
+    rng = np.random.default_rng(8)
+    for N, C, H, W, OC, up in CASES:
+        x = rng.standard_normal((N, C, H, W)).astype(F32)
+        x[0, :, :3, :3] = 0.0  # all-zero blocks (d = 0) at the corner
+        w, d_b, q_b = weights(rng, btype, OC, 9 * C)
+        b = rng.standard_normal(OC).astype(F32)
+        got = core.cpu_conv2d_q8(x, w, b, None, 3, 1, 1, up, btype, "winograd", level, 2)
+        ref = reference(x, d_b, q_b, b, up)
+        case = (level, btype, N, C, H, W, OC, up)
+        assert got.shape == ref.shape, case
+        scale = np.abs(ref).max()
+        # f32 sums of the block products and of the output transform against float64
+        assert np.abs(got - ref).max() <= 2e-5 * scale, case
+        # and the quantization error against the exact convolution, beside the direct op's
+        ex = exact(x, d_b, q_b, b, up)
+        direct = core.cpu_conv2d_q8(x, w, b, None, 3, 1, 1, up, btype, "direct", level, 2)
+        err_w = np.abs(got - ex).max() / np.abs(ex).max()
+        err_d = np.abs(direct - ex).max() / np.abs(ex).max()
+        assert err_w < 3e-2 and err_w < 4 * err_d + 1e-3, (case, err_w, err_d)
+
+
+@pytest.mark.parametrize("level", FAST)
+def test_winograd_q8_levels_agree(level):
+    # every level's integer product computes the same chain (gemm_q8.h): the same bits
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 64, 10, 13)).astype(F32)
+    w, _, _ = weights(rng, "q8_0", 70, 9 * 64)
+    ref = core.cpu_conv2d_q8(x, w, None, None, 3, 1, 1, 1, "q8_0", "winograd", FAST[0], 1)
+    got = core.cpu_conv2d_q8(x, w, None, None, 3, 1, 1, 1, "q8_0", "winograd", level, 2)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_winograd_q8_rejects_what_it_does_not_take():
+    rng = np.random.default_rng(3)
+    if not FAST:
+        pytest.skip("the integer product runs at no level here")
+    x = rng.standard_normal((1, 32, 6, 6)).astype(F32)
+    w, _, _ = weights(rng, "q8_0", 16, 9 * 32)  # fewer than 32 output channels
+    with pytest.raises(ValueError, match="Winograd"):
+        core.cpu_conv2d_q8(x, w, None, None, 3, 1, 1, 1, "q8_0", "winograd", FAST[0], 1)
+    w, _, _ = weights(rng, "q8_0", 40, 9 * 32)
+    with pytest.raises(ValueError, match="Winograd"):  # stride 2
+        core.cpu_conv2d_q8(x, w, None, None, 3, 2, 1, 1, "q8_0", "winograd", FAST[0], 1)
