@@ -9,7 +9,7 @@
 #include "conv2d_strips.h"
 #include "layers.h"
 #include "winograd_f23.h"
-#include "winograd_f23_q8.h"
+#include "winograd_q8.h"
 #include "winograd_f43_strips.h"
 
 namespace sdcpp::nn {
@@ -115,8 +115,9 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && opt.winograd_q8 && winograd::q8_enabled() && k == 3 &&
             stride == 1 && pad == 1 && qpixels >= opt.winograd_min_pixels && winograd::conv3x3_q8_applies(x, w)) {
             // Winograd F(2x2, 3x3) with int8 products: 4 multiply-adds per channel and output
-            // pixel instead of the direct op's 9 (winograd_f23_q8.h).
-            ggml_tensor* y = winograd::conv3x3_q8(ctx, x, w, b, g.up);
+            // pixel instead of the direct op's 9 (winograd_q8.h).
+            const bool f43 = opt.winograd_q8_f43 && qpixels >= opt.winograd_f43_min_pixels;
+            ggml_tensor* y = winograd::conv3x3_q8(ctx, x, w, b, g.up, f43);
             return residual ? ggml_add(ctx, residual, y) : y;
         }
         if (opt.custom_ops && opt.direct_q8 && fused::conv_q8_enabled()) {

@@ -1,0 +1,138 @@
+#include "winograd_q8.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "../kernels/cpu/gemm_op.h"
+#include "../kernels/cpu/gemm_q8.h"
+#include "../kernels/cpu/winograd_f23.h"
+#include "../kernels/cpu/winograd_f43.h"
+#include "../kernels/cpu/winograd_q8.h"
+#include "winograd_patch.h"
+
+namespace sdcpp::winograd {
+
+namespace kc = sdcpp::kernels::cpu;
+
+namespace {
+
+constexpr int64_t kChunk = 32;    // tiles per input-transform work unit (as winograd_f23.cpp)
+constexpr int64_t kOcChunk = 64;  // output channels per output-transform work unit
+
+// The ops' userdata: F (2 or 4: the output tile's side) and the upsampling factor.
+struct Geometry {
+    int f, up;
+};
+void* pack(Geometry g) { return reinterpret_cast<void*>(static_cast<uintptr_t>(g.f | g.up << 8)); }
+Geometry unpack(void* ud) {
+    const auto v = static_cast<int>(reinterpret_cast<uintptr_t>(ud));
+    return {v & 255, v >> 8};
+}
+
+// V [C, T, P] from x [W, H, C, N] seen through the upsampling (W, H below are the upsampled
+// sizes); work units are (image and tile row, chunk of tiles), as winograd_f23.cpp's. Tile
+// (ty, tx) reads rows F ty - 1 .. F ty + F and the same columns.
+void input_op(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* x = dst->src[0];
+    const Geometry geo = unpack(ud);
+    const int F = geo.f, A = F + 2;
+    const int64_t W = x->ne[0] * geo.up, H = x->ne[1] * geo.up, C = x->ne[2], N = x->ne[3];
+    const int64_t TW = (W + F - 1) / F, TH = (H + F - 1) / F;
+    const int64_t chunks = (TW + kChunk - 1) / kChunk;
+    float* v = static_cast<float*>(dst->data);
+    const int64_t p_stride = dst->nb[2] / sizeof(float);
+    for (int64_t unit = ith; unit < N * TH * chunks; unit += nth) {
+        const int64_t row = unit / chunks, tx0 = (unit % chunks) * kChunk;
+        const int64_t n = row / TH, ty = row % TH;
+        const int64_t nt = std::min(kChunk, TW - tx0);
+        const int64_t cols = F * nt + 2;
+        float* patch = scratch(size_t(A * cols * C)).data();
+        fill_patch(patch, A, cols, x, n, F * ty - 1, F * tx0 - 1, geo.up);
+        float* vo = v + (row * TW + tx0) * C;
+        if (F == 2) {
+            kc::winograd_f23().input_tiles(patch, C, nt, vo, p_stride);
+        } else {
+            kc::winograd_f43().input_tiles(patch, C, nt, vo, p_stride);
+        }
+    }
+}
+
+// U [C, OC, P] q8_0 from w [9 C, OC]; threads take output channels: the kernel row dequantized
+// (ggml's to_float), transformed (f32), each position's C values quantized.
+void kernel_op(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* w = dst->src[0];
+    const int F = unpack(ud).f, P = (F + 2) * (F + 2);
+    const int64_t C = dst->ne[0], OC = dst->ne[1];
+    const ggml_to_float_t to_float = ggml_get_type_traits(w->type)->to_float;
+    float* g = scratch(size_t((9 + P) * C)).data();  // 9 C kernel values, then P C transformed
+    float* u = g + 9 * C;
+    for (int64_t oc = ith; oc < OC; oc += nth) {
+        to_float(static_cast<const char*>(w->data) + oc * w->nb[1], g, 9 * C);
+        if (F == 2) {
+            kc::winograd_f23().kernel(g, C, u, C);
+        } else {
+            kc::winograd_f43().kernel(g, C, u, C);
+        }
+        kc::winograd_q8_quantize(u, P, C, static_cast<uint8_t*>(dst->data) + oc * dst->nb[1], int64_t(dst->nb[2]));
+    }
+}
+
+// y [W, H, OC, N] (+ bias) from M [OC, T, P]; work units are (image and tile row, chunk of
+// output channels).
+void output_op(ggml_tensor* dst, int ith, int nth, void* ud) {
+    const ggml_tensor* m = dst->src[0];
+    const ggml_tensor* bias = dst->src[1];
+    const int F = unpack(ud).f;
+    const int64_t W = dst->ne[0], H = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
+    const int64_t TW = (W + F - 1) / F, TH = (H + F - 1) / F;
+    const int64_t chunks = (OC + kOcChunk - 1) / kOcChunk;
+    const int64_t m_p = m->nb[2] / sizeof(float);
+    const float* b = bias ? static_cast<const float*>(bias->data) : nullptr;
+    const auto transform = F == 2 ? kc::winograd_f23_q8_output : kc::winograd_f43_q8_output;
+    for (int64_t unit = ith; unit < N * TH * chunks; unit += nth) {
+        const int64_t row = unit / chunks, oc0 = (unit % chunks) * kOcChunk;
+        const int64_t n = row / TH, ty = row % TH;
+        const float* mp = static_cast<const float*>(m->data) + row * TW * OC;
+        float* out = reinterpret_cast<float*>(static_cast<char*>(dst->data) + n * dst->nb[3] + F * ty * dst->nb[1]);
+        const int rows = int(std::min<int64_t>(F, H - F * ty));
+        transform(mp, m_p, OC, oc0, std::min(OC, oc0 + kOcChunk), TW, rows, W, b, out, int64_t(dst->nb[1] / sizeof(float)),
+                  int64_t(dst->nb[2] / sizeof(float)));
+    }
+}
+
+}  // namespace
+
+bool q8_enabled() {
+    static const bool on = [] {
+        const char* env = std::getenv("SDCPP_WINOGRAD_Q8");
+        return !(env && env[0] == '0');
+    }();
+    return on;
+}
+
+bool conv3x3_q8_applies(const ggml_tensor* x, const ggml_tensor* w) {
+    if (w->type != GGML_TYPE_Q8_0 && w->type != GGML_TYPE_Q5_0 && w->type != GGML_TYPE_Q4_0) return false;
+    if (!fused::int8_matmul_applies(w)) return false;
+    const int64_t C = x->ne[2];
+    return x->type == GGML_TYPE_F32 && C % kc::kQ8Block == 0 && w->ne[0] == 9 * C && w->ne[1] >= 32 &&
+           w->ne[2] == 1 && w->ne[3] == 1 && ggml_is_contiguous(w);
+}
+
+ggml_tensor* conv3x3_q8(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tensor* b, int up, bool f43) {
+    if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+    if (b && b->type != GGML_TYPE_F32) b = ggml_cast(ctx, b, GGML_TYPE_F32);
+    if (b && !ggml_is_contiguous(b)) b = ggml_cont(ctx, b);
+    const int F = f43 ? 4 : 2, P = (F + 2) * (F + 2);
+    const int64_t W = x->ne[0] * up, H = x->ne[1] * up, C = x->ne[2], N = x->ne[3], OC = w->ne[1];
+    const int64_t T = N * ((W + F - 1) / F) * ((H + F - 1) / F);
+    void* ud = pack({F, up});
+    ggml_tensor* xa[1] = {x};
+    ggml_tensor* v = ggml_custom_4d(ctx, GGML_TYPE_F32, C, T, P, 1, xa, 1, input_op, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* wa[1] = {w};
+    ggml_tensor* u = ggml_custom_4d(ctx, GGML_TYPE_Q8_0, C, OC, P, 1, wa, 1, kernel_op, GGML_N_TASKS_MAX, ud);
+    ggml_tensor* m = fused::matmul(ctx, u, v);  // [OC, T, P]: the integer product
+    ggml_tensor* ma[2] = {m, b};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, W, H, OC, N, ma, b ? 2 : 1, output_op, GGML_N_TASKS_MAX, ud);
+}
+
+}  // namespace sdcpp::winograd
