@@ -42,11 +42,14 @@ MODELS = {
     "bk-sdm-base": "bk-sdm-base.json",
 }
 ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-ggml",
-               "sdcpp-q8_0-im2col", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
+               "sdcpp-q8_0-im2col", "sdcpp-q8_0-direct", "sdcpp-q4_0-direct", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
                "openvino-f32", "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
 # sdcpp-q8_0-im2col: quantized convolutions as im2col + sdcpp's integer GEMM (SDCPP_CONV_Q8=0)
 #   instead of the one-op convolution (kernels/cpu/conv_q8.h), for A/B runs
+# sdcpp-q8_0-direct / sdcpp-q4_0-direct: quantized 3x3 convolutions by the direct one-op
+#   convolution (SDCPP_WINOGRAD_Q8=0) instead of Winograd F(2x2, 3x3) with int8 products
+#   (nn/winograd_q8.h), for A/B runs
 # sdcpp-f32-f23 / sdcpp-f16-f23: the 3x3 convolutions by Winograd F(2x2, 3x3) only
 #   (SDCPP_WINOGRAD_F43=0) instead of F(4x4, 3x3) on the larger latents, for A/B runs
 # sdcpp-f16-bf16compute: f16 weights, UNet.compute = "bf16" (AMX-BF16 products where the CPU has them)
@@ -304,6 +307,9 @@ def main() -> None:
                     env["SDCPP_INT8_GEMM"] = "0"
                 if c.endswith("-im2col"):
                     env["SDCPP_CONV_Q8"] = "0"
+                    env["SDCPP_WINOGRAD_Q8"] = "0"
+                if c.endswith("-direct"):
+                    env["SDCPP_WINOGRAD_Q8"] = "0"
                 if c.endswith("-f23"):
                     env["SDCPP_WINOGRAD_F43"] = "0"
                 print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)

@@ -113,7 +113,8 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         const int k = quantized_kernel_size(x, w);
         const int64_t qpixels = x->ne[0] * x->ne[1] * x->ne[3] * g.up * g.up;
         if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && opt.winograd_q8 && winograd::q8_enabled() && k == 3 &&
-            stride == 1 && pad == 1 && qpixels >= opt.winograd_min_pixels && winograd::conv3x3_q8_applies(x, w)) {
+            stride == 1 && pad == 1 && qpixels >= opt.winograd_min_pixels && qpixels >= opt.winograd_q8_min_pixels &&
+            winograd::conv3x3_q8_applies(x, w)) {
             // Winograd F(2x2, 3x3) with int8 products: 4 multiply-adds per channel and output
             // pixel instead of the direct op's 9 (winograd_q8.h).
             const bool f43 = opt.winograd_q8_f43 && qpixels >= opt.winograd_f43_min_pixels;

@@ -60,6 +60,7 @@ struct ConvOptions {
     // least winograd_min_pixels): Winograd F(2x2, 3x3) with int8 products (winograd_q8.h)
     // instead of the direct op; false (or SDCPP_WINOGRAD_Q8=0) keeps the direct one.
     bool winograd_q8 = true;
+    int64_t winograd_q8_min_pixels = 256;  // and at least this many N*H*W output pixels
     // and from winograd_f43_min_pixels by F(4x4, 3x3): off, far less accurate (winograd_q8.h);
     // for measurements (tests' cpu_conv2d_q8 "winograd_f43")
     bool winograd_q8_f43 = false;

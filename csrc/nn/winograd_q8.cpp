@@ -1,6 +1,7 @@
 #include "winograd_q8.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 #include "../kernels/cpu/gemm_op.h"
@@ -108,6 +109,16 @@ bool q8_enabled() {
         return !(env && env[0] == '0');
     }();
     return on;
+}
+
+int64_t q8_min_pixels(int64_t fallback) {
+    static const long long v = [] {
+        const char* env = std::getenv("SDCPP_WINOGRAD_Q8");
+        return env && *env ? std::atoll(env) : -1LL;
+    }();
+    if (v == 0) return INT64_MAX;
+    if (v > 1) return v;
+    return fallback;
 }
 
 bool conv3x3_q8_applies(const ggml_tensor* x, const ggml_tensor* w) {

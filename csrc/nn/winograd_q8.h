@@ -16,6 +16,10 @@ namespace sdcpp::winograd {
 // SDCPP_WINOGRAD_Q8=0 (read once): quantized kernels keep the direct convolution (A/B runs).
 bool q8_enabled();
 
+// The U-Net's automatic choice: Winograd with int8 products from this many N*H*W output pixels
+// (kQ8MinPixels); SDCPP_WINOGRAD_Q8=<n> > 1 sets it (measurements), 1 means winograd_min_pixels.
+int64_t q8_min_pixels(int64_t fallback);
+
 // Whether conv3x3_q8 takes this convolution: a quantized kernel the integer product runs (host
 // buffer, not the portable level), x f32 [W, H, C, N] with C a multiple of 32, OC >= 32.
 bool conv3x3_q8_applies(const ggml_tensor* x, const ggml_tensor* w);
