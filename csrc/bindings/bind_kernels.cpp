@@ -397,6 +397,7 @@ void bind_kernels(py::module_& m) {
         if (winograd) {
             opt.algo = nn::ConvAlgo::Winograd;
             opt.winograd_min_pixels = 0;
+            opt.winograd_q8_min_pixels = 0;
             opt.winograd_q8_f43 = via == "winograd_f43";
             opt.winograd_f43_min_pixels = 0;
         }

@@ -356,7 +356,7 @@ constexpr int64_t kF43MinPixels = 2 * 32 * 32;
 // Auto: quantized 3x3 kernels by Winograd F(2x2, 3x3) with int8 products (nn/winograd_q8.h) from
 // this many N*H*W output pixels, the direct int8 convolution below (measured, bench/README.md
 // "Winograd with int8 products").
-constexpr int64_t kQ8MinPixels = 256;
+constexpr int64_t kQ8MinPixels = 8192;
 
 int64_t f43_min_pixels() {
     static const int64_t v = [] {
