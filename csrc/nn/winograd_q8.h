@@ -15,6 +15,9 @@ namespace sdcpp::winograd {
 
 // SDCPP_WINOGRAD_Q8=0 (read once): quantized kernels keep the direct convolution (A/B runs).
 bool q8_enabled();
+// SDCPP_WINOGRAD_Q8_SMOOTH=1 (read once, experiment): per-channel power-of-two scales between
+// the two operands before they are rounded (winograd_q8.cpp's scales_op).
+bool q8_smooth();
 
 // The U-Net's automatic choice: Winograd with int8 products from this many N*H*W output pixels
 // (kQ8MinPixels); SDCPP_WINOGRAD_Q8=<n> > 1 sets it (measurements), 1 means winograd_min_pixels.
