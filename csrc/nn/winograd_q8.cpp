@@ -168,7 +168,7 @@ bool q8_enabled() {
 bool q8_smooth() {
     static const bool on = [] {
         const char* env = std::getenv("SDCPP_WINOGRAD_Q8_SMOOTH");
-        return env && env[0] == '1';
+        return !(env && env[0] == '0');
     }();
     return on;
 }
@@ -180,7 +180,10 @@ int64_t q8_min_pixels(int64_t fallback) {
     }();
     if (v == 0) return INT64_MAX;
     if (v > 1) return v;
-    return fallback;
+    if (v == 1) return fallback;
+    // Unset: where it was measured faster than the direct op, the AVX2 product (bench/README.md;
+    // with AMX-INT8 the direct op is as fast, at twice less compute buffer).
+    return kc::gemm_q8_kernels().level == kc::Level::Avx2 ? fallback : INT64_MAX;
 }
 
 bool conv3x3_q8_applies(const ggml_tensor* x, const ggml_tensor* w) {

@@ -15,12 +15,13 @@ namespace sdcpp::winograd {
 
 // SDCPP_WINOGRAD_Q8=0 (read once): quantized kernels keep the direct convolution (A/B runs).
 bool q8_enabled();
-// SDCPP_WINOGRAD_Q8_SMOOTH=1 (read once, experiment): per-channel power-of-two scales between
-// the two operands before they are rounded (winograd_q8.cpp's scales_op).
+// Per-channel power-of-two scales between the two operands before they are rounded
+// (winograd_q8.cpp's scales_op); SDCPP_WINOGRAD_Q8_SMOOTH=0 (read once): without (A/B runs).
 bool q8_smooth();
 
-// The U-Net's automatic choice: Winograd with int8 products from this many N*H*W output pixels
-// (kQ8MinPixels); SDCPP_WINOGRAD_Q8=<n> > 1 sets it (measurements), 1 means winograd_min_pixels.
+// The U-Net's automatic choice: Winograd with int8 products from `fallback` N*H*W output pixels
+// where the integer product runs at the AVX2 level, never elsewhere; SDCPP_WINOGRAD_Q8=<n> > 1
+// sets the threshold at any level (measurements), 1 is `fallback` at any level, 0 never.
 int64_t q8_min_pixels(int64_t fallback);
 
 // Whether conv3x3_q8 takes this convolution: a quantized kernel the integer product runs (host
