@@ -168,7 +168,7 @@ bool q8_enabled() {
 bool q8_smooth() {
     static const bool on = [] {
         const char* env = std::getenv("SDCPP_WINOGRAD_Q8_SMOOTH");
-        return !(env && env[0] == '0');
+        return env && env[0] == '1';
     }();
     return on;
 }

@@ -28,7 +28,7 @@ import sdcpp  # noqa: E402
 
 core = sdcpp.engine.weights.native()
 FAST = [lv for lv in core.cpu_levels() if lv != "portable"]
-SMOOTH = not os.environ.get("SDCPP_WINOGRAD_Q8_SMOOTH", "").startswith("0")  # as the extension reads it
+SMOOTH = os.environ.get("SDCPP_WINOGRAD_Q8_SMOOTH", "").startswith("1")  # as the extension reads it
 
 F32 = np.float32
 
