@@ -233,3 +233,26 @@ def test_winograd_q8_rejects_what_it_does_not_take():
     w, _, _ = weights(rng, "q8_0", 40, 9 * 32)
     with pytest.raises(ValueError, match="Winograd"):  # stride 2
         core.cpu_conv2d_q8(x, w, None, None, 3, 2, 1, 1, "q8_0", "winograd", FAST[0], 1)
+
+
+@pytest.mark.parametrize("name", ["sd1", "bk_tiny"])
+def test_unet_winograd_q8_vs_diffusers(name):
+    """A whole U-Net with q8_0 weights, every eligible 3x3 conv by Winograd int8 (conv="winograd"),
+    against diffusers fp32: within the quantized U-Net bound of test_quant, and not the direct
+    op's output (the path was taken)."""
+    pytest.importorskip("diffusers")
+    import test_quant as tq
+
+    model, tensors, nc = tq._unet_model(name)
+    x, ctx, kw = tq._unet_inputs(nc)
+    ref = tq._unet_reference(model, x, ctx, kw)
+    store = tq.weights.build_store(tq.weights.open_device("cpu", 2), tensors, "q8_0")
+    unet = tq.UNet(store, nc)
+    unet.conv = "im2col"  # quantized kernels: the direct int8 op
+    direct = unet(x, 500.0, ctx, **kw)
+    unet.conv = "winograd"
+    wino = unet(x, 500.0, ctx, **kw)
+    err_d, err_w = tq.rel(direct, ref), tq.rel(wino, ref)
+    print(f"{name} q8_0 U-Net vs fp32: direct {err_d:.3e}, winograd int8 {err_w:.3e}")
+    assert not np.array_equal(wino, direct)
+    assert err_w <= tq.UNET_TOL["q8_0"], (name, err_w, err_d)
