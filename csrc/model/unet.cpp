@@ -354,8 +354,11 @@ ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
 constexpr int64_t kF43MinPixels = 2 * 32 * 32;
 
 // Auto: quantized 3x3 kernels by Winograd F(2x2, 3x3) with int8 products (nn/winograd_q8.h) from
-// this many N*H*W output pixels, the direct int8 convolution below (measured, bench/README.md
-// "Winograd with int8 products").
+// this many N*H*W output pixels (the 64x64 latent level of a cond + uncond pair), the direct int8
+// convolution below, and only where the product runs at the AVX2 level (winograd::q8_min_pixels).
+// Fidelity sets it: int8 Winograd on every level put BK-SDM-tiny's real-width final latents at
+// 3.33e-2 from diffusers fp32 (bound 3e-2; direct 2.40e-2), the 64x64 level alone at 2.92e-2
+// (bench/README.md "Winograd with int8 products").
 constexpr int64_t kQ8MinPixels = 8192;
 
 int64_t f43_min_pixels() {
