@@ -42,11 +42,14 @@ MODELS = {
     "bk-sdm-base": "bk-sdm-base.json",
 }
 ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-int8attn", "sdcpp-q8_0-ggml",
-               "sdcpp-q8_0-im2col", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
+               "sdcpp-q8_0-im2col", "sdcpp-q8_0-wino8", "sdcpp-q4_0-wino8", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
                "openvino-f32", "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
 # sdcpp-q8_0-im2col: quantized convolutions as im2col + sdcpp's integer GEMM (SDCPP_CONV_Q8=0)
 #   instead of the one-op convolution (kernels/cpu/conv_q8.h), for A/B runs
+# sdcpp-q8_0-wino8 / sdcpp-q4_0-wino8: quantized 3x3 convolutions of the 64x64 latent level by
+#   Winograd F(2x2, 3x3) with int8 products (SDCPP_WINOGRAD_Q8=1, nn/winograd_q8.h; off by
+#   default) instead of the direct one-op convolution, for A/B runs
 # sdcpp-f32-f23 / sdcpp-f16-f23: the 3x3 convolutions by Winograd F(2x2, 3x3) only
 #   (SDCPP_WINOGRAD_F43=0) instead of F(4x4, 3x3) on the larger latents, for A/B runs
 # sdcpp-q8_0-int8attn: q8_0 weights, UNet.attention = "int8" (the int8 attention kernel)
@@ -305,6 +308,9 @@ def main() -> None:
                     env["SDCPP_INT8_GEMM"] = "0"
                 if c.endswith("-im2col"):
                     env["SDCPP_CONV_Q8"] = "0"
+                    env["SDCPP_WINOGRAD_Q8"] = "0"
+                if c.endswith("-wino8"):
+                    env["SDCPP_WINOGRAD_Q8"] = "1"
                 if c.endswith("-f23"):
                     env["SDCPP_WINOGRAD_F43"] = "0"
                 print(f"[{c}] round {rnd + 1}: running ... (load average {os.getloadavg()[0]:.1f})", flush=True)

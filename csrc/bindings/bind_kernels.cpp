@@ -18,6 +18,7 @@
 #include "../kernels/cpu/winograd_f43.h"
 #include "../nn/conv2d.h"
 #include "../nn/winograd_f23.h"
+#include "../nn/winograd_q8.h"
 #include "../nn/winograd_f43_strips.h"
 #include "../runtime/backends.h"
 #include "common.h"
@@ -400,11 +401,12 @@ void bind_kernels(py::module_& m) {
         if (residual && (residual->ndim() != 4 || residual->shape(0) != N || residual->shape(1) != OC ||
                          residual->shape(2) != OH || residual->shape(3) != OW))
             throw InvalidArgument("residual must be [N, OC, OH, OW]");
-        if (via != "direct" && via != "im2col" && via != "ggml")
-            throw InvalidArgument("via must be 'direct', 'im2col' or 'ggml', got '" + via + "'");
+        const bool winograd = via == "winograd" || via == "winograd_f43";
+        if (via != "direct" && via != "im2col" && via != "ggml" && !winograd)
+            throw InvalidArgument("via must be 'direct', 'im2col', 'ggml', 'winograd' or 'winograd_f43', got '" + via + "'");
         if (threads < 1) throw InvalidArgument("threads must be >= 1");
         const size_t bytes = sizeof(float) * size_t(4 * N * C * H * W + 2 * K * OH * OW * N + 4 * OC * OH * OW * N + OC) +
-                             size_t(w.nbytes());
+                             sizeof(float) * size_t(8 * (C + OC) * (OH + 1) * (OW + 1) * N) + 3 * size_t(w.nbytes());  // + Winograd's V, M, U
         LevelGraph lg(bytes, level);
         ggml_context* ctx = lg.ctx();
         ggml_tensor* tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, W, H, C, N);
@@ -417,9 +419,18 @@ void bind_kernels(py::module_& m) {
         if (tr) std::memcpy(tr->data, residual->data(), ggml_nbytes(tr));
         if (via == "direct" && !(fused::conv_q8_enabled() && fused::conv_q8_applies(tx, tw, k, stride, pad, up, tb, tr)))
             throw InvalidArgument("the direct quantized convolution does not apply (portable level, SDCPP_INT8_GEMM=0 or SDCPP_CONV_Q8=0)");
+        if (winograd && !(winograd::q8_enabled() && k == 3 && stride == 1 && pad == 1 && winograd::conv3x3_q8_applies(tx, tw)))
+            throw InvalidArgument("the int8 Winograd convolution does not apply (3x3 stride 1 pad 1, C % 32, OC >= 32, not portable, SDCPP_WINOGRAD_Q8 not 0)");
         nn::ConvOptions opt;
         opt.custom_ops = via != "ggml";
         opt.direct_q8 = via == "direct";
+        if (winograd) {
+            opt.algo = nn::ConvAlgo::Winograd;
+            opt.winograd_min_pixels = 0;
+            opt.winograd_q8_min_pixels = 0;
+            opt.winograd_q8_f43 = via == "winograd_f43";
+            opt.winograd_f43_min_pixels = 0;
+        }
         nn::ConvGeometry geo = nn::ConvGeometry::same(stride, pad);
         geo.up = up;
         ggml_tensor* out = nn::conv2d(ctx, tx, tw, tb, geo, opt, tr);

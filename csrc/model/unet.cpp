@@ -15,6 +15,7 @@
 #include "../kernels/cpu/fused_attention.h"
 #include "../nn/blocks.h"
 #include "../nn/layers.h"
+#include "../nn/winograd_q8.h"
 #include "unet_weights.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -352,6 +353,14 @@ ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
 // keeps F(2x2, 3x3) everywhere (A/B runs); another number sets the threshold (measurements).
 constexpr int64_t kF43MinPixels = 2 * 32 * 32;
 
+// Auto with SDCPP_WINOGRAD_Q8=1 (off by default, winograd::q8_min_pixels): quantized 3x3 kernels by
+// Winograd F(2x2, 3x3) with int8 products (nn/winograd_q8.h) from this many N*H*W output pixels
+// (the 64x64 latent level of a cond + uncond pair), the direct int8 convolution below.
+// Fidelity sets it: int8 Winograd on every level put BK-SDM-tiny's real-width final latents at
+// 3.33e-2 from diffusers fp32 (bound 3e-2; direct 2.40e-2), the 64x64 level alone at 2.92e-2
+// (bench/README.md "Winograd with int8 products").
+constexpr int64_t kQ8MinPixels = 8192;
+
 int64_t f43_min_pixels() {
     static const int64_t v = [] {
         const char* env = std::getenv("SDCPP_WINOGRAD_F43");
@@ -371,6 +380,7 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     l.conv_opt.algo = conv == ConvImpl::Im2col ? nn::ConvAlgo::Im2col : nn::ConvAlgo::Winograd;
     l.conv_opt.custom_ops = nn::custom_ops_allowed(device);
     if (opt.conv != ConvImpl::Auto) l.conv_opt.winograd_min_pixels = 0;  // forced: every eligible conv
+    l.conv_opt.winograd_q8_min_pixels = opt.conv == ConvImpl::Auto ? winograd::q8_min_pixels(kQ8MinPixels) : 0;
     if (opt.conv == ConvImpl::WinogradF43) l.conv_opt.winograd_f43_min_pixels = 0;
     else if (opt.conv == ConvImpl::Auto) l.conv_opt.winograd_f43_min_pixels = f43_min_pixels();
     l.bf16 = opt.compute == Compute::BF16 && l.custom_ops;

@@ -9,6 +9,7 @@
 #include "conv2d_strips.h"
 #include "layers.h"
 #include "winograd_f23.h"
+#include "winograd_q8.h"
 #include "winograd_f43_strips.h"
 
 namespace sdcpp::nn {
@@ -110,6 +111,16 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
     const int stride = g.stride, pad = g.pad_l;
     if (quantized) {
         const int k = quantized_kernel_size(x, w);
+        const int64_t qpixels = x->ne[0] * x->ne[1] * x->ne[3] * g.up * g.up;
+        if (opt.algo == ConvAlgo::Winograd && opt.custom_ops && opt.winograd_q8 && winograd::q8_enabled() && k == 3 &&
+            stride == 1 && pad == 1 && qpixels >= opt.winograd_min_pixels && qpixels >= opt.winograd_q8_min_pixels &&
+            winograd::conv3x3_q8_applies(x, w)) {
+            // Winograd F(2x2, 3x3) with int8 products: 4 multiply-adds per channel and output
+            // pixel instead of the direct op's 9 (winograd_q8.h).
+            const bool f43 = opt.winograd_q8_f43 && qpixels >= opt.winograd_f43_min_pixels;
+            ggml_tensor* y = winograd::conv3x3_q8(ctx, x, w, b, g.up, f43);
+            return residual ? ggml_add(ctx, residual, y) : y;
+        }
         if (opt.custom_ops && opt.direct_q8 && fused::conv_q8_enabled()) {
             // One op from the image (upsampling, bias and residual folded in) where it applies.
             if (fused::conv_q8_applies(x, w, k, stride, pad, g.up, b, residual))

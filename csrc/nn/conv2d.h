@@ -6,8 +6,8 @@
 //          from the image to the output (kernels/cpu/conv_q8.h: receptive fields quantized as
 //          gathered, output written in place, 2x upsampling, bias and residual folded in);
 //          otherwise an f32 im2col times the matrix as mul_mat's src0 (the integer dot
-//          products: ours where custom ops may run, ggml's otherwise). Winograd would need the
-//          kernel transformed, and so dequantized, every pass.
+//          products: ours where custom ops may run, ggml's otherwise). Under ConvAlgo::Winograd
+//          3x3 stride-1 ones run Winograd F(2x2, 3x3) with int8 products (winograd_q8.h).
 //   ConvAlgo::Im2col   -> ggml_im2col + one GEMM over the whole (batched) output; any backend.
 //   ConvAlgo::Winograd -> with custom ops, 3x3 stride-1 pad-1 convolutions of images with at
 //          least `winograd_min_pixels` N*H*W pixels and >= 32 channels in and out by Winograd
@@ -56,6 +56,14 @@ struct ConvOptions {
     // Quantized kernels: the direct op (conv_q8.h) where it applies; false (or SDCPP_CONV_Q8=0)
     // keeps im2col + GEMM, bit for bit the same result (tests, A/B benchmarks).
     bool direct_q8 = true;
+    // ConvAlgo::Winograd with custom ops, quantized 3x3 stride-1 kernels (C a multiple of 32, at
+    // least winograd_min_pixels): Winograd F(2x2, 3x3) with int8 products (winograd_q8.h)
+    // instead of the direct op; false (or SDCPP_WINOGRAD_Q8=0) keeps the direct one.
+    bool winograd_q8 = true;
+    int64_t winograd_q8_min_pixels = 256;  // and at least this many N*H*W output pixels
+    // and from winograd_f43_min_pixels by F(4x4, 3x3): off, far less accurate (winograd_q8.h);
+    // for measurements (tests' cpu_conv2d_q8 "winograd_f43")
+    bool winograd_q8_f43 = false;
     // Im2col / Winograd with custom ops, f32 / f16 / bf16 kernels: the products in bf16 (operands
     // rounded to bf16, f32 sums: kernels/cpu/gemm_bf16.h) where the CPU has AMX-BF16, the im2col
     // in f32 for it; elsewhere the default products. Opt-in (UNetOptions::compute).

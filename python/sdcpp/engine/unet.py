@@ -3,7 +3,9 @@
 One class runs SD1, SD2, SDXL, SSD-1B, Segmind Vega and BK-SDM: they differ only in the
 native config dict (docs/internals.md §4). Weights come from a WeightStore holding the
 canonical ``unet.<diffusers state_dict key>`` tensors, in any of weights.WEIGHT_TYPES
-(quantized convolutions run as im2col + integer-dot-product matrix products, not Winograd).
+(quantized convolutions run as sdcpp's integer products on the CPU: 3x3 stride-1 ones by
+Winograd F(2x2,3x3) with int8 products where `conv` takes Winograd, the others as one direct op;
+im2col + integer-dot-product matrix products elsewhere).
 
     store = weights.build_store(device, {"unet." + k: v for k, v in sd.items()}, "f16")   # or "q8_0" ...
     unet = UNet(store, config)
@@ -108,7 +110,11 @@ class UNet:
         2048+ output pixels, i.e. the 64x64 and 32x32 latents of a cond + uncond pair, F(2x2,3x3)
         from 256 pixels, im2col + GEMM below; elsewhere im2col + GEMM), "im2col", "winograd"
         (F(2x2,3x3) on every eligible conv) or "winograd_f43" (F(4x4,3x3) on every eligible conv,
-        F(2x2,3x3) under compute="bf16")."""
+        F(2x2,3x3) under compute="bf16"). Quantized 3x3 kernels run the direct int8 convolution,
+        except under "winograd" / "winograd_f43", where they take Winograd F(2x2,3x3) with int8
+        products (about 5 % faster on AVX2, less accurate: see bench/README.md; F(4x4,3x3) is too
+        inaccurate in int8). SDCPP_WINOGRAD_Q8=1 opts "auto" in for the 64x64 latent level,
+        =<n> from n output pixels, =0 never."""
         return self._native.conv
 
     @conv.setter
