@@ -192,19 +192,6 @@ def test_execution_strategies_match(cpu, small_tensors, small_cfg, refs_large, c
     assert err_dec <= F32_TOL and err_enc <= F32_TOL
 
 
-def test_chunked_attention_of_a_batch(cpu, small_tensors, small_cfg, small):
-    """Attention in query chunks for a batch of two (a 1 MiB score budget: 4 chunks of the 672
-    tokens). A chunk is a view whose rows are packed but whose images are not: ggml-vulkan took
-    such a product operand for a packed one, and the second image read the first one's queries
-    (docs/build.md, "Vulkan"); the graph gives devices each chunk as a tensor of its own."""
-    vae = V.VAE.from_tensors(cpu, small_tensors, small_cfg, weight_type="f32")
-    vae.set_options(max_attention_mb=1)
-    z = latent((2, 4, 24, 28), seed=9)
-    err = rel(vae.decode(z), ref_decode(small, z))
-    print(f"chunked attention, batch 2: decode {err:.2e}")
-    assert err <= F32_TOL
-
-
 CONV_MODES = ["winograd", "strips", "im2col", "direct"]
 
 
