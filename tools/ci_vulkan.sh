@@ -9,11 +9,19 @@
 #   3. the pinned ggml sdist from PyPI (pip download --no-binary) and sdcpp with -DSD_VULKAN=ON,
 #      built in a folder of their own ($SDCPP_VK_WORK, default build/ci-vulkan) and assembled as
 #      a package folder there: the CPU CI's installed sdcpp is left alone;
-#   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine and txt2img parity tests.
+#   4. the device suite: SDCPP_TEST_DEVICE=vulkan over the engine, LoRA and txt2img parity tests
+#      marked `device` (not `slow`: the real-size SD1.5 U-Net takes 10-20 minutes on lavapipe),
+#      one pytest process per test file (lavapipe 22.3 can corrupt its heap in a long process:
+#      a crash then loses one file, and says which). Each file's result and time is printed;
+#      the script fails if any file failed.
 #
 # Environment: PYTHON, the interpreter whose environment has the test dependencies (torch,
 # diffusers, pytest: the CPU CI's .venv; default .venv/bin/python, else python3);
-# SDCPP_VK_BUILD_ONLY=1 stops after step 3 (to run the suite, or part of it, by hand).
+# SDCPP_VK_BUILD_ONLY=1 stops after step 3 (to run the suite, or part of it, by hand);
+# SDCPP_VK_SUITE_ONLY=1 runs step 4 alone, on the package folder a previous run built;
+# SDCPP_VK_SLOW=1 adds the `slow` device tests; SDCPP_VK_FILES="a.py b.py" other test files;
+# SDCPP_VK_MESA=backports runs the suite on Mesa 25 from bookworm-backports (unpacked into a
+# private folder, nothing installed), whole graphs at a time (docs/build.md, "Vulkan").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,6 +33,7 @@ mkdir -p "$work"
 t0=$(date +%s)
 stamp() { echo "[ci-vulkan] $(( $(date +%s) - t0 ))s: $*"; }
 
+if [[ "${SDCPP_VK_SUITE_ONLY:-0}" != 1 ]]; then
 # 1. system packages
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -64,15 +73,59 @@ rm -rf "$work/pkg" && mkdir -p "$work/pkg" && cp -r python/sdcpp "$work/pkg/"
 find "$work/pkg" -name "_core*.so" -delete && cp "$work"/build/_core*.so "$work/pkg/sdcpp/"
 stamp "sdcpp built with Vulkan"
 [[ "${SDCPP_VK_BUILD_ONLY:-0}" == 1 ]] && exit 0
+fi
+
+# Optional: Mesa 25 from bookworm-backports, unpacked into $work/mesa-bpo and selected through
+# the Vulkan loader (VK_ICD_FILENAMES; its libdrm through LD_LIBRARY_PATH). Its lavapipe ran
+# whole graphs without 22.3's heap corruption, so graphs then run whole (no SDCPP_NODE_BY_NODE).
+node_by_node=1
+if [[ "${SDCPP_VK_MESA:-system}" == backports ]]; then
+  mesa=$work/mesa-bpo
+  lib=$mesa/root/usr/lib/x86_64-linux-gnu
+  if [[ ! -f $lib/libvulkan_lvp.so ]]; then
+    mkdir -p "$mesa/lists/partial" "$mesa/debs"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$mesa/sources.list"
+    opts=(-o Dir::Etc::sourcelist="$mesa/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$mesa/lists"
+          -o APT::Get::List-Cleanup=0)
+    apt-get "${opts[@]}" update -qq
+    (cd "$mesa/debs" && apt-get "${opts[@]}" download mesa-vulkan-drivers/bookworm-backports libdrm2/bookworm-backports \
+       libdrm-amdgpu1/bookworm-backports >/dev/null)
+    rm -rf "$mesa/root" && for deb in "$mesa"/debs/*.deb; do dpkg -x "$deb" "$mesa/root"; done
+  fi
+  printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.4.305"}}\n' \
+    "$lib/libvulkan_lvp.so" > "$mesa/lvp_icd.json"
+  export VK_ICD_FILENAMES=$mesa/lvp_icd.json LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  node_by_node=0
+  stamp "Mesa from bookworm-backports in $mesa"
+fi
 
 # 4. the device suite. GGML_VK_VISIBLE_DEVICES=0: ggml skips CPU-type Vulkan devices (lavapipe)
 # unless listed. GGML_NO_BACKTRACE: ggml's abort handler would attach gdb. GGML_VK_DISABLE_F16:
 # with f16 available, ggml-vulkan's f32 matrix products stage their operands in f16 (3e-4
 # relative per product on lavapipe), past the suite's 1e-3 f32 bound on the VAE
 # (docs/build.md, "Vulkan").
-# SDCPP_NODE_BY_NODE: graphs run one node per ggml compute call; with whole graphs, ggml-vulkan
-# on lavapipe (Mesa 22.3) corrupts the heap after a few runs (docs/build.md, "Vulkan").
-export GGML_VK_VISIBLE_DEVICES=0 GGML_NO_BACKTRACE=1 GGML_VK_DISABLE_F16=1 SDCPP_NODE_BY_NODE=1 SDCPP_TEST_DEVICE=vulkan
+# SDCPP_NODE_BY_NODE (its presence counts, not its value): graphs run one node per ggml compute
+# call; with whole graphs, ggml-vulkan on lavapipe (Mesa 22.3) corrupts the heap after a few
+# runs (docs/build.md, "Vulkan").
+export GGML_VK_VISIBLE_DEVICES=0 GGML_NO_BACKTRACE=1 GGML_VK_DISABLE_F16=1 SDCPP_TEST_DEVICE=vulkan
+if (( node_by_node )); then export SDCPP_NODE_BY_NODE=1; else unset SDCPP_NODE_BY_NODE; fi
 PYTHONPATH=$work/pkg "$py" -c "import sdcpp, sdcpp._core as c; print('sdcpp from', sdcpp.__file__); print([d['description'] for d in c.list_devices()])"
-PYTHONPATH=$work/pkg "$py" -m pytest -q -p no:cacheprovider -m "device" tests/engine tests/pipeline/test_txt2img_parity.py
+files=(${SDCPP_VK_FILES:-tests/engine/test_runtime.py tests/engine/test_clip.py tests/engine/test_taesd.py
+        tests/engine/test_vae.py tests/engine/test_vae_tiling.py tests/engine/test_unet.py
+        tests/engine/test_controlnet_engine.py tests/lora/test_lora_parity.py tests/pipeline/test_txt2img_parity.py})
+marker="device and not slow"
+[[ "${SDCPP_VK_SLOW:-0}" == 1 ]] && marker=device
+failed=()
+for f in "${files[@]}"; do
+  s=$(date +%s)
+  rc=0
+  PYTHONPATH=$work/pkg "$py" -m pytest -q -p no:cacheprovider -m "$marker" "$f" || rc=$?
+  (( rc == 5 )) && rc=0  # no test of the file selected
+  (( rc == 0 )) || failed+=("$f (exit $rc)")
+  stamp "$f: $([[ $rc == 0 ]] && echo passed || echo "FAILED, exit $rc") in $(( $(date +%s) - s ))s"
+done
+if (( ${#failed[@]} )); then
+  stamp "device suite FAILED: ${failed[*]}"
+  exit 1
+fi
 stamp "device suite passed"

@@ -239,6 +239,24 @@ void bind_unet(py::module_& m) {
                 u.set_options(o);
             })
         .def_property(
+            "max_attention_mb",
+            [](const UNet& u) -> py::object {
+                const size_t b = u.options().max_attention_bytes;
+                if (b == SIZE_MAX) return py::none();
+                return py::float_(double(b) / (1 << 20));
+            },
+            [](UNet& u, py::object mb) {
+                UNetOptions o = u.options();
+                if (mb.is_none()) {
+                    o.max_attention_bytes = SIZE_MAX;
+                } else {
+                    const double v = mb.cast<double>();
+                    if (!(v > 0 && v < 1e9)) throw InvalidArgument("max_attention_mb must be positive (None: no limit)");
+                    o.max_attention_bytes = std::max<size_t>(1, size_t(v * (1 << 20)));
+                }
+                u.set_options(o);
+            })
+        .def_property(
             "stream_weights",
             [](const UNet& u) { return u.options().stream_weights; },
             [](UNet& u, bool f) {

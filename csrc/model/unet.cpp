@@ -389,7 +389,7 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     // Whole score matrices on the CPU; on a device, query chunks of at most the largest tensor
     // it takes (SD1's 4096-token self-attention has 512 MiB of scores per image, past
     // lavapipe's 128 MiB).
-    l.max_score_bytes = device.max_tensor_bytes();
+    l.max_score_bytes = std::min(opt.max_attention_bytes, device.max_tensor_bytes());
     // and convolutions whose im2col is past it in row strips (SD1.5's 960-channel 3x3 at 64x64:
     // 135 MiB)
     l.conv_opt.max_im2col_bytes = device.max_tensor_bytes();
@@ -412,7 +412,8 @@ void UNet::set_options(const UNetOptions& opt) {
 std::string UNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/a" +
            std::to_string(static_cast<int>(resolved_attention())) + "/c" + std::to_string(static_cast<int>(resolved_conv())) +
-           (opt_.fused ? "/f" : "") + (streams() ? "/s" : "") + (opt_.compute == Compute::BF16 ? "/bf16" : "") + "/" + kernels::cpu::level_name(kernels::cpu::active_level());
+           (opt_.fused ? "/f" : "") + (streams() ? "/s" : "") + (opt_.compute == Compute::BF16 ? "/bf16" : "") + "/q" + std::to_string(opt_.max_attention_bytes) + "/" +
+           kernels::cpu::level_name(kernels::cpu::active_level());
 }
 
 void UNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool has_text, bool has_ids) const {
@@ -556,7 +557,7 @@ std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device)
     UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device);
     return "a" + std::to_string(static_cast<int>(l.attn)) + "/c" + std::to_string(static_cast<int>(l.conv_opt.algo)) +
            std::to_string(l.conv_opt.winograd_min_pixels) + "/" + std::to_string(l.conv_opt.winograd_f43_min_pixels) +
-           (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/" +
+           (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/q" + std::to_string(l.max_score_bytes) + "/" +
            kernels::cpu::level_name(kernels::cpu::active_level());
 }
 

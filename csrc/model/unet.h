@@ -47,6 +47,10 @@ struct UNetOptions {
     // cache every step (memory="low"). Values are unchanged; no effect on other weights.
     bool stream_weights = false;
     Compute compute = Compute::F32;
+    // mul_mat attention: queries in chunks whose score matrix is at most this many bytes (on a
+    // device also at most Device::max_tensor_bytes). SIZE_MAX: whole matrices on the CPU. Lets
+    // the tests run the chunked path at small sizes.
+    size_t max_attention_bytes = SIZE_MAX;
 };
 
 struct UNetBlockConfig {

@@ -84,6 +84,12 @@ ggml_tensor* mul_mat(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_ten
         ggml_tensor* qc = chunk == Lq ? qh
                                       : ggml_view_4d(ctx, qh, qh->ne[0], n, qh->ne[2], qh->ne[3], qh->nb[1], qh->nb[2], qh->nb[3],
                                                      size_t(i0) * qh->nb[1]);
+        // A chunk is a view of some rows of every head (and image): its rows are packed but its
+        // heads are not. ggml-vulkan (0.20.2) takes such a src1 for a packed one (it steps from
+        // head to head by ne0*ne1 elements, ignoring nb[2]), so every head after the first read
+        // another head's queries (SD1.5's real-size U-Net on lavapipe: 0.12 from diffusers).
+        // Other backends get each chunk as a tensor of its own (a copy of 1/n of q).
+        if (qc != qh && !opt.custom_ops) qc = ggml_cont(ctx, qc);
         ggml_tensor* kq = ggml_mul_mat(ctx, kh, qc);  // [Lk, n, heads, N] f32
         if (opt.causal) kq = ggml_diag_mask_inf(ctx, kq, static_cast<int>(i0));
         kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);

@@ -104,6 +104,11 @@ bool callback(ggml_tensor* t, bool ask, void*) {
         node->src[i] = c;
     }
     std::vector<char> cpu_out(span(t)), dev_out(span(t));
+    // An in-place node (its result a view of src0: ggml_set_inplace, the row stacking of
+    // conv2d_strips.h) writes only part of its output; the CPU op starts from src0's bytes,
+    // as the device did, rather than from zeros (it flagged every stacked chunk otherwise).
+    if (t->view_src && !s.srcs[0].empty() && s.srcs[0].size() == cpu_out.size())
+        std::memcpy(cpu_out.data(), s.srcs[0].data(), cpu_out.size());
     node->data = cpu_out.data();
     ggml_cgraph* g = ggml_new_graph(ctx);
     ggml_build_forward_expand(g, node);

@@ -21,6 +21,7 @@ pytest.importorskip("diffusers")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import unet_models as um  # noqa: E402
 
+from sdcpp import errors as sdcpp_errors  # noqa: E402
 from sdcpp.engine import weights  # noqa: E402
 from sdcpp.engine.unet import UNet, timestep_embedding  # noqa: E402
 from fixtures.devices import ON_CPU, TEST_DEVICE, tol as device_tol  # noqa: E402
@@ -111,6 +112,30 @@ def test_parity_f16_weights(device, name):
     err = rel_l2(unet(x, 500.0, ctx, **kw), _reference(model, x, 500.0, ctx, kw))
     print(f"{name} f16 B=2 t=500: rel L2 {err:.2e}")
     assert err <= F16_TOL, (name, err)
+
+
+def test_attention_query_chunks(device):
+    """mul_mat attention in query chunks (what a device runs for SD's 4096-token self-attention,
+    whose scores are past its largest tensor): a 0.5 MiB score budget cuts the 384-token
+    self-attention of a batch of two (2 heads, 2.25 MiB of scores) into 5 chunks. Each chunk
+    is a view of some query rows of every head; ggml-vulkan took such a product operand for a
+    packed one (every head after the first read another head's queries), which put SD1.5's
+    real-size U-Net 0.12 from diffusers on lavapipe (docs/build.md, "Vulkan")."""
+    dc, model, tensors, nc = _model("sd1")
+    unet = UNet(weights.build_store(device, tensors, "f32"), nc)
+    unet.attention = "mul_mat"
+    assert unet.max_attention_mb is None
+    unet.max_attention_mb = 0.5
+    assert unet.max_attention_mb == 0.5
+    rng = np.random.default_rng(4)
+    x, ctx, kw = _inputs(nc, 2, rng)
+    err = rel_l2(unet(x, 500.0, ctx, **kw), _reference(model, x, 500.0, ctx, kw))
+    print(f"sd1 mul_mat attention in query chunks, B=2: rel L2 {err:.2e}")
+    assert err <= F32_TOL
+    with pytest.raises(sdcpp_errors.InvalidArgumentError):
+        unet.max_attention_mb = 0
+    with pytest.raises(sdcpp_errors.InvalidArgumentError):
+        unet.max_attention_mb = "1"
 
 
 def test_per_row_timesteps_and_graph_reuse(device):

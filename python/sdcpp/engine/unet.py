@@ -146,6 +146,19 @@ class UNet:
         self._native.compute = check_compute(kind)
 
     @property
+    def max_attention_mb(self) -> float | None:
+        """mul_mat attention: queries in chunks whose score matrix stays within this many MiB
+        (None, the default: whole matrices; a device also caps them at its largest tensor,
+        Device.max_tensor_bytes). Same results; for tests of the chunked path."""
+        return self._native.max_attention_mb
+
+    @max_attention_mb.setter
+    def max_attention_mb(self, mb: float | None) -> None:
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 < mb < 1e9):
+            raise errors.InvalidArgumentError(f"max_attention_mb must be a positive number of MiB or None, got {mb!r}")
+        self._native.max_attention_mb = mb
+
+    @property
     def stream_weights(self) -> bool:
         """CPU, weights mapped from the checkpoint: give each module's file pages back as soon as
         its part of the graph has run (memory="low"), so about one module's weights are resident
