@@ -112,16 +112,24 @@ inline void output_tile4(const float* m, int64_t ps, T y[4][4]) {
 
 }  // namespace
 
-void winograd_f43_q8_output(const float* m, int64_t p_stride, int64_t OC, int64_t oc0, int64_t oc1, int64_t ntiles,
-                            int rows, int64_t cols, const float* bias, float* out, int64_t out_stride, int64_t plane) {
-    for (int64_t t = 0; t < ntiles && 4 * t < cols; ++t) {
+namespace {
+
+// The output transform of one strip of tiles, M x M outputs per tile (F(2,3): 2, F(4,3): 4).
+template <int M>
+void q8_output(const float* m, int64_t p_stride, int64_t OC, int64_t oc0, int64_t oc1, int64_t ntiles, int rows,
+               int64_t cols, const float* bias, float* out, int64_t out_stride, int64_t plane) {
+    auto tile = [&](const auto* mt, auto (&y)[M][M]) {
+        if constexpr (M == 4) output_tile4(mt, p_stride, y);
+        else output_tile2(mt, p_stride, y);
+    };
+    for (int64_t t = 0; t < ntiles && M * t < cols; ++t) {
         const float* mt = m + t * OC;
-        const int n = cols - 4 * t < 4 ? int(cols - 4 * t) : 4;
-        float* o = out + 4 * t;
+        const int n = cols - M * t < M ? int(cols - M * t) : M;
+        float* o = out + M * t;
         int64_t oc = oc0;
         for (; oc + L <= oc1; oc += L) {
-            V y[4][4];
-            output_tile4<V>(mt + oc, p_stride, y);
+            V y[M][M];
+            tile(mt + oc, y);
             const V b = bias ? ld<V>(bias + oc) : V{};
             for (int r = 0; r < rows; ++r)
                 for (int k = 0; k < n; ++k) {
@@ -130,8 +138,8 @@ void winograd_f43_q8_output(const float* m, int64_t p_stride, int64_t OC, int64_
                 }
         }
         for (; oc < oc1; ++oc) {
-            float y[4][4];
-            output_tile4<float>(mt + oc, p_stride, y);
+            float y[M][M];
+            tile(mt + oc, y);
             const float b = bias ? bias[oc] : 0.0f;
             for (int r = 0; r < rows; ++r)
                 for (int k = 0; k < n; ++k) o[oc * plane + r * out_stride + k] = y[r][k] + b;
@@ -139,31 +147,16 @@ void winograd_f43_q8_output(const float* m, int64_t p_stride, int64_t OC, int64_
     }
 }
 
+}  // namespace
+
+void winograd_f43_q8_output(const float* m, int64_t p_stride, int64_t OC, int64_t oc0, int64_t oc1, int64_t ntiles,
+                            int rows, int64_t cols, const float* bias, float* out, int64_t out_stride, int64_t plane) {
+    q8_output<4>(m, p_stride, OC, oc0, oc1, ntiles, rows, cols, bias, out, out_stride, plane);
+}
+
 void winograd_f23_q8_output(const float* m, int64_t p_stride, int64_t OC, int64_t oc0, int64_t oc1, int64_t ntiles,
                             int rows, int64_t cols, const float* bias, float* out, int64_t out_stride, int64_t plane) {
-    for (int64_t t = 0; t < ntiles && 2 * t < cols; ++t) {
-        const float* mt = m + t * OC;
-        const int n = cols - 2 * t < 2 ? 1 : 2;
-        float* o = out + 2 * t;
-        int64_t oc = oc0;
-        for (; oc + L <= oc1; oc += L) {
-            V y[2][2];
-            output_tile2<V>(mt + oc, p_stride, y);
-            const V b = bias ? ld<V>(bias + oc) : V{};
-            for (int r = 0; r < rows; ++r)
-                for (int k = 0; k < n; ++k) {
-                    const V v = y[r][k] + b;
-                    for (int l = 0; l < L; ++l) o[(oc + l) * plane + r * out_stride + k] = v[l];
-                }
-        }
-        for (; oc < oc1; ++oc) {
-            float y[2][2];
-            output_tile2<float>(mt + oc, p_stride, y);
-            const float b = bias ? bias[oc] : 0.0f;
-            for (int r = 0; r < rows; ++r)
-                for (int k = 0; k < n; ++k) o[oc * plane + r * out_stride + k] = y[r][k] + b;
-        }
-    }
+    q8_output<2>(m, p_stride, OC, oc0, oc1, ntiles, rows, cols, bias, out, out_stride, plane);
 }
 
 }  // namespace sdcpp::kernels::cpu
