@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "attention_gemm.h"
 #include "cpu_level.h"
 
 namespace sdcpp::kernels::cpu {
@@ -118,19 +119,9 @@ const AttentionInt8Kernels* attention_int8_avx512();  // the VNNI one where the 
 // The AVX-512 table with vpdpwssd (nullptr without AVX512-VNNI) or with vpmaddwd + vpaddd.
 const AttentionInt8Kernels* attention_int8_avx512_with(bool vnni);
 
-// The attention over packed operands (the driver, attention_int8.cpp).
-struct AttentionInt8Args {
-    const float* q;  // [N][Lq] rows of D = heads * d floats, q_row / q_batch floats apart
-    int64_t q_row, q_batch;
-    const float* k;
-    int64_t k_row, k_batch;
-    const float* v;
-    int64_t v_row, v_batch;
-    float* out;
-    int64_t out_row, out_batch;
-    int64_t N, Lq, Lk, d;
-    int heads;
-};
+// The attention over packed operands (the driver, attention_int8.cpp): the exact kernel's
+// operand layout (attention_gemm.h).
+using AttentionInt8Args = AttentionArgs;
 
 // Words of the packed K / V of all (n, head); pack_int8 fills them (units: (n, head) pairs,
 // shared out over nth threads), attend_int8 runs the attention (units: 32-query blocks).
