@@ -41,7 +41,7 @@ MODELS = {
     "bk-sdm-small": "bk-sdm-small.json",
     "bk-sdm-base": "bk-sdm-base.json",
 }
-ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-int8attn", "sdcpp-q8_0-ggml",
+ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcpp-f16-bf16compute", "sdcpp-bf16", "sdcpp-q8_0", "sdcpp-q8_0-int8attn", "sdcpp-q8_0-exactattn", "sdcpp-q8_0-ggml",
                "sdcpp-q8_0-im2col", "sdcpp-q8_0-wino8", "sdcpp-q4_0-wino8", "sdcpp-q5_0", "sdcpp-q4_0", "diffusers-f32", "diffusers-bf16", "diffusers-f16",
                "openvino-f32", "openvino-auto")
 # sdcpp-q8_0-ggml: q8_0 weights through ggml's integer products (SDCPP_INT8_GEMM=0), for A/B runs
@@ -52,7 +52,10 @@ ALL_CONFIGS = ("sdcpp-f32", "sdcpp-f16", "sdcpp-f32-f23", "sdcpp-f16-f23", "sdcp
 #   default) instead of the direct one-op convolution, for A/B runs
 # sdcpp-f32-f23 / sdcpp-f16-f23: the 3x3 convolutions by Winograd F(2x2, 3x3) only
 #   (SDCPP_WINOGRAD_F43=0) instead of F(4x4, 3x3) on the larger latents, for A/B runs
-# sdcpp-q8_0-int8attn: q8_0 weights, UNet.attention = "int8" (the int8 attention kernel)
+# sdcpp-q8_0-int8attn: q8_0 weights, UNet.attention = "int8" (the int8 attention kernel; what
+#   "auto" takes on the CPU for quantized weights since branch attn9, so sdcpp-q8_0 runs it too)
+# sdcpp-q8_0-exactattn: q8_0 weights, UNet.attention = "flash" (the exact attention: what
+#   sdcpp-q8_0 measured before int8 became the default for quantized weights)
 # sdcpp-f16-bf16compute: f16 weights, UNet.compute = "bf16" (AMX-BF16 products where the CPU has them)
 
 
@@ -108,7 +111,8 @@ def child_sdcpp(args, spec) -> dict:
     store = weights.build_store(dev, tensors, args.config.split("-")[1])
     load_s = time.perf_counter() - t0
     unet = UNet(store, spec["native"])
-    unet.attention = "int8" if args.config.endswith("-int8attn") else args.attention
+    unet.attention = ("int8" if args.config.endswith("-int8attn") else
+                      "flash" if args.config.endswith("-exactattn") else args.attention)
     if args.config.endswith("-bf16compute"):
         unet.compute = "bf16"
     nc = spec["native"]

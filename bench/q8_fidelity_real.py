@@ -7,7 +7,11 @@ The denoising loop is the Euler discrete sampler of the tests (tests/engine/eule
 both sides see the same sigmas; the conditioning is a random context pair (cond / uncond) in place of CLIP's output.
 
     PYTHONPATH=python python bench/q8_fidelity_real.py --model bk-sdm-tiny --latent 64 --threads 2
-    PYTHONPATH=python python bench/q8_fidelity_real.py --latent 64 --configs q8_0 q8_0+int8attn   # + int8 attention
+    PYTHONPATH=python python bench/q8_fidelity_real.py --latent 64 --configs q8_0+exact q8_0+int8attn   # int8 attention
+
+--qk-scale s1 s2 ... repeats the measurement with every attention's to_q / to_k weights times s
+(logits times s^2: sharper softmax rows, as a trained checkpoint has; bench/attn_sharpness.py),
+printing the diffusers model's self-attention sharpness per s next to the errors.
 """
 from __future__ import annotations
 
@@ -113,7 +117,10 @@ def main():
                     help="sdcpp weight types; '-all' quantizes the roles KEEP_F16 keeps f16 too; "
                          "'q8_0-keep:shortcut,proj_in' keeps those q8_sensitivity classes f16 instead; "
                          "'q8_0-only:conv1' quantizes that class alone; 'q8_0-wonly' stores the q8_0-rounded weights as f32 (weight rounding only); "
-                         "a '+int8attn' suffix runs the U-Net with UNet.attention = 'int8'")
+                         "a '+int8attn' suffix runs the U-Net with UNet.attention = 'int8', '+exact' with 'flash' "
+                         "(no suffix: 'auto', the default)")
+    ap.add_argument("--qk-scale", type=float, nargs="+", default=[1.0],
+                    help="to_q / to_k weights of every attention times s (one run per s): a sharpness proxy")
     ap.add_argument("--clip", action="store_true", help="CLIP-L text encoder instead (one encode)")
     args = ap.parse_args()
     if args.clip:
@@ -122,16 +129,28 @@ def main():
     import torch
     from diffusers import UNet2DConditionModel
 
-    import unet_models as um
+    from attn_sharpness import scale_qk
     from bench_unet import load_config
+
+    torch.set_num_threads(args.threads)
+    dc = load_config(args.model)
+    for s in args.qk_scale:
+        torch.manual_seed(0)
+        model = UNet2DConditionModel(**dc).eval().float()     # diffusers' own default init
+        if s != 1.0:
+            scale_qk(model, s)
+        run_one(args, dc, model, s)
+
+
+def run_one(args, dc, model, s):
+    import torch
+
+    import unet_models as um
+    from attn_sharpness import Sharpness
     from euler_loop import euler
     from sdcpp.engine import weights
     from sdcpp.engine.unet import UNet
 
-    torch.set_num_threads(args.threads)
-    dc = load_config(args.model)
-    torch.manual_seed(0)
-    model = UNet2DConditionModel(**dc).eval().float()     # diffusers' own default init
     tensors = um.canonical_tensors(model)
     nc = um.native_config(dc)
     rng = np.random.default_rng(0)
@@ -150,9 +169,12 @@ def main():
             out = model(torch.from_numpy(x), torch.full((2,), t), torch.from_numpy(ctx), **extra).sample.numpy()
         return out[:1], out[1:]
 
+    sharp = Sharpness(model)        # recorded over the reference run's U-Net calls
     t0 = time.perf_counter()
     ref = euler(torch_eps, latents, args.steps, args.cfg)
-    print(f"{args.model} latent {args.latent}: diffusers fp32 {time.perf_counter() - t0:.1f} s", flush=True)
+    tag = f"{args.model} latent {args.latent}" + (f" qk-scale {s:g}" if len(args.qk_scale) > 1 or s != 1.0 else "")
+    print(f"{tag}: diffusers fp32 {time.perf_counter() - t0:.1f} s; self-attention sharpness: {sharp.describe()}",
+          flush=True)
     dev = weights.open_device("cpu", args.threads)
     for config in args.configs:
         base, _, option = config.partition("+")
@@ -164,6 +186,8 @@ def main():
         unet = UNet(store, nc)
         if option == "int8attn":
             unet.attention = "int8"
+        elif option == "exact":
+            unet.attention = "flash"
         elif option:
             raise SystemExit(f"unknown config option '+{option}'")
 
@@ -174,7 +198,7 @@ def main():
         t0 = time.perf_counter()
         err = rel(euler(eps, latents, args.steps, args.cfg), ref)
         kept = sum(int(np.prod(tensors[n].shape)) for n, t in types.items() if t == "f16" and wt != "f16")
-        print(f"{args.model} latent {args.latent} {config}: final latents rel L2 {err:.3e} "
+        print(f"{tag} {config} (attention {unet.resolved_attention}): final latents rel L2 {err:.3e} "
               f"(weights {nbytes / 2**20:.1f} MiB, {kept / 1e6:.2f} M values f16; {time.perf_counter() - t0:.1f} s)",
               flush=True)
 

@@ -44,13 +44,14 @@ ControlNet::ControlNet(std::shared_ptr<const WeightStore> store, ControlNetConfi
     weights_ = std::make_unique<CheckedWeights>(*store_, controlnet_weights(cfg_, skip_channels_));
     unused_ = weights_->unused(kPrefix);
     runner_ = std::make_unique<GraphRunner>(store_->device(), 32768);
+    quantized_ = quantized_attention(*store_, kPrefix);
 }
 
 ControlNet::~ControlNet() = default;
 
 std::vector<ggml_tensor*> ControlNet::build(ggml_context* ctx, ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context,
                                             ggml_tensor* cond, ggml_tensor* add_in) const {
-    UNetBlocks blocks(*weights_, cfg_.unet, ctx, opt_);
+    UNetBlocks blocks(*weights_, cfg_.unet, ctx, opt_, quantized_);
     // controlnet_cond_embedding: conv_in, SiLU, (3x3 conv, SiLU, stride-2 3x3 conv, SiLU) per
     // width step, conv_out (zero-initialised in training) to block_out_channels[0].
     const auto& e = cfg_.embedding_channels;
@@ -107,7 +108,7 @@ void ControlNet::check_shapes(int64_t B, int64_t H, int64_t W, int64_t L, bool h
 
 std::string ControlNet::key(int64_t B, int64_t H, int64_t W, int64_t L) const {
     return std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(L) + "/" +
-           UNetBlocks::kernel_key(opt_, *store_->device());
+           UNetBlocks::kernel_key(opt_, *store_->device(), quantized_);
 }
 
 void ControlNet::forward(int64_t B, int64_t H, int64_t W, int64_t L, const float* latent, const float* timesteps,

@@ -64,6 +64,7 @@ class ControlNet {
     std::vector<std::string> unused_;
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
+    bool quantized_ = false;  // quantized_attention(store, "controlnet."): "auto" attention takes int8 on the CPU
 
     // The whole graph over the checked weights; returns the residuals.
     std::vector<ggml_tensor*> build(ggml_context* ctx, ggml_tensor* x, ggml_tensor* t_sin, ggml_tensor* context,

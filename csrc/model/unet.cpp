@@ -143,7 +143,7 @@ struct UNet::Builder {
         size_t max_score_bytes = SIZE_MAX;  // MulMat attention: score matrix per query chunk
     };
     // The one place that turns UNetOptions into a Lowering.
-    static Lowering lowering(const UNetOptions& opt, const Device& device);
+    static Lowering lowering(const UNetOptions& opt, const Device& device, bool quantized);
 
     const CheckedWeights& w;
     const UNetConfig& cfg;
@@ -337,9 +337,21 @@ UNet::UNet(std::shared_ptr<const WeightStore> store, UNetConfig cfg) : store_(st
     weights_ = std::make_unique<CheckedWeights>(*store_, unet_weights(cfg_));  // throws on the first bad weight
     unused_ = weights_->unused("unet.", {"unet.time_embedding.cond_proj."});   // LCM's guidance embedding is not unused
     runner_ = std::make_unique<GraphRunner>(store_->device(), 32768);
+    quantized_ = quantized_attention(*store_, "unet.");
 }
 
 UNet::~UNet() = default;
+
+bool quantized_attention(const WeightStore& store, const std::string& prefix) {
+    static const std::string suffix = ".attn1.to_q.weight";
+    for (const std::string& n : store.names()) {
+        if (n.size() < prefix.size() + suffix.size() || n.compare(0, prefix.size(), prefix) != 0 ||
+            n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+            continue;
+        if (ggml_is_quantized(store.type(n))) return true;
+    }
+    return false;
+}
 
 namespace {
 ConvImpl resolve_conv(const UNetOptions& opt, const Device& device) {
@@ -372,9 +384,9 @@ int64_t f43_min_pixels() {
 }
 }  // namespace
 
-UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const Device& device) {
+UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const Device& device, bool quantized) {
     Lowering l;
-    l.attn = nn::resolve_attention(opt.attention, device);
+    l.attn = nn::resolve_attention(opt.attention, device, quantized);
     l.custom_ops = nn::custom_ops_allowed(device, !opt.fused);
     const ConvImpl conv = resolve_conv(opt, device);
     l.conv_opt.algo = conv == ConvImpl::Im2col ? nn::ConvAlgo::Im2col : nn::ConvAlgo::Winograd;
@@ -396,7 +408,9 @@ UNet::Builder::Lowering UNet::Builder::lowering(const UNetOptions& opt, const De
     return l;
 }
 
-nn::AttentionKernel UNet::resolved_attention() const { return nn::resolve_attention(opt_.attention, *store_->device()); }
+nn::AttentionKernel UNet::resolved_attention() const {
+    return nn::resolve_attention(opt_.attention, *store_->device(), quantized_);
+}
 
 ConvImpl UNet::resolved_conv() const { return resolve_conv(opt_, *store_->device()); }
 
@@ -466,7 +480,7 @@ void release_segment(ggml_tensor* dst, const ggml_tensor* a, int ith, int nth, v
 }  // namespace
 
 void UNet::build(ggml_context* ctx, BuiltGraph& g, int64_t B, int64_t H, int64_t W, int64_t L, bool residuals) const {
-    Builder w{*weights_, cfg_, ctx, Builder::lowering(opt_, *store_->device()), {}};
+    Builder w{*weights_, cfg_, ctx, Builder::lowering(opt_, *store_->device(), quantized_), {}};
     if (streams()) {
         w.after_module = [this, ctx](ggml_tensor* h, const std::string& module) {
             const StreamSegment* seg = segment(module);
@@ -537,9 +551,11 @@ size_t UNet::measure(int64_t B, int64_t H, int64_t W, int64_t L) {
 // ------------------------------------------------------------------------------------------
 // UNetBlocks: the builder's blocks for networks that copy them (model/controlnet.*).
 
-UNetBlocks::UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt) {
+UNetBlocks::UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt,
+                       bool quantized) {
     SD_CHECK(ctx != nullptr, "UNetBlocks: no ggml context");
-    b_ = std::make_unique<UNet::Builder>(UNet::Builder{w, cfg, ctx, UNet::Builder::lowering(opt, *w.store().device()), {}});
+    b_ = std::make_unique<UNet::Builder>(
+        UNet::Builder{w, cfg, ctx, UNet::Builder::lowering(opt, *w.store().device(), quantized), {}});
 }
 
 UNetBlocks::~UNetBlocks() = default;
@@ -553,8 +569,8 @@ ggml_tensor* UNetBlocks::encode(const std::string& pfx, ggml_tensor* x, ggml_ten
     return b_->encode(pfx, x, temb_act, context, conv_in_add, skips);
 }
 
-std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device) {
-    UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device);
+std::string UNetBlocks::kernel_key(const UNetOptions& opt, const Device& device, bool quantized) {
+    UNet::Builder::Lowering l = UNet::Builder::lowering(opt, device, quantized);
     return "a" + std::to_string(static_cast<int>(l.attn)) + "/c" + std::to_string(static_cast<int>(l.conv_opt.algo)) +
            std::to_string(l.conv_opt.winograd_min_pixels) + "/" + std::to_string(l.conv_opt.winograd_f43_min_pixels) +
            (l.custom_ops ? "/f" : "") + (l.bf16 ? "/bf16" : "") + "/q" + std::to_string(l.max_score_bytes) + "/" +

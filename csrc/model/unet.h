@@ -19,6 +19,11 @@ namespace sdcpp {
 
 class CheckedWeights;  // model/unet_weights.h
 
+// Whether the self-attention projections (`<prefix>...attn1.to_q.weight`) of the model under
+// `prefix` are stored quantized (q8_0 / q5_0 / q4_0): what makes "auto" attention take the
+// int8 kernel on the CPU (nn::resolve_attention).
+bool quantized_attention(const WeightStore& store, const std::string& prefix);
+
 // Winograd: F(2x2, 3x3) on every eligible convolution; WinogradF43: F(4x4, 3x3) on every
 // eligible one with f32 products (F(2x2, 3x3) under compute = bf16). Both forced, for tests.
 enum class ConvImpl { Auto, Im2col, Winograd, WinogradF43 };
@@ -153,6 +158,7 @@ class UNet {
     std::vector<std::string> unused_;
     std::unique_ptr<GraphRunner> runner_;
     std::mutex mu_;
+    bool quantized_ = false;  // quantized_attention(store, "unet."), fixed at construction
     // stream_weights: the mapped byte ranges of each module, by module name, made when a graph
     // first needs them and kept (graph nodes point at them) for the model's lifetime.
     mutable std::map<std::string, std::unique_ptr<StreamSegment>> segments_;
@@ -169,7 +175,8 @@ class UNet {
 // come from a store checked against a list made with UNetWeightList (model/unet_weights.h).
 class UNetBlocks {
    public:
-    UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt);
+    // `quantized`: quantized_attention() of the copying network's weights.
+    UNetBlocks(const CheckedWeights& w, const UNetConfig& cfg, ggml_context* ctx, const UNetOptions& opt, bool quantized);
     ~UNetBlocks();
     // SiLU of the time (+ add) embedding [E, N].
     ggml_tensor* time_embedding(const std::string& pfx, ggml_tensor* t_sin, ggml_tensor* add_in) const;
@@ -178,7 +185,7 @@ class UNetBlocks {
     ggml_tensor* encode(const std::string& pfx, ggml_tensor* x, ggml_tensor* temb_act, ggml_tensor* context,
                         ggml_tensor* conv_in_add, std::vector<ggml_tensor*>& skips) const;
     // The resolved kernel choices, for graph cache keys (a graph built under other choices differs).
-    static std::string kernel_key(const UNetOptions& opt, const Device& device);
+    static std::string kernel_key(const UNetOptions& opt, const Device& device, bool quantized);
     // A convolution with the U-Net's kernel choice ("name.weight", "name.bias"), padding `pad`.
     ggml_tensor* conv(ggml_tensor* x, const std::string& name, int stride, int pad) const;
 

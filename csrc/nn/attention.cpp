@@ -10,9 +10,10 @@
 
 namespace sdcpp::nn {
 
-AttentionKernel resolve_attention(AttentionKernel requested, const Device& device) {
+AttentionKernel resolve_attention(AttentionKernel requested, const Device& device, bool quantized_weights) {
     if (requested != AttentionKernel::Auto) return requested;
-    return device.is_cpu() ? AttentionKernel::Flash : AttentionKernel::MulMat;
+    if (!device.is_cpu()) return AttentionKernel::MulMat;
+    return quantized_weights ? AttentionKernel::Int8 : AttentionKernel::Flash;
 }
 
 namespace {

@@ -4,8 +4,8 @@
 //   Flash + custom ops, where the CPU level has one -> sdcpp's fused CPU kernel
 //       (kernels/cpu/fused_attention.h: bf16 products for `type` BF16, else f32);
 //   Int8 + custom ops, at least int8_min_keys keys -> sdcpp's int8 CPU kernel
-//       (kernels/cpu/attention_int8.h, every CPU level; opt-in, not exact), Int8 otherwise as
-//       Flash;
+//       (kernels/cpu/attention_int8.h, every CPU level; not exact: what Auto takes on the CPU
+//       for quantized weights), Int8 otherwise as Flash;
 //   Flash otherwise -> ggml_flash_attn_ext in f32;
 //   MulMat (and every causal attention) -> mul_mat + soft_max in `type` (F32, F16 or BF16
 //       operands, f32 sums), queries in chunks whose score matrix stays within
@@ -19,7 +19,8 @@
 
 namespace sdcpp::nn {
 
-// Int8: never chosen by Auto (its products are quantized: UNet.attention = "int8" opts in).
+// Int8: its products are quantized; Auto takes it only for a model whose attention weights are
+// quantized themselves (see resolve_attention).
 enum class AttentionKernel { Auto, MulMat, Flash, Int8 };
 
 // What Auto means on this device. Measured on the CPU backend (bk-sdm-tiny / SD1.5 at 64x64,
@@ -27,7 +28,12 @@ enum class AttentionKernel { Auto, MulMat, Flash, Int8 };
 // self-attention, against 1.35 s for mul_mat + soft_max in f32 and ~1.5 s in bf16, with no
 // 1 GiB score matrix; sdcpp's fused kernels are faster still. Other backends keep mul_mat:
 // their flash kernels want f16 K/V (not measured).
-AttentionKernel resolve_attention(AttentionKernel requested, const Device& device);
+// `quantized_weights` (the model's attention projections are q8_0 / q5_0 / q4_0): on the CPU
+// Int8, whose own error is small next to what the weights' integer products already cost
+// (final latents of BK-SDM-tiny at 64x64 with q8_0, up to q/k logits 16x sharper than diffusers'
+// initialisation: bench/README.md "Int8 attention by default"), and the largest single speed
+// gain left for quantized U-Nets on the CPU. f32 / f16 / bf16 weights keep the exact kernels.
+AttentionKernel resolve_attention(AttentionKernel requested, const Device& device, bool quantized_weights = false);
 
 struct AttentionOptions {
     AttentionKernel kernel = AttentionKernel::MulMat;  // Auto is taken as MulMat: resolve it first

@@ -138,6 +138,43 @@ def test_unet_error_grows_with_fewer_bits(name):
     assert _unet_errors(name)["q4_0"][1] < 0.25 * e["q4_0"]
 
 
+def test_auto_attention_is_int8_for_quantized_weights(device):
+    """The default attention ("auto") on the CPU: the int8 kernel for q8_0 / q5_0 / q4_0 weights
+    (its error is small next to theirs: bench/README.md "Int8 attention by default"), the exact
+    flash kernel for float weights; an explicit choice is kept."""
+    _, tensors, nc = _unet_model("sd1")
+    for wt in ("f32", "f16", "bf16") + QUANT:
+        unet = UNet(weights.build_store(device, tensors, wt), nc)
+        assert unet.attention == "auto"
+        assert unet.resolved_attention == ("int8" if wt in QUANT else "flash"), wt
+        for forced in ("flash", "mul_mat", "int8"):
+            unet.attention = forced
+            assert unet.resolved_attention == forced, (wt, forced)
+
+
+@pytest.mark.parametrize("name", ["sd1", "bk_tiny"])
+def test_unet_q8_0_default_attention_vs_diffusers(device, name):
+    """q8_0 with the default attention at a 32x32 latent, where the first level's 1024-token
+    self-attention takes the int8 kernel: one call within q8_0's bound of diffusers fp32, and not
+    much further from it than the exact kernel ("flash"). Measured: sd1 2.07e-2 vs 2.03e-2, bk_tiny
+    2.11e-2 vs 2.12e-2. (auto and flash are ~1.7e-2 apart: the int8 kernel's small change redraws
+    the activations' q8 rounding downstream, a different sample of an error of the same size.)"""
+    model, tensors, nc = _unet_model(name)
+    rng = np.random.default_rng(8)
+    _, ctx, kw = _unet_inputs(nc)
+    x = np.repeat(rng.standard_normal((1, nc["in_channels"], 32, 32)).astype(np.float32), 2, axis=0)
+    ref = _unet_reference(model, x, ctx, kw)
+    unet = UNet(weights.build_store(device, tensors, "q8_0"), nc)
+    auto = unet(x, 500.0, ctx, **kw)
+    unet.attention = "flash"
+    exact = unet(x, 500.0, ctx, **kw)
+    err, err_exact, diff = rel(auto, ref), rel(exact, ref), rel(auto, exact)
+    print(f"{name} q8_0 32x32: auto (int8) {err:.3e}, flash {err_exact:.3e}, auto vs flash {diff:.3e}")
+    assert err <= UNET_TOL["q8_0"], (err, err_exact)
+    assert diff > 0                                   # the int8 kernel ran
+    assert err <= 1.15 * err_exact, (err, err_exact)  # and costs little next to the weights' error
+
+
 def test_storage_rules(device):
     _, tensors, nc = _unet_model("sd1")
     for wt in QUANT:
@@ -308,93 +345,84 @@ def test_txt2img_q8_0_final_latents_vs_diffusers(model_fixtures):
         assert errs[(family, "q8_0")] > errs[(family, "f16")]
 
 
-@pytest.mark.slow
-def test_q8_0_final_latents_real_widths_within_issue_bound():
-    """The issue's bound (final latents within 3e-2 of diffusers fp32 with q8_0, 5e-3 with f16)
-    on a real-size U-Net: BK-SDM-tiny's published config (321 M quantizable weights) with
-    diffusers' default initialisation, 4 Euler steps with CFG 7 on an 8x8 latent and a random
-    cond / uncond context pair. With every role quantized it is over the bound (measured 3.9e-2):
-    the KEEP_F16 table is what brings it within (measured 2.2e-2; f16 1.3e-3). Nearly all of
-    q8_0's error here is ggml's q8 rounding of the activations: the same q8_0-rounded weights in
-    float products give 3.8e-3 (bench/q8_fidelity_real.py --configs q8_0-wonly)."""
+@functools.lru_cache(maxsize=None)
+def _bk_tiny_real():
+    """BK-SDM-tiny's published config (321 M quantizable weights) with diffusers' default
+    initialisation: (model, canonical tensors, native config)."""
     from diffusers import UNet2DConditionModel
-
-    from euler_loop import euler
 
     dc = {k: v for k, v in um.load_reference("bk-sdm-tiny.json").items() if not k.startswith("_")}
     torch.manual_seed(0)
     model = UNet2DConditionModel(**dc).eval().float()
-    tensors, nc = um.canonical_tensors(model), um.native_config(dc)
+    return model, um.canonical_tensors(model), um.native_config(dc)
+
+
+def _bk_tiny_real_run(size: int):
+    """4 Euler steps with CFG 7 on a size x size latent and a random cond / uncond context pair:
+    (tensors, native config, eps(unet) -> final latents, diffusers fp32's final latents)."""
+    from euler_loop import euler
+
+    model, tensors, nc = _bk_tiny_real()
     rng = np.random.default_rng(0)
-    latents = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
-    ctx = rng.standard_normal((2, 77, dc["cross_attention_dim"])).astype(np.float32)   # uncond, cond
+    latents = rng.standard_normal((1, 4, size, size)).astype(np.float32)
+    ctx = rng.standard_normal((2, 77, nc["cross_attention_dim"])).astype(np.float32)   # uncond, cond
 
     def torch_eps(x, t):
         with torch.no_grad():
             out = model(torch.from_numpy(x), torch.full((2,), t), torch.from_numpy(ctx)).sample.numpy()
         return out[:1], out[1:]
 
-    ref = euler(torch_eps, latents)
+    def run(unet):
+        def eps(x, t):
+            out = unet(x, t, ctx)
+            return out[:1], out[1:]
+        return euler(eps, latents)
+
+    return tensors, nc, run, euler(torch_eps, latents)
+
+
+@pytest.mark.slow
+def test_q8_0_final_latents_real_widths_within_issue_bound():
+    """The issue's bound (final latents within 3e-2 of diffusers fp32 with q8_0, 5e-3 with f16)
+    on a real-size U-Net (_bk_tiny_real) on an 8x8 latent. With every role quantized it is over
+    the bound (measured 3.9e-2): the KEEP_F16 table is what brings it within (measured 2.2e-2;
+    f16 1.3e-3). Nearly all of q8_0's error here is ggml's q8 rounding of the activations: the
+    same q8_0-rounded weights in float products give 3.8e-3 (bench/q8_fidelity_real.py
+    --configs q8_0-wonly)."""
+    tensors, nc, run, ref = _bk_tiny_real_run(8)
     dev = weights.open_device("cpu", 2)
     errs = {}
     for label, wt, type_of in (("f16", "f16", weights.storage_type), ("q8_0", "q8_0", weights.storage_type),
                                ("q8_0 every role", "q8_0",
                                 lambda n, shape, w: weights.storage_type(n, shape, w, keep_f16=False))):
-        store = weights.build_store(dev, tensors, wt, type_of)
-        unet = UNet(store, nc)
-
-        def eps(x, t):
-            out = unet(x, t, ctx)
-            return out[:1], out[1:]
-
-        errs[label] = rel(euler(eps, latents), ref)
+        errs[label] = rel(run(UNet(weights.build_store(dev, tensors, wt, type_of), nc)), ref)
         print(f"bk-sdm-tiny real widths, {label}: final latents rel L2 {errs[label]:.3e}")
     assert errs["f16"] <= ISSUE_F16, errs
     assert errs["q8_0"] <= ISSUE_Q8, errs
     assert errs["q8_0 every role"] > ISSUE_Q8, errs      # the policy is what meets the bound
 
 
-
-
 @pytest.mark.slow
 def test_q8_0_int8_attention_final_latents_real_widths():
-    """q8_0 weights with UNet.attention = "int8" within the issue's 3e-2 of diffusers fp32 on the
-    final latents: BK-SDM-tiny's published config (diffusers' default initialisation), 4 Euler
-    steps with CFG 7 on a 32x32 latent, whose first level's 1024-token self-attention takes the
+    """q8_0 weights with the default attention ("auto": the int8 kernel on the CPU for quantized
+    weights) within the issue's 3e-2 of diffusers fp32 on the final latents: the real-size U-Net
+    (_bk_tiny_real) on a 32x32 latent, whose first level's 1024-token self-attention takes the
     int8 kernel (512+ keys; the rest stays exact). Measured 2.459e-2 against 2.439e-2 with the
-    exact attention; at a 64x64 latent with the int8 kernel on every attention 2.417e-2 against
-    2.404e-2 (bench/q8_fidelity_real.py --latent 64 --configs q8_0 q8_0+int8attn)."""
-    from diffusers import UNet2DConditionModel
-
-    from euler_loop import euler
-
-    dc = {k: v for k, v in um.load_reference("bk-sdm-tiny.json").items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    model = UNet2DConditionModel(**dc).eval().float()
-    tensors, nc = um.canonical_tensors(model), um.native_config(dc)
-    rng = np.random.default_rng(0)
-    latents = rng.standard_normal((1, 4, 32, 32)).astype(np.float32)
-    ctx = rng.standard_normal((2, 77, dc["cross_attention_dim"])).astype(np.float32)   # uncond, cond
-
-    def torch_eps(x, t):
-        with torch.no_grad():
-            out = model(torch.from_numpy(x), torch.full((2,), t), torch.from_numpy(ctx)).sample.numpy()
-        return out[:1], out[1:]
-
-    ref = euler(torch_eps, latents)
+    exact attention ("flash"); at a 64x64 latent 2.408e-2 against 2.404e-2, and with q/k logits
+    up to 16x sharper still within 3e-2 (bench/README.md "Int8 attention by default")."""
+    tensors, nc, run, ref = _bk_tiny_real_run(32)
     unet = UNet(weights.build_store(weights.open_device("cpu", 2), tensors, "q8_0"), nc)
     errs = {}
-    for attention in ("auto", "int8"):
+    for attention in ("auto", "flash"):
         unet.attention = attention
+        errs[attention] = rel(run(unet), ref)
+        print(f"bk-sdm-tiny real widths 32x32, q8_0 attention {attention} ({unet.resolved_attention}): "
+              f"final latents rel L2 {errs[attention]:.3e}")
+    unet.attention = "auto"
+    assert unet.resolved_attention == "int8"
+    assert errs["auto"] <= ISSUE_Q8, errs
+    assert errs["auto"] != errs["flash"]  # the int8 kernel ran
 
-        def eps(x, t):
-            out = unet(x, t, ctx)
-            return out[:1], out[1:]
-
-        errs[attention] = rel(euler(eps, latents), ref)
-        print(f"bk-sdm-tiny real widths 32x32, q8_0 attention {attention}: final latents rel L2 {errs[attention]:.3e}")
-    assert errs["int8"] <= ISSUE_Q8, errs
-    assert errs["int8"] != errs["auto"]  # the int8 kernel ran
 
 # ----------------------------------------------------------------------------------- errors
 def test_bad_weight_types_are_typed_errors(device, model_fixtures):

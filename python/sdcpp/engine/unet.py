@@ -86,12 +86,16 @@ class UNet:
 
     @property
     def attention(self) -> str:
-        """"auto" (the kernel measured fastest on this device: flash on the CPU), "mul_mat", "flash"
-        or "int8": on the CPU backend the attentions of 512+ keys (SD1's 4096- and 1024-token
+        """"auto" (the default), "mul_mat", "flash" or "int8".
+
+        "int8": on the CPU backend the attentions of 512+ keys (SD1's 4096- and 1024-token
         self-attentions) as int16-pair integer products of int8-quantized q, k, v (Q15
-        probabilities; kernels/cpu/attention_int8.h), the others exact as "flash"; opt-in because
-        it is not exact (up to ~1.5e-2 from f32 on one sharp attention's output); elsewhere as
-        "flash"."""
+        probabilities; kernels/cpu/attention_int8.h), the others exact as "flash"; not exact (up
+        to ~1.5e-2 from f32 on one sharp attention's output); elsewhere as "flash".
+        "auto": on the CPU "int8" when the U-Net's attention weights are q8_0 / q5_0 / q4_0 (its
+        error is small next to what their integer products already cost: bench/README.md "Int8
+        attention by default"), else "flash"; "mul_mat" on other backends. "flash" / "mul_mat"
+        force an exact kernel. `resolved_attention` says what "auto" chose."""
         return self._native.attention
 
     @attention.setter
@@ -102,6 +106,7 @@ class UNet:
 
     @property
     def resolved_attention(self) -> str:
+        """The kernel `attention` runs as here ("auto" resolved for this device and weight type)."""
         return self._native.resolved_attention
 
     @property
