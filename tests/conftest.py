@@ -68,3 +68,19 @@ def _device_runs_every_node(request):
     yield
     moved = _core.off_device_nodes() - before
     assert moved == 0, f"{moved} graph node(s) ran on the CPU fallback instead of {os.environ.get('SDCPP_TEST_DEVICE')}"
+    _assert_mappings_left()
+
+
+def _assert_mappings_left():
+    """Fail a device test while the process still has memory mappings to spare. lavapipe maps
+    each ggml-vulkan descriptor set (one per graph node) as its own memfd; at Linux's
+    vm.max_map_count it segfaults with no message. Past 80 % of the limit, this names the cause
+    (too many models alive in one process: fixtures.devices.RecentModels) instead."""
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except OSError:
+        return                                    # not Linux
+    assert used <= 0.8 * limit, (f"{used} memory mappings in this test process, near vm.max_map_count "
+                                 f"({limit}): too many models alive at once")

@@ -14,7 +14,7 @@ import pytest
 
 import sdcpp
 from sdcpp.lora import LoraFamilyError, LoraUnmatchedError, LoraWarning
-from fixtures.devices import TEST_DEVICE, tol as device_tol
+from fixtures.devices import TEST_DEVICE, RecentModels, tol as device_tol
 from fixtures.e2e import NEGATIVE, PROMPT, SIZE, rel, unit_latents
 
 import lora_helpers as H
@@ -42,16 +42,14 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(model_fixtures):
-    """Models loaded once per module. One ggml thread: on this shared 2-core machine the tiny
-    graphs run ~9x faster single-threaded (ggml's barriers spin when cores are oversubscribed)."""
-    cache = {}
+    """Models loaded for the module, the four most recent kept (fixtures.devices.RecentModels).
+    One ggml thread: on this shared 2-core machine the tiny graphs run ~9x faster
+    single-threaded (ggml's barriers spin when cores are oversubscribed)."""
+    models = RecentModels(lambda family, fmt, weight_type: sdcpp.load(
+        str(model_fixtures.get(family).path(fmt)), device=TEST_DEVICE, weight_type=weight_type, threads=1), keep=4)
 
     def get(family, fmt="ldm", weight_type="f32"):
-        key = (family, fmt, weight_type)
-        if key not in cache:
-            fx = model_fixtures.get(family)
-            cache[key] = sdcpp.load(str(fx.path(fmt)), device=TEST_DEVICE, weight_type=weight_type, threads=1)
-        return cache[key]
+        return models((family, fmt, weight_type), family, fmt, weight_type)
     return get
 
 

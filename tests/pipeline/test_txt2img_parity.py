@@ -8,7 +8,7 @@ import pytest
 
 import sdcpp
 from fixtures import FAMILIES, FORMATS
-from fixtures.devices import TEST_DEVICE
+from fixtures.devices import TEST_DEVICE, RecentModels
 
 pytestmark = pytest.mark.device  # part of the device suite (SDCPP_TEST_DEVICE, tools/ci_vulkan.sh)
 
@@ -20,14 +20,9 @@ IMAGE_TOL = 1e-2
 
 @pytest.fixture(scope="module")
 def loaded():
-    cache = {}
-
-    def get(fx, fmt):
-        key = (fx.name, fmt)
-        if key not in cache:
-            cache[key] = sdcpp.load(str(fx.path(fmt)), device=TEST_DEVICE, weight_type="f32", threads=2)
-        return cache[key]
-    return get
+    models = RecentModels(lambda fx, fmt: sdcpp.load(str(fx.path(fmt)), device=TEST_DEVICE, weight_type="f32",
+                                                     threads=2))
+    return lambda fx, fmt: models((fx.name, fmt), fx, fmt)
 
 
 @pytest.fixture(scope="module")
