@@ -40,6 +40,18 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
         r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
         return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
     }
+    if (custom_ops && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16)) {
+        // An f32 im2col times the kernel as the packed product's B (converted while packed):
+        // ggml's f16 im2col converts value by value and its f16 product is slow on short rows.
+        // Measured on the stride-2 downsamplers of BK-SDM-tiny (f16, batch 2, 64x64, 1 thread,
+        // AVX2): 74 -> 52 and 68 -> 53 ms (bench/README.md, "Small-channel and strided convolutions").
+        ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
+        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
+        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, K, OC), ggml_reshape_2d(ctx, col, K, OW * OH * N),
+                                        true);  // [OC, OW*OH*N]
+        r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
+        return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+    }
     const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
     const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
@@ -135,8 +147,11 @@ ggml_tensor* conv2d(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_tens
         ggml_tensor* y = add_bias(ctx, conv2d_matrix(ctx, x, w, k, stride, pad, opt.custom_ops), b);
         return residual ? ggml_add(ctx, residual, y) : y;
     }
+    // Any channel count: the U-Net's conv_in (4 -> C) and conv_out (C -> 4) cost 27 and 86 ms of
+    // a BK-SDM-tiny pass by an f16 im2col (f16, batch 2, 64x64, 1 thread, AVX2; conv_out's
+    // im2col is 47 MB), 21 and 50 by the f32 one below, 15 and 8 by F(4x4, 3x3).
     const bool winograd = opt.algo == ConvAlgo::Winograd && opt.custom_ops && w->ne[0] == 3 && w->ne[1] == 3 &&
-                          stride == 1 && pad == 1 && w->ne[2] >= 32 && w->ne[3] >= 32;
+                          stride == 1 && pad == 1;
     const int64_t pixels = x->ne[0] * x->ne[1] * x->ne[3] * g.up * g.up;
     if (winograd && pixels >= opt.winograd_f43_min_pixels && !opt.bf16_gemm && opt.products != ConvProducts::BF16 &&
         x->type == GGML_TYPE_F32) {

@@ -10,7 +10,7 @@
 //          3x3 stride-1 ones run Winograd F(2x2, 3x3) with int8 products (winograd_q8.h).
 //   ConvAlgo::Im2col   -> ggml_im2col + one GEMM over the whole (batched) output; any backend.
 //   ConvAlgo::Winograd -> with custom ops, 3x3 stride-1 pad-1 convolutions of images with at
-//          least `winograd_min_pixels` N*H*W pixels and >= 32 channels in and out by Winograd
+//          least `winograd_min_pixels` N*H*W pixels (any channel count) by Winograd
 //          F(2x2, 3x3) (winograd_f23.h), those with at least `winograd_f43_min_pixels` (and f32
 //          products) by F(4x4, 3x3) over the whole batch (winograd_f43_strips.h: 4x fewer
 //          multiply-adds than im2col instead of 2.25x); the others as Im2col. (The U-Net's CPU
@@ -36,8 +36,9 @@ enum class ConvAlgo { Im2col, Winograd, Strips, WinogradStrips, Direct };
 
 // The type the products run in.
 enum class ConvProducts {
-    Native,  // the kernel's own: an f16 kernel takes an f16 im2col (as ggml_conv_2d), f32 an f32
-             // one (exact), bf16 an f32 im2col times the kernel; Winograd operands in that type
+    Native,  // the kernel's own: an f16 kernel takes an f16 im2col (as ggml_conv_2d; with custom
+             // ops an f32 im2col times the kernel), f32 an f32 one (exact), bf16 an f32 im2col
+             // times the kernel; Winograd operands in that type
     F32,     // kernels widened to f32, activations never rounded (the VAE: SDXL's activations
              // exceed f16's range)
     BF16,    // im2col and kernel rounded to bf16 (f32's range), f32 sums; 3x3 kernels, custom ops

@@ -238,6 +238,25 @@ def test_auto_conv_mixes_winograd_sizes(device):
         assert err <= tol
 
 
+@pytest.mark.skipif(not ON_CPU, reason="sdcpp's CPU convolutions (custom ops)")
+def test_f16_convolutions_take_no_f16_im2col():
+    """On the CPU an f16 U-Net's conv_in (4 -> C) and conv_out (C -> 4) run by Winograd like the
+    other stride-1 3x3 convolutions, and the remaining im2col convolutions (stride-2
+    downsamplers, small levels) by an f32 im2col times the f16 kernel in sdcpp's product: no f16
+    im2col and no ggml f16 x f16 product is left (they took 27 + 86 ms of a BK-SDM-tiny pass at
+    AVX2, now 15 + 8; bench/README.md). Numerics: test_parity_f16_weights and the conv tests."""
+    dc, model, tensors, nc = _model("sd1")
+    unet = UNet(weights.build_store(weights.open_device("cpu", 1), tensors, "f16"), nc)
+    nodes = unet.profile(2, H, W, L)
+    im2col = [r for r in nodes if r["op"] == "IM2COL"]
+    assert im2col, "expected the downsamplers' im2col"
+    assert all(r["shape"].startswith("f32[") for r in im2col), [r["shape"] for r in im2col]
+    io = [r["src0"] for r in im2col if re.fullmatch(r"f16\[3,3,(4,\d+|\d+,4)\]", r["src0"])]
+    assert not io, f"conv_in / conv_out still by im2col: {io}"
+    f16_products = [r for r in nodes if r["op"] == "MUL_MAT" and r["src0"].startswith("f16[") and r["src1"].startswith("f16[")]
+    assert not f16_products, f16_products
+
+
 @pytest.mark.parametrize("name", ["sd1", "sdxl"])
 def test_generic_ggml_path(device, name):
     """Only stock ggml ops (what non-CPU backends run): no fused / Winograd / bf16 custom ops."""
