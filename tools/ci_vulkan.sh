@@ -98,8 +98,9 @@ fi
 node_by_node=1
 if [[ "${SDCPP_VK_MESA:-backports}" == backports ]]; then
   mesa=$work/mesa-bpo
-  lib=$mesa/root/usr/lib/x86_64-linux-gnu
-  if [[ ! -f $lib/libvulkan_lvp.so ]]; then
+  # the driver's folder inside the unpacked packages (usr/lib/<multiarch triple>: not assumed x86_64)
+  lvp() { find "$mesa/root" -name libvulkan_lvp.so -print -quit 2>/dev/null || true; }
+  if [[ -z "$(lvp)" ]]; then
     mkdir -p "$mesa/lists/partial" "$mesa/debs"
     echo "deb http://deb.debian.org/debian bookworm-backports main" > "$mesa/sources.list"
     opts=(-o Dir::Etc::sourcelist="$mesa/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$mesa/lists"
@@ -109,6 +110,8 @@ if [[ "${SDCPP_VK_MESA:-backports}" == backports ]]; then
        libdrm-amdgpu1/bookworm-backports >/dev/null)
     rm -rf "$mesa/root" && for deb in "$mesa"/debs/*.deb; do dpkg -x "$deb" "$mesa/root"; done
   fi
+  [[ -n "$(lvp)" ]] || { echo "[ci-vulkan] no libvulkan_lvp.so in the unpacked $mesa/root" >&2; exit 1; }
+  lib=$(dirname "$(lvp)")
   printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.4.305"}}\n' \
     "$lib/libvulkan_lvp.so" > "$mesa/lvp_icd.json"
   export VK_ICD_FILENAMES=$mesa/lvp_icd.json LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

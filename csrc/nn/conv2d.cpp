@@ -31,39 +31,26 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
         ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x), custom_ops, bf16);  // [OC, WH, N]
         return sequence_to_image(ctx, r, W, H);
     }
-    if (bf16 && custom_ops && fused::bf16_products()) {
-        // an f32 im2col against the kernel as B, rounded to bf16 while packed (as conv2d_matrix)
-        ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
-        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
-        ggml_tensor* w2 = ggml_reshape_2d(ctx, w, K, OC);
-        ggml_tensor* r = fused::mul_mat(ctx, w2, ggml_reshape_2d(ctx, col, K, OW * OH * N), true, true);  // [OC, OW*OH*N]
-        r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
-        return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
-    }
-    if (custom_ops && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16)) {
-        // An f32 im2col times the kernel as the packed product's B (converted while packed):
-        // ggml's f16 im2col converts value by value and its f16 product is slow on short rows.
-        // Measured on the stride-2 downsamplers of BK-SDM-tiny (f16, batch 2, 64x64, 1 thread,
-        // AVX2): 74 -> 52 and 68 -> 53 ms (bench/README.md, "Small-channel and strided convolutions").
-        ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
-        const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
-        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, K, OC), ggml_reshape_2d(ctx, col, K, OW * OH * N),
-                                        true);  // [OC, OW*OH*N]
-        r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
-        return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
-    }
-    const ggml_type col_type = w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    // With custom ops, f16 / bf16 kernels (and any kernel when bf16 products run) take an f32 im2col
+    // against the kernel as the packed product's B, converted (or rounded to bf16) while packed, as
+    // conv2d_matrix: ggml's f16 im2col converts value by value and its f16 product is slow on short
+    // rows (BK-SDM-tiny's stride-2 downsamplers, f16, batch 2, 64x64, 1 thread, AVX2: 74 -> 52 and
+    // 68 -> 53 ms; bench/README.md, "Small-channel and strided convolutions").
+    const bool kernel_as_b = custom_ops && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16 ||
+                                            (bf16 && fused::bf16_products()));
+    const ggml_type col_type = !kernel_as_b && w->type == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     ggml_tensor* col = ggml_im2col(ctx, w, x, stride, stride, pad, pad, 1, 1, true, col_type);  // [K, OW, OH, N]
     const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
     ggml_tensor* w2 = ggml_reshape_2d(ctx, w, KW * KH * IC, OC);
-    if (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16) {
+    ggml_tensor* col2 = ggml_reshape_2d(ctx, col, K, OW * OH * N);
+    if (!kernel_as_b && (w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16)) {
         // col as src0: the product comes out [OW*OH*N, OC], i.e. already planar per channel.
-        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, col, K, OW * OH * N), w2, custom_ops);  // [OW*OH*N, OC]
+        ggml_tensor* r = fused::mul_mat(ctx, col2, w2, custom_ops);  // [OW*OH*N, OC]
         if (N == 1) return ggml_reshape_4d(ctx, r, OW, OH, OC, 1);
         r = ggml_reshape_4d(ctx, r, OW, OH, N, OC);
         return ggml_cont(ctx, ggml_permute(ctx, r, 0, 1, 3, 2));  // [OW, OH, OC, N]
     }
-    ggml_tensor* r = ggml_mul_mat(ctx, w2, ggml_reshape_2d(ctx, col, K, OW * OH * N));  // [OC, OW*OH*N]
+    ggml_tensor* r = fused::mul_mat(ctx, w2, col2, custom_ops, bf16);  // [OC, OW*OH*N]
     r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
     return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
 }
