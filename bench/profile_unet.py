@@ -30,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bk-sdm-tiny")
     ap.add_argument("--weights", default="q8_0", help="f32, f16, bf16, q8_0, q5_0, q4_0")
+    ap.add_argument("--compute", default="f32", help="f32 (exact) or bf16 (AMX / AVX512-BF16 products)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--top", type=int, default=25)
@@ -47,6 +48,7 @@ def main() -> None:
     store = weights.build_store(weights.open_device("cpu", 1), tensors, args.weights,
                                 **({"repack": False} if args.no_repack else {}))
     unet = UNet(store, spec["native"])
+    unet.compute = args.compute
     unet.profile(args.batch, args.latent, args.latent)  # warm-up: scratch buffers, packed weights
     rows = unet.profile(args.batch, args.latent, args.latent)
     total = sum(r["cpu_us"] for r in rows)
@@ -56,7 +58,7 @@ def main() -> None:
         key = r["op"] if not r["op"].startswith("CUSTOM") else f"CUSTOM {r['src0']} x {r['src1']}"
         per[key][0] += r["cpu_us"]
         per[key][1] += 1
-    print(f"{args.model} {args.weights}, batch {args.batch}, latent {args.latent}: {total / 1e6:.2f} s CPU, 1 thread")
+    print(f"{args.model} {args.weights} compute {args.compute}, batch {args.batch}, latent {args.latent}: {total / 1e6:.2f} s CPU, 1 thread")
     conv = sum(r["cpu_us"] for r in rows if is_conv3x3(r))
     print(f"3x3 convolutions (im2col, Winograd transforms and products): {conv / 1e6:.2f} s, {100 * conv / total:.0f} %")
     for k, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:args.top]:

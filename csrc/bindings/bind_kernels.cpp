@@ -250,6 +250,16 @@ void bind_kernels(py::module_& m) {
         kc::geglu_rows(k, x.data(), y.mutable_data(), x.shape(0), F, 0, 1);
         return y;
     });
+    // x [batch, R, C] -> [batch, C, R] by one level's tiles, the work split into `units` units run
+    // one after another (each unit's share of the tiles is what one thread would write).
+    m.def("cpu_kernel_transpose", [](F32Array x, const std::string& level, int units) {
+        require_ndim(x, 3, "x");
+        if (units < 1) throw InvalidArgument("units must be >= 1");
+        const auto& k = table_for(level);
+        F32Array y = new_f32({x.shape(0), x.shape(2), x.shape(1)});
+        for (int u = 0; u < units; ++u) kc::transpose_rows(k, x.data(), y.mutable_data(), x.shape(0), x.shape(1), x.shape(2), u, units);
+        return y;
+    }, py::arg("x"), py::arg("level"), py::arg("units") = 1);
     m.def("cpu_kernel_activation", [](F32Array x, const std::string& act, const std::string& level) {
         require_ndim(x, 2, "x");
         const auto& k = table_for(level);

@@ -220,11 +220,11 @@ struct UNet::Builder {
 
     // Transformer2DModel on an image x [W, H, C, N].
     ggml_tensor* transformer(ggml_tensor* x, const std::string& p, int depth, int heads, ggml_tensor* context) const {
-        ggml_tensor* h = nn::image_to_sequence(ctx, group_norm(x, p + ".norm", 1e-6f));  // [C, WH, N]
+        ggml_tensor* h = nn::image_to_sequence(ctx, group_norm(x, p + ".norm", 1e-6f), low.custom_ops);  // [C, WH, N]
         h = linear(h, p + ".proj_in", true);
         for (int d = 0; d < depth; ++d) h = transformer_block(h, p + ".transformer_blocks." + std::to_string(d), heads, context);
         h = linear(h, p + ".proj_out", true);
-        return ggml_add(ctx, nn::sequence_to_image(ctx, h, x->ne[0], x->ne[1]), x);
+        return ggml_add(ctx, nn::sequence_to_image(ctx, h, x->ne[0], x->ne[1], low.custom_ops), x);
     }
 
     // SiLU(time embedding [+ SDXL add embedding]) of the weights under `pfx` ("unet." or a

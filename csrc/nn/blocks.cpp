@@ -39,12 +39,12 @@ ggml_tensor* attention_block(ggml_context* ctx, ggml_tensor* x, const AttentionB
         return linear(ctx, t, wt, b, attn.custom_ops);
     };
     ggml_tensor* h = group_norm(ctx, x, w.norm_w, w.norm_b, norm.groups, norm.eps, false, attn.custom_ops);
-    h = image_to_sequence(ctx, h);  // [C, L, N]
+    h = image_to_sequence(ctx, h, attn.custom_ops);  // [C, L, N]
     ggml_tensor* q = proj(h, w.q_w, w.q_b);
     ggml_tensor* k = proj(h, w.k_w, w.k_b);
     ggml_tensor* v = proj(h, w.v_w, w.v_b);
     ggml_tensor* o = proj(attention(ctx, q, k, v, heads, attn), w.out_w, w.out_b);  // [C, L, N]
-    return ggml_add(ctx, sequence_to_image(ctx, o, W, H), x);
+    return ggml_add(ctx, sequence_to_image(ctx, o, W, H, attn.custom_ops), x);
 }
 
 }  // namespace sdcpp::nn

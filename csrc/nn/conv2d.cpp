@@ -28,8 +28,8 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
     if (KW == 1 && KH == 1 && stride == 1 && pad == 0) {
         // 1x1: a matmul over channels.
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x), custom_ops, bf16);  // [OC, WH, N]
-        return sequence_to_image(ctx, r, W, H);
+        ggml_tensor* r = fused::mul_mat(ctx, ggml_reshape_2d(ctx, w, IC, OC), image_to_sequence(ctx, x, custom_ops), custom_ops, bf16);  // [OC, WH, N]
+        return sequence_to_image(ctx, r, W, H, custom_ops);
     }
     // With custom ops, f16 / bf16 kernels (and any kernel when bf16 products run) take an f32 im2col
     // against the kernel as the packed product's B, converted (or rounded to bf16) while packed, as
@@ -51,8 +51,7 @@ ggml_tensor* conv2d_im2col(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
         return ggml_cont(ctx, ggml_permute(ctx, r, 0, 1, 3, 2));  // [OW, OH, OC, N]
     }
     ggml_tensor* r = fused::mul_mat(ctx, w2, col2, custom_ops, bf16);  // [OC, OW*OH*N]
-    r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
-    return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+    return sequence_to_image(ctx, r, OW, OH, custom_ops);  // [OW, OH, OC, N]
 }
 
 // The kernel size k of a quantized kernel stored as the matrix w [IC*k*k, OC].
@@ -68,11 +67,11 @@ int quantized_kernel_size(const ggml_tensor* x, const ggml_tensor* w) {
 // src0, so that the integer dot products run (ours for q8_0 where custom ops may, kernels/cpu/
 // gemm_q8.h; ggml's otherwise). 1x1 stride-1 kernels skip the im2col.
 ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, int k, int stride, int pad, bool custom_ops) {
-    const int64_t IC = x->ne[2], N = x->ne[3], OC = w->ne[1];
+    const int64_t IC = x->ne[2], N = x->ne[3];
     if (k == 1 && stride == 1 && pad == 0) {
         const int64_t W = x->ne[0], H = x->ne[1];
-        ggml_tensor* r = fused::mul_mat(ctx, w, image_to_sequence(ctx, x), custom_ops);  // [OC, WH, N]
-        return sequence_to_image(ctx, r, W, H);
+        ggml_tensor* r = fused::mul_mat(ctx, w, image_to_sequence(ctx, x, custom_ops), custom_ops);  // [OC, WH, N]
+        return sequence_to_image(ctx, r, W, H, custom_ops);
     }
     // ggml_im2col reads only the kernel's shape (KW, KH, IC) from its first operand: a
     // data-less f16 stand-in of that shape (w's ne0 could not hold KW for a quantized type).
@@ -80,8 +79,7 @@ ggml_tensor* conv2d_matrix(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, in
     ggml_tensor* col = ggml_im2col(ctx, kshape, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);  // [K, OW, OH, N]
     const int64_t K = col->ne[0], OW = col->ne[1], OH = col->ne[2];
     ggml_tensor* r = fused::mul_mat(ctx, w, ggml_reshape_2d(ctx, col, K, OW * OH * N), custom_ops);  // [OC, OW*OH*N]
-    r = ggml_reshape_4d(ctx, r, OC, OW, OH, N);
-    return ggml_cont(ctx, ggml_permute(ctx, r, 2, 0, 1, 3));  // [OW, OH, OC, N]
+    return sequence_to_image(ctx, r, OW, OH, custom_ops);  // [OW, OH, OC, N]
 }
 
 }  // namespace

@@ -62,14 +62,21 @@ ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x, bool custom_ops) {
     return custom_ops ? fused::geglu(ctx, x) : ggml_geglu_erf_swapped(ctx, x);
 }
 
-ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x) {
+namespace {
+// [A, B, ...] -> [B, A, ...] contiguous
+ggml_tensor* swap01(ggml_context* ctx, ggml_tensor* x, bool custom_ops) {
+    return custom_ops ? fused::transpose(ctx, x) : ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));
+}
+}  // namespace
+
+ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x, bool custom_ops) {
     const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
-    return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, x, W * H, C, N), 1, 0, 2, 3));  // [C, WH, N]
+    return swap01(ctx, ggml_reshape_3d(ctx, x, W * H, C, N), custom_ops);  // [C, WH, N]
 }
 
-ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h) {
-    const int64_t C = x->ne[0], N = x->ne[2];
-    ggml_tensor* t = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));  // [WH, C, N]
+ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h, bool custom_ops) {
+    const int64_t C = x->ne[0], N = ggml_nelements(x) / (C * w * h);  // x may be [C, WH * N]
+    ggml_tensor* t = swap01(ctx, ggml_reshape_3d(ctx, x, C, w * h, N), custom_ops);  // [WH, C, N]
     return ggml_reshape_4d(ctx, t, w, h, C, N);
 }
 

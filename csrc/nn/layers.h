@@ -63,9 +63,10 @@ ggml_tensor* gelu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
 ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
 ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
 
-// [W,H,C,N] -> [C, W*H, N] and back (for transformer blocks working on sequences).
-ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x);
-ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h);
+// [W,H,C,N] -> [C, W*H, N] and back (for transformer blocks working on sequences); with custom
+// ops by fused::transpose's tiled copy, else ggml's CONT of the permuted view.
+ggml_tensor* image_to_sequence(ggml_context* ctx, ggml_tensor* x, bool custom_ops);
+ggml_tensor* sequence_to_image(ggml_context* ctx, ggml_tensor* x, int64_t w, int64_t h, bool custom_ops);
 
 // A per-channel vector v [C] as [W, 1, C, 1]: broadcasting it over rows keeps ggml's binary ops
 // vectorized (a [1, 1, C, 1] operand makes them add one scalar at a time).

@@ -117,6 +117,18 @@ def test_activation_variants(level, act):
         core.cpu_kernel_activation(x, "relu", level)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_transpose_variants(level):
+    """The tiled transposing copy (the U-Net's image <-> sequence layouts) is exact at every level:
+    full 8 x 8 / 16 x 16 register blocks, edge blocks of every size, several work units."""
+    rng = np.random.default_rng(5)
+    for shape in ((2, 320, 64), (1, 17, 33), (3, 64, 1), (1, 1, 70), (2, 129, 200), (1, 8, 16)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        for units in (1, 3):
+            np.testing.assert_array_equal(core.cpu_kernel_transpose(x, level, units), x.transpose(0, 2, 1),
+                                          err_msg=f"{level} {shape} {units}")
+
+
 @pytest.mark.parametrize("level", [lv for lv in LEVELS if lv in ("avx2", "avx512", "avx512_bf16")])
 def test_fused_attention_f32_at_each_level(level, restore_level):
     """The fused f32 attention variant of each x86 level (8-lane AVX2, 16-lane AVX-512) against a

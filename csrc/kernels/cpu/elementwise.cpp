@@ -1,5 +1,6 @@
 #include "elementwise.h"
 
+#include <algorithm>
 #include <vector>
 
 #include <cmath>
@@ -64,6 +65,16 @@ void gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int
     thread_local std::vector<float> ones;
     if (static_cast<int64_t>(ones.size()) < n) ones.assign(static_cast<size_t>(n), 1.0f);
     for (int64_t r = ith; r < rows; r += nth) k.geglu_row(y + r * n, ones.data(), x + r * n, n);
+}
+
+void transpose_rows(const Elementwise& k, const float* x, float* y, int64_t batch, int64_t R, int64_t C, int ith, int nth) {
+    // 64 x 64 tiles (16 KiB read, 16 KiB written): whole cache lines on both sides, within L1
+    constexpr int64_t T = 64;
+    const int64_t tr = (R + T - 1) / T, tc = (C + T - 1) / T, per = tr * tc;
+    for (int64_t u = ith; u < batch * per; u += nth) {
+        const int64_t b = u / per, r0 = (u % per) / tc * T, c0 = (u % tc) * T;
+        k.transpose(x + b * R * C + r0 * C + c0, C, y + b * R * C + c0 * R + r0, R, std::min(T, R - r0), std::min(T, C - c0));
+    }
 }
 
 }  // namespace sdcpp::kernels::cpu

@@ -1,4 +1,4 @@
-// Element-wise row kernels of the fused CPU ops (GroupNorm/LayerNorm affine, SiLU, GEGLU),
+// Element-wise row kernels of the fused CPU ops (GroupNorm/LayerNorm affine, SiLU, GEGLU, transposes),
 // one table per CPU level. Each variant lives in its own file beside the portable reference
 // (elementwise_portable.cpp, _avx2.cpp, _avx512.cpp) and is compiled for its ISA with a
 // function target attribute, so every file builds on any machine; the table for the active
@@ -26,6 +26,9 @@ struct Elementwise {
     // multiple of 16): per column j, mx = max(m[j], max_k p[k][j]), alpha[j] = e^(m[j] - mx),
     // p[k][j] = e^(p[k][j] - mx), l[j] = l[j] alpha[j] + sum_k p[k][j], m[j] = mx
     void (*softmax_panel)(float* p, int64_t keys, int nr, float* m, float* l, float* alpha);
+    // one tile of a transposing copy: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols
+    // (an exact copy: every variant writes the same bits)
+    void (*transpose)(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
 };
 
 // The best table for the active level, and for a given level (tests run each variant).
@@ -51,5 +54,8 @@ void geglu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, in
 // x * sigmoid(1.702 x) = silu(1.702 x) / 1.702, and exact erf GELU (GEGLU's kernel with h = 1).
 void quick_gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth);
 void gelu_rows(const Elementwise& k, const float* x, float* y, int64_t rows, int64_t n, int ith, int nth);
+// The last two dimensions swapped: x [batch][R][C] -> y [batch][C][R], in tiles that stay in L1
+// (ggml's CONT of a permuted tensor copies value by value, ~3x slower on the U-Net's layouts).
+void transpose_rows(const Elementwise& k, const float* x, float* y, int64_t batch, int64_t R, int64_t C, int ith, int nth);
 
 }  // namespace sdcpp::kernels::cpu

@@ -142,10 +142,45 @@ SD_TARGET void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l,
     }
 }
 
+// 8 x 8 blocks in registers: pairs of rows interleaved, then pairs of pairs, then the 128-bit
+// halves exchanged (u[j] holds column j of rows 0-3 in its low half, column 4 + j in its high
+// half; u[4 + j] the same for rows 4-7). Partial blocks at the edges go value by value.
+SD_TARGET void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+    int64_t r0 = 0;
+    for (; r0 + 8 <= rows; r0 += 8) {
+        int64_t c0 = 0;
+        for (; c0 + 8 <= cols; c0 += 8) {
+            const float* s = src + r0 * lds + c0;
+            __m256 t[8], u[8];
+            for (int i = 0; i < 8; i += 2) {
+                const __m256 a = _mm256_loadu_ps(s + i * lds), b = _mm256_loadu_ps(s + (i + 1) * lds);
+                t[i] = _mm256_unpacklo_ps(a, b);
+                t[i + 1] = _mm256_unpackhi_ps(a, b);
+            }
+            for (int g = 0; g < 8; g += 4) {
+                u[g + 0] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+                u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+                u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+                u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+            }
+            float* d = dst + c0 * ldd + r0;
+            for (int j = 0; j < 4; ++j) {
+                _mm256_storeu_ps(d + j * ldd, _mm256_permute2f128_ps(u[j], u[4 + j], 0x20));
+                _mm256_storeu_ps(d + (4 + j) * ldd, _mm256_permute2f128_ps(u[j], u[4 + j], 0x31));
+            }
+        }
+        for (int64_t r = r0; r < r0 + 8; ++r)
+            for (int64_t c = c0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+    }
+    for (int64_t r = r0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
 }  // namespace
 
 const Elementwise* elementwise_avx2() {
-    static const Elementwise t{Level::Avx2, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
+    static const Elementwise t{Level::Avx2, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel,
+                               transpose};
     return &t;
 }
 

@@ -133,10 +133,52 @@ SD_TARGET void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l,
     }
 }
 
+// 16 x 16 blocks in registers: rows interleaved in pairs and in pairs of pairs within each
+// 128-bit lane (u[4 q + j], lane L: column 4 L + j of rows 4 q .. 4 q + 3), then the lanes
+// gathered across the four row groups by two rounds of SHUFF32x4. Edge blocks load and store
+// under masks (zero rows past `rows`, columns past `cols` neither read nor written).
+SD_TARGET void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        const int64_t nr = std::min<int64_t>(16, rows - r0);
+        const __mmask16 rmask = nr == 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1u);
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            const int64_t nc = std::min<int64_t>(16, cols - c0);
+            const __mmask16 cmask = nc == 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1u);
+            const float* s = src + r0 * lds + c0;
+            __m512 t[16], u[16];
+            for (int i = 0; i < 16; i += 2) {
+                const __m512 a = i < nr ? _mm512_maskz_loadu_ps(cmask, s + i * lds) : _mm512_setzero_ps();
+                const __m512 b = i + 1 < nr ? _mm512_maskz_loadu_ps(cmask, s + (i + 1) * lds) : _mm512_setzero_ps();
+                t[i] = _mm512_unpacklo_ps(a, b);
+                t[i + 1] = _mm512_unpackhi_ps(a, b);
+            }
+            for (int g = 0; g < 16; g += 4) {
+                u[g + 0] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+                u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+                u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+                u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+            }
+            float* d = dst + c0 * ldd + r0;
+            for (int j = 0; j < 4; ++j) {
+                // lanes 0 and 2 (columns j, 8 + j), lanes 1 and 3 (4 + j, 12 + j) of the four row groups
+                const __m512 v02 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), w02 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+                const __m512 v13 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD), w13 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+                const __m512 out[4] = {_mm512_shuffle_f32x4(v02, w02, 0x88), _mm512_shuffle_f32x4(v13, w13, 0x88),
+                                       _mm512_shuffle_f32x4(v02, w02, 0xDD), _mm512_shuffle_f32x4(v13, w13, 0xDD)};
+                for (int q = 0; q < 4; ++q) {
+                    const int64_t c = 4 * q + j;
+                    if (c < nc) _mm512_mask_storeu_ps(d + c * ldd, rmask, out[q]);
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 const Elementwise* elementwise_avx512() {
-    static const Elementwise t{Level::Avx512, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
+    static const Elementwise t{Level::Avx512, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel,
+                               transpose};
     return &t;
 }
 

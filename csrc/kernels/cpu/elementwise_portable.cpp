@@ -49,10 +49,16 @@ void softmax_panel(float* p, int64_t keys, int nr, float* m, float* l, float* al
     }
 }
 
+void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
 }  // namespace
 
 const Elementwise& elementwise_portable() {
-    static const Elementwise t{Level::Portable, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel};
+    static const Elementwise t{Level::Portable, geglu_row, affine_row, row_sum, row_sq, layer_norm_row, softmax_panel,
+                               transpose};
     return t;
 }
 

@@ -55,6 +55,11 @@ void layer_norm_op(ggml_tensor* dst, int ith, int nth, void* ud) {
                         f32(dst->src[2]), param_eps(ud), ith, nth);
 }
 
+void transpose_op(ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* x = dst->src[0];
+    kc::transpose_rows(kc::elementwise(), f32(x), f32(dst), x->ne[2] * x->ne[3], x->ne[1], x->ne[0], ith, nth);
+}
+
 }  // namespace
 
 ggml_tensor* geglu(ggml_context* ctx, ggml_tensor* x) {
@@ -97,6 +102,13 @@ ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
     ggml_tensor* a[3] = {x, w, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], a, 3, layer_norm_op, GGML_N_TASKS_MAX,
                           pack_params(eps, 0));
+}
+
+ggml_tensor* transpose(ggml_context* ctx, ggml_tensor* x) {
+    if (!ggml_is_contiguous(x) || x->type != GGML_TYPE_F32) return ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));
+    ggml_tensor* a[1] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[1], x->ne[0], x->ne[2], x->ne[3], a, 1, transpose_op, GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 }  // namespace sdcpp::fused

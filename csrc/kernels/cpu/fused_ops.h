@@ -6,6 +6,7 @@
 //   quick_gelu / gelu: the CLIP text encoders' MLP activations in one pass.
 //   group_norm / layer_norm: the normalization with its affine weight and bias (and an
 //               optional SiLU) in one pass after the statistics.
+//   transpose:  the first two dimensions swapped, as a tiled copy.
 // Graph builders use these only where custom ops may run (the CPU backend).
 #pragma once
 #include "ggml.h"
@@ -32,5 +33,9 @@ ggml_tensor* layer_norm(ggml_context* ctx, ggml_tensor* x, ggml_tensor* w, ggml_
 // GELU_QUICK computes from an f16 table), and exact erf GELU.
 ggml_tensor* quick_gelu(ggml_context* ctx, ggml_tensor* x);
 ggml_tensor* gelu(ggml_context* ctx, ggml_tensor* x);
+
+// x [A, B, C, D] f32 -> contiguous [B, A, C, D] (ggml_cont(ggml_permute(x, 1, 0, 2, 3))'s values),
+// by register-blocked tiles: the U-Net's image <-> token-sequence layout changes.
+ggml_tensor* transpose(ggml_context* ctx, ggml_tensor* x);
 
 }  // namespace sdcpp::fused
