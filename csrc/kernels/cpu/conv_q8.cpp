@@ -1,5 +1,7 @@
 #include "conv_q8.h"
 
+#include "elementwise.h"
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -88,7 +90,7 @@ void gather_t(const ConvQ8Args& a, const Segment* seg, int nseg, int64_t c0, int
 
 // Rows m0 .. m0 + rows of the implicit im2col, quantized into aq / ad (row r at aq + r lda,
 // ad + r KB), a run of channels at a time: cc channels are a whole number of 32-value blocks.
-void gather_quantize(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Args& a, int64_t m0, int64_t rows,
+void gather_quantize(const GemmQ8Kernels& k, const Elementwise& ew, const ConvQ8Args& a, int64_t m0, int64_t rows,
                      uint8_t* aq, int64_t lda, float* ad, int64_t KB) {
     const int kk = a.k * a.k;
     int64_t cc = 1;  // the fewest channels making whole blocks: 32 / gcd(k k, 32)
@@ -111,7 +113,7 @@ void gather_quantize(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const Co
         for (int64_t b = 0; b < nsb; ++b) {
             const int64_t r0 = b * RB, rb = std::min(RB, rows - r0);
             gather_t(a, &seg[b * RB], nseg[b], c0, nc, bufT.data());
-            transpose(bufT.data(), V, buf.data());
+            ew.transpose(bufT.data(), RB, buf.data(), V, V, RB);  // [V][RB] -> [RB][V]: a row per pixel
             for (int64_t r = 0; r < rb; ++r)
                 k.quantize_a(buf.data() + r * V, V, aq + (r0 + r) * lda + v0 * k.a_esz, ad + (r0 + r) * KB + v0 / kQ8Block);
         }
@@ -149,7 +151,7 @@ void store_tile(const ConvQ8Args& a, const float* C, int64_t m0, int64_t mm, int
 }
 
 // Output pixels [r0, r1) against channels [c0, c1).
-void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Args& a, int64_t r0, int64_t r1, int64_t c0,
+void conv_rows(const GemmQ8Kernels& k, const Elementwise& ew, const ConvQ8Args& a, int64_t r0, int64_t r1, int64_t c0,
                int64_t c1) {
     const int mr = k.mr;
     const int64_t K = a.C * a.k * a.k, KB = K / kQ8Block;
@@ -167,7 +169,7 @@ void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Ar
     for (int64_t m0 = r0; m0 < r1; m0 += mc) {
         const int64_t mm = std::min(mc, r1 - m0);
         const int64_t mpad = (mm + mr - 1) / mr * mr;
-        gather_quantize(k, transpose, a, m0, mm, aq.data(), lda, ad.data(), KB);
+        gather_quantize(k, ew, a, m0, mm, aq.data(), lda, ad.data(), KB);
         // rows past the block are zero rows, so the micro-kernel always reads MR real rows
         for (int64_t r = mm; r < mpad; ++r) k.quantize_a(zero.data(), K, aq.data() + r * lda, ad.data() + r * KB);
         for (int64_t n0 = c0; n0 < c1; n0 += kQ8ColBlock) {
@@ -179,26 +181,14 @@ void conv_rows(const GemmQ8Kernels& k, ConvQ8Transpose transpose, const ConvQ8Ar
     if (k.thread_end) k.thread_end();
 }
 
-void transpose_portable(const float* in, int64_t rows, float* out) {
-    for (int64_t c = 0; c < 32; ++c)
-        for (int64_t r = 0; r < rows; ++r) out[c * rows + r] = in[r * 32 + c];
-}
-
 }  // namespace
-
-ConvQ8Transpose conv_q8_transpose_portable() { return transpose_portable; }
-
-ConvQ8Transpose conv_q8_transpose_at(Level level) {
-    // exact copies at every level: the widest one the product's level may run
-    if (ConvQ8Transpose t = conv_q8_transpose_avx512(); t && runs(level, Level::Avx512)) return t;
-    if (ConvQ8Transpose t = conv_q8_transpose_avx2(); t && runs(level, Level::Avx2)) return t;
-    return transpose_portable;
-}
 
 int64_t conv_q8_out_size(int64_t in, int up, int k, int stride, int pad) { return (in * up + 2 * pad - k) / stride + 1; }
 
 void conv_q8(const GemmQ8Kernels& k, const ConvQ8Args& a, int ith, int nth) {
-    const ConvQ8Transpose transpose = conv_q8_transpose_at(k.level);
+    // the gather's transpose: the element-wise table's tiled copy (exact at every level), the
+    // widest one the product's level may run
+    const Elementwise& ew = elementwise_at(k.level);
     const int64_t M = a.OW * a.OH * a.N;
     // The same split as gemm_q8_batched (one product of M rows): few pixels against many output
     // channels -> every thread all pixels and a range of channels; otherwise ranges of pixels.
@@ -206,12 +196,12 @@ void conv_q8(const GemmQ8Kernels& k, const ConvQ8Args& a, int ith, int nth) {
     if (nth > 1 && M <= 1024 && col_panels >= int64_t(2) * nth) {
         const int64_t p0 = col_panels * ith / nth, p1 = col_panels * (ith + 1) / nth;
         const int64_t c0 = p0 * k.nr, c1 = std::min(a.OC, p1 * k.nr);
-        if (c0 < c1) conv_rows(k, transpose, a, 0, M, c0, c1);
+        if (c0 < c1) conv_rows(k, ew, a, 0, M, c0, c1);
         return;
     }
     const int64_t tiles = (M + k.mr - 1) / k.mr;
     const int64_t t0 = tiles * ith / nth, t1 = tiles * (ith + 1) / nth;
-    if (t0 < t1) conv_rows(k, transpose, a, t0 * k.mr, std::min(M, t1 * k.mr), 0, a.OC);
+    if (t0 < t1) conv_rows(k, ew, a, t0 * k.mr, std::min(M, t1 * k.mr), 0, a.OC);
 }
 
 }  // namespace sdcpp::kernels::cpu

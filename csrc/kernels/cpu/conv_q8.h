@@ -38,16 +38,6 @@ struct ConvQ8Args {
     int64_t OW = 0, OH = 0;
 };
 
-// The gather's transpose, in [rows][32] -> out [32][rows] (rows a multiple of 16): exact copies,
-// so every level gives the same bits. One per level beside the portable one (conv_q8_avx2.cpp,
-// conv_q8_avx512.cpp).
-using ConvQ8Transpose = void (*)(const float* in, int64_t rows, float* out);
-ConvQ8Transpose conv_q8_transpose_portable();
-ConvQ8Transpose conv_q8_transpose_avx2();    // nullptr where not compiled or not supported
-ConvQ8Transpose conv_q8_transpose_avx512();  // nullptr where not compiled or not supported
-// The transpose for a product running at `level` (the widest one the level allows).
-ConvQ8Transpose conv_q8_transpose_at(Level level);
-
 // Output sizes for input size `in` (before the upsampling): (in*up + 2 pad - k) / stride + 1.
 int64_t conv_q8_out_size(int64_t in, int up, int k, int stride, int pad);
 
